@@ -1,0 +1,53 @@
+"""matrank: the rank of symmetric PSD matrices and operators, above all NN Hessians.
+
+One front door, :func:`estimate_rank`, dispatches to interchangeable estimators
+(:class:`ExactRank`, ...) that all speak to an :class:`Oracle`; :func:`as_oracle` turns
+matrices, operators and models into oracles.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._api import ESTIMATORS, auto_method, estimate_rank
+from ._oracle import Capability, Oracle, as_oracle, exact_rank, materialize
+from ._result import CountingCurve, RankResult, Status
+from ._validation import (
+    MatrankError,
+    MatrankTypeError,
+    MatrankValueError,
+    MatrankWarning,
+    NotSymmetricError,
+    OperatorContractError,
+)
+from .estimators import ExactRank
+
+# Registers the explicit-matrix adapters with as_oracle (adapters import only the
+# protocol, so this is the one place the core reaches into them).
+from . import adapters  # noqa: E402  isort: skip
+
+try:
+    __version__ = version("matrank")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ESTIMATORS",
+    "Capability",
+    "CountingCurve",
+    "ExactRank",
+    "MatrankError",
+    "MatrankTypeError",
+    "MatrankValueError",
+    "MatrankWarning",
+    "NotSymmetricError",
+    "OperatorContractError",
+    "Oracle",
+    "RankResult",
+    "Status",
+    "__version__",
+    "adapters",
+    "as_oracle",
+    "auto_method",
+    "estimate_rank",
+    "exact_rank",
+    "materialize",
+]

@@ -1,0 +1,110 @@
+"""The front door: ``estimate_rank(obj, method="auto", seed=None, **options)``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ._oracle import Capability, Oracle, as_oracle
+from ._result import RankResult
+from ._validation import MatrankTypeError, check_choice, check_int, message
+from .estimators import ExactRank
+
+__all__ = ["AUTO_EXACT_MAX_DIM", "ESTIMATORS", "auto_method", "estimate_rank"]
+
+#: Method name -> estimator class. ``"auto"`` is resolved by :func:`auto_method`.
+ESTIMATORS: dict[str, type] = {"exact": ExactRank}
+
+#: Up to this dimension ``"auto"`` runs the dense eigendecomposition: at n = 4096 it takes
+#: a few seconds on two cores and is exact, so nothing iterative can beat it there.
+AUTO_EXACT_MAX_DIM = 4096
+
+
+def auto_method(oracle: Oracle) -> tuple[str, str]:
+    """The method ``"auto"`` picks for an oracle, and why (a sentence for diagnostics)."""
+    if Capability.HVP in oracle.capabilities:
+        if oracle.dim <= AUTO_EXACT_MAX_DIM or "lanczos" not in ESTIMATORS:
+            return "exact", (
+                f"dimension {oracle.dim} <= {AUTO_EXACT_MAX_DIM} with products available: "
+                "a dense eigendecomposition is exact and fast"
+                if oracle.dim <= AUTO_EXACT_MAX_DIM
+                else "no iterative matvec estimator is installed yet"
+            )
+        return "lanczos", (
+            f"dimension {oracle.dim} > {AUTO_EXACT_MAX_DIM} with products available: "
+            "block Krylov counting"
+        )
+    if Capability.GRAD in oracle.capabilities and "langevin" in ESTIMATORS:
+        return "langevin", "no Hessian-vector products, gradients available: Langevin filter"
+    if Capability.LOSS in oracle.capabilities and "evolution" in ESTIMATORS:
+        return "evolution", "loss values only: evolution-strategies covariance route"
+    return "exact", "no estimator for this oracle's capabilities; trying the dense path"
+
+
+def estimate_rank(
+    obj: Any, method: str = "auto", seed: int | None = None, **options: Any
+) -> RankResult:
+    """Estimate the numerical rank of a symmetric matrix, operator or Hessian.
+
+    Parameters
+    ----------
+    obj : array_like, sparse matrix, LinearOperator, torch.Tensor or Oracle
+        Anything :func:`matrank.as_oracle` accepts.
+    method : str, default="auto"
+        One of ``"auto"``, ``"exact"`` and the other installed estimators (see
+        ``matrank.ESTIMATORS``). ``"auto"`` picks by size and capabilities (see Notes) and
+        records its reason in ``result.diagnostics["auto"]``.
+    seed : int or None, default=None
+        Seed of the estimator's own random generator; the same integer gives a
+        bit-identical result on the CPU. Global seeds are never read or set.
+    **options
+        Hyperparameters of the chosen estimator class (for example ``threshold=``).
+
+    Returns
+    -------
+    RankResult
+
+    Raises
+    ------
+    MatrankValueError
+        For an unknown method or bad input (see :func:`matrank.as_oracle`).
+    MatrankTypeError
+        For an option the chosen estimator does not have.
+
+    Notes
+    -----
+    The ``"auto"`` policy: products with H available and ``n <= 4096`` -> ``"exact"``;
+    larger -> ``"lanczos"``; gradients only -> ``"langevin"``; loss values only ->
+    ``"evolution"`` (each as soon as it is installed).
+
+    Examples
+    --------
+    >>> import numpy as np, matrank
+    >>> B = np.random.default_rng(0).standard_normal((50, 7))
+    >>> result = matrank.estimate_rank(B @ B.T)
+    >>> int(result), result.method, result.diagnostics["auto"][:12]
+    (7, 'exact', 'dimension 50')
+    """
+    check_choice("method", method, ("auto", *ESTIMATORS))
+    check_int("seed", seed, low=0, allow_none=True)
+    oracle = as_oracle(obj)
+    reason = None
+    if method == "auto":
+        method, reason = auto_method(oracle)
+    cls = ESTIMATORS[method]
+    names = [field.name for field in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise MatrankTypeError(
+            message(
+                "options",
+                f"hyperparameters of {cls.__name__} ({', '.join(names)})",
+                ", ".join(unknown),
+            )
+        )
+    result = cls(**options).estimate(oracle, seed=seed)
+    if reason is not None:
+        diagnostics = {**result.diagnostics, "auto": reason}
+        result = dataclasses.replace(result, diagnostics=diagnostics)
+    return result
+

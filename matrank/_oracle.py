@@ -1,0 +1,342 @@
+"""The oracle protocol and the coercion of user objects into oracles.
+
+An oracle describes one stationary point ``theta0`` of a loss ``f`` whose Hessian there is
+the operator whose rank we estimate. Estimators ask only for what they need (``hvp`` for
+Krylov and polynomial methods, ``grad`` for Langevin, ``loss`` for evolution strategies)
+and read :attr:`Oracle.capabilities` to refuse clearly when it is missing.
+
+Block operations are the primitive -- ``hvp`` takes ``(n, b)``, ``grad`` and ``loss`` take
+``(b, n)`` -- because one matrix-matrix product or one batched forward-backward is where
+the speed is.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from ._validation import (
+    MatrankTypeError,
+    MatrankValueError,
+    NotSymmetricError,
+    OperatorContractError,
+    message,
+)
+
+__all__ = [
+    "Capability",
+    "CostMeter",
+    "Oracle",
+    "as_oracle",
+    "exact_rank",
+    "materialize",
+    "symmetry_defect",
+]
+
+
+class Capability(enum.Flag):
+    """What an oracle can compute: the loss, its gradient, Hessian-vector products."""
+
+    NONE = 0
+    LOSS = enum.auto()
+    GRAD = enum.auto()
+    HVP = enum.auto()
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """Protocol of a loss ``f`` around a stationary point ``theta0`` with Hessian ``H``.
+
+    A class type-checks as an oracle without inheriting from anything. Methods that the
+    oracle cannot compute may raise ``NotImplementedError``; ``capabilities`` says which
+    ones work.
+
+    Attributes
+    ----------
+    dim : int
+        Number of parameters ``n``.
+    dtype : torch.dtype
+        Floating dtype of every tensor the oracle takes and returns.
+    device : torch.device
+        Device of those tensors; estimators never move data between devices.
+    theta0 : torch.Tensor
+        The stationary point, shape ``(n,)`` (zeros for a plain matrix).
+    capabilities : Capability
+        Which of ``loss``, ``grad``, ``hvp`` are available.
+
+    Notes
+    -----
+    For an explicit symmetric matrix ``S`` the oracle is the quadratic
+    ``f(θ) = ½ θᵀSθ``: ``grad(θ) = Sθ`` and ``hvp(V) = SV``.
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def theta0(self) -> torch.Tensor: ...
+
+    @property
+    def capabilities(self) -> Capability: ...
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """Loss at a batch of points, ``(b, n) -> (b,)``."""
+        ...
+
+    def grad(self, theta: torch.Tensor) -> torch.Tensor:
+        """Gradient at a batch of points, ``(b, n) -> (b, n)``."""
+        ...
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """Hessian at ``theta0`` times a block, ``(n, b) -> (n, b)``."""
+        ...
+
+
+@functools.singledispatch
+def as_oracle(obj: Any) -> Oracle:
+    """Coerce a matrix, operator or oracle into an :class:`Oracle`.
+
+    Accepted: ``numpy.ndarray``, scipy sparse matrices and arrays,
+    ``scipy.sparse.linalg.LinearOperator``, ``torch.Tensor``, the adapters in
+    ``matrank.adapters`` and any object satisfying the :class:`Oracle` protocol. Third
+    parties register their own types with ``@matrank.as_oracle.register``.
+
+    Parameters
+    ----------
+    obj : object
+        The matrix or operator whose rank is wanted.
+
+    Returns
+    -------
+    Oracle
+
+    Raises
+    ------
+    MatrankTypeError
+        For any other type; the message lists what is accepted.
+    MatrankValueError
+        For a matrix that is not square, not 2-D, empty, non-finite, complex or not
+        symmetric (see ``matrank.adapters.dense``).
+
+    Examples
+    --------
+    >>> import numpy as np, matrank
+    >>> oracle = matrank.as_oracle(np.eye(3))
+    >>> oracle.dim, oracle.dtype
+    (3, torch.float64)
+    """
+    if isinstance(obj, Oracle):
+        return _CheckedOracle(obj)
+    accepted = (
+        "numpy.ndarray, scipy.sparse matrix or array, scipy.sparse.linalg.LinearOperator, "
+        "torch.Tensor, a matrank.adapters object, or an object implementing matrank.Oracle"
+    )
+    raise MatrankTypeError(message("obj", f"one of: {accepted}", type(obj).__name__))
+
+
+@functools.singledispatch
+def materialize(oracle: Any) -> torch.Tensor:
+    """The dense Hessian ``H`` of an oracle as an ``(n, n)`` tensor.
+
+    The default applies ``hvp`` to blocks of the identity (``n`` matvecs); adapters that
+    hold the matrix register a free version.
+    """
+    n = oracle.dim
+    block = 256
+    columns = []
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        eye = torch.zeros(n, stop - start, dtype=oracle.dtype, device=oracle.device)
+        eye[torch.arange(start, stop), torch.arange(stop - start)] = 1
+        columns.append(oracle.hvp(eye))
+    return torch.cat(columns, dim=1)
+
+
+@functools.singledispatch
+def exact_rank(oracle: Any) -> int:
+    """Rank known from the structure of an oracle, without any matvec.
+
+    Adapters whose rank follows from theory register an implementation (for example the
+    deep-linear-net Hessian at a global minimum has rank ``d_in·d_out``). The default
+    raises ``NotImplementedError``.
+    """
+    raise NotImplementedError(f"matrank.exact_rank is not implemented for {type(oracle).__name__}")
+
+
+def symmetry_defect(
+    hvp: Any, dim: int, dtype: torch.dtype, device: torch.device, *, n_pairs: int = 3
+) -> tuple[float, float]:
+    """Randomized symmetry test of an operator: ``max |xᵀAy − yᵀAx|`` and its scale.
+
+    Returns the largest defect over ``n_pairs`` random pairs and the scale it should be
+    compared with, ``max ‖Ax‖‖y‖``. Costs ``2·n_pairs`` matvecs in one block. Uses a fixed
+    local generator so the check is reproducible and never touches global seeds.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    block = torch.randn(dim, 2 * n_pairs, generator=generator, dtype=torch.float64)
+    block = block.to(dtype=dtype, device=device)
+    image = hvp(block)
+    x, y = block[:, :n_pairs], block[:, n_pairs:]
+    ax, ay = image[:, :n_pairs], image[:, n_pairs:]
+    defect = ((y * ax).sum(0) - (x * ay).sum(0)).abs().max()
+    scale = torch.maximum(
+        ax.norm(dim=0) * y.norm(dim=0), ay.norm(dim=0) * x.norm(dim=0)
+    ).max()
+    return float(defect), float(scale)
+
+
+def check_symmetric_operator(oracle: Oracle, name: str) -> float:
+    """Raise :class:`NotSymmetricError` if the randomized test fails; return the defect.
+
+    The tolerance is ``sqrt(eps)`` of the dtype relative to ``‖Ax‖‖y‖``: rounding in a
+    symmetric operator gives defects near ``eps·sqrt(n)``, a non-symmetric one gives
+    defects of the order of the scale itself.
+    """
+    defect, scale = symmetry_defect(oracle.hvp, oracle.dim, oracle.dtype, oracle.device)
+    tolerance = math.sqrt(torch.finfo(oracle.dtype).eps) * scale
+    if defect > tolerance:
+        raise NotSymmetricError(
+            message(
+                name,
+                f"symmetric (|xᵀAy − yᵀAx| ≤ {tolerance:.3g} for random x, y)",
+                f"a defect of {defect:.3g}",
+            )
+        )
+    return defect
+
+
+def check_block_result(result: Any, shape: tuple[int, ...], dtype: torch.dtype, name: str):
+    """Check what a user's operator returned; raise :class:`OperatorContractError`."""
+    if not isinstance(result, torch.Tensor):
+        raise OperatorContractError(
+            message(name, "a torch.Tensor", f"a {type(result).__name__}")
+        )
+    if tuple(result.shape) != shape:
+        raise OperatorContractError(
+            message(name, f"a tensor of shape {shape}", f"shape {tuple(result.shape)}")
+        )
+    if result.dtype != dtype:
+        raise OperatorContractError(
+            message(name, f"a tensor of dtype {dtype}", f"dtype {result.dtype}")
+        )
+    return result
+
+
+class _CheckedOracle:
+    """A user's oracle with the shapes of every answer checked at the boundary.
+
+    User code is where protocol mistakes happen (a transposed block, a squeezed batch),
+    and an estimator fed a wrong shape fails far from the cause, so each call is checked
+    here once and the internals trust the result.
+    """
+
+    def __init__(self, inner: Oracle) -> None:
+        dim = inner.dim
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise OperatorContractError(message("oracle.dim", "an int >= 1", repr(dim)))
+        if not isinstance(inner.dtype, torch.dtype) or not inner.dtype.is_floating_point:
+            raise OperatorContractError(
+                message("oracle.dtype", "a real floating torch.dtype", repr(inner.dtype))
+            )
+        if not isinstance(inner.capabilities, Capability):
+            raise OperatorContractError(
+                message("oracle.capabilities", "a matrank.Capability", repr(inner.capabilities))
+            )
+        theta0 = inner.theta0
+        check_block_result(theta0, (dim,), inner.dtype, "oracle.theta0")
+        self.inner = inner
+        if Capability.HVP in inner.capabilities:
+            check_symmetric_operator(self, "oracle.hvp")
+
+    dim = property(lambda self: self.inner.dim)
+    dtype = property(lambda self: self.inner.dtype)
+    device = property(lambda self: self.inner.device)
+    theta0 = property(lambda self: self.inner.theta0)
+    capabilities = property(lambda self: self.inner.capabilities)
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        return check_block_result(
+            self.inner.loss(theta), (theta.shape[0],), self.dtype, "oracle.loss(theta)"
+        )
+
+    def grad(self, theta: torch.Tensor) -> torch.Tensor:
+        return check_block_result(
+            self.inner.grad(theta), tuple(theta.shape), self.dtype, "oracle.grad(theta)"
+        )
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        return check_block_result(self.inner.hvp(V), tuple(V.shape), self.dtype, "oracle.hvp(V)")
+
+
+@as_oracle.register
+def _(obj: _CheckedOracle) -> Oracle:
+    return obj
+
+
+@exact_rank.register
+def _(oracle: _CheckedOracle) -> int:
+    return exact_rank(oracle.inner)
+
+
+class CostMeter:
+    """Wraps an oracle and counts what an estimator spends.
+
+    Counts are per vector: a block ``hvp`` of ``b`` columns is ``b`` matvecs and a batched
+    ``grad`` of ``b`` rows is ``b`` gradients, so costs compare across block sizes.
+    """
+
+    def __init__(self, oracle: Oracle) -> None:
+        self.oracle = oracle
+        self.matvecs = 0
+        self.grads = 0
+        self.loss_evals = 0
+
+    dim = property(lambda self: self.oracle.dim)
+    dtype = property(lambda self: self.oracle.dtype)
+    device = property(lambda self: self.oracle.device)
+    theta0 = property(lambda self: self.oracle.theta0)
+    capabilities = property(lambda self: self.oracle.capabilities)
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        self.loss_evals += theta.shape[0]
+        return self.oracle.loss(theta)
+
+    def grad(self, theta: torch.Tensor) -> torch.Tensor:
+        self.grads += theta.shape[0]
+        return self.oracle.grad(theta)
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        self.matvecs += V.shape[1]
+        return self.oracle.hvp(V)
+
+    def cost(self, seconds: float) -> dict[str, float]:
+        """The cost dictionary of a :class:`RankResult`."""
+        return {
+            "matvecs": self.matvecs,
+            "grads": self.grads,
+            "loss_evals": self.loss_evals,
+            "seconds": seconds,
+        }
+
+
+def require(oracle: Oracle, capability: Capability, method: str) -> None:
+    """Refuse clearly when an estimator needs something the oracle cannot compute."""
+    if capability not in oracle.capabilities:
+        have = ", ".join(c.name.lower() for c in Capability if c and c in oracle.capabilities)
+        raise MatrankValueError(
+            message(
+                "obj",
+                f"an oracle with {capability.name.lower()} for method={method!r}",
+                f"one with only: {have or 'nothing'}",
+            )
+        )

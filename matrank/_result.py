@@ -1,0 +1,155 @@
+"""The result every estimator returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CountingCurve", "RankResult", "Status"]
+
+
+class Status(enum.Enum):
+    """How an estimate ended; the value is the remediation text shown to users.
+
+    Lineax's ``RESULTS`` taught us that a status is only useful if it says what to
+    change.
+    """
+
+    CONVERGED = "converged"
+    NO_PLATEAU = (
+        "no plateau of at least one decade in the counting curve N(τ): the numerical rank "
+        "is not well defined at any threshold; read `result.counts` or pass `threshold=`"
+    )
+    BUDGET_EXHAUSTED = (
+        "budget exhausted before the count stabilised; raise `max_matvecs` (or the "
+        "estimator's budget option) or pass a larger `threshold=`"
+    )
+    INTERRUPTED = "interrupted by the user; the estimate is the best one so far"
+
+    @property
+    def converged(self) -> bool:
+        """Whether the estimate means what it claims (a plateau-less curve still does)."""
+        return self in (Status.CONVERGED, Status.NO_PLATEAU)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CountingCurve:
+    """The counting curve ``N(τ)``: how many eigenvalues exceed each threshold ``τ``.
+
+    Attributes
+    ----------
+    thresholds : numpy.ndarray
+        Increasing thresholds, log-spaced.
+    counts : numpy.ndarray
+        ``N(τ)`` at each threshold (non-increasing; floats for stochastic estimators).
+    stderr : numpy.ndarray or None
+        Standard error of each count, where the estimator is stochastic.
+    """
+
+    thresholds: np.ndarray
+    counts: np.ndarray
+    stderr: np.ndarray | None = None
+
+    def at(self, threshold: float) -> float:
+        """``N(threshold)`` read off the curve (the count at the nearest grid point below)."""
+        index = np.searchsorted(self.thresholds, threshold, side="right") - 1
+        index = int(np.clip(index, 0, len(self.thresholds) - 1))
+        return float(self.counts[index])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class RankResult:
+    """An estimate of the numerical rank, with its uncertainty and its cost.
+
+    Attributes
+    ----------
+    rank : float
+        The estimate: the number of eigenvalues above ``threshold`` (``int(round(rank))``
+        for an integer).
+    stderr : float or None
+        Standard error of ``rank``; ``None`` when the estimator is deterministic.
+    threshold : float or None
+        The eigenvalue threshold effectively used.
+    method : str
+        The estimator that ran (``"exact"``, ``"lanczos"``, ...).
+    cost : dict
+        ``"matvecs"``, ``"grads"``, ``"loss_evals"`` and ``"seconds"`` actually spent.
+    diagnostics : dict
+        Estimator-specific traces (spectrum, plateau width, loss curve, ...).
+    counts : CountingCurve or None
+        ``N(τ)`` on a grid of thresholds, where the estimator can provide it.
+    status : Status
+        How the estimate ended; ``status.value`` is remediation text.
+    """
+
+    rank: float
+    stderr: float | None
+    threshold: float | None
+    method: str
+    cost: Mapping[str, float]
+    diagnostics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    counts: CountingCurve | None = None
+    status: Status = Status.CONVERGED
+
+    @property
+    def converged(self) -> bool:
+        """Whether the estimator reached its stopping rule (see :class:`Status`)."""
+        return self.status.converged
+
+    def __int__(self) -> int:
+        return int(round(self.rank))
+
+    def __str__(self) -> str:
+        uncertainty = "" if self.stderr is None else f" ± {self.stderr:.3g}"
+        threshold = "None" if self.threshold is None else f"{self.threshold:.3g}"
+        text = f"rank {_format_rank(self.rank)}{uncertainty} (method={self.method}, "
+        text += f"threshold={threshold}, {_format_cost(self.cost)})"
+        if self.status is not Status.CONVERGED:
+            text += f"\n  status: {self.status.value}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (arrays become lists)."""
+        out: dict[str, Any] = {
+            "rank": self.rank,
+            "stderr": self.stderr,
+            "threshold": self.threshold,
+            "method": self.method,
+            "cost": dict(self.cost),
+            "status": self.status.name.lower(),
+            "converged": self.converged,
+        }
+        if self.counts is not None:
+            out["counts"] = {
+                "thresholds": self.counts.thresholds.tolist(),
+                "counts": self.counts.counts.tolist(),
+            }
+        out["diagnostics"] = {k: _jsonable(v) for k, v in self.diagnostics.items()}
+        return out
+
+
+def _format_rank(rank: float) -> str:
+    return str(int(rank)) if float(rank).is_integer() else f"{rank:.2f}"
+
+
+def _format_cost(cost: Mapping[str, float]) -> str:
+    parts = [f"{cost[k]} {k}" for k in ("matvecs", "grads", "loss_evals") if cost.get(k)]
+    parts.append(f"{cost.get('seconds', math.nan):.3g} s")
+    return ", ".join(parts)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,126 @@
+"""Errors, warnings and the one message template for bad input.
+
+Every error matrank raises on bad input derives from :class:`MatrankError`; the concrete
+classes also derive from the builtin that fits (``ValueError`` for a wrong value,
+``TypeError`` for a wrong type), so ``except ValueError`` in user code keeps working.
+Messages follow one template (scikit-learn's): name the parameter or object, the rule,
+and what was received -- "`max_matvecs` must be an int in [1, inf); got 0."
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "MatrankError",
+    "MatrankTypeError",
+    "MatrankValueError",
+    "MatrankWarning",
+    "NotSymmetricError",
+    "OperatorContractError",
+    "check_choice",
+    "check_int",
+    "check_real",
+    "message",
+]
+
+
+class MatrankError(Exception):
+    """Base of every error matrank raises on bad input."""
+
+
+class MatrankValueError(MatrankError, ValueError):
+    """An argument has the right type but a value matrank cannot use."""
+
+
+class MatrankTypeError(MatrankError, TypeError):
+    """An argument has a type matrank does not accept."""
+
+
+class NotSymmetricError(MatrankValueError):
+    """The matrix or operator is not symmetric within the tolerance of its dtype."""
+
+
+class OperatorContractError(MatrankValueError):
+    """A user-supplied operator or oracle broke the protocol (shape, dtype, determinism)."""
+
+
+class MatrankWarning(UserWarning):
+    """Something is probably wrong with the estimate; the message says what to change."""
+
+
+def message(name: str, rule: str, got: Any) -> str:
+    """Render the one message template: "`name` must be rule; got got."."""
+    return f"`{name}` must be {rule}; got {got}."
+
+
+def _interval(low: float | None, high: float | None, closed: str) -> str:
+    left = "[" if closed in ("both", "left") else "("
+    right = "]" if closed in ("both", "right") else ")"
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    if low is None:
+        left = "("
+    if high is None:
+        right = ")"
+    return f"{left}{lo}, {hi}{right}"
+
+
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    allow_none: bool = False,
+) -> int | None:
+    """Return ``value`` as an ``int`` or raise with the message template."""
+    if value is None and allow_none:
+        return None
+    rule = f"an int in {_interval(low, high, 'both')}"
+    if allow_none:
+        rule += " or None"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise MatrankTypeError(message(name, rule, repr(value)))
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise MatrankValueError(message(name, rule, repr(value)))
+    return value
+
+
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    closed: str = "both",
+    allow_none: bool = False,
+) -> float | None:
+    """Return ``value`` as a finite ``float`` in the interval or raise."""
+    if value is None and allow_none:
+        return None
+    rule = f"a real number in {_interval(low, high, closed)}"
+    if allow_none:
+        rule += " or None"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise MatrankTypeError(message(name, rule, repr(value)))
+    value = float(value)
+    low_ok = low is None or (value >= low if closed in ("both", "left") else value > low)
+    high_ok = high is None or (value <= high if closed in ("both", "right") else value < high)
+    if not math.isfinite(value) or not low_ok or not high_ok:
+        raise MatrankValueError(message(name, rule, repr(value)))
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices`` or raise, listing them."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        error = MatrankValueError if isinstance(value, str) else MatrankTypeError
+        raise error(message(name, f"one of {listed}", repr(value)))
+    return value

@@ -1,0 +1,1 @@
+"""Pure numerical kernels shared by the estimators (no oracles, no estimators here)."""

@@ -1,0 +1,119 @@
+"""Threshold selection from a spectrum: the widest-plateau rule on a log scale.
+
+The counting curve ``N(τ) = #{i : |λ_i| > τ}`` is a staircase. A numerical rank is
+well defined when the staircase has a long flat step: a range of thresholds, spanning
+decades, over which the count does not change. We choose ``τ`` at the geometric centre of
+the widest such step above the operator's noise floor (research notes, algorithms §1.3),
+preferring the higher of two comparable steps, and report the step's width, so that a
+user can see how much the answer depends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from .._result import CountingCurve
+
+__all__ = ["ThresholdChoice", "counting_curve", "plateau_threshold"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdChoice:
+    """The threshold chosen from a spectrum and how clear-cut the choice was.
+
+    Attributes
+    ----------
+    threshold : float
+        Geometric centre of the widest plateau.
+    lower, upper : float
+        Edges of that plateau: the largest magnitude not counted (or the noise floor) and
+        the smallest magnitude counted.
+    decades : float
+        Width of the plateau, ``log10(upper / lower)``.
+    runner_up_decades : float
+        Width of the second-widest plateau; close to ``decades`` means an ambiguous rank.
+    """
+
+    threshold: float
+    lower: float
+    upper: float
+    decades: float
+    runner_up_decades: float
+
+
+def plateau_threshold(
+    magnitudes: np.ndarray, floor: float, *, preference: float = 0.5
+) -> ThresholdChoice:
+    """Choose ``τ`` at the centre of a wide plateau of ``N(τ)`` above ``floor``.
+
+    Parameters
+    ----------
+    magnitudes : array_like
+        Absolute eigenvalues (any order; any length).
+    floor : float
+        Noise floor: magnitudes at or below it are indistinguishable from zero. Must be
+        positive unless every magnitude is zero.
+    preference : float, default=0.5
+        Among plateaus at least ``preference`` times as wide as the widest one (in
+        decades), the highest wins.
+
+    Returns
+    -------
+    ThresholdChoice
+
+    Notes
+    -----
+    The candidate plateaus lie between consecutive magnitudes above the floor, and
+    between the smallest of them and the floor itself (the plateau that makes a full rank
+    visible). Widths are measured in decades, because Hessian spectra span many.
+
+    The highest of the comparable plateaus wins because the floor plateau's width is
+    only as good as the floor estimate: a band of small eigenvalues that sits decades
+    under the signal but far above rounding (an approximate minimum, a float32 operator)
+    is noise to a user, although the gap beneath it may be a little wider than the gap
+    above it.
+
+    Examples
+    --------
+    >>> choice = plateau_threshold(np.array([1.0, 0.5, 1e-3, 1e-15]), floor=1e-13)
+    >>> round(math.log10(choice.threshold), 1), round(choice.decades, 1)
+    (-8.0, 10.0)
+    >>> # a band 4 decades under the signal, 5 decades above the floor: the band is noise
+    >>> noisy = plateau_threshold(np.array([1.0, 1e-4, 5e-5, 1e-5]), floor=1e-10)
+    >>> round(math.log10(noisy.threshold), 1)
+    -2.0
+    """
+    values = np.sort(np.abs(np.asarray(magnitudes, dtype=np.float64)))[::-1]
+    above = values[values > floor]
+    if above.size == 0:
+        return ThresholdChoice(float(floor), 0.0, float(floor), math.inf, 0.0)
+    edges = np.append(above, floor)
+    with np.errstate(divide="ignore"):
+        widths = np.log10(edges[:-1] / edges[1:])
+    widest = float(widths.max())
+    # edges descend, so the first comparable plateau is the highest one
+    best = int(np.flatnonzero(widths >= preference * widest)[0])
+    upper, lower = float(edges[best]), float(edges[best + 1])
+    others = np.delete(widths, best)
+    return ThresholdChoice(
+        threshold=math.sqrt(upper * lower),
+        lower=lower,
+        upper=upper,
+        decades=float(widths[best]),
+        runner_up_decades=float(others.max()) if others.size else 0.0,
+    )
+
+
+def counting_curve(
+    magnitudes: np.ndarray, low: float, high: float, *, n_points: int = 200
+) -> CountingCurve:
+    """``N(τ)`` of a known spectrum on a log grid of thresholds from ``low`` to ``high``."""
+    low = max(low, np.finfo(np.float64).tiny)
+    high = max(high, low * 10)
+    thresholds = np.geomspace(low, high, n_points)
+    values = np.sort(np.abs(np.asarray(magnitudes, dtype=np.float64)))
+    counts = values.size - np.searchsorted(values, thresholds, side="right")
+    return CountingCurve(thresholds=thresholds, counts=counts.astype(np.float64))

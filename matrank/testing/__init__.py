@@ -1,0 +1,33 @@
+"""Test support shipped with the package: known-rank cases and the oracle contract check.
+
+``matrank.testing.strategies`` (hypothesis strategies) needs the ``test`` extra and is
+imported on demand.
+"""
+
+from ._cases import (
+    Case,
+    catalogue,
+    direct_sum,
+    haar_orthogonal,
+    kronecker,
+    laplacian,
+    outer_products,
+    projector,
+    rotated_spectrum,
+    spectrum_levels,
+)
+from ._contract import check_oracle
+
+__all__ = [
+    "Case",
+    "catalogue",
+    "check_oracle",
+    "direct_sum",
+    "haar_orthogonal",
+    "kronecker",
+    "laplacian",
+    "outer_products",
+    "projector",
+    "rotated_spectrum",
+    "spectrum_levels",
+]
