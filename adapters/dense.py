@@ -75,7 +75,9 @@ def _target_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _check_square(shape: tuple[int, ...], name: str) -> int:
     if len(shape) != 2:
-        raise MatrankValueError(message(name, "a 2-D matrix", f"{len(shape)}-D shape {shape}"))
+        raise MatrankValueError(
+            message(name, "a 2-D matrix", f"{len(shape)}-D shape {shape}")
+        )
     if shape[0] != shape[1]:
         raise MatrankValueError(message(name, "a square matrix", f"shape {shape}"))
     if shape[0] == 0:
@@ -134,13 +136,19 @@ def _dense_from_tensor(tensor: torch.Tensor, name: str) -> DenseOracle:
     tensor = tensor.to(_target_dtype(tensor.dtype))
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise MatrankValueError(message(name, "finite (no NaN or Inf)", f"{bad} non-finite entries"))
+        raise MatrankValueError(
+            message(name, "finite (no NaN or Inf)", f"{bad} non-finite entries")
+        )
     scale = float(tensor.abs().max())
     defect = _max_asymmetry(tensor)
     tolerance = _symmetry_tolerance(tensor.dtype, scale)
     if defect > tolerance:
         raise NotSymmetricError(
-            message(name, f"symmetric (max |A − Aᵀ| ≤ {tolerance:.3g})", f"max |A − Aᵀ| = {defect:.3g}")
+            message(
+                name,
+                f"symmetric (max |A − Aᵀ| ≤ {tolerance:.3g})",
+                f"max |A − Aᵀ| = {defect:.3g}",
+            )
         )
     return DenseOracle(tensor)
 
@@ -158,7 +166,9 @@ def _max_asymmetry(tensor: torch.Tensor, block: int = 1024) -> float:
 @as_oracle.register
 def _(obj: np.ndarray) -> DenseOracle:
     name = "obj"
-    if obj.dtype == object or not (np.issubdtype(obj.dtype, np.number) or obj.dtype == bool):
+    if obj.dtype == object or not (
+        np.issubdtype(obj.dtype, np.number) or obj.dtype == bool
+    ):
         raise MatrankTypeError(
             message(name, "an array of real numbers", f"an array of dtype {obj.dtype}")
         )
@@ -235,7 +245,9 @@ def _sparse_oracle(obj: Any) -> SparseOracle:
     csr.sum_duplicates()
     if not np.isfinite(csr.data).all():
         bad = int((~np.isfinite(csr.data)).sum())
-        raise MatrankValueError(message(name, "finite (no NaN or Inf)", f"{bad} non-finite entries"))
+        raise MatrankValueError(
+            message(name, "finite (no NaN or Inf)", f"{bad} non-finite entries")
+        )
     scale = float(abs(csr).max()) if csr.nnz else 0.0
     difference = csr - csr.T
     defect = float(abs(difference).max()) if difference.nnz else 0.0
@@ -243,7 +255,11 @@ def _sparse_oracle(obj: Any) -> SparseOracle:
     tolerance = _symmetry_tolerance(torch_dtype, scale)
     if defect > tolerance:
         raise NotSymmetricError(
-            message(name, f"symmetric (max |A − Aᵀ| ≤ {tolerance:.3g})", f"max |A − Aᵀ| = {defect:.3g}")
+            message(
+                name,
+                f"symmetric (max |A − Aᵀ| ≤ {tolerance:.3g})",
+                f"max |A − Aᵀ| = {defect:.3g}",
+            )
         )
     return SparseOracle(csr)
 
@@ -291,7 +307,11 @@ class LinearOperatorOracle(_QuadraticMixin):
         expected = (self.dim, V.shape[1])
         if result.shape != expected:
             raise OperatorContractError(
-                message("operator.matmat(V)", f"an array of shape {expected}", f"shape {result.shape}")
+                message(
+                    "operator.matmat(V)",
+                    f"an array of shape {expected}",
+                    f"shape {result.shape}",
+                )
             )
         if np.iscomplexobj(result):
             raise OperatorContractError(
@@ -299,7 +319,9 @@ class LinearOperatorOracle(_QuadraticMixin):
             )
         if not np.isfinite(result).all():
             raise OperatorContractError(
-                message("operator.matmat(V)", "finite (no NaN or Inf)", "non-finite entries")
+                message(
+                    "operator.matmat(V)", "finite (no NaN or Inf)", "non-finite entries"
+                )
             )
         return torch.from_numpy(np.ascontiguousarray(result, dtype=numpy_dtype))
 
@@ -314,7 +336,9 @@ def _(obj: scipy.sparse.linalg.LinearOperator) -> LinearOperatorOracle:
     if dtype.kind == "c":
         raise MatrankTypeError(message(name, "a real LinearOperator", f"dtype {dtype}"))
     if dtype.kind not in "fiub":
-        raise MatrankTypeError(message(name, "a LinearOperator of real numbers", f"dtype {dtype}"))
+        raise MatrankTypeError(
+            message(name, "a LinearOperator of real numbers", f"dtype {dtype}")
+        )
     _check_square(tuple(obj.shape), name)
     oracle = LinearOperatorOracle(obj)
     check_symmetric_operator(oracle, name)

@@ -7,6 +7,9 @@ matrices, operators and models into oracles.
 
 from importlib.metadata import PackageNotFoundError, version
 
+# Registers the explicit-matrix adapters with as_oracle (adapters import only the
+# protocol, so this is the one place the core reaches into them).
+from . import adapters
 from ._api import ESTIMATORS, auto_method, estimate_rank
 from ._oracle import Capability, Oracle, as_oracle, exact_rank, materialize
 from ._result import CountingCurve, RankResult, Status
@@ -19,10 +22,6 @@ from ._validation import (
     OperatorContractError,
 )
 from .estimators import ExactRank
-
-# Registers the explicit-matrix adapters with as_oracle (adapters import only the
-# protocol, so this is the one place the core reaches into them).
-from . import adapters  # noqa: E402  isort: skip
 
 try:
     __version__ = version("matrank")

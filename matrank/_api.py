@@ -35,7 +35,10 @@ def auto_method(oracle: Oracle) -> tuple[str, str]:
             "block Krylov counting"
         )
     if Capability.GRAD in oracle.capabilities and "langevin" in ESTIMATORS:
-        return "langevin", "no Hessian-vector products, gradients available: Langevin filter"
+        return (
+            "langevin",
+            "no Hessian-vector products, gradients available: Langevin filter",
+        )
     if Capability.LOSS in oracle.capabilities and "evolution" in ESTIMATORS:
         return "evolution", "loss values only: evolution-strategies covariance route"
     return "exact", "no estimator for this oracle's capabilities; trying the dense path"
@@ -107,4 +110,3 @@ def estimate_rank(
         diagnostics = {**result.diagnostics, "auto": reason}
         result = dataclasses.replace(result, diagnostics=diagnostics)
     return result
-

@@ -135,7 +135,11 @@ def as_oracle(obj: Any) -> Oracle:
     >>> oracle.dim, oracle.dtype
     (3, torch.float64)
     """
-    if isinstance(obj, Oracle):
+    # Duck-typed rather than isinstance(obj, Oracle): an oracle needs only the methods its
+    # capabilities claim, and _CheckedOracle verifies those.
+    if all(
+        hasattr(obj, name) for name in ("dim", "dtype", "device", "theta0", "capabilities")
+    ):
         return _CheckedOracle(obj)
     accepted = (
         "numpy.ndarray, scipy.sparse matrix or array, scipy.sparse.linalg.LinearOperator, "
@@ -170,7 +174,9 @@ def exact_rank(oracle: Any) -> int:
     deep-linear-net Hessian at a global minimum has rank ``d_in·d_out``). The default
     raises ``NotImplementedError``.
     """
-    raise NotImplementedError(f"matrank.exact_rank is not implemented for {type(oracle).__name__}")
+    raise NotImplementedError(
+        f"matrank.exact_rank is not implemented for {type(oracle).__name__}"
+    )
 
 
 def symmetry_defect(
@@ -250,8 +256,22 @@ class _CheckedOracle:
             )
         if not isinstance(inner.capabilities, Capability):
             raise OperatorContractError(
-                message("oracle.capabilities", "a matrank.Capability", repr(inner.capabilities))
+                message(
+                    "oracle.capabilities", "a matrank.Capability", repr(inner.capabilities)
+                )
             )
+        for capability in (Capability.LOSS, Capability.GRAD, Capability.HVP):
+            method = capability.name.lower()
+            if capability in inner.capabilities and not callable(
+                getattr(inner, method, None)
+            ):
+                raise OperatorContractError(
+                    message(
+                        f"oracle.{method}",
+                        f"a method, as capabilities claim {method}",
+                        "none",
+                    )
+                )
         theta0 = inner.theta0
         check_block_result(theta0, (dim,), inner.dtype, "oracle.theta0")
         self.inner = inner
@@ -275,7 +295,9 @@ class _CheckedOracle:
         )
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        return check_block_result(self.inner.hvp(V), tuple(V.shape), self.dtype, "oracle.hvp(V)")
+        return check_block_result(
+            self.inner.hvp(V), tuple(V.shape), self.dtype, "oracle.hvp(V)"
+        )
 
 
 @as_oracle.register
@@ -332,7 +354,9 @@ class CostMeter:
 def require(oracle: Oracle, capability: Capability, method: str) -> None:
     """Refuse clearly when an estimator needs something the oracle cannot compute."""
     if capability not in oracle.capabilities:
-        have = ", ".join(c.name.lower() for c in Capability if c and c in oracle.capabilities)
+        have = ", ".join(
+            c.name.lower() for c in Capability if c and c in oracle.capabilities
+        )
         raise MatrankValueError(
             message(
                 "obj",

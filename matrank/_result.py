@@ -102,7 +102,7 @@ class RankResult:
         return self.status.converged
 
     def __int__(self) -> int:
-        return int(round(self.rank))
+        return round(self.rank)
 
     def __str__(self) -> str:
         uncertainty = "" if self.stderr is None else f" ± {self.stderr:.3g}"

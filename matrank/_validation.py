@@ -110,7 +110,9 @@ def check_real(
         raise MatrankTypeError(message(name, rule, repr(value)))
     value = float(value)
     low_ok = low is None or (value >= low if closed in ("both", "left") else value > low)
-    high_ok = high is None or (value <= high if closed in ("both", "right") else value < high)
+    high_ok = high is None or (
+        value <= high if closed in ("both", "right") else value < high
+    )
     if not math.isfinite(value) or not low_ok or not high_ok:
         raise MatrankValueError(message(name, rule, repr(value)))
     return value

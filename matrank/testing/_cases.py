@@ -65,7 +65,9 @@ class Case:
         return self.make()
 
 
-def haar_orthogonal(n: int, rng: np.random.Generator, columns: int | None = None) -> np.ndarray:
+def haar_orthogonal(
+    n: int, rng: np.random.Generator, columns: int | None = None
+) -> np.ndarray:
     """``n × columns`` matrix with orthonormal columns, Haar-distributed (QR with sign fix)."""
     columns = n if columns is None else columns
     q, r = np.linalg.qr(rng.standard_normal((n, columns)))
@@ -102,8 +104,8 @@ def rotated_spectrum(
         Each distinct signal level is repeated this many times (Krylov stress).
     noise_gap : float or None
         If given, the other ``n − rank`` eigenvalues form a noise band instead of being
-        zero: log-uniform from ``λ_min / noise_gap`` down to ``1e-15`` (into the rounding
-        floor), the shape of the small-eigenvalue bulk of an approximate minimum.
+        zero: log-spaced from ``λ_min / noise_gap`` down to ``1e-15`` (into the rounding
+        floor), the shape of the dense small-eigenvalue bulk of an approximate minimum.
     negative : int
         How many of the signal eigenvalues are made negative (an indefinite matrix).
     dtype : numpy dtype
@@ -113,16 +115,16 @@ def rotated_spectrum(
     """
     rng = np.random.default_rng(seed)
     spectrum = np.zeros(n)
-    signal = spectrum_levels(rank, cond=cond, multiplicity=multiplicity) if rank else np.zeros(0)
+    signal = (
+        spectrum_levels(rank, cond=cond, multiplicity=multiplicity) if rank else np.zeros(0)
+    )
     spectrum[:rank] = signal
     if negative:
         flip = rng.choice(rank, size=negative, replace=False)
         spectrum[flip] *= -1
     if noise_gap is not None and rank < n:
         smallest = np.abs(signal).min() if rank else 1.0
-        top = np.log10(smallest / noise_gap)
-        spectrum[rank:] = 10.0 ** rng.uniform(-15.0, top, n - rank)
-        spectrum[rank] = 10.0**top  # the band's top edge sits exactly at the stated gap
+        spectrum[rank:] = np.geomspace(smallest / noise_gap, 1e-15, n - rank)
     q = haar_orthogonal(n, rng)
     matrix = (q * spectrum) @ q.T
     # Symmetric to the last bit, as a user's covariance from syrk would be.

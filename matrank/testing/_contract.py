@@ -58,7 +58,9 @@ def check_oracle(obj: Any, *, seed: int = 0, n_probes: int = 4, rtol: float | No
     generator = torch.Generator().manual_seed(seed)
 
     def probes(k: int) -> torch.Tensor:
-        return torch.randn(n, k, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
+        return torch.randn(n, k, generator=generator, dtype=torch.float64).to(
+            dtype=dtype, device=device
+        )
 
     failures: list[str] = []
     defects: dict[str, float] = {}
@@ -75,8 +77,18 @@ def check_oracle(obj: Any, *, seed: int = 0, n_probes: int = 4, rtol: float | No
         _shape(AV, (n, n_probes), dtype, "hvp(V)", failures)
         scale = float(AV.norm()) or 1.0
         columns = torch.cat([oracle.hvp(V[:, j : j + 1]) for j in range(n_probes)], dim=1)
-        record("blocks", float((columns - AV).norm()) / scale, rtol, "hvp of a block != hvp of its columns")
-        record("determinism", float((oracle.hvp(V) - AV).norm()) / scale, rtol, "hvp is not deterministic")
+        record(
+            "blocks",
+            float((columns - AV).norm()) / scale,
+            rtol,
+            "hvp of a block != hvp of its columns",
+        )
+        record(
+            "determinism",
+            float((oracle.hvp(V) - AV).norm()) / scale,
+            rtol,
+            "hvp is not deterministic",
+        )
         half = n_probes // 2 or 1
         x, y = V[:, :half], V[:, half : 2 * half] if n_probes > 1 else V[:, :half]
         ax, ay = AV[:, :half], AV[:, half : 2 * half] if n_probes > 1 else AV[:, :half]
@@ -85,7 +97,9 @@ def check_oracle(obj: Any, *, seed: int = 0, n_probes: int = 4, rtol: float | No
         record("symmetry", cross / norm, rtol, "⟨Ax, y⟩ != ⟨x, Ay⟩")
         combo = oracle.hvp(2.0 * V[:, :1] - 3.0 * V[:, -1:])
         expected = 2.0 * AV[:, :1] - 3.0 * AV[:, -1:]
-        record("linearity", float((combo - expected).norm()) / scale, rtol, "hvp is not linear")
+        record(
+            "linearity", float((combo - expected).norm()) / scale, rtol, "hvp is not linear"
+        )
     if Capability.GRAD in capabilities:
         theta = oracle.theta0[None, :] + probes(n_probes).T
         g = oracle.grad(theta)
@@ -99,18 +113,26 @@ def check_oracle(obj: Any, *, seed: int = 0, n_probes: int = 4, rtol: float | No
             difference = ((plus - minus) / (2 * h)).T
             hv = oracle.hvp(v.T)
             relative = float((difference - hv).norm()) / (float(hv.norm()) or 1.0)
-            record("finite_difference", relative, 1e3 * eps ** (2 / 3), "grad differences != hvp")
+            record(
+                "finite_difference",
+                relative,
+                1e3 * eps ** (2 / 3),
+                "grad differences != hvp",
+            )
     if Capability.LOSS in capabilities:
         theta = oracle.theta0[None, :] + probes(n_probes).T
         _shape(oracle.loss(theta), (n_probes,), dtype, "loss(theta)", failures)
     if failures:
         raise OperatorContractError(
-            f"{type(oracle).__name__} breaks the oracle contract:\n- " + "\n- ".join(failures)
+            f"{type(getattr(oracle, 'inner', oracle)).__name__} breaks the oracle contract:\n- "
+            + "\n- ".join(failures)
         )
     return defects
 
 
-def _shape(result: Any, shape: tuple[int, ...], dtype: torch.dtype, what: str, failures: list[str]):
+def _shape(
+    result: Any, shape: tuple[int, ...], dtype: torch.dtype, what: str, failures: list[str]
+):
     if not isinstance(result, torch.Tensor):
         failures.append(f"{what} returned a {type(result).__name__}, not a torch.Tensor")
     elif tuple(result.shape) != shape or result.dtype != dtype:

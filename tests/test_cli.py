@@ -1,0 +1,104 @@
+"""The command line, driven through main(argv)."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse
+import torch
+
+from matrank.cli import main
+from matrank.testing import laplacian, rotated_spectrum
+
+MATRIX = rotated_spectrum(60, 11, seed=0)
+
+
+@pytest.fixture
+def files(tmp_path):
+    paths = {}
+    paths["npy"] = tmp_path / "a.npy"
+    np.save(paths["npy"], MATRIX)
+    paths["npz-dense"] = tmp_path / "dense.npz"
+    np.savez(paths["npz-dense"], matrix=MATRIX)
+    paths["npz-sparse"] = tmp_path / "sparse.npz"
+    scipy.sparse.save_npz(paths["npz-sparse"], scipy.sparse.csr_matrix(laplacian(4, 6)))
+    paths["mtx"] = tmp_path / "a.mtx"
+    scipy.io.mmwrite(paths["mtx"], scipy.sparse.coo_matrix(laplacian(4, 6)))
+    paths["pt"] = tmp_path / "a.pt"
+    torch.save(torch.from_numpy(MATRIX), paths["pt"])
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("kind", "rank"),
+    [("npy", 11), ("npz-dense", 11), ("npz-sparse", 20), ("mtx", 20), ("pt", 11)],
+)
+def test_estimate_reads_every_format(files, capsys, kind, rank):
+    assert main(["estimate", str(files[kind]), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["rank"] == rank and payload["method"] == "exact"
+
+
+def test_estimate_prints_a_readable_line(files, capsys):
+    assert (
+        main(["estimate", str(files["npy"]), "--method", "exact", "--threshold", "0.5"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("rank ") and "threshold=0.5" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["estimate", "missing.npy"], "No such file"),
+        (["estimate", "matrix.csv"], "must end in .npy, .npz, .mtx or .pt"),
+        (["estimate", "{npy}", "--threshold", "-1"], "`threshold` must be a real number"),
+        (["estimate", "{bad}"], "must be symmetric"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, argv, message):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.triu(np.ones((4, 4))))
+    argv = [a.format(npy=files["npy"], bad=bad) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["frobnicate"]) == 2
+    assert main(["estimate", "a.npy", "--method", "svd"]) == 2
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (open, ("/tmp/matrank-pwned", "w"))
+
+
+def test_a_malicious_pickle_is_not_executed(tmp_path, capsys):
+    import pathlib
+
+    marker = pathlib.Path("/tmp/matrank-pwned")
+    marker.unlink(missing_ok=True)
+    npy = tmp_path / "evil.npy"
+    np.save(npy, np.array([_Exploit()], dtype=object), allow_pickle=True)
+    pt = tmp_path / "evil.pt"
+    with open(pt, "wb") as handle:
+        torch.save({"x": _Exploit()}, handle, pickle_module=pickle)
+    assert main(["estimate", str(npy)]) == 2
+    assert main(["estimate", str(pt)]) == 2
+    assert not marker.exists()
+    assert "error" in capsys.readouterr().err
+
+
+def test_methods_and_demo(capsys):
+    assert main(["methods"]) == 0
+    assert "exact" in capsys.readouterr().out
+    assert main(["demo", "--n", "200", "--rank", "15"]) == 0
+    out = capsys.readouterr().out
+    assert "method" in out and "truth" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("exact")]
+    assert rows and rows[0][1] == "15" and rows[0][-1] == "15"

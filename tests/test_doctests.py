@@ -1,0 +1,12 @@
+"""Doctests of the adapters, which pytest would otherwise import as a top-level package."""
+
+import doctest
+
+import matrank.adapters.dense
+import pytest
+
+
+@pytest.mark.parametrize("module", [matrank.adapters.dense])
+def test_adapter_doctests(module):
+    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0
