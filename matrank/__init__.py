@@ -21,7 +21,7 @@ from ._validation import (
     NotSymmetricError,
     OperatorContractError,
 )
-from .estimators import ExactRank
+from .estimators import ExactRank, LanczosRank
 
 try:
     __version__ = version("matrank")
@@ -33,6 +33,7 @@ __all__ = [
     "Capability",
     "CountingCurve",
     "ExactRank",
+    "LanczosRank",
     "MatrankError",
     "MatrankTypeError",
     "MatrankValueError",

@@ -1,5 +1,6 @@
 """The estimators: frozen dataclasses of hyperparameters with one verb, ``estimate``."""
 
 from .exact import ExactRank
+from .lanczos import LanczosRank
 
-__all__ = ["ExactRank"]
+__all__ = ["ExactRank", "LanczosRank"]
