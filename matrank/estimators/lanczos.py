@@ -42,8 +42,9 @@ class LanczosRank:
         capped at ``4n``.
     max_basis : int or None, default=None
         Largest Krylov basis (columns) before switching to stochastic Lanczos
-        quadrature; ``None`` means ``min(n, 2048, 2 GB / (8n))``. This is the rank above
-        which counts stop being exact.
+        quadrature; ``None`` means ``min(n, 2048, 2 GB / (8n))``, and at most half of
+        ``max_matvecs`` when that is given. Ranks beyond about ``max_basis / 2`` (a
+        projector) to ``max_basis`` (distinct eigenvalues) are estimated, not counted.
     verify_steps : int, default=3
         Block steps after a fresh random block during which the count must not change
         before it is declared exact.
@@ -125,6 +126,9 @@ class LanczosRank:
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
         meter = CostMeter(oracle)
         max_basis = self.max_basis or min(n, 2048, max(64, _BASIS_BYTES // (8 * n)))
+        if self.max_basis is None and self.max_matvecs is not None:
+            # leave SLQ at least half of a budget the user fixed
+            max_basis = min(max_basis, max(self.block_size, self.max_matvecs // 2))
         max_basis = min(max_basis, n)
         max_matvecs = self.max_matvecs or min(max(4096, 2 * max_basis + 512), 4 * n)
         eps = float(torch.finfo(dtype).eps)
@@ -155,6 +159,11 @@ class LanczosRank:
             if krylov.extend(block, extra) == 0:
                 status = Status.CONVERGED
                 break
+            state.steps += 1
+            # The Ritz problem costs O(k³): past k = 256 solve it every k/256 block steps
+            # so that it stays a fixed fraction of the orthogonalization work.
+            if state.steps % max(1, krylov.size // 256) and not state.inject:
+                continue
             values, vectors = krylov.ritz()
             largest = float(values.abs().max())
             floor = max(largest * n * eps, defect)
@@ -162,6 +171,11 @@ class LanczosRank:
             count, certain = _assess(krylov, values, vectors, threshold)
             if state.update(count, certain, self.verify_steps):
                 status = Status.CONVERGED
+                break
+            if max_basis < n and count > max_basis // 2 and not certain:
+                # A certain count needs a basis of r (distinct eigenvalues) to 2r
+                # (multiplicities): past half the budget, stop spending on the basis.
+                diagnostics["switched_early_at"] = krylov.size
                 break
 
         values, vectors = krylov.ritz()
@@ -295,8 +309,7 @@ class _Counting:
         self.steps_since = 0
 
     def update(self, count: int, certain: bool, verify_steps: int) -> bool:
-        """Record one block step; True when the count is exact."""
-        self.steps += 1
+        """Record one assessed block step; True when the count is exact."""
         if not certain:
             self.verifying, self.inject = False, False
             return False

@@ -83,7 +83,8 @@ class BlockKrylov:
     device: torch.device
     generator: torch.Generator
     relative_tol: float | None = None
-    Q: torch.Tensor = dataclasses.field(init=False)
+    _buffer: torch.Tensor = dataclasses.field(init=False)
+    _size: int = 0
     T: torch.Tensor = dataclasses.field(init=False)
     B: torch.Tensor = dataclasses.field(init=False)
     dropped: float = 0.0
@@ -95,15 +96,30 @@ class BlockKrylov:
     _next_kept: int = 0
 
     def __post_init__(self) -> None:
-        self.Q = torch.zeros(self.n, 0, dtype=self.dtype, device=self.device)
+        self._buffer = torch.zeros(self.n, 0, dtype=self.dtype, device=self.device)
         self.T = torch.zeros(0, 0, dtype=torch.float64)
         self.B = torch.zeros(0, 0, dtype=torch.float64)
         self._next = torch.zeros(self.n, 0, dtype=self.dtype, device=self.device)
 
     @property
+    def Q(self) -> torch.Tensor:
+        """``(n, k)`` orthonormal basis (a view of a buffer that grows by doubling)."""
+        return self._buffer[:, : self._size]
+
+    @property
     def size(self) -> int:
         """Dimension ``k`` of the basis."""
-        return int(self.Q.shape[1])
+        return self._size
+
+    def _append(self, block: torch.Tensor) -> None:
+        needed = self._size + block.shape[1]
+        if needed > self._buffer.shape[1]:
+            capacity = min(self.n, max(needed, 2 * self._buffer.shape[1]))
+            grown = torch.empty(self.n, capacity, dtype=self.dtype, device=self.device)
+            grown[:, : self._size] = self.Q
+            self._buffer = grown
+        self._buffer[:, self._size : needed] = block
+        self._size = needed
 
     @property
     def next_kept(self) -> int:
@@ -137,31 +153,32 @@ class BlockKrylov:
         kept = self._next
         fill = max(0, block_size - kept.shape[1]) + extra_random
         fill = min(fill, self.n - self.size - kept.shape[1])
+        k = self.size
+        self._append(kept)
         if fill > 0:
-            basis = torch.cat([self.Q, kept], dim=1)
             fresh = random_block(self.n, fill, self.generator, self.dtype, self.device)
-            fresh, _ = _project_out(fresh, basis)
+            fresh, _ = _project_out(fresh, self.Q)
             fresh = torch.linalg.qr(fresh).Q
             self.random_columns += fill
-            kept = torch.cat([kept, fresh], dim=1)
+            self._append(fresh)
+            kept = self.Q[:, k:]
         if kept.shape[1] == 0:
             return 0
         image = self.matmat(kept)
         self.matvecs += kept.shape[1]
         self.scale = max(self.scale, float(torch.linalg.vector_norm(image, dim=0).max()))
-        # Q already holds every earlier block; kept is orthogonal to it.
-        coupling = self.Q.T @ image
-        diagonal = kept.T @ image
-        k, b = self.size, kept.shape[1]
+        b = kept.shape[1]
+        # The first Gram–Schmidt pass computes QᵀAU, which is also T's new columns.
+        residual, coefficients = _project_out(image, self.Q)
         T = torch.zeros(k + b, k + b, dtype=torch.float64)
         T[:k, :k] = self.T
-        T[:k, k:] = coupling.to(torch.float64)
-        T[k:, :k] = coupling.T.to(torch.float64)
-        T[k:, k:] = (0.5 * (diagonal + diagonal.T)).to(torch.float64)
+        coupling = coefficients[:k].to(torch.float64)
+        T[:k, k:] = coupling
+        T[k:, :k] = coupling.T
+        diagonal = coefficients[k:].to(torch.float64)
+        T[k:, k:] = 0.5 * (diagonal + diagonal.T)
         self.T = T
-        self.Q = torch.cat([self.Q, kept], dim=1)
         self.last_size = b
-        residual, _ = _project_out(image, self.Q)
         self._split_residual(residual)
         return b
 
@@ -179,16 +196,20 @@ class BlockKrylov:
 
     def _split_residual(self, residual: torch.Tensor) -> None:
         """``residual = U_next·B + dropped part`` by an SVD with deflation."""
-        U, S, Vh = torch.linalg.svd(residual, full_matrices=False)
+        # QR first: the SVD of the small triangular factor is cheaper than a tall SVD.
+        factor_q, factor_r = torch.linalg.qr(residual)
+        small_u, S, Vh = torch.linalg.svd(factor_r)
+        U = factor_q @ small_u
         keep = S > self.deflation_tol
         if (~keep).any():
             # Bound the dropped part by its largest singular value, accumulated in
             # quadrature over steps (they are orthogonal contributions per step).
             self.dropped = math.hypot(self.dropped, float(S[~keep].max()))
-        # U = W·V/σ amplifies W's rounding-level overlap with Q by σmax/σ: one more
-        # projection and a QR restore orthogonality at the cost of an O(eps·‖A‖) change
-        # in the recurrence, far below the deflation tolerance.
-        kept, _ = _project_out(U[:, keep], self.Q)
+        # U = W·V/σ amplifies W's rounding-level overlap with Q by σmax/σ ≤ 1/(100√n)
+        # (σ is above the deflation tolerance): one more projection and a QR restore
+        # orthogonality at the cost of an O(eps·‖A‖) change in the recurrence.
+        kept = U[:, keep]
+        kept = kept - self.Q @ (self.Q.T @ kept)
         self._next = torch.linalg.qr(kept).Q
         self.B = (S[keep, None] * Vh[keep]).to(torch.float64)
 

@@ -23,6 +23,7 @@ __all__ = [
     "haar_orthogonal",
     "kronecker",
     "laplacian",
+    "mixed_spectrum_operator",
     "outer_products",
     "projector",
     "rotated_spectrum",
@@ -190,6 +191,42 @@ def laplacian(
     return scipy.sparse.csr_array(degree - adjacency)
 
 
+def mixed_spectrum_operator(spectrum: np.ndarray, *, seed: int = 0) -> Any:
+    """A ``LinearOperator`` ``R diag(spectrum) Rᵀ`` with a fast random orthogonal ``R``.
+
+    ``R`` is two rounds of (random signs, orthonormal DCT, random permutation): ``O(n log n)``
+    per column, no ``n × n`` storage, and dense enough in effect that no probe
+    distribution is exact on it. For operators of size 10⁵ and beyond with a known rank.
+    """
+    import scipy.fft
+    import scipy.sparse.linalg
+
+    rng = np.random.default_rng(seed)
+    spectrum = np.asarray(spectrum, dtype=np.float64)
+    n = spectrum.size
+    rounds = [(rng.choice([-1.0, 1.0], n), rng.permutation(n)) for _ in range(2)]
+
+    def rotate(x: np.ndarray) -> np.ndarray:
+        for signs, permutation in rounds:
+            x = scipy.fft.dct(signs[:, None] * x, norm="ortho", axis=0)[permutation]
+        return x
+
+    def rotate_back(x: np.ndarray) -> np.ndarray:
+        for signs, permutation in reversed(rounds):
+            unpermuted = np.empty_like(x)
+            unpermuted[permutation] = x
+            x = signs[:, None] * scipy.fft.idct(unpermuted, norm="ortho", axis=0)
+        return x
+
+    def matmat(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).reshape(n, -1)
+        return rotate(spectrum[:, None] * rotate_back(x))
+
+    return scipy.sparse.linalg.LinearOperator(
+        (n, n), matvec=lambda v: matmat(v).ravel(), matmat=matmat, dtype=np.float64
+    )
+
+
 def _linear_operator(matrix_factory: Callable[[], Any]) -> Callable[[], Any]:
     def make() -> Any:
         import scipy.sparse.linalg
@@ -322,6 +359,15 @@ def catalogue(*, max_n: int = 3000) -> list[Case]:
             60,
             300,
             tags=frozenset({"operator"}),
+        ),
+        Case(
+            "operator-n200000-r120-cond1e3",
+            lambda: mixed_spectrum_operator(
+                np.concatenate([spectrum_levels(120, cond=1e3), np.zeros(199_880)]), seed=19
+            ),
+            120,
+            200_000,
+            tags=frozenset({"operator", "huge"}),
         ),
         Case(
             "rotated-n3000-r300-cond1e4",
