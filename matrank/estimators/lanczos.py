@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._oracle import Capability, CostMeter, as_oracle, require, symmetry_defect
@@ -39,7 +37,7 @@ class LanczosRank:
         cheapest; smaller still counts exactly, through random restarts.
     max_matvecs : int or None, default=None
         Budget of Hessian-vector products; ``None`` means ``max(4096, 2·max_basis + 512)``
-        capped at ``4n``.
+        capped at ``4n + 8·block_size``.
     max_basis : int or None, default=None
         Largest Krylov basis (columns) before switching to stochastic Lanczos
         quadrature; ``None`` means ``min(n, 2048, 2 GB / (8n))``, and at most half of
@@ -130,7 +128,12 @@ class LanczosRank:
             # leave SLQ at least half of a budget the user fixed
             max_basis = min(max_basis, max(self.block_size, self.max_matvecs // 2))
         max_basis = min(max_basis, n)
-        max_matvecs = self.max_matvecs or min(max(4096, 2 * max_basis + 512), 4 * n)
+        block = min(self.block_size, n)
+        # 4n + 8 blocks: enough for the symmetry probe and for any n that the basis can
+        # span completely, where the count is exact by construction.
+        max_matvecs = self.max_matvecs or min(
+            max(4096, 2 * max_basis + 512), 4 * n + 8 * block
+        )
         eps = float(torch.finfo(dtype).eps)
 
         defect, _ = symmetry_defect(meter.hvp, n, dtype, device, n_pairs=2)
@@ -138,7 +141,6 @@ class LanczosRank:
         diagnostics: dict[str, Any] = {"symmetry_defect": defect}
         state = _Counting()
         status = Status.BUDGET_EXHAUSTED
-        block = min(self.block_size, n)
         threshold = 0.0
         while True:
             extra = 0
@@ -149,11 +151,14 @@ class LanczosRank:
                     krylov.restart()
                 else:
                     extra = block
-            room = min(max_basis - krylov.size, max_matvecs - meter.matvecs)
-            if room < min(block, n - krylov.size) + extra or krylov.size >= n:
-                if krylov.size >= n:  # the basis is all of R^n: the count is exact
-                    status = Status.CONVERGED
+            if krylov.size >= n:  # the basis is all of R^n: the count is exact
+                status = Status.CONVERGED
                 break
+            room = min(max_basis - krylov.size, max_matvecs - meter.matvecs)
+            needed = min(block, n - krylov.size)
+            if room < needed:
+                break
+            extra = min(extra, room - needed)
             if state.inject:
                 state.begin_verification()
             if krylov.extend(block, extra) == 0:
@@ -199,11 +204,20 @@ class LanczosRank:
         rank, stderr = float(count), None
         if status is not Status.CONVERGED:
             rank, stderr, status = self._slq(
-                meter, krylov, values, vectors, threshold, max_matvecs, generator, diagnostics
+                meter,
+                krylov,
+                values,
+                vectors,
+                threshold,
+                max_matvecs,
+                generator,
+                diagnostics,
             )
         elif choice is not None and choice.decades < 1.0:
             status = Status.NO_PLATEAU
-        counts = counting_curve(magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5)
+        counts = counting_curve(
+            magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
+        )
         return RankResult(
             rank=rank,
             stderr=stderr,
@@ -223,11 +237,15 @@ class LanczosRank:
             return floor, choice
         return choice.threshold, choice
 
-    def _slq(self, meter, krylov, values, vectors, threshold, max_matvecs, generator, diagnostics):
+    def _slq(
+        self, meter, krylov, values, vectors, threshold, max_matvecs, generator, diagnostics
+    ):
         """Deflate by the converged Ritz vectors above τ, then SLQ on the complement."""
         n, dtype, device = meter.dim, meter.dtype, meter.device
         residuals = krylov.residual_norms(vectors)
-        converged = (values.abs() - residuals > threshold) & (residuals <= 1e-3 * values.abs())
+        converged = (values.abs() - residuals > threshold) & (
+            residuals <= 1e-3 * values.abs()
+        )
         captured = krylov.Q @ vectors[:, converged].to(dtype)  # (n, c)
         captured = torch.linalg.qr(captured).Q if captured.shape[1] else captured
         deflated = int(captured.shape[1])
@@ -245,13 +263,20 @@ class LanczosRank:
             return W - captured @ (captured.T @ W) if deflated else W
 
         probes = probe_block(
-            n, n_probes, kind=self.probes, generator=generator, dtype=dtype, device=device,
+            n,
+            n_probes,
+            kind=self.probes,
+            generator=generator,
+            dtype=dtype,
+            device=device,
             orthogonal_to=captured,
         )
         chunk = max(1, _BASIS_BYTES // (8 * n * steps))
         samples, all_nodes, all_weights = [], [], []
         for begin in range(0, n_probes, chunk):
-            nodes, weights = lanczos_quadrature(projected, probes[:, begin : begin + chunk], steps)
+            nodes, weights = lanczos_quadrature(
+                projected, probes[:, begin : begin + chunk], steps
+            )
             all_nodes.append(nodes)
             all_weights.append(weights)
         nodes, weights = torch.cat(all_nodes), torch.cat(all_weights)

@@ -258,7 +258,9 @@ def spectral_bounds(
         if not krylov.extend(1):
             break
     values, vectors = torch.linalg.eigh(krylov.T)
-    residuals = krylov.residual_norms(vectors)
+    # widened by the residual, and by the rounding of T's own eigenvalues
+    rounding = 10 * krylov.size * float(torch.finfo(dtype).eps) * float(values.abs().max())
+    residuals = krylov.residual_norms(vectors) + rounding
     low = float((values - residuals).min())
     high = float((values + residuals).max())
     return low, high, krylov.matvecs
@@ -291,7 +293,11 @@ def lanczos_quadrature(
         if j > 0:
             w = w - beta[:, j - 1, None].to(w.dtype) * basis[:, j - 1]
         for _ in range(2):  # full reorthogonalization, twice
-            w = w - torch.einsum("mk,mkn->mn", torch.einsum("mkn,mn->mk", basis[:, : j + 1], w), basis[:, : j + 1])
+            w = w - torch.einsum(
+                "mk,mkn->mn",
+                torch.einsum("mkn,mn->mk", basis[:, : j + 1], w),
+                basis[:, : j + 1],
+            )
         b = torch.linalg.vector_norm(w, dim=1)
         beta[:, j] = b.to(torch.float64)
         if j + 1 == steps:

@@ -1,0 +1,263 @@
+"""LanczosRank against the catalogue and against dense ground truth; its failure modes."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+from hypothesis import given, settings
+
+import matrank
+from matrank.numerics.krylov import BlockKrylov, lanczos_quadrature, spectral_bounds
+from matrank.numerics.trace import mean_and_stderr, probe_block
+from matrank.testing import (
+    catalogue,
+    laplacian,
+    mixed_spectrum_operator,
+    projector,
+    rotated_spectrum,
+)
+from matrank.testing.strategies import low_rank_psd
+
+CASES = catalogue(max_n=3000)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_exact_count_on_the_catalogue_within_the_matvec_target(case):
+    result = matrank.estimate_rank(case.matrix(), method="lanczos", seed=0)
+    assert result.rank == case.rank
+    assert result.stderr is None
+    assert result.status is matrank.Status.CONVERGED
+    assert result.diagnostics["certified"]
+    # issue target: an exact count costs at most 2r + 200 matvecs
+    assert result.cost["matvecs"] <= 2 * case.rank + 200
+
+
+@given(low_rank_psd(max_n=48))
+def test_agrees_with_the_dense_count(case):
+    matrix, rank = case
+    result = matrank.estimate_rank(matrix, method="lanczos", seed=0, block_size=8)
+    assert result.rank == rank == matrank.estimate_rank(matrix, method="exact").rank
+
+
+@given(low_rank_psd(max_n=48, noise_band=True))
+@settings(max_examples=20)
+def test_agrees_with_the_dense_count_under_a_noise_band(case):
+    matrix, rank = case
+    assert (
+        matrank.estimate_rank(matrix, method="lanczos", seed=1, block_size=8).rank == rank
+    )
+
+
+def test_multiplicity_beyond_the_block_size_is_found_by_restarts():
+    # one eigenvalue of multiplicity 60; a block Krylov space sees at most 4 copies of it
+    result = matrank.LanczosRank(block_size=4).estimate(projector(300, 60, seed=1), seed=0)
+    assert result.rank == 60
+    assert result.diagnostics["random_columns"] >= 60 - 4
+
+
+def test_single_vector_lanczos_counts_a_projector():
+    # the failure the research notes checked: plain Lanczos sees 1 of 30 equal eigenvalues
+    result = matrank.LanczosRank(block_size=1).estimate(projector(120, 30, seed=2), seed=0)
+    assert result.rank == 30
+
+
+def test_breakdown_at_exact_zeros_is_an_invariant_subspace():
+    krylov = _krylov(projector(200, 10, seed=3), seed=0)
+    krylov.extend(16)  # V: its image lies in the 10-dimensional range
+    krylov.extend(16)  # the range, found: its image is inside the basis
+    assert krylov.next_kept == 0 and krylov.B.numel() == 0
+    values, _ = krylov.ritz()
+    assert int((values.abs() > 0.5).sum()) == 10
+
+
+def test_no_ghost_eigenvalues_after_many_more_steps_than_needed():
+    eigenvalues = np.geomspace(1.0, 1e-3, 12)
+    matrix = rotated_spectrum(150, 12, cond=1e3, seed=4)
+    krylov = _krylov(matrix, seed=0)
+    for _ in range(20):  # 20 steps of 4 = 80 columns for a rank-12 operator
+        krylov.extend(4)
+    Q = krylov.Q
+    np.testing.assert_allclose((Q.T @ Q).numpy(), np.eye(Q.shape[1]), atol=1e-12)
+    values, _ = krylov.ritz()
+    counted = np.sort(values[values.abs() > 1e-6].numpy())[::-1]
+    # every eigenvalue once, none duplicated
+    np.testing.assert_allclose(counted, eigenvalues, rtol=1e-10)
+
+
+def test_ritz_residuals_bound_the_distance_to_an_eigenvalue():
+    matrix = rotated_spectrum(200, 40, cond=1e2, seed=5)
+    krylov = _krylov(matrix, seed=1)
+    krylov.extend(8)
+    krylov.extend(8)  # far from converged
+    values, vectors = krylov.ritz()
+    residuals = krylov.residual_norms(vectors)
+    ritz_vectors = krylov.Q @ vectors
+    true = np.linalg.norm(
+        matrix @ ritz_vectors.numpy() - ritz_vectors.numpy() * values.numpy(), axis=0
+    )
+    np.testing.assert_allclose(residuals.numpy(), true, rtol=1e-6, atol=1e-12)
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    distance = np.abs(values.numpy()[:, None] - eigenvalues[None]).min(axis=1)
+    assert np.all(distance <= residuals.numpy() * (1 + 1e-9))
+
+
+def test_quadrature_is_exact_for_low_degree_polynomials():
+    matrix = rotated_spectrum(60, 25, cond=1e2, seed=6)
+    A = torch.from_numpy(matrix)
+    probes = torch.randn(
+        60, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    steps = 6
+    nodes, weights = lanczos_quadrature(lambda V: A @ V, probes, steps)
+    assert nodes.shape == weights.shape == (3, steps)
+    for power in range(2 * steps):  # Gauss quadrature is exact up to degree 2k − 1
+        quadrature = (weights * nodes**power).sum(1)
+        exact = (probes * (torch.linalg.matrix_power(A, power) @ probes)).sum(0)
+        np.testing.assert_allclose(quadrature.numpy(), exact.numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_spectral_bounds_bracket_the_spectrum():
+    matrix = rotated_spectrum(300, 30, cond=1e2, negative=5, seed=7)
+    A = torch.from_numpy(matrix)
+    low, high, matvecs = spectral_bounds(
+        lambda V: A @ V,
+        300,
+        steps=40,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+        device=torch.device("cpu"),
+    )
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    assert low <= eigenvalues.min() and high >= eigenvalues.max()
+    assert high <= eigenvalues.max() * (1 + 1e-8) and matvecs == 40
+
+
+def test_probes():
+    generator = torch.Generator().manual_seed(0)
+    kw = {"generator": generator, "dtype": torch.float64, "device": torch.device("cpu")}
+    sphere = probe_block(50, 7, kind="sphere", **kw)
+    np.testing.assert_allclose(
+        torch.linalg.vector_norm(sphere, dim=0).numpy(), math.sqrt(50)
+    )
+    signs = probe_block(50, 7, kind="rademacher", **kw)
+    assert set(signs.unique().tolist()) == {-1.0, 1.0}
+    Q = torch.linalg.qr(torch.randn(50, 5, generator=generator, dtype=torch.float64)).Q
+    projected = probe_block(50, 7, kind="sphere", orthogonal_to=Q, **kw)
+    assert float((Q.T @ projected).abs().max()) < 1e-12
+    np.testing.assert_allclose(
+        torch.linalg.vector_norm(projected, dim=0).numpy(), math.sqrt(45)
+    )
+    mean, stderr = mean_and_stderr(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and stderr == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+def test_slq_path_is_unbiased_within_its_stated_stderr():
+    # rank 700 of 2000 with a 100-column basis budget: past the exact reach, so SLQ
+    matrix = rotated_spectrum(2000, 700, cond=1e2, seed=8)
+    z_scores = []
+    for seed in range(8):
+        result = matrank.estimate_rank(
+            matrix, method="lanczos", seed=seed, max_basis=96, max_matvecs=1200
+        )
+        assert result.diagnostics["path"] == "slq" and result.stderr > 0
+        assert result.cost["matvecs"] <= 1200
+        z_scores.append((result.rank - 700) / result.stderr)
+    z_scores = np.array(z_scores)
+    # each within 4 stderr, and the spread matches the stated stderr: the mean of 8
+    # squared z-scores has expectation 1 and standard deviation 0.5
+    assert np.all(np.abs(z_scores) < 4), z_scores
+    assert 0.15 < np.mean(z_scores**2) < 3.0, z_scores
+
+
+def test_budget_exhausted_is_reported_with_remediation():
+    result = matrank.estimate_rank(
+        rotated_spectrum(400, 150, seed=9),
+        method="lanczos",
+        max_basis=64,
+        max_matvecs=80,
+        seed=0,
+    )
+    assert result.status is matrank.Status.BUDGET_EXHAUSTED and not result.converged
+    assert "raise `max_matvecs`" in result.status.value
+
+
+def test_threshold_override_counts_what_it_is_told():
+    matrix = rotated_spectrum(300, 40, cond=1e4, seed=10)
+    levels = np.geomspace(1.0, 1e-4, 40)
+    for threshold in (0.3, 1e-2, 2e-3):
+        result = matrank.estimate_rank(
+            matrix, method="lanczos", threshold=threshold, seed=0
+        )
+        assert result.rank == (levels > threshold).sum() and result.threshold == threshold
+
+
+def test_indefinite_counts_by_magnitude():
+    result = matrank.estimate_rank(
+        rotated_spectrum(300, 30, negative=11, seed=11), method="lanczos", seed=0
+    )
+    assert result.rank == 30 and result.diagnostics["n_negative"] == 11
+
+
+def test_same_seed_is_bit_identical():
+    matrix = rotated_spectrum(500, 60, cond=1e5, seed=12)
+    first = matrank.estimate_rank(matrix, method="lanczos", seed=5)
+    second = matrank.estimate_rank(matrix, method="lanczos", seed=5)
+    assert first.rank == second.rank and first.threshold == second.threshold
+    assert first.cost["matvecs"] == second.cost["matvecs"]
+    np.testing.assert_array_equal(
+        first.diagnostics["ritz_values"], second.diagnostics["ritz_values"]
+    )
+
+
+def test_auto_uses_lanczos_beyond_the_dense_size():
+    spectrum = np.concatenate(
+        [np.geomspace(1.0, 1e-3, 50), np.zeros(4950)]
+    )  # n = 5000 > 4096
+    result = matrank.estimate_rank(mixed_spectrum_operator(spectrum, seed=0))
+    assert result.method == "lanczos" and result.rank == 50 and result.stderr is None
+    assert "block Krylov" in result.diagnostics["auto"]
+    # rank 4950 is past the exact reach of the default 2048-column basis: SLQ answers
+    matrix = laplacian(50, 100, kind="cycle", seed=13)
+    result = matrank.estimate_rank(matrix, seed=0)
+    assert result.diagnostics["path"] == "slq"
+    assert abs(result.rank - 4950) < 4 * result.stderr
+
+
+def test_hyperparameter_messages():
+    with pytest.raises(
+        matrank.MatrankValueError, match=r"`block_size` must be an int in \[1, inf\); got 0"
+    ):
+        matrank.LanczosRank(block_size=0)
+    with pytest.raises(
+        matrank.MatrankValueError,
+        match=r"`n_probes` must be an int in \[2, inf\) or None; got 1",
+    ):
+        matrank.LanczosRank(n_probes=1)
+    with pytest.raises(
+        matrank.MatrankValueError,
+        match=r"`probes` must be one of 'sphere', 'rademacher', 'gaussian'; got 'normal'",
+    ):
+        matrank.LanczosRank(probes="normal")
+    with pytest.raises(
+        matrank.MatrankValueError,
+        match=r"`max_matvecs` must be an int in \[1, inf\) or None; got -5",
+    ):
+        matrank.estimate_rank(np.eye(3), method="lanczos", max_matvecs=-5)
+
+
+def test_sparse_input_stays_sparse():
+    matrix = scipy.sparse.csr_array(laplacian(20, 30, seed=14))
+    assert matrank.estimate_rank(matrix, method="lanczos", seed=0).rank == 580
+
+
+def _krylov(matrix, seed):
+    A = torch.from_numpy(np.asarray(matrix, dtype=np.float64))
+    return BlockKrylov(
+        lambda V: A @ V,
+        A.shape[0],
+        torch.float64,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(seed),
+    )
