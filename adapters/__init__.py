@@ -4,7 +4,15 @@ Importing this package registers the explicit-matrix adapters with
 :func:`matrank.as_oracle`; importing :mod:`matrank` does so too.
 """
 
-from . import dense
+from . import dense, linear_net
 from .dense import DenseOracle, LinearOperatorOracle, SparseOracle
+from .linear_net import LinearNetHessian
 
-__all__ = ["DenseOracle", "LinearOperatorOracle", "SparseOracle", "dense"]
+__all__ = [
+    "DenseOracle",
+    "LinearNetHessian",
+    "LinearOperatorOracle",
+    "SparseOracle",
+    "dense",
+    "linear_net",
+]

@@ -10,3 +10,10 @@ import pytest
 def test_adapter_doctests(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
+
+
+def test_linear_net_doctests():
+    import matrank.adapters.linear_net
+
+    failures, tried = doctest.testmod(matrank.adapters.linear_net)
+    assert tried > 0 and failures == 0

@@ -41,7 +41,7 @@ class LanczosRank:
         capped at ``4n + 8·block_size``.
     max_basis : int or None, default=None
         Largest Krylov basis (columns) before switching to stochastic Lanczos
-        quadrature; ``None`` means ``min(n, 2048, 2 GB / (8n))``, and at most half of
+        quadrature; ``None`` means ``min(n, 8192, 2 GB / (8n))``, and at most half of
         ``max_matvecs`` when that is given. Ranks beyond about ``max_basis / 2`` (a
         projector) to ``max_basis`` (distinct eigenvalues) are estimated, not counted.
     verify_steps : int or None, default=None
@@ -130,7 +130,7 @@ class LanczosRank:
         n, dtype, device = oracle.dim, oracle.dtype, oracle.device
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
         meter = CostMeter(oracle)
-        max_basis = self.max_basis or min(n, 2048, max(64, _BASIS_BYTES // (8 * n)))
+        max_basis = self.max_basis or min(n, 8192, max(64, _BASIS_BYTES // (8 * n)))
         if self.max_basis is None and self.max_matvecs is not None:
             # leave SLQ at least half of a budget the user fixed
             max_basis = min(max_basis, max(self.block_size, self.max_matvecs // 2))
