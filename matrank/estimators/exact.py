@@ -12,7 +12,7 @@ import torch
 from .._oracle import Capability, CostMeter, as_oracle, materialize, require
 from .._result import RankResult, Status
 from .._validation import MatrankValueError, check_int, check_real, message
-from ..numerics.threshold import counting_curve, plateau_threshold
+from ..numerics.threshold import counting_curve, resolve_threshold
 
 __all__ = ["ExactRank"]
 
@@ -112,14 +112,10 @@ class ExactRank:
         floor = max(numpy_rule, asymmetry)
         status = Status.CONVERGED
         diagnostics: dict[str, Any] = {"noise_floor": floor, "numpy_rule": numpy_rule}
-        if self.threshold is not None:
-            threshold = self.threshold
-        else:
-            choice = plateau_threshold(magnitudes, floor)
+        threshold, choice = resolve_threshold(magnitudes, floor, self.threshold)
+        if choice is not None:
             diagnostics["plateau"] = dataclasses.asdict(choice)
-            threshold = choice.threshold
             if choice.decades < 1.0:
-                threshold = floor
                 status = Status.NO_PLATEAU
         counted = magnitudes > threshold
         diagnostics["eigenvalues"] = eigenvalues

@@ -13,7 +13,7 @@ from .._oracle import Capability, CostMeter, as_oracle, require, symmetry_defect
 from .._result import RankResult, Status
 from .._validation import check_choice, check_int, check_real
 from ..numerics.krylov import BlockKrylov, lanczos_quadrature
-from ..numerics.threshold import counting_curve, plateau_threshold
+from ..numerics.threshold import counting_curve, resolve_threshold
 from ..numerics.trace import mean_and_stderr, probe_block
 
 __all__ = ["LanczosRank"]
@@ -254,12 +254,7 @@ class LanczosRank:
         )
 
     def _threshold(self, values: torch.Tensor, floor: float):
-        if self.threshold is not None:
-            return self.threshold, None
-        choice = plateau_threshold(values.abs().numpy(), floor)
-        if choice.decades < 1.0:
-            return floor, choice
-        return choice.threshold, choice
+        return resolve_threshold(values.abs().numpy(), floor, self.threshold)
 
     def _slq(
         self, meter, krylov, values, vectors, threshold, max_matvecs, generator, diagnostics
@@ -308,9 +303,7 @@ class LanczosRank:
             # Re-read τ from the quadrature nodes that carry real mass (≥ 0.01 eigenvalue
             # per probe); nodes in a spectral gap carry almost none.
             pooled = torch.cat([values.abs(), nodes[weights >= 0.01].abs()]).numpy()
-            floor = diagnostics["noise_floor"]
-            choice = plateau_threshold(pooled, floor)
-            threshold = choice.threshold if choice.decades >= 1.0 else floor
+            threshold, choice = resolve_threshold(pooled, diagnostics["noise_floor"], None)
             diagnostics["plateau"] = dataclasses.asdict(choice)
         samples = (weights * (nodes.abs() > threshold)).sum(dim=1)
         mean, stderr = mean_and_stderr(samples)

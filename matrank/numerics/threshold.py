@@ -17,7 +17,7 @@ import numpy as np
 
 from .._result import CountingCurve
 
-__all__ = ["ThresholdChoice", "counting_curve", "plateau_threshold"]
+__all__ = ["ThresholdChoice", "counting_curve", "plateau_threshold", "resolve_threshold"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +105,21 @@ def plateau_threshold(
         decades=float(widths[best]),
         runner_up_decades=float(others.max()) if others.size else 0.0,
     )
+
+
+def resolve_threshold(
+    magnitudes: np.ndarray, floor: float, threshold: float | None
+) -> tuple[float, ThresholdChoice | None]:
+    """The threshold an estimator uses: the user's, else the plateau rule's.
+
+    Without a plateau of at least one decade the rule falls back to the floor (numpy's
+    rule for a dense matrix); callers report that as ``Status.NO_PLATEAU`` when the
+    returned choice has ``decades < 1``. The choice is ``None`` when the user set τ.
+    """
+    if threshold is not None:
+        return threshold, None
+    choice = plateau_threshold(magnitudes, floor)
+    return (choice.threshold if choice.decades >= 1.0 else floor), choice
 
 
 def counting_curve(
