@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .._oracle import Capability, CostMeter, as_oracle, require, symmetry_defect
+from .._oracle import Capability, CostMeter, as_oracle, require
 from .._result import RankResult, Status
 from .._validation import check_choice, check_int, check_real
 from ..numerics.krylov import BlockKrylov, lanczos_quadrature
@@ -32,7 +32,8 @@ class LanczosRank:
     threshold : float or None, default=None
         Eigenvalue threshold ``τ`` (``|λ| > τ`` counts). ``None`` applies the plateau
         rule of :func:`matrank.numerics.threshold.plateau_threshold` to the Ritz values,
-        above a noise floor ``max(λmax·n·eps, symmetry defect)``.
+        above a noise floor ``max(λmax·n·eps, symmetry defect)``, the defect
+        ``max |v_iᵀAv_j − v_jᵀAv_i|`` read off the Gaussian start block (≈ ‖A − Aᵀ‖_F).
     block_size : int, default=32
         Columns per block product. At least the largest multiplicity you expect is
         cheapest; smaller still counts exactly, through random restarts.
@@ -144,9 +145,8 @@ class LanczosRank:
         )
         eps = float(torch.finfo(dtype).eps)
 
-        defect, _ = symmetry_defect(meter.hvp, n, dtype, device, n_pairs=2)
         krylov = BlockKrylov(meter.hvp, n, dtype, device, generator)
-        diagnostics: dict[str, Any] = {"symmetry_defect": defect}
+        diagnostics: dict[str, Any] = {}
         state = _Counting()
         status = Status.BUDGET_EXHAUSTED
         threshold = 0.0
@@ -181,7 +181,7 @@ class LanczosRank:
             state.assessed_size = krylov.size
             values, vectors = krylov.ritz()
             largest = float(values.abs().max())
-            floor = max(largest * n * eps, defect)
+            floor = max(largest * n * eps, krylov.symmetry_defect)
             threshold, choice = self._threshold(values, floor)
             count, certain = _assess(krylov, values, vectors, threshold)
             required = self.verify_steps or _verification_steps(
@@ -209,7 +209,8 @@ class LanczosRank:
 
         values, vectors = krylov.ritz()
         largest = float(values.abs().max()) if values.numel() else 0.0
-        floor = max(largest * n * eps, defect)
+        floor = max(largest * n * eps, krylov.symmetry_defect)
+        diagnostics["symmetry_defect"] = krylov.symmetry_defect
         threshold, choice = self._threshold(values, floor)
         count, certain = _assess(krylov, values, vectors, threshold)
         magnitudes = values.abs().numpy()

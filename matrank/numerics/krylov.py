@@ -89,6 +89,7 @@ class BlockKrylov:
     B: torch.Tensor = dataclasses.field(init=False)
     dropped: float = 0.0
     scale: float = 0.0
+    symmetry_defect: float = 0.0
     matvecs: int = 0
     last_size: int = 0
     random_columns: int = 0
@@ -154,6 +155,8 @@ class BlockKrylov:
         fill = max(0, block_size - kept.shape[1]) + extra_random
         fill = min(fill, self.n - self.size - kept.shape[1])
         k = self.size
+        if k == 0:
+            return self._start(fill)
         self._append(kept)
         if fill > 0:
             fresh = random_block(self.n, fill, self.generator, self.dtype, self.device)
@@ -166,6 +169,29 @@ class BlockKrylov:
             return 0
         image = self.matmat(kept)
         self.matvecs += kept.shape[1]
+        return self._absorb(kept, image)
+
+    def _start(self, b: int) -> int:
+        """First block: Gaussian ``V``, and the symmetry test read off ``V`` and ``AV``.
+
+        ``max |v_iᵀAv_j − v_jᵀAv_i|`` over the pairs of the Gaussian start block estimates
+        ``‖A − Aᵀ‖_F`` (rounding included) at no extra matvec; then ``V = QR`` and
+        ``AQ = (AV)R⁻¹``.
+        """
+        V = random_block(self.n, b, self.generator, self.dtype, self.device)
+        image = self.matmat(V)
+        self.matvecs += b
+        self.random_columns += b
+        cross = V.T @ image
+        self.symmetry_defect = float((cross - cross.T).abs().max())
+        Q, R = torch.linalg.qr(V)
+        image = torch.linalg.solve_triangular(R, image, upper=True, left=False)
+        self._append(Q)
+        return self._absorb(Q, image)
+
+    def _absorb(self, kept: torch.Tensor, image: torch.Tensor) -> int:
+        """Grow ``T`` by the block ``kept`` (already in the basis) and its image."""
+        k = self.size - kept.shape[1]
         self.scale = max(self.scale, float(torch.linalg.vector_norm(image, dim=0).max()))
         b = kept.shape[1]
         # The first Gram–Schmidt pass computes QᵀAU, which is also T's new columns.
