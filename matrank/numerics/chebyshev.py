@@ -1,0 +1,125 @@
+"""Chebyshev moments, damping kernels, step-filter coefficients and the KPM density.
+
+The polynomial filter of Ubaru & Saad (ICML 2016) and the kernel polynomial method for
+the density of states (Weiße, Wellein, Alvermann & Fehske, Rev. Mod. Phys. 78, 2006) both
+read one table of moments ``y_k(v) = vᵀ T_k(B) v`` with ``B = (A − c)/h`` mapping the
+spectrum into ``[−1, 1]``; everything else here is arithmetic on that table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "chebyshev_moments",
+    "jackson_damping",
+    "kpm_density",
+    "lanczos_sigma_damping",
+    "step_coefficients",
+]
+
+
+def chebyshev_moments(
+    matmat: Callable[[torch.Tensor], torch.Tensor],
+    probes: torch.Tensor,
+    steps: int,
+    *,
+    center: float,
+    half_width: float,
+    doubling: bool = True,
+) -> torch.Tensor:
+    """Moments ``vᵀT_k(B)v`` of every probe column, ``B = (A − center)/half_width``.
+
+    Parameters
+    ----------
+    matmat : callable
+        ``V -> A @ V`` on ``(n, m)`` blocks.
+    probes : torch.Tensor
+        ``(n, m)`` probe block; all probes advance together (one block product a step).
+    steps : int
+        Matvecs per probe.
+    center, half_width : float
+        The affine map of ``[λmin, λmax]`` onto ``[−1, 1]``.
+    doubling : bool, default=True
+        Use ``T_{2k} = 2T_k² − T_0`` and ``T_{2k+1} = 2T_{k+1}T_k − T_1`` to get
+        ``2·steps + 1`` moments from ``steps`` matvecs (Weiße et al. 2006, eq. 34); else
+        ``steps + 1`` moments by the plain recurrence (as the U&S code does).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(m, K)`` float64 moments, ``K = 2·steps + 1`` or ``steps + 1``.
+    """
+
+    def apply_b(X: torch.Tensor) -> torch.Tensor:
+        return (matmat(X) - center * X) / half_width
+
+    previous, current = probes, apply_b(probes)
+    vectors = [previous, current]
+    for _ in range(steps - 1):
+        previous, current = current, 2 * apply_b(current) - previous
+        vectors.append(current)
+    if not doubling:
+        return torch.stack([(probes * t).sum(0) for t in vectors], dim=1).to(torch.float64)
+    t0t0 = (vectors[0] * vectors[0]).sum(0)
+    t1t0 = (vectors[1] * vectors[0]).sum(0)
+    moments = []
+    for k in range(steps + 1):
+        tk = vectors[k]
+        moments.append(2 * (tk * tk).sum(0) - t0t0)  # T_{2k}
+        if k < steps:
+            moments.append(2 * (vectors[k + 1] * tk).sum(0) - t1t0)  # T_{2k+1}
+    return torch.stack(moments, dim=1).to(torch.float64)
+
+
+def jackson_damping(degree: int) -> np.ndarray:
+    """Jackson kernel factors ``g_0 … g_degree`` (positive kernel: the damped series of a
+    non-negative function stays non-negative; Weiße et al. 2006, eq. 71)."""
+    m = degree + 2
+    theta = math.pi / m
+    k = np.arange(degree + 1)
+    return (1 - k / m) * np.cos(k * theta) + np.sin(k * theta) * math.cos(theta) / (
+        m * math.sin(theta)
+    )
+
+
+def lanczos_sigma_damping(degree: int) -> np.ndarray:
+    """Lanczos σ-factors ``sinc(kπ/(degree + 1))``, the damping the U&S code applies to
+    its rank filter."""
+    k = np.arange(degree + 1)
+    return np.sinc(k / (degree + 1))
+
+
+def step_coefficients(low: float, high: float, degree: int) -> np.ndarray:
+    """Chebyshev coefficients of the indicator of ``[low, high] ⊂ [−1, 1]``, undamped.
+
+    ``γ_0 = (β_1 − β_2)/π``, ``γ_k = 2(sin kβ_1 − sin kβ_2)/(πk)`` with ``β_1 = arccos low``,
+    ``β_2 = arccos high`` (Ubaru & Saad 2016, §3).
+    """
+    beta_low = math.acos(min(1.0, max(-1.0, low)))
+    beta_high = math.acos(min(1.0, max(-1.0, high)))
+    k = np.arange(1, degree + 1)
+    coefficients = np.empty(degree + 1)
+    coefficients[0] = (beta_low - beta_high) / math.pi
+    coefficients[1:] = 2 * (np.sin(k * beta_low) - np.sin(k * beta_high)) / (math.pi * k)
+    return coefficients
+
+
+def kpm_density(
+    mean_moments: np.ndarray, damping: np.ndarray, grid: np.ndarray
+) -> np.ndarray:
+    """The kernel-polynomial density of states on ``grid ⊂ (−1, 1)``.
+
+    ``φ(x) = (g_0μ_0 + 2 Σ_{k≥1} g_kμ_kT_k(x)) / (π sqrt(1 − x²))`` with ``μ_k`` the probe
+    mean of ``vᵀT_k(B)v / ‖v‖²``; it integrates to 1 over ``[−1, 1]`` (a density per unit
+    of ``x``; multiply by ``n`` for eigenvalues per unit).
+    """
+    series = np.asarray(mean_moments, dtype=np.float64) * damping[: len(mean_moments)]
+    series = series.copy()
+    series[1:] *= 2
+    values = np.polynomial.chebyshev.chebval(grid, series)
+    return values / (math.pi * np.sqrt(1 - grid**2))
