@@ -21,7 +21,7 @@ from ._validation import (
     NotSymmetricError,
     OperatorContractError,
 )
-from .estimators import ExactRank, LanczosRank
+from .estimators import ExactRank, LanczosRank, PolynomialRank
 
 try:
     __version__ = version("matrank")
@@ -41,6 +41,7 @@ __all__ = [
     "NotSymmetricError",
     "OperatorContractError",
     "Oracle",
+    "PolynomialRank",
     "RankResult",
     "Status",
     "__version__",

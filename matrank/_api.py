@@ -8,12 +8,16 @@ from typing import Any
 from ._oracle import Capability, Oracle, as_oracle
 from ._result import RankResult
 from ._validation import MatrankTypeError, check_choice, check_int, message
-from .estimators import ExactRank, LanczosRank
+from .estimators import ExactRank, LanczosRank, PolynomialRank
 
 __all__ = ["AUTO_EXACT_MAX_DIM", "ESTIMATORS", "auto_method", "estimate_rank"]
 
 #: Method name -> estimator class. ``"auto"`` is resolved by :func:`auto_method`.
-ESTIMATORS: dict[str, type] = {"exact": ExactRank, "lanczos": LanczosRank}
+ESTIMATORS: dict[str, type] = {
+    "exact": ExactRank,
+    "lanczos": LanczosRank,
+    "polynomial": PolynomialRank,
+}
 
 #: Up to this dimension ``"auto"`` runs the dense eigendecomposition: at n = 4096 it takes
 #: a few seconds on two cores and is exact, so nothing iterative can beat it there.

@@ -27,6 +27,8 @@ METHOD_NOTES = {
     "(free for explicit matrices) and O(n³) time",
     "lanczos": "block Krylov count, exact and certified while the rank fits the basis "
     "(r to 2r matvecs); SLQ ± stderr beyond; needs only Hessian-vector products",
+    "polynomial": "Ubaru & Saad's Chebyshev step filter with their KPM gap rule (faithful "
+    "port: degree 50, 300 probes, 15,030 matvecs); a soft count ± stderr",
 }
 
 

@@ -2,5 +2,6 @@
 
 from .exact import ExactRank
 from .lanczos import LanczosRank
+from .polynomial import PolynomialRank
 
-__all__ = ["ExactRank", "LanczosRank"]
+__all__ = ["ExactRank", "LanczosRank", "PolynomialRank"]
