@@ -16,9 +16,8 @@ import argparse
 import math
 import time
 
-from matrank.adapters import LinearNetHessian
-
 import matrank
+from matrank.adapters import LinearNetHessian
 
 PAPER_LANGEVIN = {8: 6.9, 16: 2.8, 32: 1.2, 64: 0.3, 128: 2.0, 256: 4.6}
 PAPER_UBARU_SAAD = {8: 12.16, 16: 18.47, 32: 18.96, 64: 19.27, 128: 17.92, 256: 18.74}

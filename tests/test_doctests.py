@@ -2,8 +2,9 @@
 
 import doctest
 
-import matrank.adapters.dense
 import pytest
+
+import matrank.adapters.dense
 
 
 @pytest.mark.parametrize("module", [matrank.adapters.dense])

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from matrank.adapters import LinearNetHessian
 
 import matrank
+from matrank.adapters import LinearNetHessian
 from matrank.testing import check_oracle
 
 

@@ -5,11 +5,11 @@ import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
-from matrank.adapters import DenseOracle, LinearOperatorOracle, SparseOracle
 
 import matrank
 from matrank import Capability, OperatorContractError
 from matrank._oracle import CostMeter
+from matrank.adapters import DenseOracle, LinearOperatorOracle, SparseOracle
 from matrank.testing import check_oracle, laplacian, rotated_spectrum
 
 MATRIX = rotated_spectrum(40, 7, seed=0)
