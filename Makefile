@@ -26,6 +26,7 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check matrank adapters tests benchmarks
 	$(VENV)/bin/ruff format --check matrank adapters tests benchmarks
+	$(VENV)/bin/mypy matrank
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

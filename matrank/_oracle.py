@@ -46,6 +46,11 @@ class Capability(enum.Flag):
     GRAD = enum.auto()
     HVP = enum.auto()
 
+    @property
+    def label(self) -> str:
+        """Lower-case name, as the oracle's method is called (``"hvp"``)."""
+        return (self.name or "").lower()
+
 
 @runtime_checkable
 class Oracle(Protocol):
@@ -261,7 +266,7 @@ class _CheckedOracle:
                 )
             )
         for capability in (Capability.LOSS, Capability.GRAD, Capability.HVP):
-            method = capability.name.lower()
+            method = capability.label
             if capability in inner.capabilities and not callable(
                 getattr(inner, method, None)
             ):
@@ -354,13 +359,11 @@ class CostMeter:
 def require(oracle: Oracle, capability: Capability, method: str) -> None:
     """Refuse clearly when an estimator needs something the oracle cannot compute."""
     if capability not in oracle.capabilities:
-        have = ", ".join(
-            c.name.lower() for c in Capability if c and c in oracle.capabilities
-        )
+        have = ", ".join(c.label for c in Capability if c and c in oracle.capabilities)
         raise MatrankValueError(
             message(
                 "obj",
-                f"an oracle with {capability.name.lower()} for method={method!r}",
+                f"an oracle with {capability.label} for method={method!r}",
                 f"one with only: {have or 'nothing'}",
             )
         )

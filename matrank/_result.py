@@ -57,9 +57,8 @@ class CountingCurve:
 
     def at(self, threshold: float) -> float:
         """``N(threshold)`` read off the curve (the count at the nearest grid point below)."""
-        index = np.searchsorted(self.thresholds, threshold, side="right") - 1
-        index = int(np.clip(index, 0, len(self.thresholds) - 1))
-        return float(self.counts[index])
+        below = int(np.searchsorted(self.thresholds, threshold, side="right")) - 1
+        return float(self.counts[min(max(below, 0), len(self.thresholds) - 1)])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
