@@ -21,7 +21,7 @@ from ._validation import (
     NotSymmetricError,
     OperatorContractError,
 )
-from .estimators import ExactRank, LanczosRank, PolynomialRank
+from .estimators import ExactRank, LanczosRank, LangevinRank, PolynomialRank
 
 try:
     __version__ = version("matrank")
@@ -34,6 +34,7 @@ __all__ = [
     "CountingCurve",
     "ExactRank",
     "LanczosRank",
+    "LangevinRank",
     "MatrankError",
     "MatrankTypeError",
     "MatrankValueError",

@@ -7,8 +7,14 @@ from typing import Any
 
 from ._oracle import Capability, Oracle, as_oracle
 from ._result import RankResult
-from ._validation import MatrankTypeError, check_choice, check_int, message
-from .estimators import ExactRank, LanczosRank, PolynomialRank
+from ._validation import (
+    MatrankTypeError,
+    MatrankValueError,
+    check_choice,
+    check_int,
+    message,
+)
+from .estimators import ExactRank, LanczosRank, LangevinRank, PolynomialRank
 
 __all__ = ["AUTO_EXACT_MAX_DIM", "ESTIMATORS", "auto_method", "estimate_rank"]
 
@@ -17,6 +23,7 @@ ESTIMATORS: dict[str, type] = {
     "exact": ExactRank,
     "lanczos": LanczosRank,
     "polynomial": PolynomialRank,
+    "langevin": LangevinRank,
 }
 
 #: Up to this dimension ``"auto"`` runs the dense eigendecomposition: at n = 4096 it takes
@@ -27,21 +34,25 @@ AUTO_EXACT_MAX_DIM = 4096
 def auto_method(oracle: Oracle) -> tuple[str, str]:
     """The method ``"auto"`` picks for an oracle, and why (a sentence for diagnostics)."""
     if Capability.HVP in oracle.capabilities:
-        if oracle.dim <= AUTO_EXACT_MAX_DIM or "lanczos" not in ESTIMATORS:
+        if oracle.dim <= AUTO_EXACT_MAX_DIM:
             return "exact", (
                 f"dimension {oracle.dim} <= {AUTO_EXACT_MAX_DIM} with products available: "
                 "a dense eigendecomposition is exact and fast"
-                if oracle.dim <= AUTO_EXACT_MAX_DIM
-                else "no iterative matvec estimator is installed yet"
             )
         return "lanczos", (
             f"dimension {oracle.dim} > {AUTO_EXACT_MAX_DIM} with products available: "
             "block Krylov counting"
         )
-    if Capability.GRAD in oracle.capabilities and "langevin" in ESTIMATORS:
-        return (
-            "langevin",
-            "no Hessian-vector products, gradients available: Langevin filter",
+    if Capability.GRAD in oracle.capabilities:
+        # LangevinRank so far has only the paper's fixed step size and temperature, which
+        # are right for the paper's problems and wrong for others: make the user choose.
+        raise MatrankValueError(
+            message(
+                "method",
+                "given explicitly for an oracle without Hessian-vector products "
+                "(method='langevin' with a step_size and sigma2 suited to its curvature)",
+                "'auto'",
+            )
         )
     if Capability.LOSS in oracle.capabilities and "evolution" in ESTIMATORS:
         return "evolution", "loss values only: evolution-strategies covariance route"
@@ -81,8 +92,9 @@ def estimate_rank(
     Notes
     -----
     The ``"auto"`` policy: products with H available and ``n <= 4096`` -> ``"exact"``;
-    larger -> ``"lanczos"``; gradients only -> ``"langevin"``; loss values only ->
-    ``"evolution"`` (each as soon as it is installed).
+    larger -> ``"lanczos"``; gradients only -> an error asking for ``method="langevin"``
+    with hyperparameters (until its automatic step size lands); loss values only ->
+    ``"evolution"`` (once it is installed).
 
     Examples
     --------

@@ -2,6 +2,7 @@
 
 from .exact import ExactRank
 from .lanczos import LanczosRank
+from .langevin import LangevinRank
 from .polynomial import PolynomialRank
 
-__all__ = ["ExactRank", "LanczosRank", "PolynomialRank"]
+__all__ = ["ExactRank", "LanczosRank", "LangevinRank", "PolynomialRank"]

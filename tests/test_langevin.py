@@ -1,0 +1,125 @@
+"""LangevinRank, paper mode: the discrete chain's exact expectation on quadratics."""
+
+import numpy as np
+import pytest
+import torch
+
+import matrank
+from matrank import Capability
+from matrank.estimators.langevin import expected_loss_curve, stationary_loss
+from matrank.testing import rotated_spectrum
+
+
+def expected_estimate(eigenvalues, estimator):
+    """What eq. 20 estimates: 4/σ² × the mean expected loss excess over the averaged steps."""
+    curve = expected_loss_curve(
+        eigenvalues,
+        step_size=estimator.step_size,
+        sigma2=estimator.sigma2,
+        n_steps=estimator.n_steps,
+    )
+    return 4 / estimator.sigma2 * curve[-estimator.n_average :].mean()
+
+
+def test_paper_mode_matches_the_discrete_chain_expectation():
+    matrix = rotated_spectrum(24, 8, cond=4.0, seed=0)
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    # ημ up to 0.3: the 1/(1 − ημ/2) inflation is 15 %, far above the stderr
+    estimator = matrank.LangevinRank(
+        step_size=0.3, sigma2=0.5, n_steps=400, n_average=300, n_chains=64
+    )
+    expected = expected_estimate(eigenvalues, estimator)
+    assert expected > 8 * 1.05
+    for seed in range(3):
+        result = estimator.estimate(matrix, seed=seed)
+        assert abs(result.rank - expected) < 4 * result.stderr, (
+            result.rank,
+            expected,
+            result.stderr,
+        )
+        assert (
+            result.cost["grads"] == 64 * 400 and result.cost["loss_evals"] == 64 * 400 + 1
+        )
+
+
+def test_diagonal_preconditioner_changes_the_spectrum_not_the_rank():
+    matrix = rotated_spectrum(16, 5, cond=2.0, seed=1)
+    diagonal = np.linspace(0.5, 2.0, 16)
+    root = np.sqrt(diagonal)
+    eigenvalues = np.linalg.eigvalsh(root[:, None] * matrix * root[None])
+    estimator = matrank.LangevinRank(
+        step_size=0.2,
+        sigma2=1.0,
+        n_steps=600,
+        n_average=400,
+        n_chains=64,
+        preconditioner=diagonal,
+    )
+    result = estimator.estimate(matrix, seed=0)
+    assert abs(result.rank - expected_estimate(eigenvalues, estimator)) < 4 * result.stderr
+
+
+def test_theory_curve_tends_to_theorem_one_and_proposition_one():
+    eigenvalues = np.array([2.0, 1.0, 0.5, 0.0])
+    curve = expected_loss_curve(eigenvalues, step_size=1e-3, sigma2=0.1, n_steps=20000)
+    t = np.arange(20000) * 1e-3
+    continuous = 0.1 / 4 * (1 - np.exp(-2 * eigenvalues[:3, None] * t[None])).sum(axis=0)
+    np.testing.assert_allclose(curve, continuous, atol=1e-3 * 0.1)
+    assert curve[-1] == pytest.approx(stationary_loss(3, sigma2=0.1), rel=2e-3)
+
+
+def test_single_chain_reports_a_batch_means_stderr_and_the_loss_trace():
+    estimator = matrank.LangevinRank(step_size=0.1, sigma2=1.0, n_steps=500, n_average=400)
+    result = estimator.estimate(rotated_spectrum(10, 3, cond=2.0, seed=2), seed=0)
+    assert result.stderr > 0 and result.diagnostics["loss_excess"].shape == (500,)
+    assert result.threshold == pytest.approx(1 / (2 * 0.1 * 500))
+
+
+def test_divergence_and_bad_hyperparameters_are_reported():
+    with pytest.raises(
+        matrank.MatrankValueError,
+        match=r"`step_size` must be small enough .*diverged at step",
+    ):
+        matrank.LangevinRank(
+            step_size=3.0, sigma2=1.0, n_steps=2000, n_average=10
+        ).estimate(rotated_spectrum(6, 2, seed=3))
+    with pytest.raises(
+        matrank.MatrankValueError, match=r"`n_average` must be an int in \[1, 10\]; got 20"
+    ):
+        matrank.LangevinRank(n_steps=10, n_average=20)
+    with pytest.raises(
+        matrank.MatrankValueError,
+        match=r"`preconditioner` must be a positive diagonal of length 3",
+    ):
+        matrank.LangevinRank(
+            preconditioner=[1.0, -1.0, 1.0], n_steps=5, n_average=2
+        ).estimate(np.eye(3))
+
+
+def test_auto_asks_for_an_explicit_method_on_gradient_only_oracles():
+    class GradientOnly:
+        dim, dtype, device = 3, torch.float64, torch.device("cpu")
+        theta0 = torch.zeros(3, dtype=torch.float64)
+        capabilities = Capability.LOSS | Capability.GRAD
+
+        def loss(self, theta):
+            return 0.5 * (theta**2).sum(1)
+
+        def grad(self, theta):
+            return theta
+
+    with pytest.raises(
+        matrank.MatrankValueError,
+        match=r"`method` must be given explicitly .*method='langevin'",
+    ):
+        matrank.estimate_rank(GradientOnly())
+    result = matrank.estimate_rank(
+        GradientOnly(),
+        method="langevin",
+        step_size=0.5,
+        sigma2=1.0,
+        n_steps=300,
+        n_average=200,
+        n_chains=16,
+    )
+    assert abs(result.rank - 3 / (1 - 0.25)) < 4 * result.stderr
