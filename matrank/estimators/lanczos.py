@@ -266,7 +266,7 @@ class LanczosRank:
         converged = (values.abs() - residuals > threshold) & (
             residuals <= 1e-3 * values.abs()
         )
-        captured = krylov.Q @ vectors[:, converged].to(dtype)  # (n, c)
+        captured = krylov.Q @ vectors[:, converged].to(dtype=dtype, device=device)  # (n, c)
         captured = torch.linalg.qr(captured).Q if captured.shape[1] else captured
         deflated = int(captured.shape[1])
         remaining = max_matvecs - meter.matvecs

@@ -118,14 +118,18 @@ class PolynomialRank:
             device=device,
         )
         probes = probes / torch.linalg.vector_norm(probes, dim=0)
-        moments = chebyshev_moments(
-            meter.hvp,
-            probes,
-            self.degree,
-            center=center,
-            half_width=half_width,
-            doubling=False,
-        ).numpy()  # (m, degree + 1)
+        moments = (
+            chebyshev_moments(
+                meter.hvp,
+                probes,
+                self.degree,
+                center=center,
+                half_width=half_width,
+                doubling=False,
+            )
+            .cpu()
+            .numpy()
+        )  # (m, degree + 1)
 
         grid, density = ubaru_saad_density(moments, low, high, self.n_points)
         gap = ubaru_saad_gap(grid, density) if self.threshold is None else self.threshold

@@ -198,10 +198,11 @@ class BlockKrylov:
         residual, coefficients = _project_out(image, self.Q)
         T = torch.zeros(k + b, k + b, dtype=torch.float64)
         T[:k, :k] = self.T
-        coupling = coefficients[:k].to(torch.float64)
+        # T and B live on the CPU in float64 (small eigenproblems), whatever the device
+        coupling = coefficients[:k].to(device="cpu", dtype=torch.float64)
         T[:k, k:] = coupling
         T[k:, :k] = coupling.T
-        diagonal = coefficients[k:].to(torch.float64)
+        diagonal = coefficients[k:].to(device="cpu", dtype=torch.float64)
         T[k:, k:] = 0.5 * (diagonal + diagonal.T)
         self.T = T
         self.last_size = b
@@ -237,7 +238,7 @@ class BlockKrylov:
         kept = U[:, keep]
         kept = kept - self.Q @ (self.Q.T @ kept)
         self._next = torch.linalg.qr(kept).Q
-        self.B = (S[keep, None] * Vh[keep]).to(torch.float64)
+        self.B = (S[keep, None] * Vh[keep]).to(device="cpu", dtype=torch.float64)
 
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Ritz values (descending by magnitude) and vectors of ``T``, float64."""
@@ -314,10 +315,13 @@ def lanczos_quadrature(
         basis[:, j] = q
         w = matmat(q.T).T  # (m, n)
         a = (w * q).sum(1)
-        alpha[:, j] = a.to(torch.float64)
+        alpha[:, j] = a.to(device="cpu", dtype=torch.float64)
         w = w - a[:, None] * q
         if j > 0:
-            w = w - beta[:, j - 1, None].to(w.dtype) * basis[:, j - 1]
+            w = (
+                w
+                - beta[:, j - 1, None].to(dtype=w.dtype, device=w.device) * basis[:, j - 1]
+            )
         for _ in range(2):  # full reorthogonalization, twice
             w = w - torch.einsum(
                 "mk,mkn->mn",
@@ -325,7 +329,7 @@ def lanczos_quadrature(
                 basis[:, : j + 1],
             )
         b = torch.linalg.vector_norm(w, dim=1)
-        beta[:, j] = b.to(torch.float64)
+        beta[:, j] = b.to(device="cpu", dtype=torch.float64)
         if j + 1 == steps:
             break
         # A column whose Krylov space became invariant stops contributing new nodes: a
@@ -337,5 +341,7 @@ def lanczos_quadrature(
     off = beta[:, : active - 1]
     T = T + torch.diag_embed(off, offset=1) + torch.diag_embed(off, offset=-1)
     nodes, vectors = torch.linalg.eigh(T)
-    weights = vectors[:, 0, :] ** 2 * (norms.to(torch.float64) ** 2)[:, None]
+    weights = (
+        vectors[:, 0, :] ** 2 * (norms.to(device="cpu", dtype=torch.float64) ** 2)[:, None]
+    )
     return nodes, weights
