@@ -123,3 +123,16 @@ def test_auto_asks_for_an_explicit_method_on_gradient_only_oracles():
         n_chains=16,
     )
     assert abs(result.rank - 3 / (1 - 0.25)) < 4 * result.stderr
+
+
+def test_same_seed_is_bit_identical_and_seeds_differ():
+    estimator = matrank.LangevinRank(
+        step_size=0.1, sigma2=1.0, n_steps=200, n_average=100, n_chains=4
+    )
+    matrix = rotated_spectrum(10, 3, cond=2.0, seed=4)
+    first, second = estimator.estimate(matrix, seed=7), estimator.estimate(matrix, seed=7)
+    np.testing.assert_array_equal(
+        first.diagnostics["loss_excess"], second.diagnostics["loss_excess"]
+    )
+    assert first.rank == second.rank
+    assert estimator.estimate(matrix, seed=8).rank != first.rank

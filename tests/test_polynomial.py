@@ -74,3 +74,13 @@ def test_threshold_override_and_messages():
         matrank.MatrankValueError, match=r"`degree` must be an int in \[2, inf\); got 1"
     ):
         matrank.PolynomialRank(degree=1)
+
+
+def test_same_seed_is_bit_identical():
+    matrix = rotated_spectrum(80, 10, cond=2.0, seed=2)
+    estimator = matrank.PolynomialRank(n_probes=10)
+    first, second = estimator.estimate(matrix, seed=3), estimator.estimate(matrix, seed=3)
+    np.testing.assert_array_equal(
+        first.diagnostics["samples"], second.diagnostics["samples"]
+    )
+    assert estimator.estimate(matrix, seed=4).rank != first.rank

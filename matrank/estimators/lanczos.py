@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 
-from .._oracle import Capability, CostMeter, as_oracle, require
+from .._oracle import Capability
 from .._result import RankResult, Status
 from .._validation import check_choice, check_int, check_real
 from ..numerics.krylov import BlockKrylov, lanczos_quadrature
 from ..numerics.threshold import counting_curve, resolve_threshold
 from ..numerics.trace import mean_and_stderr, probe_block
+from ._common import prepare
 
 __all__ = ["LanczosRank"]
 
@@ -125,12 +126,8 @@ class LanczosRank:
     def estimate(self, obj: Any, *, seed: int | None = None) -> RankResult:
         """Estimate the rank of ``obj``; see the class notes for the stopping rule."""
         start = time.perf_counter()
-        oracle = as_oracle(obj)
-        require(oracle, Capability.HVP, "lanczos")
-        check_int("seed", seed, low=0, allow_none=True)
+        oracle, meter, generator = prepare(obj, Capability.HVP, "lanczos", seed)
         n, dtype, device = oracle.dim, oracle.dtype, oracle.device
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        meter = CostMeter(oracle)
         max_basis = self.max_basis or min(n, 8192, max(64, _BASIS_BYTES // (8 * n)))
         if self.max_basis is None and self.max_matvecs is not None:
             # leave SLQ at least half of a budget the user fixed

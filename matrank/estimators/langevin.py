@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._oracle import Capability, CostMeter, as_oracle, require
+from .._oracle import Capability
 from .._result import RankResult, Status
 from .._validation import MatrankValueError, check_choice, check_int, check_real, message
 from ..numerics.trace import mean_and_stderr
+from ._common import prepare
 
 __all__ = ["LangevinRank", "expected_loss_curve", "stationary_loss"]
 
@@ -94,14 +95,11 @@ class LangevinRank:
     def estimate(self, obj: Any, *, seed: int | None = None) -> RankResult:
         """Run the chains and read the rank off the mean loss excess."""
         start = time.perf_counter()
-        oracle = as_oracle(obj)
-        require(oracle, Capability.GRAD, "langevin")
-        require(oracle, Capability.LOSS, "langevin")
-        check_int("seed", seed, low=0, allow_none=True)
+        oracle, meter, generator = prepare(
+            obj, Capability.GRAD | Capability.LOSS, "langevin", seed
+        )
         n, dtype, device = oracle.dim, oracle.dtype, oracle.device
         root = self._preconditioner_root(n, dtype, device)
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        meter = CostMeter(oracle)
         theta0 = oracle.theta0
         chains = self.n_chains
         theta = theta0.expand(chains, n).clone()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._oracle import Capability, CostMeter, as_oracle, require
+from .._oracle import Capability
 from .._result import RankResult, Status
 from .._validation import check_choice, check_int, check_real
 from ..numerics.chebyshev import (
@@ -21,6 +21,7 @@ from ..numerics.chebyshev import (
 )
 from ..numerics.krylov import spectral_bounds
 from ..numerics.trace import mean_and_stderr, probe_block
+from ._common import prepare
 
 __all__ = ["PolynomialRank", "ubaru_saad_gap"]
 
@@ -92,12 +93,8 @@ class PolynomialRank:
     def estimate(self, obj: Any, *, seed: int | None = None) -> RankResult:
         """Estimate the rank of ``obj`` (see the class notes)."""
         start = time.perf_counter()
-        oracle = as_oracle(obj)
-        require(oracle, Capability.HVP, "polynomial")
-        check_int("seed", seed, low=0, allow_none=True)
+        oracle, meter, generator = prepare(obj, Capability.HVP, "polynomial", seed)
         n, dtype, device = oracle.dim, oracle.dtype, oracle.device
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        meter = CostMeter(oracle)
         _, largest, _ = spectral_bounds(
             meter.hvp,
             n,
