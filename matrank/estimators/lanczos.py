@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -13,7 +13,7 @@ from .._oracle import Capability
 from .._result import RankResult, Status
 from .._validation import check_choice, check_int, check_real
 from ..numerics.krylov import BlockKrylov, lanczos_quadrature
-from ..numerics.threshold import counting_curve, resolve_threshold
+from ..numerics.threshold import ThresholdChoice, counting_curve, resolve_threshold
 from ..numerics.trace import mean_and_stderr, probe_block
 from ._common import prepare
 
@@ -147,6 +147,7 @@ class LanczosRank:
         state = _Counting()
         status = Status.BUDGET_EXHAUSTED
         threshold = 0.0
+        latest: _Assessment | None = None
         while True:
             extra = 0
             if state.inject and krylov.next_kept > 0:
@@ -176,11 +177,9 @@ class LanczosRank:
             if not state.verifying and krylov.size - state.assessed_size < krylov.size // 8:
                 continue
             state.assessed_size = krylov.size
-            values, vectors = krylov.ritz()
-            largest = float(values.abs().max())
-            floor = max(largest * n * eps, krylov.symmetry_defect)
-            threshold, choice = self._threshold(values, floor)
-            count, certain = _assess(krylov, values, vectors, threshold)
+            latest = self._assess_basis(krylov, n, eps)
+            values, floor, threshold = latest.values, latest.floor, latest.threshold
+            count, certain = latest.counted, latest.certain
             required = self.verify_steps or _verification_steps(
                 values, threshold, floor, n, block
             )
@@ -204,12 +203,13 @@ class LanczosRank:
                 diagnostics["switched_early_at"] = krylov.size
                 break
 
-        values, vectors = krylov.ritz()
-        largest = float(values.abs().max()) if values.numel() else 0.0
-        floor = max(largest * n * eps, krylov.symmetry_defect)
+        # The last assessment stands unless the basis grew after it (an O(k³) solve).
+        if latest is None or latest.size != krylov.size:
+            latest = self._assess_basis(krylov, n, eps)
+        values, vectors, largest = latest.values, latest.vectors, latest.largest
+        floor, threshold, choice = latest.floor, latest.threshold, latest.choice
+        count, certain = latest.counted, latest.certain
         diagnostics["symmetry_defect"] = krylov.symmetry_defect
-        threshold, choice = self._threshold(values, floor)
-        count, certain = _assess(krylov, values, vectors, threshold)
         magnitudes = values.abs().numpy()
         diagnostics.update(
             noise_floor=floor,
@@ -251,8 +251,16 @@ class LanczosRank:
             status=status,
         )
 
-    def _threshold(self, values: torch.Tensor, floor: float):
-        return resolve_threshold(values.abs().numpy(), floor, self.threshold)
+    def _assess_basis(self, krylov: BlockKrylov, n: int, eps: float) -> _Assessment:
+        """Ritz pairs of the current basis, τ above its noise floor, and the count at τ."""
+        values, vectors = krylov.ritz()
+        largest = float(values.abs().max()) if values.numel() else 0.0
+        floor = max(largest * n * eps, krylov.symmetry_defect)
+        threshold, choice = resolve_threshold(values.abs().numpy(), floor, self.threshold)
+        count, certain = _assess(krylov, values, vectors, threshold)
+        return _Assessment(
+            krylov.size, values, vectors, largest, floor, threshold, choice, count, certain
+        )
 
     def _slq(
         self, meter, krylov, values, vectors, threshold, max_matvecs, generator, diagnostics
@@ -314,6 +322,18 @@ class LanczosRank:
             slq_threshold=float(threshold),
         )
         return deflated + mean, stderr, Status.CONVERGED
+
+
+class _Assessment(NamedTuple):
+    size: int
+    values: torch.Tensor
+    vectors: torch.Tensor
+    largest: float
+    floor: float
+    threshold: float
+    choice: ThresholdChoice | None
+    counted: int
+    certain: bool
 
 
 def _verification_steps(values, threshold: float, floor: float, n: int, block: int) -> int:
