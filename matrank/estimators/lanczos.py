@@ -22,6 +22,7 @@ __all__ = ["LanczosRank"]
 # Memory for the Krylov basis and the SLQ bases, in bytes: the basis is n × k, so this
 # caps k at 2 GB / (8n) in float64 (k = 1250 at n = 200,000).
 _BASIS_BYTES = 2 * 1024**3
+_WIDEST = 128
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -187,14 +188,17 @@ class LanczosRank:
             if state.update(count, certain, required):
                 status = Status.CONVERGED
                 break
-            # Wide blocks make cheaper columns (a GEMM of 256 columns ran 3.7× faster per
-            # column than one of 32 on the 2-core CPU): while a step harvests nearly a
-            # full block of new counted eigenvalues, double the block; verification goes
-            # back to the base size.
+            # Wide blocks make cheaper columns (a dense 6000² product cost 2.0 ms per
+            # column at 32 columns, 1.25 ms at 128, 1.1 ms at 256 on the 2-core CPU), but
+            # each widening adds random columns whose null-space part the basis must
+            # then carry: while a step harvests nearly a full block of new counted
+            # eigenvalues, double the block up to _WIDEST (128 gave the fastest exact
+            # count in benchmarks/lanczos_speed.py; 256 cost 30 % more); verification
+            # goes back to the base size.
             if certain:
                 current = block
             elif grown >= 0.75 * current:
-                current = min(2 * current, max(block, 256), max(1, max_basis // 4))
+                current = min(2 * current, max(block, _WIDEST), max(1, max_basis // 4))
             else:  # the harvest slows: carry on with what the Krylov sequence still holds
                 current = max(block, min(current, krylov.next_kept))
             if max_basis < n and count > max_basis // 2 and not certain:
