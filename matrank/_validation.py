@@ -118,6 +118,18 @@ def check_real(
     return value
 
 
+def check_threshold(value: Any) -> float | str | None:
+    """Return a ``threshold=`` option: ``None``, ``"floor"`` or a real ``τ ≥ 0``."""
+    if value is None or value == "floor":
+        return value
+    rule = f"a real number in {_interval(0.0, None, 'both')}, 'floor' or None"
+    if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
+        raise MatrankTypeError(message("threshold", rule, repr(value)))
+    if not math.isfinite(value) or value < 0:
+        raise MatrankValueError(message("threshold", rule, repr(float(value))))
+    return float(value)
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``choices`` or raise, listing them."""
     choices = tuple(choices)

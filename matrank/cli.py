@@ -61,6 +61,17 @@ def load_matrix(path: str) -> Any:
     raise MatrankError(f"`FILE` must end in .npy, .npz, .mtx or .pt; got {path!r}.")
 
 
+def _threshold(text: str) -> float | str:
+    if text == "floor":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or 'floor'; got {text!r}"
+        ) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matrank", description="Estimate the numerical rank of symmetric PSD matrices."
@@ -71,7 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     estimate.add_argument("file", help=".npy, .npz (dense or scipy sparse), .mtx or .pt")
     estimate.add_argument("--method", default="auto", choices=["auto", *ESTIMATORS])
-    estimate.add_argument("--threshold", type=float, default=None)
+    estimate.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        help="eigenvalue threshold τ, or 'floor' to count everything above the noise "
+        "floor (default: the widest-plateau rule)",
+    )
     estimate.add_argument("--seed", type=int, default=None)
     estimate.add_argument("--json", action="store_true", help="print the result as JSON")
     demo = commands.add_parser("demo", help="every estimator on a built-in problem")

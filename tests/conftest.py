@@ -2,7 +2,11 @@
 
 import os
 
+import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
+
+from matrank.testing import haar_orthogonal
 
 # CI profile (scipy's): reproducible, no example database, no deadline on a shared box.
 settings.register_profile(
@@ -16,3 +20,14 @@ settings.register_profile(
 # For a nightly or local hunt: MATRANK_HYPOTHESIS_PROFILE=random pytest ...
 settings.register_profile("random", deadline=None, max_examples=300)
 settings.load_profile(os.environ.get("MATRANK_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def isolated_smallest():
+    """Rank 41 at n = 300: 40 eigenvalues over 3 decades and one lone 1e-10 under them."""
+    n, rank = 300, 40
+    spectrum = np.zeros(n)
+    spectrum[:rank] = np.geomspace(1.0, 1e-3, rank)
+    spectrum[rank] = 1e-10
+    basis = haar_orthogonal(n, np.random.default_rng(5))
+    return (basis * spectrum) @ basis.T

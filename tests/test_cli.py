@@ -102,3 +102,13 @@ def test_methods_and_demo(capsys):
     assert "method" in out and "truth" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("exact")]
     assert rows and rows[0][1] == "15" and rows[0][-1] == "15"
+
+
+def test_threshold_floor_from_the_command_line(files, capsys):
+    assert (
+        main(["estimate", str(files["npy"]), "--method", "exact", "--threshold", "floor"])
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("rank ")
+    assert main(["estimate", str(files["npy"]), "--threshold", "high"]) == 2
+    assert "expected a number or 'floor'; got 'high'" in capsys.readouterr().err

@@ -127,3 +127,16 @@ def test_result_prints_and_serializes():
     import json
 
     json.dumps(payload)
+
+
+def test_floor_threshold_counts_an_isolated_tiny_eigenvalue_the_plateau_rule_drops(
+    isolated_smallest,
+):
+    # The widest plateau (1e-10 … 1e-3) lies above the lone eigenvalue; "floor" counts
+    # everything above λmax·n·eps ≈ 7e-14, as numpy does.
+    matrix = isolated_smallest
+    assert matrank.estimate_rank(matrix, method="exact").rank == 40
+    floor = matrank.estimate_rank(matrix, method="exact", threshold="floor")
+    assert floor.rank == 41 == np.linalg.matrix_rank(matrix, hermitian=True)
+    assert floor.threshold == floor.diagnostics["noise_floor"]
+    assert "plateau" not in floor.diagnostics

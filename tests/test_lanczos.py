@@ -261,3 +261,12 @@ def _krylov(matrix, seed):
         torch.device("cpu"),
         torch.Generator().manual_seed(seed),
     )
+
+
+def test_floor_threshold_counts_an_isolated_tiny_eigenvalue(isolated_smallest):
+    matrix = isolated_smallest
+    plateau = matrank.estimate_rank(matrix, method="lanczos", seed=0)
+    floor = matrank.estimate_rank(matrix, method="lanczos", seed=0, threshold="floor")
+    assert plateau.rank == 40 and floor.rank == 41
+    assert floor.diagnostics["certified"]
+    assert floor.threshold == floor.diagnostics["noise_floor"]

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from matrank.numerics.threshold import counting_curve, plateau_threshold
+import matrank
+from matrank.numerics.threshold import counting_curve, plateau_threshold, resolve_threshold
 
 
 def test_exact_zeros_give_the_plateau_down_to_the_floor():
@@ -50,3 +51,25 @@ def test_counting_curve_counts_magnitudes():
     # read at the grid point below: exact away from the eigenvalues
     assert curve.at(1e-4) == 3 and curve.at(1.0) == 2 and curve.at(5.0) == 0
     assert np.all(np.diff(curve.counts) <= 0)
+
+
+def test_resolve_threshold_floor_and_user_values():
+    spectrum = np.array([1.0, 0.5, 1e-10, 0.0])
+    assert resolve_threshold(spectrum, 1e-13, "floor") == (1e-13, None)
+    assert resolve_threshold(spectrum, 1e-13, 0.25) == (0.25, None)
+    threshold, choice = resolve_threshold(spectrum, 1e-13, None)
+    assert 1e-10 < threshold < 0.5 and choice is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        ("flor", matrank.MatrankTypeError, r"\[0, inf\), 'floor' or None; got 'flor'"),
+        (-1.0, matrank.MatrankValueError, r"`threshold` must be .*; got -1.0"),
+        ([1.0], matrank.MatrankTypeError, r"`threshold` must be .*; got \[1.0\]"),
+    ],
+)
+def test_bad_threshold_options_are_refused(value, error, match):
+    for method in ("exact", "lanczos"):
+        with pytest.raises(error, match=match):
+            matrank.estimate_rank(np.eye(3), method=method, threshold=value)

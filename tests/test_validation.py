@@ -265,7 +265,7 @@ def test_front_door_arguments():
 def test_exact_rank_hyperparameters():
     with pytest.raises(
         MatrankValueError,
-        match=r"`threshold` must be a real number in \[0, inf\) or None; got -1.0",
+        match=r"`threshold` must be a real number in \[0, inf\), 'floor' or None; got -1.0",
     ):
         matrank.ExactRank(threshold=-1.0)
     with pytest.raises(MatrankValueError, match=r"`threshold` must be .*; got nan"):

@@ -11,7 +11,7 @@ import torch
 
 from .._oracle import Capability, CostMeter, as_oracle, materialize, require
 from .._result import RankResult, Status
-from .._validation import MatrankValueError, check_int, check_real, message
+from .._validation import MatrankValueError, check_int, check_threshold, message
 from ..numerics.threshold import counting_curve, resolve_threshold
 
 __all__ = ["ExactRank"]
@@ -36,11 +36,11 @@ class ExactRank:
 
     Parameters
     ----------
-    threshold : float or None, default=None
+    threshold : float, "floor" or None, default=None
         Eigenvalue threshold ``τ``; eigenvalues with ``|λ| > τ`` are counted. ``None``
         chooses ``τ`` at the centre (in decades) of the widest gap of the spectrum above
         the noise floor, and falls back to the floor -- numpy's ``λmax·n·eps`` rule -- when
-        no gap spans a decade.
+        no gap spans a decade. ``"floor"`` always counts everything above the floor.
     max_dim : int, default=16384
         Largest ``n`` accepted: the eigendecomposition needs ``8n²`` bytes and ``O(n³)``
         time (about 2 GB and a few minutes at the default).
@@ -69,11 +69,11 @@ class ExactRank:
     (2.0, None)
     """
 
-    threshold: float | None = None
+    threshold: float | str | None = None
     max_dim: int = 16384
 
     def __post_init__(self) -> None:
-        check_real("threshold", self.threshold, low=0.0, allow_none=True)
+        check_threshold(self.threshold)
         check_int("max_dim", self.max_dim, low=1)
 
     def estimate(self, obj: Any, *, seed: int | None = None) -> RankResult:

@@ -11,7 +11,7 @@ import torch
 
 from .._oracle import Capability
 from .._result import RankResult, Status
-from .._validation import check_choice, check_int, check_real
+from .._validation import check_choice, check_int, check_threshold
 from ..numerics.krylov import BlockKrylov, lanczos_quadrature
 from ..numerics.threshold import ThresholdChoice, counting_curve, resolve_threshold
 from ..numerics.trace import mean_and_stderr, probe_block
@@ -31,11 +31,14 @@ class LanczosRank:
 
     Parameters
     ----------
-    threshold : float or None, default=None
+    threshold : float, "floor" or None, default=None
         Eigenvalue threshold ``τ`` (``|λ| > τ`` counts). ``None`` applies the plateau
         rule of :func:`matrank.numerics.threshold.plateau_threshold` to the Ritz values,
         above a noise floor ``max(λmax·n·eps, symmetry defect)``, the defect
         ``max |v_iᵀAv_j − v_jᵀAv_i|`` read off the Gaussian start block (≈ ‖A − Aᵀ‖_F).
+        ``"floor"`` counts everything above that floor: the rank in exact arithmetic
+        when the null space is exactly null, however small (and isolated) the smallest
+        nonzero eigenvalue.
     block_size : int, default=32
         Columns per block product. At least the largest multiplicity you expect is
         cheapest; smaller still counts exactly, through random restarts.
@@ -105,7 +108,7 @@ class LanczosRank:
     (40.0, None, 'CONVERGED')
     """
 
-    threshold: float | None = None
+    threshold: float | str | None = None
     block_size: int = 32
     max_matvecs: int | None = None
     max_basis: int | None = None
@@ -115,7 +118,7 @@ class LanczosRank:
     probes: str = "sphere"
 
     def __post_init__(self) -> None:
-        check_real("threshold", self.threshold, low=0.0, allow_none=True)
+        check_threshold(self.threshold)
         check_int("block_size", self.block_size, low=1)
         check_int("max_matvecs", self.max_matvecs, low=1, allow_none=True)
         check_int("max_basis", self.max_basis, low=1, allow_none=True)
@@ -178,7 +181,11 @@ class LanczosRank:
             if not state.verifying and krylov.size - state.assessed_size < krylov.size // 8:
                 continue
             state.assessed_size = krylov.size
-            latest = self._assess_basis(krylov, n, eps)
+            # While the count still grows nothing can be certified: the eigenvalues
+            # alone (a third of the cost of eigenpairs at k = 4500) decide that.
+            latest = self._assess_basis(
+                krylov, n, eps, unless_count_differs_from=state.last_count
+            )
             values, floor, threshold = latest.values, latest.floor, latest.threshold
             count, certain = latest.counted, latest.certain
             required = self.verify_steps or _verification_steps(
@@ -229,6 +236,8 @@ class LanczosRank:
             diagnostics["plateau"] = dataclasses.asdict(choice)
         rank, stderr = float(count), None
         if status is not Status.CONVERGED:
+            if vectors is None:
+                values, vectors = krylov.ritz()
             rank, stderr, status = self._slq(
                 meter,
                 krylov,
@@ -255,13 +264,49 @@ class LanczosRank:
             status=status,
         )
 
-    def _assess_basis(self, krylov: BlockKrylov, n: int, eps: float) -> _Assessment:
-        """Ritz pairs of the current basis, τ above its noise floor, and the count at τ."""
-        values, vectors = krylov.ritz()
-        largest = float(values.abs().max()) if values.numel() else 0.0
-        floor = max(largest * n * eps, krylov.symmetry_defect)
-        threshold, choice = resolve_threshold(values.abs().numpy(), floor, self.threshold)
-        count, certain = _assess(krylov, values, vectors, threshold)
+    def _assess_basis(
+        self,
+        krylov: BlockKrylov,
+        n: int,
+        eps: float,
+        *,
+        unless_count_differs_from: int | None = None,
+    ) -> _Assessment:
+        """Ritz pairs of the current basis, τ above its noise floor, and the count at τ.
+
+        With ``unless_count_differs_from``, the Ritz values are computed first and, if
+        the count at τ differs from that number, returned without vectors as uncertain.
+        """
+        # At a breakdown every Ritz residual is the deflated remainder: no vectors needed.
+        breakdown = krylov.B.numel() == 0
+        values, vectors = None, None
+        if breakdown or unless_count_differs_from is not None:
+            values = krylov.ritz_values()
+        while True:
+            if values is None:
+                values, vectors = krylov.ritz()
+            largest = float(values.abs().max()) if values.numel() else 0.0
+            floor = max(largest * n * eps, krylov.symmetry_defect)
+            threshold, choice = resolve_threshold(
+                values.abs().numpy(), floor, self.threshold
+            )
+            magnitudes = values.abs()
+            count = int((magnitudes > threshold).sum())
+            if vectors is not None:
+                count, certain = _assess(krylov, values, vectors, threshold)
+                break
+            if breakdown:
+                # every interval |θ| ± dropped must stay on its side of τ (as in _assess)
+                above = magnitudes > threshold
+                certain = not bool(
+                    (magnitudes[above] - krylov.dropped <= threshold).any()
+                    or (magnitudes[~above] + krylov.dropped > threshold).any()
+                )
+                break
+            if count != unless_count_differs_from:
+                certain = False
+                break
+            values = None
         return _Assessment(
             krylov.size, values, vectors, largest, floor, threshold, choice, count, certain
         )
@@ -331,7 +376,7 @@ class LanczosRank:
 class _Assessment(NamedTuple):
     size: int
     values: torch.Tensor
-    vectors: torch.Tensor
+    vectors: torch.Tensor | None  # None: values only (the count was still moving)
     largest: float
     floor: float
     threshold: float

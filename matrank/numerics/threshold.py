@@ -108,16 +108,20 @@ def plateau_threshold(
 
 
 def resolve_threshold(
-    magnitudes: np.ndarray, floor: float, threshold: float | None
+    magnitudes: np.ndarray, floor: float, threshold: float | str | None
 ) -> tuple[float, ThresholdChoice | None]:
-    """The threshold an estimator uses: the user's, else the plateau rule's.
+    """The threshold an estimator uses: the user's, the floor, or the plateau rule's.
 
-    Without a plateau of at least one decade the rule falls back to the floor (numpy's
-    rule for a dense matrix); callers report that as ``Status.NO_PLATEAU`` when the
-    returned choice has ``decades < 1``. The choice is ``None`` when the user set τ.
+    ``threshold="floor"`` counts everything above the noise floor (numpy's rule for a
+    dense matrix). ``None`` applies the plateau rule; without a plateau of at least one
+    decade it falls back to the floor, and callers report that as ``Status.NO_PLATEAU``
+    when the returned choice has ``decades < 1``. The choice is ``None`` when the user
+    set τ or asked for the floor.
     """
+    if threshold == "floor":
+        return floor, None
     if threshold is not None:
-        return threshold, None
+        return float(threshold), None
     choice = plateau_threshold(magnitudes, floor)
     return (choice.threshold if choice.decades >= 1.0 else floor), choice
 
