@@ -4,15 +4,18 @@ Importing this package registers the explicit-matrix adapters with
 :func:`matrank.as_oracle`; importing :mod:`matrank` does so too.
 """
 
-from . import dense, linear_net
+from . import dense, linear_net, pytorch
 from .dense import DenseOracle, LinearOperatorOracle, SparseOracle
 from .linear_net import LinearNetHessian
+from .pytorch import TorchLoss
 
 __all__ = [
     "DenseOracle",
     "LinearNetHessian",
     "LinearOperatorOracle",
     "SparseOracle",
+    "TorchLoss",
     "dense",
     "linear_net",
+    "pytorch",
 ]

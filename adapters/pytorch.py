@@ -1,0 +1,410 @@
+"""The loss of a PyTorch model over a fixed dataset, as an oracle at its current weights.
+
+``TorchLoss(model, loss_fn, data)`` is the function ``L(θ) = mean over the data of
+loss_fn(model(x; θ), y)`` of the selected parameters ``θ`` (all that require grad by
+default), at ``θ0`` = the model's current values. Everything goes through
+:mod:`torch.func`: ``functional_call`` evaluates the model at any flat parameter vector
+without touching the module, ``vmap`` batches ``B`` parameter vectors (Langevin chains,
+evolution samples) into one pass, and ``hvp`` is forward-over-reverse, ``jvp`` of
+``grad``, batched over the columns of the block. The dataset is processed in chunks whose
+losses are weighted by their sizes, so memory stays bounded and the result is the
+full-batch loss.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch.func import functional_call, grad, hessian, jvp, vjp, vmap
+
+from matrank._oracle import Capability, as_oracle
+from matrank._validation import (
+    MatrankTypeError,
+    MatrankValueError,
+    MatrankWarning,
+    check_int,
+    check_real,
+    message,
+)
+
+__all__ = ["TorchLoss"]
+
+_STOCHASTIC = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
+class TorchLoss:
+    """Oracle of a model's full-batch loss around its current parameters.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model; read, never modified or moved.
+    loss_fn : callable
+        ``loss_fn(output, target) -> scalar``, the **mean** over the batch (torch's
+        losses with the default ``reduction="mean"``): chunks are weighted by their size
+        so that the oracle's loss is the mean over the whole dataset.
+    data : (inputs, targets) tensors or a DataLoader
+        The dataset, ``inputs`` and ``targets`` with the same first dimension, or a
+        DataLoader yielding ``(inputs, targets)`` in a fixed order (a shuffling loader
+        would change the function between calls, and is refused).
+    params : sequence of str or None, default=None
+        Names (as in ``model.named_parameters()``) of the parameters ``θ``; the others
+        stay fixed at their values. ``None`` selects every parameter that requires grad.
+    dtype : torch.dtype or None, default=None
+        Compute in this floating dtype (``torch.float64`` for reference accuracy):
+        parameters, buffers and floating data are cast on the fly. ``None`` keeps the
+        parameters' dtype.
+    chunk_size : int, default=1024
+        Samples per forward pass for tensor data (a DataLoader's batches are used as
+        they come). Batched calls multiply activation memory by their batch of parameter
+        vectors: lower it if ``grad`` on many chains runs out of memory.
+    gradient_tol : float or None, default=1e-3
+        Warn (``MatrankWarning``) when ``‖∇L(θ0)‖`` exceeds it: rank estimates near a
+        point that is not stationary are estimates of something else (Langevin's theory
+        assumes a minimum). ``None`` skips the check and its gradient pass.
+
+    Raises
+    ------
+    MatrankValueError
+        For a model in train mode with dropout or batch-norm layers, a loss that is not
+        deterministic, a shuffling DataLoader, inconsistent data, unknown or frozen
+        parameter names, or a non-scalar loss.
+    MatrankTypeError
+        For a model that is not a ``torch.nn.Module`` or data of the wrong type.
+
+    Notes
+    -----
+    ``θ`` is the selected parameters flattened in ``named_parameters()`` order; use
+    :meth:`unflatten` to map a vector back to named tensors. The oracle lives on the
+    model's device; data chunks are moved there as they are used. :meth:`dense_hessian`
+    is ``torch.func.hessian`` of the full loss, the independent reference for small
+    models; ``method="exact"`` builds the dense Hessian from ``n`` counted HVPs instead.
+
+    Examples
+    --------
+    >>> import torch, matrank
+    >>> from matrank.adapters import TorchLoss
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Linear(3, 1, bias=False)
+    >>> X = torch.randn(20, 3)
+    >>> oracle = TorchLoss(model, torch.nn.functional.mse_loss, (X, model(X).detach()),
+    ...                    dtype=torch.float64)
+    >>> oracle.dim, int(matrank.estimate_rank(oracle, method="exact").rank)
+    (3, 3)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        data: Any,
+        *,
+        params: Sequence[str] | None = None,
+        dtype: torch.dtype | None = None,
+        chunk_size: int = 1024,
+        gradient_tol: float | None = 1e-3,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise MatrankTypeError(
+                message("model", "a torch.nn.Module", type(model).__name__)
+            )
+        if not callable(loss_fn):
+            raise MatrankTypeError(message("loss_fn", "a callable", repr(loss_fn)))
+        check_int("chunk_size", chunk_size, low=1)
+        check_real("gradient_tol", gradient_tol, low=0.0, allow_none=True)
+        if model.training:
+            stochastic = sorted(
+                {type(m).__name__ for m in model.modules() if isinstance(m, _STOCHASTIC)}
+            )
+            if stochastic:
+                raise MatrankValueError(
+                    message(
+                        "model",
+                        "in eval mode when it has dropout or batch-norm layers (a "
+                        "stochastic or batch-dependent loss has no fixed Hessian; call "
+                        "model.eval())",
+                        f"train mode with {', '.join(stochastic)}",
+                    )
+                )
+        self.model = model
+        self.loss_fn = loss_fn
+        self.chunk_size = chunk_size
+        named = dict(model.named_parameters())
+        if params is None:
+            names = [name for name, p in named.items() if p.requires_grad]
+            if not names:
+                raise MatrankValueError(
+                    message("model", "some parameter that requires grad", "none")
+                )
+        else:
+            if isinstance(params, str):
+                params = [params]
+            names = list(params)
+            unknown = [name for name in names if name not in named]
+            if unknown:
+                raise MatrankValueError(
+                    message(
+                        "params",
+                        f"names from model.named_parameters() ({', '.join(named)})",
+                        repr(unknown),
+                    )
+                )
+            frozen = [name for name in names if not named[name].requires_grad]
+            if frozen:
+                raise MatrankValueError(
+                    message("params", "parameters that require grad", f"frozen {frozen}")
+                )
+            names = [name for name in named if name in set(names)]  # model order
+        selected = [named[name] for name in names]
+        dtypes = {p.dtype for p in selected}
+        if dtype is None:
+            if len(dtypes) != 1:
+                raise MatrankValueError(
+                    message(
+                        "params",
+                        "one dtype (or pass dtype=)",
+                        str(sorted(map(str, dtypes))),
+                    )
+                )
+            dtype = dtypes.pop()
+        if not dtype.is_floating_point:
+            raise MatrankTypeError(message("dtype", "a floating dtype", str(dtype)))
+        self.names = names
+        self.shapes = [tuple(p.shape) for p in selected]
+        self.dtype = dtype
+        self.device = selected[0].device
+        self.dim = sum(p.numel() for p in selected)
+        with torch.no_grad():
+            self._theta0 = torch.cat([p.detach().reshape(-1).to(dtype) for p in selected])
+            self._fixed = {
+                name: _cast(t.detach(), dtype)
+                for name, t in [*model.named_parameters(), *model.named_buffers()]
+                if name not in set(names)
+            }
+        self._data = _check_data(data, chunk_size)
+        self._n_samples = sum(_batch_len(batch) for batch in self._chunks())
+        self._vectorized = True
+        self.hvp_mode = "forward-over-reverse"
+        self._check_deterministic()
+        if gradient_tol is not None:
+            norm = float(torch.linalg.vector_norm(self.grad(self._theta0[None])))
+            if norm > gradient_tol:
+                warnings.warn(
+                    f"‖∇L(θ0)‖ = {norm:.3g} > gradient_tol = {gradient_tol:g}: θ0 is not "
+                    "a stationary point, so the Hessian there is not the Hessian at a "
+                    "minimum (train further, or pass gradient_tol=None to silence this).",
+                    MatrankWarning,
+                    stacklevel=2,
+                )
+
+    # ----------------------------------------------------------------- the protocol
+    @property
+    def theta0(self) -> torch.Tensor:
+        return self._theta0
+
+    @property
+    def capabilities(self) -> Capability:
+        return Capability.LOSS | Capability.GRAD | Capability.HVP
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """Full-batch loss at a batch of parameter vectors, ``(b, n) -> (b,)``."""
+        return self._accumulate(lambda f: self._batched(f, theta))
+
+    def grad(self, theta: torch.Tensor) -> torch.Tensor:
+        """Full-batch gradient at a batch of parameter vectors, ``(b, n) -> (b, n)``."""
+        return self._accumulate(lambda f: self._batched(grad(f), theta))
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """Hessian at ``θ0`` times a block, ``(n, b) -> (n, b)``.
+
+        Forward-over-reverse (``jvp`` of ``grad``), batched over columns. Some of torch's
+        derivative formulas have no forward-mode version of their backward (``mse_loss``
+        in torch 2.13 fails with "ZeroTensors are immutable"); then, once and for all,
+        reverse-over-reverse: one backward graph per chunk whose pullback is batched
+        over the columns (``H`` is symmetric, so ``vᵀH = (Hv)ᵀ``).
+        """
+        theta0 = self._theta0
+        if self.hvp_mode == "forward-over-reverse":
+
+            def column(f: Callable, v: torch.Tensor) -> torch.Tensor:
+                return jvp(grad(f), (theta0,), (v,))[1]
+
+            try:
+                return self._accumulate(
+                    lambda f: self._batched(lambda v: column(f, v), V.T)
+                ).T
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:
+                self.hvp_mode = "reverse-over-reverse"
+
+        def pulled(f: Callable) -> torch.Tensor:
+            _, pullback = vjp(grad(f), theta0)
+            return self._batched(lambda v: pullback(v)[0], V.T)
+
+        return self._accumulate(pulled).T
+
+    # ------------------------------------------------------------------- helpers
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The named parameter tensors of a flat vector ``θ`` (views, no copies)."""
+        sizes = [math.prod(shape) for shape in self.shapes]
+        pieces = torch.split(theta, sizes)
+        return {
+            name: piece.reshape(shape)
+            for name, piece, shape in zip(self.names, pieces, self.shapes, strict=True)
+        }
+
+    def dense_hessian(self) -> torch.Tensor:
+        """``(n, n)`` Hessian at ``θ0`` by ``torch.func.hessian``, chunk by chunk."""
+        return self._accumulate(lambda f: hessian(f)(self._theta0))
+
+    def _chunk_loss(
+        self, inputs: Any, targets: Any
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        def f(theta: torch.Tensor) -> torch.Tensor:
+            parameters = {**self._fixed, **self.unflatten(theta)}
+            output = functional_call(self.model, parameters, (inputs,))
+            value = self.loss_fn(output, targets)
+            if value.ndim != 0:
+                raise MatrankValueError(
+                    message(
+                        "loss_fn",
+                        "a scalar (the batch mean)",
+                        f"shape {tuple(value.shape)}",
+                    )
+                )
+            return value
+
+        return f
+
+    def _chunks(self) -> Iterable[tuple[Any, Any]]:
+        for inputs, targets in self._data():
+            yield (
+                _cast(inputs, self.dtype, self.device),
+                _cast(targets, self.dtype, self.device),
+            )
+
+    def _accumulate(self, compute: Callable[[Callable], torch.Tensor]) -> torch.Tensor:
+        """``Σ_chunks (m_c/N)·compute(loss of chunk c)``: the full-batch quantity."""
+        total = None
+        for inputs, targets in self._chunks():
+            weight = _batch_len((inputs, targets)) / self._n_samples
+            part = compute(self._chunk_loss(inputs, targets)) * weight
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+    def _batched(self, function: Callable, rows: torch.Tensor) -> torch.Tensor:
+        """``function`` on each row, by ``vmap`` or, for models vmap cannot trace, a loop."""
+        if self._vectorized:
+            try:
+                return vmap(function)(rows)
+            except (RuntimeError, NotImplementedError) as error:
+                if "vmap" not in str(error).lower() and "batch" not in str(error).lower():
+                    raise
+                self._vectorized = False
+                warnings.warn(
+                    f"torch.func.vmap cannot batch this model ({error}); falling back to "
+                    "one pass per parameter vector, which is slower.",
+                    MatrankWarning,
+                    stacklevel=3,
+                )
+        return torch.stack([function(row) for row in rows])
+
+    def _check_deterministic(self) -> None:
+        inputs, targets = next(iter(self._chunks()))
+        f = self._chunk_loss(inputs, targets)
+        with torch.no_grad():
+            first, second = f(self._theta0), f(self._theta0)
+        if not torch.equal(first, second):
+            raise MatrankValueError(
+                message(
+                    "loss_fn",
+                    "deterministic at fixed parameters (no dropout, noise or sampling "
+                    "inside the model or the loss)",
+                    f"{float(first):.17g} then {float(second):.17g}",
+                )
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"TorchLoss({type(self.model).__name__}, n={self.dim}, "
+            f"samples={self._n_samples}, dtype={self.dtype}, device={self.device})"
+        )
+
+
+def _cast(value: Any, dtype: torch.dtype, device: torch.device | None = None) -> Any:
+    """Floating tensors to ``dtype`` (integer labels stay), all to ``device``."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.is_floating_point():
+        value = value.to(dtype)
+    return value if device is None else value.to(device)
+
+
+def _batch_len(batch: tuple[Any, Any]) -> int:
+    return int(batch[0].shape[0])
+
+
+def _check_data(data: Any, chunk_size: int) -> Callable[[], Iterable[tuple[Any, Any]]]:
+    """A re-iterable source of ``(inputs, targets)`` chunks, validated once."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        if isinstance(data.sampler, torch.utils.data.RandomSampler):
+            raise MatrankValueError(
+                message(
+                    "data",
+                    "a DataLoader with a fixed order (shuffle=False)",
+                    "a shuffling DataLoader",
+                )
+            )
+
+        def loader() -> Iterable[tuple[Any, Any]]:
+            for batch in data:
+                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                    raise MatrankValueError(
+                        message(
+                            "data", "batches of (inputs, targets)", type(batch).__name__
+                        )
+                    )
+                yield batch[0], batch[1]
+
+        return loader
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise MatrankTypeError(
+            message(
+                "data",
+                "an (inputs, targets) pair of tensors or a DataLoader",
+                repr(type(data)),
+            )
+        )
+    inputs, targets = data
+    for name, tensor in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(tensor, torch.Tensor):
+            raise MatrankTypeError(
+                message(f"data {name}", "a torch.Tensor", type(tensor).__name__)
+            )
+    if inputs.ndim == 0 or targets.ndim == 0 or inputs.shape[0] != targets.shape[0]:
+        raise MatrankValueError(
+            message(
+                "data",
+                "inputs and targets with the same number of samples (first dimension)",
+                f"shapes {tuple(inputs.shape)} and {tuple(targets.shape)}",
+            )
+        )
+    if inputs.shape[0] == 0:
+        raise MatrankValueError(message("data", "at least one sample", "none"))
+
+    def chunks() -> Iterable[tuple[Any, Any]]:
+        for start in range(0, inputs.shape[0], chunk_size):
+            yield inputs[start : start + chunk_size], targets[start : start + chunk_size]
+
+    return chunks
+
+
+@as_oracle.register
+def _(obj: TorchLoss) -> TorchLoss:
+    return obj

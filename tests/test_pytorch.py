@@ -1,0 +1,272 @@
+"""TorchLoss: the PyTorch model adapter against torch.func.hessian and plain autograd."""
+
+import numpy as np
+import pytest
+import torch
+
+import matrank
+from matrank.adapters import TorchLoss
+from matrank.estimators.langevin import expected_loss_curve
+from matrank.testing import check_oracle
+
+F64 = torch.float64
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)
+    ).double()
+    X = torch.randn(40, 4, dtype=F64)
+    Y = torch.randn(40, 2, dtype=F64)
+    return model, X, Y
+
+
+def cnn(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(3, 1, 3, padding=1),
+    ).double()
+    X = torch.randn(12, 1, 6, 6, dtype=F64)
+    Y = torch.randn(12, 1, 6, 6, dtype=F64)
+    return model, X, Y
+
+
+def squared(output, target):
+    return ((output - target) ** 2).mean()
+
+
+@pytest.mark.parametrize("make", [mlp, cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize(
+    "loss_fn", [squared, torch.nn.functional.mse_loss], ids=["sq", "mse"]
+)
+def test_hvp_equals_the_dense_hessian(make, loss_fn):
+    model, X, Y = make()
+    oracle = TorchLoss(model, loss_fn, (X, Y), gradient_tol=None, chunk_size=5)
+    H = oracle.dense_hessian()
+    assert H.shape == (oracle.dim, oracle.dim)
+    V = torch.randn(oracle.dim, 6, dtype=F64, generator=torch.Generator().manual_seed(1))
+    product = oracle.hvp(V)
+    assert float((product - H @ V).abs().max() / (H @ V).abs().max()) <= 1e-10
+    check_oracle(oracle)
+
+
+def test_mse_loss_falls_back_to_reverse_over_reverse():
+    # torch 2.13 has no forward-mode formula for mse_loss's backward
+    model, X, Y = mlp()
+    oracle = TorchLoss(model, torch.nn.functional.mse_loss, (X, Y), gradient_tol=None)
+    oracle.hvp(torch.eye(oracle.dim, 2, dtype=F64))
+    assert oracle.hvp_mode == "reverse-over-reverse"
+    plain = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    plain.hvp(torch.eye(plain.dim, 2, dtype=F64))
+    assert plain.hvp_mode == "forward-over-reverse"
+
+
+def test_loss_and_grad_match_plain_autograd_in_named_parameters_order():
+    model, X, Y = mlp()
+    oracle = TorchLoss(model, squared, (X, Y), gradient_tol=None, chunk_size=7)
+    model.zero_grad()
+    value = squared(model(X), Y)
+    value.backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    theta0 = oracle.theta0[None]
+    assert torch.allclose(oracle.loss(theta0), value.detach()[None], rtol=1e-13)
+    assert torch.allclose(oracle.grad(theta0)[0], expected, rtol=1e-12, atol=1e-15)
+
+
+def test_batched_rows_equal_single_rows_and_the_model_is_untouched():
+    model, X, Y = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    oracle = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    theta = oracle.theta0 + 0.1 * torch.randn(5, oracle.dim, dtype=F64)
+    losses, grads = oracle.loss(theta), oracle.grad(theta)
+    for row in range(5):
+        assert torch.allclose(losses[row], oracle.loss(theta[row : row + 1])[0], rtol=1e-13)
+        assert torch.allclose(grads[row], oracle.grad(theta[row : row + 1])[0], rtol=1e-12)
+    for parameter, old in zip(model.parameters(), before, strict=True):
+        assert torch.equal(parameter, old)
+
+
+def test_chunks_and_a_fixed_order_dataloader_give_the_full_batch_answer():
+    model, X, Y = mlp()
+    whole = TorchLoss(model, squared, (X, Y), gradient_tol=None, chunk_size=1000)
+    chunked = TorchLoss(model, squared, (X, Y), gradient_tol=None, chunk_size=7)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=9)
+    loaded = TorchLoss(model, squared, loader, gradient_tol=None)
+    V = torch.randn(whole.dim, 3, dtype=F64)
+    theta = whole.theta0[None] + 0.1
+    for other in (chunked, loaded):
+        assert torch.allclose(other.hvp(V), whole.hvp(V), rtol=1e-12, atol=1e-14)
+        assert torch.allclose(other.grad(theta), whole.grad(theta), rtol=1e-12, atol=1e-14)
+        assert torch.allclose(other.loss(theta), whole.loss(theta), rtol=1e-13)
+
+
+def test_parameter_subset_is_the_hessian_block():
+    model, X, Y = mlp()
+    full = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    part = TorchLoss(model, squared, (X, Y), params=["2.weight"], gradient_tol=None)
+    assert part.dim == 12 and part.names == ["2.weight"]
+    offset = 4 * 6 + 6
+    block = full.dense_hessian()[offset : offset + 12, offset : offset + 12]
+    assert torch.allclose(part.dense_hessian(), block, rtol=1e-12, atol=1e-15)
+
+
+def test_float32_model_stays_float32_and_float64_on_request():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    X, Y = torch.randn(10, 3), torch.randn(10, 2)
+    assert TorchLoss(model, squared, (X, Y), gradient_tol=None).dtype == torch.float32
+    oracle = TorchLoss(model, squared, (X, Y), gradient_tol=None, dtype=F64)
+    assert oracle.dtype == F64 and oracle.hvp(torch.eye(oracle.dim, dtype=F64)).dtype == F64
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def underdetermined_minimum(samples=12, features=30, seed=0):
+    """Least squares with fewer samples than weights, at an exact fit: rank = samples."""
+    generator = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(features, 1, bias=False).double()
+    X = torch.randn(samples, features, dtype=F64, generator=generator)
+    return model, X, model(X).detach()
+
+
+@pytest.mark.parametrize("method", ["exact", "lanczos"])
+def test_rank_at_a_minimum_matches_dense_eigendecomposition(method):
+    model, X, Y = underdetermined_minimum()
+    oracle = TorchLoss(model, squared, (X, Y))  # stationary: no warning
+    dense = oracle.dense_hessian().numpy()
+    truth = np.linalg.matrix_rank(dense, hermitian=True)
+    assert truth == 12
+    result = matrank.estimate_rank(oracle, method=method, seed=0)
+    assert result.rank == truth
+    assert result.cost["matvecs"] > 0
+
+
+def test_gradient_only_estimators_run_batched_chains():
+    # The loss is exactly quadratic, so eq. 20's expectation is known from the dense
+    # Hessian (tests/test_langevin.py): the estimate must sit within 4 stated stderr.
+    model, X, Y = underdetermined_minimum()
+    oracle = TorchLoss(model, squared, (X, Y))
+    estimator = matrank.LangevinRank(
+        step_size=0.05, sigma2=1e-4, n_steps=1500, n_average=1000, n_chains=8
+    )
+    result = estimator.estimate(oracle, seed=0)
+    assert result.cost["grads"] == 8 * 1500
+    eigenvalues = np.linalg.eigvalsh(oracle.dense_hessian().numpy())
+    curve = expected_loss_curve(
+        eigenvalues, step_size=0.05, sigma2=1e-4, n_steps=estimator.n_steps
+    )
+    expected = 4 / 1e-4 * curve[-estimator.n_average :].mean()
+    assert abs(result.rank - expected) <= 4 * result.stderr
+
+
+def test_a_point_that_is_not_stationary_warns_with_the_gradient_norm():
+    model, X, Y = mlp()
+    with pytest.warns(matrank.MatrankWarning, match=r"‖∇L\(θ0\)‖ = .* > gradient_tol"):
+        TorchLoss(model, squared, (X, Y))
+
+
+@pytest.mark.parametrize(
+    ("layer", "name"),
+    [(torch.nn.Dropout(0.1), "Dropout"), (torch.nn.BatchNorm1d(6), "BatchNorm1d")],
+)
+def test_train_mode_with_stochastic_layers_is_refused(layer, name):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), layer, torch.nn.Linear(6, 1))
+    X, Y = torch.randn(8, 4), torch.randn(8, 1)
+    with pytest.raises(
+        matrank.MatrankValueError, match=f"call model.eval.*train mode with {name}"
+    ):
+        TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    TorchLoss(model.eval(), squared, (X, Y), gradient_tol=None)  # eval mode is fine
+
+
+def test_a_nondeterministic_loss_is_refused():
+    model, X, Y = mlp()
+
+    def noisy(output, target):
+        return squared(output, target) + 1e-3 * torch.rand(())
+
+    with pytest.raises(matrank.MatrankValueError, match="`loss_fn` must be deterministic"):
+        TorchLoss(model, noisy, (X, Y), gradient_tol=None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"params": ["nope"]},
+            matrank.MatrankValueError,
+            r"`params` must be names .*'nope'",
+        ),
+        ({"chunk_size": 0}, matrank.MatrankValueError, "`chunk_size` must be an int"),
+        (
+            {"data": (torch.zeros(3, 4), torch.zeros(2, 2))},
+            matrank.MatrankValueError,
+            "same number of samples",
+        ),
+        (
+            {"data": torch.zeros(3, 4)},
+            matrank.MatrankTypeError,
+            r"`data` must be an \(inputs, targets\)",
+        ),
+        ({"model": "net"}, matrank.MatrankTypeError, "`model` must be a torch.nn.Module"),
+        (
+            {"loss_fn": torch.nn.MSELoss(reduction="none")},
+            matrank.MatrankValueError,
+            "`loss_fn` must be a scalar",
+        ),
+    ],
+)
+def test_bad_input_is_refused_with_a_message(kwargs, error, match):
+    model, X, Y = mlp()
+    arguments = {"model": model, "loss_fn": squared, "data": (X, Y), "gradient_tol": None}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        TorchLoss(**arguments)
+
+
+def test_frozen_parameters_are_left_out_or_refused_by_name():
+    model, X, Y = mlp()
+    model[0].weight.requires_grad_(False)
+    oracle = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    assert "0.weight" not in oracle.names and oracle.dim == 44 - 24
+    with pytest.raises(matrank.MatrankValueError, match="require grad; got frozen"):
+        TorchLoss(model, squared, (X, Y), params=["0.weight"], gradient_tol=None)
+
+
+def test_a_shuffling_dataloader_is_refused():
+    model, X, Y = mlp()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, Y), batch_size=8, shuffle=True
+    )
+    with pytest.raises(matrank.MatrankValueError, match="fixed order"):
+        TorchLoss(model, squared, loader, gradient_tol=None)
+
+
+class DataDependentBranch(torch.nn.Module):
+    """A forward pass vmap cannot trace (a Python branch on a tensor's value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2).double()
+
+    def forward(self, x):
+        y = self.layer(x)
+        return 2 * y if float(y.sum()) > 1e9 else y
+
+
+def test_models_vmap_cannot_trace_fall_back_to_a_loop_with_a_warning():
+    torch.manual_seed(0)
+    model = DataDependentBranch()
+    _, X, Y = mlp()
+    oracle = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    reference = TorchLoss(model.layer, squared, (X, Y), gradient_tol=None)
+    theta = oracle.theta0 + torch.randn(3, oracle.dim, dtype=F64)
+    with pytest.warns(matrank.MatrankWarning, match="vmap cannot batch this model"):
+        gradients = oracle.grad(theta)
+    assert torch.allclose(gradients, reference.grad(theta), rtol=1e-12)
+    # the HVP's reverse-over-reverse fallback runs the forward pass outside vmap
+    V = torch.randn(oracle.dim, 3, dtype=F64)
+    assert torch.allclose(oracle.hvp(V), reference.hvp(V), rtol=1e-12, atol=1e-15)
