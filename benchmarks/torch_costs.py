@@ -1,0 +1,105 @@
+"""What TorchLoss's products cost, in units of one full-batch gradient.
+
+Run: .venv/bin/python benchmarks/torch_costs.py [--device cpu|cuda] [--repeats 5]
+For an MLP and a small CNN of growing width: the median seconds of one plain autograd
+gradient (``loss.backward`` on the model, the unit), and in that unit the adapter's
+gradient at θ0, one HVP (one column), a block of 32 HVP columns, and the gradients of 32
+parameter vectors at once (32 Langevin chains) — the adapter's targets are HVP ≤ 3×
+and 32 batched gradients ≤ 8× one gradient. All in one process, so the ratios are
+comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from matrank.adapters import TorchLoss
+
+
+def timed(function, repeats: int, device: str) -> float:
+    function()  # warm-up (vmap tracing, allocator)
+    seconds = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def mlp(width: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, width), torch.nn.Tanh(), torch.nn.Linear(width, 10)
+    )
+    return model, torch.randn(512, 64), torch.randn(512, 10)
+
+
+def cnn(width: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, width, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(width, width, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(width, 1, 3, padding=1),
+    )
+    return model, torch.randn(256, 1, 8, 8), torch.randn(256, 1, 8, 8)
+
+
+def squared(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((output - target) ** 2).mean()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 64, 256])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    header = (
+        f"{'model':>10s} {'n':>8s} {'grad s':>9s} {'oracle grad':>11s} {'hvp':>6s} "
+        f"{'32 hvp':>7s} {'32 grads':>8s}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, make in (("mlp", mlp), ("cnn", cnn)):
+        for width in args.widths:
+            print(measure(f"{name}{width}", *make(width), args), flush=True)
+
+
+def measure(label: str, model, X, Y, args) -> str:
+    """One table row: the costs of one model, in units of one plain gradient."""
+    model, X, Y = model.to(args.device), X.to(args.device), Y.to(args.device)
+    oracle = TorchLoss(model, squared, (X, Y), gradient_tol=None, chunk_size=4096)
+    theta = oracle.theta0[None]
+    chains = oracle.theta0 + 1e-3 * torch.randn(
+        32, oracle.dim, device=args.device, dtype=oracle.dtype
+    )
+    column = torch.randn(oracle.dim, 1, device=args.device, dtype=oracle.dtype)
+    block = torch.randn(oracle.dim, 32, device=args.device, dtype=oracle.dtype)
+    parameters = list(model.parameters())
+
+    def plain() -> None:
+        torch.autograd.grad(squared(model(X), Y), parameters)
+
+    gradient = timed(plain, args.repeats, args.device)
+    own = timed(lambda: oracle.grad(theta), args.repeats, args.device)
+    hvp = timed(lambda: oracle.hvp(column), args.repeats, args.device)
+    hvp32 = timed(lambda: oracle.hvp(block), args.repeats, args.device)
+    batched = timed(lambda: oracle.grad(chains), args.repeats, args.device)
+    return (
+        f"{label:>10s} {oracle.dim:8d} {gradient:9.4f} "
+        f"{own / gradient:11.2f} {hvp / gradient:6.2f} {hvp32 / gradient:7.2f} "
+        f"{batched / gradient:8.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
