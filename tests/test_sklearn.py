@@ -1,0 +1,82 @@
+"""The scikit-learn layer: estimator checks, known ranks, a real pipeline on digits."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import matrank
+from matrank.sklearn import RankEstimator, RankSVD
+
+
+@parametrize_with_checks([RankEstimator(), RankSVD(random_state=0)])
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def low_rank_data(samples=300, rank=7, features=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((samples, rank)) @ rng.standard_normal((rank, features)) + 3.0
+    )
+
+
+@pytest.mark.parametrize("method", ["exact", "lanczos"])
+def test_covariance_rank_matches_dense_truth(method):
+    X = low_rank_data()
+    centred = X - X.mean(axis=0)
+    truth = np.linalg.matrix_rank(centred.T @ centred, hermitian=True)
+    estimator = RankEstimator(method=method, random_state=0).fit(X)
+    assert estimator.rank_ == truth == 7
+    assert estimator.rank_stderr_ is None and estimator.n_features_in_ == 40
+    assert estimator.result_.method == method
+
+
+def test_gram_counts_the_mean_direction_and_precomputed_takes_a_matrix():
+    X = low_rank_data()  # the +3 offset adds a direction the covariance centres away
+    assert RankEstimator(kind="gram").fit(X).rank_ == 8
+    gram = X.T @ X
+    assert RankEstimator(kind="precomputed").fit(gram).rank_ == 8
+    with pytest.raises(
+        matrank.MatrankValueError, match="a square matrix for kind='precomputed'"
+    ):
+        RankEstimator(kind="precomputed").fit(X)
+    with pytest.raises(matrank.MatrankValueError, match="`kind` must be one of"):
+        RankEstimator(kind="cov").fit(X)
+
+
+def test_many_features_go_through_an_operator():
+    X = low_rank_data(samples=60, rank=5, features=5000)  # auto: lanczos above 4096
+    estimator = RankEstimator(random_state=0).fit(X)
+    assert estimator.rank_ == 5 and estimator.result_.method == "lanczos"
+    assert estimator.result_.cost["matvecs"] > 0
+
+
+def test_ranksvd_keeps_the_rank_and_round_trips():
+    X = low_rank_data()
+    svd = RankSVD(random_state=0).fit(X)
+    assert svd.n_components_ == 7
+    scores = svd.transform(X)
+    assert scores.shape == (300, 7)
+    np.testing.assert_allclose(svd.inverse_transform(scores), X, atol=1e-8)
+    assert list(svd.get_feature_names_out()) == [f"ranksvd{i}" for i in range(7)]
+
+
+def test_ranksvd_in_a_digits_pipeline_and_grid_search():
+    X, y = load_digits(return_X_y=True)
+    pipeline = make_pipeline(
+        StandardScaler(), RankSVD(random_state=0), LogisticRegression(max_iter=2000)
+    )
+    scores = cross_val_score(pipeline, X, y, cv=3)
+    assert scores.mean() > 0.9
+    fitted = pipeline.fit(X, y).named_steps["ranksvd"]
+    # the scaled digits have 3 constant pixels: covariance rank 61 of 64
+    assert fitted.n_components_ == np.linalg.matrix_rank(
+        np.cov(StandardScaler().fit_transform(X).T), hermitian=True
+    )
+    search = GridSearchCV(pipeline, {"ranksvd__threshold": [None, 1.0]}, cv=2).fit(X, y)
+    assert search.best_params_["ranksvd__threshold"] in (None, 1.0)
