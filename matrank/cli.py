@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     estimate.add_argument("--seed", type=int, default=None)
     estimate.add_argument("--json", action="store_true", help="print the result as JSON")
+    estimate.add_argument(
+        "--plot",
+        metavar="PNG",
+        default=None,
+        help="save the counting curve / density / loss trace here (needs matplotlib)",
+    )
     demo = commands.add_parser("demo", help="every estimator on a built-in problem")
     demo.add_argument("--n", type=int, default=2000, help="dimension (default 2000)")
     demo.add_argument("--rank", type=int, default=150, help="true rank (default 150)")
@@ -124,6 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"matrank: error: cannot read {args.file!r}: {error}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict()) if args.json else str(result))
+    if args.plot:
+        try:
+            from .plot import save_figure
+
+            panels = save_figure(result, args.plot)
+        except (MatrankError, OSError) as error:
+            print(f"matrank: error: {error}", file=sys.stderr)
+            return 2
+        print(f"saved {', '.join(panels)} to {args.plot}", file=sys.stderr)
     return 0 if result.converged else 1
 
 

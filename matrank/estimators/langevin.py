@@ -146,6 +146,9 @@ class LangevinRank:
             cost=meter.cost(time.perf_counter() - start),
             diagnostics={
                 "variant": self.variant,
+                "step_size": eta,
+                "sigma2": self.sigma2,
+                "n_average": self.n_average,
                 "loss_excess": trace,
                 "per_chain": per_chain.numpy(),
                 "loss0": loss0,

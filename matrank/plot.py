@@ -1,0 +1,180 @@
+"""Figures of a :class:`~matrank.RankResult`: counting curve, density of states, loss trace.
+
+Needs matplotlib (``pip install 'matrank[plot]'``). Every function draws on the ``ax``
+it is given (a new figure otherwise) and returns it; :func:`save_figure` writes the
+panels that fit a result to a file, which is what ``matrank estimate --plot`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._result import RankResult
+from ._validation import MatrankError, MatrankValueError, message
+
+__all__ = ["plot_counts", "plot_density", "plot_loss_trace", "save_figure"]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise MatrankError(
+            "plotting needs matplotlib: pip install 'matrank[plot]'"
+        ) from None
+    return plt
+
+
+def _axes(ax: Any) -> Any:
+    return _pyplot().subplots(figsize=(6, 4))[1] if ax is None else ax
+
+
+def plot_counts(result: RankResult, ax: Any = None) -> Any:
+    """``N(τ)`` against ``τ`` (log scale), with the threshold and its plateau marked."""
+    if result.counts is None:
+        raise MatrankValueError(
+            message(
+                "result",
+                "a result with a counting curve (methods exact, lanczos)",
+                f"method {result.method!r} without one",
+            )
+        )
+    ax = _axes(ax)
+    curve = result.counts
+    ax.step(curve.thresholds, curve.counts, where="post", color="black", label="N(τ)")
+    if curve.stderr is not None:
+        ax.fill_between(
+            curve.thresholds,
+            curve.counts - 2 * curve.stderr,
+            curve.counts + 2 * curve.stderr,
+            step="post",
+            alpha=0.2,
+            color="black",
+            label="±2 stderr",
+        )
+    plateau = result.diagnostics.get("plateau")
+    if plateau:
+        ax.axvspan(
+            max(plateau["lower"], curve.thresholds[0]),
+            plateau["upper"],
+            alpha=0.15,
+            color="C0",
+            label=f"plateau ({plateau['decades']:.1f} decades)",
+        )
+    ax.axvline(
+        result.threshold, color="C0", linestyle="--", label=f"τ = {result.threshold:.3g}"
+    )
+    floor = result.diagnostics.get("noise_floor")
+    if floor:
+        ax.axvline(floor, color="C3", linestyle=":", label=f"noise floor {floor:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("threshold τ (eigenvalue magnitude)")
+    ax.set_ylabel("N(τ) = #{|λ| > τ}")
+    ax.set_title(f"{result.method}: rank {result.rank:g}")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_density(result: RankResult, ax: Any = None) -> Any:
+    """The density of states a polynomial estimate computed, with its threshold."""
+    if "density" not in result.diagnostics:
+        raise MatrankValueError(
+            message(
+                "result",
+                "a result with a density of states (method polynomial)",
+                f"method {result.method!r}",
+            )
+        )
+    ax = _axes(ax)
+    grid = np.asarray(result.diagnostics["density_grid"])
+    density = np.asarray(result.diagnostics["density"])
+    ax.plot(grid, density, color="black", label="KPM density")
+    ax.axvline(
+        result.threshold,
+        color="C0",
+        linestyle="--",
+        label=f"threshold {result.threshold:.3g}",
+    )
+    ax.set_yscale("symlog", linthresh=max(float(np.abs(density).max()) * 1e-4, 1e-300))
+    ax.set_xlabel("eigenvalue λ")
+    ax.set_ylabel("density of states")
+    ax.set_title(f"{result.method}: rank {result.rank:.1f} ± {result.stderr or 0:.1f}")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_loss_trace(
+    result: RankResult, eigenvalues: np.ndarray | None = None, ax: Any = None
+) -> Any:
+    """A Langevin run's loss excess in rank units, ``4/σ²·(L_k − L0)``, per step.
+
+    With ``eigenvalues`` (of ``G^{1/2}HG^{1/2}``, e.g. ``H``'s with the identity
+    preconditioner) the exact expectation of the discrete chain is drawn beside it.
+    """
+    if "loss_excess" not in result.diagnostics:
+        raise MatrankValueError(
+            message(
+                "result",
+                "a result with a loss trace (method langevin)",
+                f"method {result.method!r}",
+            )
+        )
+    from .estimators.langevin import expected_loss_curve
+
+    ax = _axes(ax)
+    diagnostics = result.diagnostics
+    sigma2 = diagnostics["sigma2"]
+    trace = 4 / sigma2 * np.asarray(diagnostics["loss_excess"])
+    steps = np.arange(trace.size)
+    ax.plot(steps, trace, color="0.6", linewidth=0.6, label="4/σ²·(mean loss − L0)")
+    if eigenvalues is not None:
+        expected = expected_loss_curve(
+            np.asarray(eigenvalues),
+            step_size=diagnostics["step_size"],
+            sigma2=sigma2,
+            n_steps=trace.size,
+        )
+        ax.plot(steps, 4 / sigma2 * expected, color="C3", label="exact expectation")
+    ax.axvspan(
+        trace.size - diagnostics["n_average"],
+        trace.size,
+        alpha=0.1,
+        color="C0",
+        label="averaged steps",
+    )
+    ax.axhline(result.rank, color="C0", linestyle="--", label=f"estimate {result.rank:.1f}")
+    ax.set_xlabel("Langevin step k")
+    ax.set_ylabel("loss excess in rank units")
+    ax.set_title(f"langevin: rank {result.rank:.1f} ± {result.stderr or 0:.1f}")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def save_figure(result: RankResult, path: str) -> list[str]:
+    """Write the panels that fit ``result`` to ``path``; returns their names."""
+    panels = []
+    if result.counts is not None:
+        panels.append(("counting curve", plot_counts))
+    if "density" in result.diagnostics:
+        panels.append(("density of states", plot_density))
+    if "loss_excess" in result.diagnostics:
+        panels.append(("loss trace", plot_loss_trace))
+    if not panels:
+        raise MatrankValueError(
+            message(
+                "result", "something to plot", f"method {result.method!r} reports no curve"
+            )
+        )
+    _pyplot()  # the friendly error when matplotlib is missing
+    from matplotlib.figure import Figure
+
+    # A bare Figure needs no GUI backend, so this works on a headless machine.
+    figure = Figure(figsize=(6 * len(panels), 4))
+    axes = figure.subplots(1, len(panels), squeeze=False)
+    for (_, draw), ax in zip(panels, axes[0], strict=True):
+        draw(result, ax=ax)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return [name for name, _ in panels]
