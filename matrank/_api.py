@@ -60,7 +60,12 @@ def auto_method(oracle: Oracle) -> tuple[str, str]:
 
 
 def estimate_rank(
-    obj: Any, method: str = "auto", seed: int | None = None, **options: Any
+    obj: Any,
+    method: str = "auto",
+    seed: int | None = None,
+    *,
+    progress: bool = False,
+    **options: Any,
 ) -> RankResult:
     """Estimate the numerical rank of a symmetric matrix, operator or Hessian.
 
@@ -75,6 +80,9 @@ def estimate_rank(
     seed : int or None, default=None
         Seed of the estimator's own random generator; the same integer gives a
         bit-identical result on the CPU. Global seeds are never read or set.
+    progress : bool, default=False
+        Show a tqdm progress bar with the running estimate (``lanczos``, ``langevin``).
+        Ctrl-C then returns the best estimate so far, its ``status`` ``INTERRUPTED``.
     **options
         Hyperparameters of the chosen estimator class (for example ``threshold=``).
 
@@ -121,7 +129,9 @@ def estimate_rank(
                 ", ".join(unknown),
             )
         )
-    result = cls(**options).estimate(oracle, seed=seed)
+    if not isinstance(progress, bool):
+        raise MatrankTypeError(message("progress", "True or False", repr(progress)))
+    result = cls(**options).estimate(oracle, seed=seed, progress=progress)
     if reason is not None:
         diagnostics = {**result.diagnostics, "auto": reason}
         result = dataclasses.replace(result, diagnostics=diagnostics)

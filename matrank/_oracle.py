@@ -334,17 +334,21 @@ class CostMeter:
     theta0 = property(lambda self: self.oracle.theta0)
     capabilities = property(lambda self: self.oracle.capabilities)
 
+    # Counted once the oracle has answered: an interrupted call did not happen.
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        value = self.oracle.loss(theta)
         self.loss_evals += theta.shape[0]
-        return self.oracle.loss(theta)
+        return value
 
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
+        value = self.oracle.grad(theta)
         self.grads += theta.shape[0]
-        return self.oracle.grad(theta)
+        return value
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        value = self.oracle.hvp(V)
         self.matvecs += V.shape[1]
-        return self.oracle.hvp(V)
+        return value
 
     def cost(self, seconds: float) -> dict[str, float]:
         """The cost dictionary of a :class:`RankResult`."""

@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     estimate.add_argument("--seed", type=int, default=None)
     estimate.add_argument("--json", action="store_true", help="print the result as JSON")
     estimate.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (shown on stderr by default; Ctrl-C returns the estimate so far)",
+    )
+    estimate.add_argument(
         "--plot",
         metavar="PNG",
         default=None,
@@ -121,7 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args.n, args.rank, args.seed)
         options = {} if args.threshold is None else {"threshold": args.threshold}
         result = estimate_rank(
-            load_matrix(args.file), method=args.method, seed=args.seed, **options
+            load_matrix(args.file),
+            method=args.method,
+            seed=args.seed,
+            progress=not args.no_progress,
+            **options,
         )
     except (MatrankError, OSError) as error:
         print(f"matrank: error: {error}", file=sys.stderr)

@@ -154,7 +154,7 @@ def plot_loss_trace(
 
 def save_figure(result: RankResult, path: str) -> list[str]:
     """Write the panels that fit ``result`` to ``path``; returns their names."""
-    panels = []
+    panels: list[tuple[str, Any]] = []
     if result.counts is not None:
         panels.append(("counting curve", plot_counts))
     if "density" in result.diagnostics:

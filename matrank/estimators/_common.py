@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .._oracle import Capability, CostMeter, Oracle, as_oracle, require
 from .._validation import check_int
@@ -26,3 +28,16 @@ def prepare(
     check_int("seed", seed, low=0, allow_none=True)
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
     return oracle, CostMeter(oracle), generator
+
+
+def progress_bar(enabled: bool, total: int, desc: str, unit: str) -> Any:
+    """A tqdm bar on stderr, or a no-op one when ``enabled`` is false."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
+    )

@@ -76,8 +76,11 @@ class ExactRank:
         check_threshold(self.threshold)
         check_int("max_dim", self.max_dim, low=1)
 
-    def estimate(self, obj: Any, *, seed: int | None = None) -> RankResult:
-        """Estimate the rank of ``obj`` (``seed`` is accepted and unused: exact).
+    def estimate(
+        self, obj: Any, *, seed: int | None = None, progress: bool = False
+    ) -> RankResult:
+        """Estimate the rank of ``obj`` (``seed`` and ``progress`` are accepted, unused:
+        one dense eigendecomposition, exact, with nothing to report on the way).
 
         Raises
         ------

@@ -15,7 +15,7 @@ from .._validation import check_choice, check_int, check_threshold
 from ..numerics.krylov import BlockKrylov, lanczos_quadrature
 from ..numerics.threshold import ThresholdChoice, counting_curve, resolve_threshold
 from ..numerics.trace import mean_and_stderr, probe_block
-from ._common import prepare
+from ._common import prepare, progress_bar
 
 __all__ = ["LanczosRank"]
 
@@ -127,8 +127,14 @@ class LanczosRank:
         check_int("slq_steps", self.slq_steps, low=2)
         check_choice("probes", self.probes, ("sphere", "rademacher", "gaussian"))
 
-    def estimate(self, obj: Any, *, seed: int | None = None) -> RankResult:
-        """Estimate the rank of ``obj``; see the class notes for the stopping rule."""
+    def estimate(
+        self, obj: Any, *, seed: int | None = None, progress: bool = False
+    ) -> RankResult:
+        """Estimate the rank of ``obj``; see the class notes for the stopping rule.
+
+        ``progress=True`` shows a tqdm bar of matvecs with the running count; Ctrl-C
+        returns the last assessed count with ``Status.INTERRUPTED``.
+        """
         start = time.perf_counter()
         oracle, meter, generator = prepare(obj, Capability.HVP, "lanczos", seed)
         n, dtype, device = oracle.dim, oracle.dtype, oracle.device
@@ -152,71 +158,89 @@ class LanczosRank:
         status = Status.BUDGET_EXHAUSTED
         threshold = 0.0
         latest: _Assessment | None = None
-        while True:
-            extra = 0
-            if state.inject and krylov.next_kept > 0:
-                # A fresh random block: in place of the Krylov continuation when that is
-                # negligible next to τ (a stagnated sequence in a noise band), else beside it.
-                if krylov.next_norm <= 0.01 * threshold:
-                    krylov.restart()
-                else:
-                    extra = current
-            if krylov.size >= n:  # the basis is all of R^n: the count is exact
-                status = Status.CONVERGED
-                break
-            room = min(max_basis - krylov.size, max_matvecs - meter.matvecs)
-            needed = min(current, n - krylov.size)
-            if room < needed:
-                break
-            extra = min(extra, room - needed)
-            if state.inject:
-                state.begin_verification()
-            if krylov.extend(current, extra) == 0:
-                status = Status.CONVERGED
-                break
-            state.steps += 1
-            # The Ritz problem costs O(k³): solve it when the basis has grown by k/8
-            # columns since the last solve, so it stays a fixed fraction of the
-            # orthogonalization work (always while verifying).
-            if not state.verifying and krylov.size - state.assessed_size < krylov.size // 8:
-                continue
-            state.assessed_size = krylov.size
-            # While the count still grows nothing can be certified: the eigenvalues
-            # alone (a third of the cost of eigenpairs at k = 4500) decide that.
-            latest = self._assess_basis(
-                krylov, n, eps, unless_count_differs_from=state.last_count
-            )
-            values, floor, threshold = latest.values, latest.floor, latest.threshold
-            count, certain = latest.counted, latest.certain
-            required = self.verify_steps or _verification_steps(
-                values, threshold, floor, n, block
-            )
-            grown = count - state.last_count
-            if state.update(count, certain, required):
-                status = Status.CONVERGED
-                break
-            # Wide blocks make cheaper columns (a dense 6000² product cost 2.0 ms per
-            # column at 32 columns, 1.25 ms at 128, 1.1 ms at 256 on the 2-core CPU), but
-            # each widening adds random columns whose null-space part the basis must
-            # then carry: while a step harvests nearly a full block of new counted
-            # eigenvalues, double the block up to _WIDEST (128 gave the fastest exact
-            # count in benchmarks/lanczos_speed.py; 256 cost 30 % more); verification
-            # goes back to the base size.
-            if certain:
-                current = block
-            elif grown >= 0.75 * current:
-                current = min(2 * current, max(block, _WIDEST), max(1, max_basis // 4))
-            else:  # the harvest slows: carry on with what the Krylov sequence still holds
-                current = max(block, min(current, krylov.next_kept))
-            if max_basis < n and count > max_basis // 2 and not certain:
-                # A certain count needs a basis of r (distinct eigenvalues) to 2r
-                # (multiplicities): past half the budget, stop spending on the basis.
-                diagnostics["switched_early_at"] = krylov.size
-                break
+        interrupted = False
+        bar = progress_bar(progress, max_matvecs, "lanczos", "matvec")
+        try:
+            while True:
+                extra = 0
+                if state.inject and krylov.next_kept > 0:
+                    # A fresh random block: in place of the Krylov continuation when that is
+                    # negligible next to τ (a stagnated sequence in a noise band), else beside it.
+                    if krylov.next_norm <= 0.01 * threshold:
+                        krylov.restart()
+                    else:
+                        extra = current
+                if krylov.size >= n:  # the basis is all of R^n: the count is exact
+                    status = Status.CONVERGED
+                    break
+                room = min(max_basis - krylov.size, max_matvecs - meter.matvecs)
+                needed = min(current, n - krylov.size)
+                if room < needed:
+                    break
+                extra = min(extra, room - needed)
+                if state.inject:
+                    state.begin_verification()
+                before = meter.matvecs
+                if krylov.extend(current, extra) == 0:
+                    status = Status.CONVERGED
+                    break
+                state.steps += 1
+                bar.update(meter.matvecs - before)
+                # The Ritz problem costs O(k³): solve it when the basis has grown by k/8
+                # columns since the last solve, so it stays a fixed fraction of the
+                # orthogonalization work (always while verifying).
+                if (
+                    not state.verifying
+                    and krylov.size - state.assessed_size < krylov.size // 8
+                ):
+                    continue
+                state.assessed_size = krylov.size
+                # While the count still grows nothing can be certified: the eigenvalues
+                # alone (a third of the cost of eigenpairs at k = 4500) decide that.
+                latest = self._assess_basis(
+                    krylov, n, eps, unless_count_differs_from=state.last_count
+                )
+                values, floor, threshold = latest.values, latest.floor, latest.threshold
+                count, certain = latest.counted, latest.certain
+                bar.set_postfix(rank=count, basis=krylov.size, certain=certain)
+                required = self.verify_steps or _verification_steps(
+                    values, threshold, floor, n, block
+                )
+                grown = count - state.last_count
+                if state.update(count, certain, required):
+                    status = Status.CONVERGED
+                    break
+                # Wide blocks make cheaper columns (a dense 6000² product cost 2.0 ms per
+                # column at 32 columns, 1.25 ms at 128, 1.1 ms at 256 on the 2-core CPU), but
+                # each widening adds random columns whose null-space part the basis must
+                # then carry: while a step harvests nearly a full block of new counted
+                # eigenvalues, double the block up to _WIDEST (128 gave the fastest exact
+                # count in benchmarks/lanczos_speed.py; 256 cost 30 % more); verification
+                # goes back to the base size.
+                if certain:
+                    current = block
+                elif grown >= 0.75 * current:
+                    current = min(2 * current, max(block, _WIDEST), max(1, max_basis // 4))
+                else:  # the harvest slows: carry on with what the Krylov sequence still holds
+                    current = max(block, min(current, krylov.next_kept))
+                if max_basis < n and count > max_basis // 2 and not certain:
+                    # A certain count needs a basis of r (distinct eigenvalues) to 2r
+                    # (multiplicities): past half the budget, stop spending on the basis.
+                    diagnostics["switched_early_at"] = krylov.size
+                    break
+        except KeyboardInterrupt:
+            # Ctrl-C: the last assessment is the best estimate so far (the basis may be
+            # mid-update, so nothing is recomputed from it).
+            if latest is None:
+                raise
+            interrupted, status = True, Status.INTERRUPTED
+        finally:
+            bar.close()
 
         # The last assessment stands unless the basis grew after it (an O(k³) solve).
-        if latest is None or latest.size != krylov.size:
+        if not interrupted and (latest is None or latest.size != krylov.size):
             latest = self._assess_basis(krylov, n, eps)
+        assert latest is not None  # an interrupt before any assessment re-raised
         values, vectors, largest = latest.values, latest.vectors, latest.largest
         floor, threshold, choice = latest.floor, latest.threshold, latest.choice
         count, certain = latest.counted, latest.certain
@@ -235,7 +259,7 @@ class LanczosRank:
         if choice is not None:
             diagnostics["plateau"] = dataclasses.asdict(choice)
         rank, stderr = float(count), None
-        if status is not Status.CONVERGED:
+        if status is not Status.CONVERGED and not interrupted:
             if vectors is None:
                 values, vectors = krylov.ritz()
             rank, stderr, status = self._slq(

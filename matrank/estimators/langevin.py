@@ -14,7 +14,7 @@ from .._oracle import Capability
 from .._result import RankResult, Status
 from .._validation import MatrankValueError, check_choice, check_int, check_real, message
 from ..numerics.trace import mean_and_stderr
-from ._common import prepare
+from ._common import prepare, progress_bar
 
 __all__ = ["LangevinRank", "expected_loss_curve", "stationary_loss"]
 
@@ -92,8 +92,14 @@ class LangevinRank:
         check_int("n_average", self.n_average, low=1, high=self.n_steps)
         check_int("n_chains", self.n_chains, low=1)
 
-    def estimate(self, obj: Any, *, seed: int | None = None) -> RankResult:
-        """Run the chains and read the rank off the mean loss excess."""
+    def estimate(
+        self, obj: Any, *, seed: int | None = None, progress: bool = False
+    ) -> RankResult:
+        """Run the chains and read the rank off the mean loss excess.
+
+        ``progress=True`` shows a tqdm bar of steps with the running estimate; Ctrl-C
+        returns the estimate from the steps run so far with ``Status.INTERRUPTED``.
+        """
         start = time.perf_counter()
         oracle, meter, generator = prepare(
             obj, Capability.GRAD | Capability.LOSS, "langevin", seed
@@ -109,25 +115,80 @@ class LangevinRank:
         sums = torch.zeros(chains, dtype=torch.float64)
         trace = np.empty(self.n_steps)
         batches = np.zeros(20)
-        for k in range(self.n_steps):
-            losses = meter.loss(theta)  # L_k, before the update, as in the authors' code
-            trace[k] = float(losses.mean()) - loss0
-            if k >= first_averaged:
-                sums += losses.to(torch.float64).cpu()
-                batches[(k - first_averaged) * 20 // self.n_average] += float(losses.mean())
-            if not math.isfinite(trace[k]):
-                raise MatrankValueError(
-                    message(
-                        "step_size",
-                        "small enough for a stable chain (η·μmax < 2)",
-                        f"{eta:g}, with which the loss diverged at step {k}",
+        status, done = Status.CONVERGED, self.n_steps
+        bar = progress_bar(progress, self.n_steps, "langevin", "step")
+        every = max(1, self.n_steps // 100)
+        try:
+            for k in range(self.n_steps):
+                losses = meter.loss(
+                    theta
+                )  # L_k, before the update, as in the authors' code
+                trace[k] = float(losses.mean()) - loss0
+                if k >= first_averaged:
+                    sums += losses.to(torch.float64).cpu()
+                    batches[(k - first_averaged) * 20 // self.n_average] += float(
+                        losses.mean()
                     )
+                if not math.isfinite(trace[k]):
+                    raise MatrankValueError(
+                        message(
+                            "step_size",
+                            "small enough for a stable chain (η·μmax < 2)",
+                            f"{eta:g}, with which the loss diverged at step {k}",
+                        )
+                    )
+                gradient = meter.grad(theta)
+                xi = torch.randn(chains, n, generator=generator, dtype=torch.float64).to(
+                    dtype=dtype, device=device
                 )
-            gradient = meter.grad(theta)
-            xi = torch.randn(chains, n, generator=generator, dtype=torch.float64).to(
-                dtype=dtype, device=device
+                theta = theta - eta * root**2 * gradient + noise_scale * root * xi
+                if k % every == every - 1:
+                    begin = first_averaged if k > first_averaged else k // 2
+                    window = trace[begin : k + 1]
+                    bar.update(every)
+                    postfix = {"rank": f"{4.0 / self.sigma2 * window.mean():.1f}"}
+                    if chains >= 2 and k > first_averaged:
+                        running = (
+                            4.0 / self.sigma2 * (sums / (k - first_averaged + 1) - loss0)
+                        )
+                        postfix["stderr"] = (
+                            f"{float(running.std()) / math.sqrt(chains):.2g}"
+                        )
+                    bar.set_postfix(postfix)
+        except KeyboardInterrupt:
+            # Ctrl-C: the estimate from the steps run so far -- the averaged ones if
+            # any were reached, else the second half of the run -- flagged as such.
+            if k < 2:
+                raise
+            status, done = Status.INTERRUPTED, k
+        finally:
+            bar.close()
+        if status is Status.INTERRUPTED:
+            begin = first_averaged if done > first_averaged + 1 else done // 2
+            window = trace[begin:done]
+            rank = 4.0 / self.sigma2 * float(window.mean())
+            batch_means = [
+                4.0 / self.sigma2 * float(part.mean())
+                for part in np.array_split(window, min(20, window.size))
+            ]
+            _, stderr = mean_and_stderr(torch.tensor(batch_means, dtype=torch.float64))
+            return RankResult(
+                rank=rank,
+                stderr=stderr,
+                threshold=1.0 / (2 * eta * max(done, 1)),
+                method="langevin",
+                cost=meter.cost(time.perf_counter() - start),
+                diagnostics={
+                    "variant": self.variant,
+                    "step_size": eta,
+                    "sigma2": self.sigma2,
+                    "n_average": done - begin,
+                    "loss_excess": trace[:done],
+                    "loss0": loss0,
+                    "steps_done": done,
+                },
+                status=status,
             )
-            theta = theta - eta * root**2 * gradient + noise_scale * root * xi
         per_chain = 4.0 / self.sigma2 * (sums / self.n_average - loss0)
         if chains >= 2:
             rank, stderr = mean_and_stderr(per_chain)

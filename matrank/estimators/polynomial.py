@@ -90,8 +90,14 @@ class PolynomialRank:
         check_int("n_points", self.n_points, low=8)
         check_int("lanczos_steps", self.lanczos_steps, low=2)
 
-    def estimate(self, obj: Any, *, seed: int | None = None) -> RankResult:
-        """Estimate the rank of ``obj`` (see the class notes)."""
+    def estimate(
+        self, obj: Any, *, seed: int | None = None, progress: bool = False
+    ) -> RankResult:
+        """Estimate the rank of ``obj`` (see the class notes).
+
+        ``progress`` is accepted for a uniform interface and not shown yet: the moments
+        are one batched recurrence over all probes.
+        """
         start = time.perf_counter()
         oracle, meter, generator = prepare(obj, Capability.HVP, "polynomial", seed)
         n, dtype, device = oracle.dim, oracle.dtype, oracle.device
