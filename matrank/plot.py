@@ -111,7 +111,8 @@ def plot_loss_trace(
     """A Langevin run's loss excess in rank units, ``4/σ²·(L_k − L0)``, per step.
 
     With ``eigenvalues`` (of ``G^{1/2}HG^{1/2}``, e.g. ``H``'s with the identity
-    preconditioner) the exact expectation of the discrete chain is drawn beside it.
+    preconditioner) the exact expectation of the discrete chain and Theorem 1's
+    continuous-time curve are drawn beside it.
     """
     if "loss_excess" not in result.diagnostics:
         raise MatrankValueError(
@@ -137,6 +138,12 @@ def plot_loss_trace(
             n_steps=trace.size,
         )
         ax.plot(steps, 4 / sigma2 * expected, color="C3", label="exact expectation")
+        # Theorem 1 (eq. 5), continuous time t = kη: Σ (1 − exp(−2μt)) in rank units
+        mu = np.asarray(eigenvalues, dtype=np.float64)
+        mu = mu[mu > 0]
+        t = steps[:, None] * diagnostics["step_size"]
+        theorem = (1 - np.exp(-2 * mu[None] * t)).sum(axis=1)
+        ax.plot(steps, theorem, color="C2", linestyle=":", label="Theorem 1 (continuous)")
     ax.axvspan(
         trace.size - diagnostics["n_average"],
         trace.size,

@@ -51,6 +51,7 @@ def test_density_and_loss_trace_panels():
     ax = plot_loss_trace(langevin, eigenvalues=np.linalg.eigvalsh(matrix))
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
     assert "exact expectation" in labels and ax.get_xlabel() == "Langevin step k"
+    assert "Theorem 1 (continuous)" in labels
     # the theory curve ends near the estimate (both in rank units)
     theory = ax.get_lines()[1].get_ydata()
     assert abs(theory[-300:].mean() - langevin.rank) <= 4 * langevin.stderr
