@@ -7,7 +7,7 @@ Importing this package registers the explicit-matrix adapters with
 from . import dense, linear_net, pytorch
 from .dense import DenseOracle, LinearOperatorOracle, SparseOracle
 from .linear_net import LinearNetHessian
-from .pytorch import TorchLoss
+from .pytorch import TorchLoss, adam_preconditioner
 
 __all__ = [
     "DenseOracle",
@@ -15,6 +15,7 @@ __all__ = [
     "LinearOperatorOracle",
     "SparseOracle",
     "TorchLoss",
+    "adam_preconditioner",
     "dense",
     "linear_net",
     "pytorch",

@@ -108,13 +108,13 @@ def plot_density(result: RankResult, ax: Any = None) -> Any:
 def plot_loss_trace(
     result: RankResult, eigenvalues: np.ndarray | None = None, ax: Any = None
 ) -> Any:
-    """A Langevin run's loss excess in rank units, ``4/σ²·(L_k − L0)``, per step.
+    """A Langevin run's readout per step in rank units (``4/σ²·(L_k − L0)`` or the virial).
 
     With ``eigenvalues`` (of ``G^{1/2}HG^{1/2}``, e.g. ``H``'s with the identity
     preconditioner) the exact expectation of the discrete chain and Theorem 1's
     continuous-time curve are drawn beside it.
     """
-    if "loss_excess" not in result.diagnostics:
+    if "readings" not in result.diagnostics:
         raise MatrankValueError(
             message(
                 "result",
@@ -122,27 +122,35 @@ def plot_loss_trace(
                 f"method {result.method!r}",
             )
         )
-    from .estimators.langevin import expected_loss_curve
+    from .estimators.langevin import expected_loss_curve, expected_virial_curve
 
     ax = _axes(ax)
     diagnostics = result.diagnostics
-    sigma2 = diagnostics["sigma2"]
-    trace = 4 / sigma2 * np.asarray(diagnostics["loss_excess"])
+    sigma2, eta = diagnostics["sigma2"], diagnostics["step_size"]
+    trace = np.asarray(diagnostics["readings"])
     steps = np.arange(trace.size)
-    ax.plot(steps, trace, color="0.6", linewidth=0.6, label="4/σ²·(mean loss − L0)")
+    virial = diagnostics.get("readout") == "virial"
+    label = "virial/σ²" if virial else "4/σ²·(mean loss − L0)"
+    ax.plot(steps, trace, color="0.6", linewidth=0.6, label=label)
     if eigenvalues is not None:
-        expected = expected_loss_curve(
-            np.asarray(eigenvalues),
-            step_size=diagnostics["step_size"],
-            sigma2=sigma2,
-            n_steps=trace.size,
-        )
-        ax.plot(steps, 4 / sigma2 * expected, color="C3", label="exact expectation")
+        if virial:
+            expected = expected_virial_curve(eigenvalues, step_size=eta, n_steps=trace.size)
+        else:
+            expected = (
+                4
+                / sigma2
+                * expected_loss_curve(
+                    np.asarray(eigenvalues),
+                    step_size=eta,
+                    sigma2=sigma2,
+                    n_steps=trace.size,
+                )
+            )
+        ax.plot(steps, expected, color="C3", label="exact expectation")
         # Theorem 1 (eq. 5), continuous time t = kη: Σ (1 − exp(−2μt)) in rank units
         mu = np.asarray(eigenvalues, dtype=np.float64)
         mu = mu[mu > 0]
-        t = steps[:, None] * diagnostics["step_size"]
-        theorem = (1 - np.exp(-2 * mu[None] * t)).sum(axis=1)
+        theorem = (1 - np.exp(-2 * mu[None] * steps[:, None] * eta)).sum(axis=1)
         ax.plot(steps, theorem, color="C2", linestyle=":", label="Theorem 1 (continuous)")
     ax.axvspan(
         trace.size - diagnostics["n_average"],
@@ -153,7 +161,7 @@ def plot_loss_trace(
     )
     ax.axhline(result.rank, color="C0", linestyle="--", label=f"estimate {result.rank:.1f}")
     ax.set_xlabel("Langevin step k")
-    ax.set_ylabel("loss excess in rank units")
+    ax.set_ylabel("readout in rank units")
     ax.set_title(f"langevin: rank {result.rank:.1f} ± {result.stderr or 0:.1f}")
     ax.legend(fontsize=8)
     return ax
@@ -166,7 +174,7 @@ def save_figure(result: RankResult, path: str) -> list[str]:
         panels.append(("counting curve", plot_counts))
     if "density" in result.diagnostics:
         panels.append(("density of states", plot_density))
-    if "loss_excess" in result.diagnostics:
+    if "readings" in result.diagnostics:
         panels.append(("loss trace", plot_loss_trace))
     if not panels:
         raise MatrankValueError(

@@ -6,7 +6,11 @@ import torch
 
 import matrank
 from matrank import Capability
-from matrank.estimators.langevin import expected_loss_curve, stationary_loss
+from matrank.estimators.langevin import (
+    expected_loss_curve,
+    expected_virial_curve,
+    stationary_loss,
+)
 from matrank.testing import rotated_spectrum
 
 
@@ -136,3 +140,50 @@ def test_same_seed_is_bit_identical_and_seeds_differ():
     )
     assert first.rank == second.rank
     assert estimator.estimate(matrix, seed=8).rank != first.rank
+
+
+def test_virial_readout_is_unbiased_where_the_loss_readout_inflates_stiff_modes():
+    # ημ up to 1.5: eq. 20 inflates those modes by 1/(1 − ημ/2) = 4, the virial by nothing
+    matrix = rotated_spectrum(24, 8, cond=4.0, seed=0)
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    eta = 1.5 / eigenvalues.max()
+    kwargs = dict(step_size=eta, sigma2=1.0, n_steps=1500, n_average=1000, n_chains=16)
+    virial = matrank.LangevinRank(readout="virial", **kwargs)
+    result = virial.estimate(matrix, seed=0)
+    expected = expected_virial_curve(eigenvalues, step_size=eta, n_steps=1500)[
+        -1000:
+    ].mean()
+    assert abs(result.rank - expected) <= 4 * result.stderr
+    assert abs(expected - 8) < 0.01  # every mode equilibrated: the count itself
+    biased = expected_estimate(eigenvalues, matrank.LangevinRank(**kwargs))
+    assert biased - 8 > 10 * result.stderr  # the loss readout's expectation is far off
+    assert result.cost["loss_evals"] == 0 and result.diagnostics["readout"] == "virial"
+
+
+def test_virial_readout_needs_gradients_only():
+    class GradientOnly:
+        def __init__(self, matrix):
+            self.matrix = torch.as_tensor(matrix)
+            self.dim, self.dtype, self.device = (
+                matrix.shape[0],
+                torch.float64,
+                torch.device("cpu"),
+            )
+            self.theta0 = torch.zeros(self.dim, dtype=torch.float64)
+            self.capabilities = Capability.GRAD
+
+        def grad(self, theta):
+            return theta @ self.matrix
+
+    matrix = rotated_spectrum(20, 5, cond=2.0, seed=1)
+    estimator = matrank.LangevinRank(
+        readout="virial", step_size=0.5, sigma2=1.0, n_steps=800, n_average=600, n_chains=8
+    )
+    result = estimator.estimate(GradientOnly(matrix), seed=0)
+    assert abs(result.rank - 5) <= 4 * result.stderr
+    with pytest.raises(matrank.MatrankValueError, match="loss"):
+        matrank.LangevinRank(step_size=0.5, sigma2=1.0, n_steps=10, n_average=5).estimate(
+            GradientOnly(matrix)
+        )
+    with pytest.raises(matrank.MatrankValueError, match="`readout` must be one of"):
+        matrank.LangevinRank(readout="energy")

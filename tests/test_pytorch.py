@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import matrank
-from matrank.adapters import TorchLoss
+from matrank.adapters import TorchLoss, adam_preconditioner
 from matrank.estimators.langevin import expected_loss_curve
 from matrank.testing import check_oracle
 
@@ -270,3 +270,41 @@ def test_models_vmap_cannot_trace_fall_back_to_a_loop_with_a_warning():
     # the HVP's reverse-over-reverse fallback runs the forward pass outside vmap
     V = torch.randn(oracle.dim, 3, dtype=F64)
     assert torch.allclose(oracle.hvp(V), reference.hvp(V), rtol=1e-12, atol=1e-15)
+
+
+def test_adam_preconditioner_is_the_bias_corrected_second_moment_in_theta_order():
+    model, X, Y = mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-6)
+    for _ in range(5):
+        optimizer.zero_grad()
+        squared(model(X), Y).backward()
+        optimizer.step()
+    oracle = TorchLoss(
+        model, squared, (X, Y), params=["2.weight", "0.bias"], gradient_tol=None
+    )
+    G = adam_preconditioner(optimizer, oracle)
+    expected = []
+    for name in ("0.bias", "2.weight"):  # θ follows named_parameters() order
+        v = optimizer.state[dict(model.named_parameters())[name]]["exp_avg_sq"]
+        expected.append((1 / ((v / (1 - 0.99**5)).sqrt() + 1e-6)).reshape(-1))
+    assert torch.allclose(G, torch.cat(expected), rtol=1e-12)
+    assert G.shape == (oracle.dim,) and bool((G > 0).all())
+    result = matrank.LangevinRank(
+        preconditioner=G,
+        readout="virial",
+        step_size=1e-4,
+        sigma2=1e-6,
+        n_steps=20,
+        n_average=10,
+    ).estimate(oracle, seed=0)
+    assert np.isfinite(result.rank)
+
+
+def test_adam_preconditioner_needs_state_for_every_parameter():
+    model, X, Y = mlp()
+    optimizer = torch.optim.Adam(model[0].parameters())
+    oracle = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    with pytest.raises(
+        matrank.MatrankValueError, match=r"Adam state .* none for '0\.weight'"
+    ):
+        adam_preconditioner(optimizer, oracle)

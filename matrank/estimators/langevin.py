@@ -16,7 +16,12 @@ from .._validation import MatrankValueError, check_choice, check_int, check_real
 from ..numerics.trace import mean_and_stderr
 from ._common import prepare, progress_bar
 
-__all__ = ["LangevinRank", "expected_loss_curve", "stationary_loss"]
+__all__ = [
+    "LangevinRank",
+    "expected_loss_curve",
+    "expected_virial_curve",
+    "stationary_loss",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,7 +47,14 @@ class LangevinRank:
     n_chains : int, default=1
         Independent chains run as one batch (one batched gradient a step).
     preconditioner : array_like or None, default=None
-        Diagonal of ``G`` (positive, length ``n``); ``None`` is the identity.
+        Diagonal of ``G`` (positive, length ``n``); ``None`` is the identity. For a
+        PyTorch model, :func:`matrank.adapters.adam_preconditioner` builds it from an
+        Adam optimizer's state, as in the paper's DnCNN experiment.
+    readout : {"loss", "virial"}, default="loss"
+        ``"loss"``: eq. 20, ``4/σ²·(L_k − L0)`` (needs loss values). ``"virial"``:
+        ``(2(θ_k − θ0)ᵀ∇f − η∇fᵀG∇f)/σ²`` from the gradients the chain computes anyway,
+        whose expectation on a quadratic is ``Σ_μ (1 − (1 − ημ)^{2k})`` exactly: no
+        ``1/(1 − ημ/2)`` inflation of stiff modes, so η can approach the stability limit.
 
     Notes
     -----
@@ -54,7 +66,9 @@ class LangevinRank:
 
     The standard error is the spread between chains (``n_chains ≥ 2``), else that of 20
     batch means over time (approximate: successive losses are correlated).
-    Cost: ``n_chains·n_steps`` gradients and as many loss evaluations.
+    Cost: ``n_chains·n_steps`` gradients, and as many loss evaluations with the loss
+    readout (none with the virial). ``diagnostics["readings"]`` is the readout per
+    step (mean over chains) in rank units.
 
     References
     ----------
@@ -83,6 +97,7 @@ class LangevinRank:
     n_average: int = 10000
     n_chains: int = 1
     preconditioner: Any = None
+    readout: str = "loss"
 
     def __post_init__(self) -> None:
         check_choice("variant", self.variant, ("paper",))
@@ -91,66 +106,72 @@ class LangevinRank:
         check_int("n_steps", self.n_steps, low=1)
         check_int("n_average", self.n_average, low=1, high=self.n_steps)
         check_int("n_chains", self.n_chains, low=1)
+        check_choice("readout", self.readout, ("loss", "virial"))
 
     def estimate(
         self, obj: Any, *, seed: int | None = None, progress: bool = False
     ) -> RankResult:
-        """Run the chains and read the rank off the mean loss excess.
+        """Run the chains and read the rank off the time average of the readout.
 
         ``progress=True`` shows a tqdm bar of steps with the running estimate; Ctrl-C
         returns the estimate from the steps run so far with ``Status.INTERRUPTED``.
         """
         start = time.perf_counter()
-        oracle, meter, generator = prepare(
-            obj, Capability.GRAD | Capability.LOSS, "langevin", seed
+        needs = Capability.GRAD | (
+            Capability.LOSS if self.readout == "loss" else Capability.NONE
         )
+        oracle, meter, generator = prepare(obj, needs, "langevin", seed)
         n, dtype, device = oracle.dim, oracle.dtype, oracle.device
         root = self._preconditioner_root(n, dtype, device)
         theta0 = oracle.theta0
         chains = self.n_chains
         theta = theta0.expand(chains, n).clone()
-        loss0 = float(meter.loss(theta0[None])[0])
+        loss0 = float(meter.loss(theta0[None])[0]) if self.readout == "loss" else 0.0
         eta, noise_scale = self.step_size, math.sqrt(self.step_size * self.sigma2)
         first_averaged = self.n_steps - self.n_average
         sums = torch.zeros(chains, dtype=torch.float64)
-        trace = np.empty(self.n_steps)
+        trace = np.empty(self.n_steps)  # mean reading over chains, in rank units
         batches = np.zeros(20)
         status, done = Status.CONVERGED, self.n_steps
         bar = progress_bar(progress, self.n_steps, "langevin", "step")
         every = max(1, self.n_steps // 100)
         try:
             for k in range(self.n_steps):
-                losses = meter.loss(
-                    theta
-                )  # L_k, before the update, as in the authors' code
-                trace[k] = float(losses.mean()) - loss0
-                if k >= first_averaged:
-                    sums += losses.to(torch.float64).cpu()
-                    batches[(k - first_averaged) * 20 // self.n_average] += float(
-                        losses.mean()
+                gradient = meter.grad(theta)
+                if self.readout == "loss":
+                    # L_k, before the update, as in the authors' code
+                    reading = (
+                        4.0 / self.sigma2 * (meter.loss(theta).to(torch.float64) - loss0)
                     )
+                else:
+                    # the virial: 2(θ−θ0)ᵀ∇f − η∇fᵀG∇f, σ² per equilibrated mode
+                    virial = 2 * ((theta - theta0) * gradient).sum(dim=1) - eta * (
+                        (root * gradient) ** 2
+                    ).sum(dim=1)
+                    reading = virial.to(torch.float64) / self.sigma2
+                reading = reading.cpu()
+                trace[k] = float(reading.mean())
+                if k >= first_averaged:
+                    sums += reading
+                    batches[(k - first_averaged) * 20 // self.n_average] += trace[k]
                 if not math.isfinite(trace[k]):
                     raise MatrankValueError(
                         message(
                             "step_size",
                             "small enough for a stable chain (η·μmax < 2)",
-                            f"{eta:g}, with which the loss diverged at step {k}",
+                            f"{eta:g}, with which the chain diverged at step {k}",
                         )
                     )
-                gradient = meter.grad(theta)
                 xi = torch.randn(chains, n, generator=generator, dtype=torch.float64).to(
                     dtype=dtype, device=device
                 )
                 theta = theta - eta * root**2 * gradient + noise_scale * root * xi
                 if k % every == every - 1:
                     begin = first_averaged if k > first_averaged else k // 2
-                    window = trace[begin : k + 1]
                     bar.update(every)
-                    postfix = {"rank": f"{4.0 / self.sigma2 * window.mean():.1f}"}
+                    postfix = {"rank": f"{trace[begin : k + 1].mean():.1f}"}
                     if chains >= 2 and k > first_averaged:
-                        running = (
-                            4.0 / self.sigma2 * (sums / (k - first_averaged + 1) - loss0)
-                        )
+                        running = sums / (k - first_averaged + 1)
                         postfix["stderr"] = (
                             f"{float(running.std()) / math.sqrt(chains):.2g}"
                         )
@@ -163,57 +184,50 @@ class LangevinRank:
             status, done = Status.INTERRUPTED, k
         finally:
             bar.close()
+        diagnostics: dict[str, Any] = {
+            "variant": self.variant,
+            "readout": self.readout,
+            "step_size": eta,
+            "sigma2": self.sigma2,
+            "readings": trace[:done],
+            "loss0": loss0,
+        }
+        if self.readout == "loss":
+            diagnostics["loss_excess"] = trace[:done] * self.sigma2 / 4.0
         if status is Status.INTERRUPTED:
             begin = first_averaged if done > first_averaged + 1 else done // 2
             window = trace[begin:done]
-            rank = 4.0 / self.sigma2 * float(window.mean())
             batch_means = [
-                4.0 / self.sigma2 * float(part.mean())
-                for part in np.array_split(window, min(20, window.size))
+                float(part.mean()) for part in np.array_split(window, min(20, window.size))
             ]
             _, stderr = mean_and_stderr(torch.tensor(batch_means, dtype=torch.float64))
+            diagnostics.update(n_average=done - begin, steps_done=done)
             return RankResult(
-                rank=rank,
+                rank=float(window.mean()),
                 stderr=stderr,
                 threshold=1.0 / (2 * eta * max(done, 1)),
                 method="langevin",
                 cost=meter.cost(time.perf_counter() - start),
-                diagnostics={
-                    "variant": self.variant,
-                    "step_size": eta,
-                    "sigma2": self.sigma2,
-                    "n_average": done - begin,
-                    "loss_excess": trace[:done],
-                    "loss0": loss0,
-                    "steps_done": done,
-                },
+                diagnostics=diagnostics,
                 status=status,
             )
-        per_chain = 4.0 / self.sigma2 * (sums / self.n_average - loss0)
+        per_chain = sums / self.n_average
         if chains >= 2:
             rank, stderr = mean_and_stderr(per_chain)
         else:
             counts = np.bincount(
                 np.arange(self.n_average) * 20 // self.n_average, minlength=20
             )
-            batch_estimates = 4.0 / self.sigma2 * (batches / counts - loss0)
-            rank, stderr = mean_and_stderr(torch.from_numpy(batch_estimates))
+            _, stderr = mean_and_stderr(torch.from_numpy(batches / counts))
             rank = float(per_chain[0])
+        diagnostics.update(n_average=self.n_average, per_chain=per_chain.numpy())
         return RankResult(
             rank=rank,
             stderr=stderr,
             threshold=1.0 / (2 * eta * self.n_steps),
             method="langevin",
             cost=meter.cost(time.perf_counter() - start),
-            diagnostics={
-                "variant": self.variant,
-                "step_size": eta,
-                "sigma2": self.sigma2,
-                "n_average": self.n_average,
-                "loss_excess": trace,
-                "per_chain": per_chain.numpy(),
-                "loss0": loss0,
-            },
+            diagnostics=diagnostics,
             status=Status.CONVERGED,
         )
 
@@ -246,6 +260,20 @@ def expected_loss_curve(
     k = np.arange(n_steps)[:, None]
     factor = 1 - step_size * mu[None]
     return (sigma2 / 2) * ((1 - factor ** (2 * k)) / (2 - step_size * mu[None])).sum(axis=1)
+
+
+def expected_virial_curve(
+    eigenvalues: np.ndarray, *, step_size: float, n_steps: int
+) -> np.ndarray:
+    """Expected virial readout per step (rank units), ``k = 0 … n_steps−1``.
+
+    ``Σ_μ (1 − (1 − ημ)^{2k})`` over the positive eigenvalues ``μ`` of ``G^{1/2}HG^{1/2}``:
+    each equilibrated mode counts exactly one, whatever ``ημ < 2``.
+    """
+    mu = np.asarray(eigenvalues, dtype=np.float64)
+    mu = mu[mu > 0]
+    k = np.arange(n_steps)[:, None]
+    return (1 - (1 - step_size * mu[None]) ** (2 * k)).sum(axis=1)
 
 
 def stationary_loss(rank: int, *, sigma2: float) -> float:
