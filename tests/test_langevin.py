@@ -187,3 +187,45 @@ def test_virial_readout_needs_gradients_only():
         )
     with pytest.raises(matrank.MatrankValueError, match="`readout` must be one of"):
         matrank.LangevinRank(readout="energy")
+
+
+@pytest.mark.parametrize(("readout", "factor"), [("virial", 1.0), ("loss", 0.1)])
+def test_automatic_step_size_from_gradients_only(readout, factor):
+    matrix = rotated_spectrum(60, 12, cond=20.0, seed=3)
+    diagonal = np.linspace(0.5, 2.0, 60)
+    whitened = np.sqrt(diagonal)[:, None] * matrix * np.sqrt(diagonal)[None]
+    mu_max = np.linalg.eigvalsh(whitened).max()
+    estimator = matrank.LangevinRank(
+        step_size="auto",
+        readout=readout,
+        preconditioner=diagonal,
+        sigma2=1.0,
+        n_steps=600,
+        n_average=400,
+        n_chains=8,
+    )
+    result = estimator.estimate(matrix, seed=0)
+    # an upper bound, tight after 20 Lanczos steps on a 12-dimensional range
+    assert mu_max <= result.diagnostics["mu_max"] <= 1.01 * mu_max
+    assert result.diagnostics["step_size"] == pytest.approx(
+        factor / result.diagnostics["mu_max"]
+    )
+    assert result.cost["grads"] == 40 + 8 * 600  # the 20 central differences are billed
+    if readout == "virial":
+        curve = expected_virial_curve(
+            np.linalg.eigvalsh(whitened),
+            step_size=result.diagnostics["step_size"],
+            n_steps=600,
+        )
+        assert abs(result.rank - curve[-400:].mean()) <= 4 * result.stderr
+
+
+def test_step_size_must_be_a_number_or_auto():
+    with pytest.raises(
+        matrank.MatrankValueError, match="`step_size` must be a positive number or 'auto'"
+    ):
+        matrank.LangevinRank(step_size="fast")
+    with pytest.raises(
+        matrank.MatrankValueError, match="`step_size` must be a real number"
+    ):
+        matrank.LangevinRank(step_size=-1.0)
