@@ -22,7 +22,6 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._api import estimate_rank
-from ._result import RankResult
 from ._validation import MatrankValueError, check_choice, message
 
 __all__ = ["RankEstimator", "RankSVD"]
@@ -57,9 +56,10 @@ def _operator(X: np.ndarray, kind: str) -> Any:
     )
 
 
-def _fit_rank(estimator: Any, X: Any, reset: bool = True) -> tuple[np.ndarray, RankResult]:
+def _fit_rank(estimator: Any, X: Any) -> np.ndarray:
+    """Validate ``X``, estimate the rank and set the fitted attributes; returns ``X``."""
     check_choice("kind", estimator.kind, _KINDS)
-    X = validate_data(estimator, X, dtype=[np.float64, np.float32], reset=reset)
+    X = validate_data(estimator, X, dtype=[np.float64, np.float32])
     seed = int(check_random_state(estimator.random_state).randint(2**31 - 1))
     options = dict(estimator.method_options or {})
     if estimator.threshold is not None:
@@ -67,7 +67,11 @@ def _fit_rank(estimator: Any, X: Any, reset: bool = True) -> tuple[np.ndarray, R
     result = estimate_rank(
         _operator(X, estimator.kind), method=estimator.method, seed=seed, **options
     )
-    return X, result
+    estimator.result_ = result
+    estimator.rank_ = result.rank
+    estimator.rank_stderr_ = result.stderr
+    estimator.threshold_ = result.threshold
+    return X
 
 
 class RankEstimator(BaseEstimator):
@@ -126,11 +130,7 @@ class RankEstimator(BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> RankEstimator:
         """Estimate the rank; ``y`` is ignored."""
-        _, result = _fit_rank(self, X)
-        self.result_ = result
-        self.rank_ = result.rank
-        self.rank_stderr_ = result.stderr
-        self.threshold_ = result.threshold
+        _fit_rank(self, X)
         return self
 
 
@@ -184,13 +184,8 @@ class RankSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> RankSVD:
         """Estimate the rank, then fit a PCA of that many components; ``y`` is ignored."""
-        X, result = _fit_rank(self, X)
-        self.result_ = result
-        self.rank_ = result.rank
-        self.rank_stderr_ = result.stderr
-        self.threshold_ = result.threshold
-        largest = min(X.shape)
-        self.n_components_ = int(min(max(1, round(result.rank)), largest))
+        X = _fit_rank(self, X)
+        self.n_components_ = int(min(max(1, round(self.rank_)), min(X.shape)))
         self.pca_ = PCA(
             n_components=self.n_components_,
             random_state=self.random_state,
