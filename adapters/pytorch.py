@@ -62,6 +62,11 @@ class TorchLoss:
         Samples per forward pass for tensor data (a DataLoader's batches are used as
         they come). Batched calls multiply activation memory by their batch of parameter
         vectors: lower it if ``grad`` on many chains runs out of memory.
+    vectorize : bool, default=True
+        Batch parameter vectors (chains, HVP columns) with ``torch.func.vmap``;
+        ``False`` loops over them. On a 2-core CPU vmapped convolutions over 32 weight
+        sets ran 2× slower than the loop (``benchmarks/torch_costs.py``), MLPs 2–3×
+        faster; on a GPU vmap is the point.
     gradient_tol : float or None, default=1e-3
         Warn (``MatrankWarning``) when ``‖∇L(θ0)‖`` exceeds it: rank estimates near a
         point that is not stationary are estimates of something else (Langevin's theory
@@ -106,6 +111,7 @@ class TorchLoss:
         params: Sequence[str] | None = None,
         dtype: torch.dtype | None = None,
         chunk_size: int = 1024,
+        vectorize: bool = True,
         gradient_tol: float | None = 1e-3,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -115,6 +121,8 @@ class TorchLoss:
         if not callable(loss_fn):
             raise MatrankTypeError(message("loss_fn", "a callable", repr(loss_fn)))
         check_int("chunk_size", chunk_size, low=1)
+        if not isinstance(vectorize, bool):
+            raise MatrankTypeError(message("vectorize", "True or False", repr(vectorize)))
         check_real("gradient_tol", gradient_tol, low=0.0, allow_none=True)
         if model.training:
             stochastic = sorted(
@@ -187,7 +195,7 @@ class TorchLoss:
             }
         self._data = _check_data(data, chunk_size)
         self._n_samples = sum(_batch_len(batch) for batch in self._chunks())
-        self._vectorized = True
+        self._vectorized = vectorize
         self.hvp_mode = "forward-over-reverse"
         self._check_deterministic()
         if gradient_tol is not None:

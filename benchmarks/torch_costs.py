@@ -4,7 +4,8 @@ Run: .venv/bin/python benchmarks/torch_costs.py [--device cpu|cuda] [--repeats 5
 For an MLP and a small CNN of growing width: the median seconds of one plain autograd
 gradient (``loss.backward`` on the model, the unit), and in that unit the adapter's
 gradient at θ0, one HVP (one column), a block of 32 HVP columns, and the gradients of 32
-parameter vectors at once (32 Langevin chains) — the adapter's targets are HVP ≤ 3×
+parameter vectors at once (32 Langevin chains), vmapped and looped
+(``vectorize=False``) — the adapter's targets are HVP ≤ 3×
 and 32 batched gradients ≤ 8× one gradient. All in one process, so the ratios are
 comparable.
 """
@@ -65,7 +66,7 @@ def main() -> None:
     torch.manual_seed(0)
     header = (
         f"{'model':>10s} {'n':>8s} {'grad s':>9s} {'oracle grad':>11s} {'hvp':>6s} "
-        f"{'32 hvp':>7s} {'32 grads':>8s}"
+        f"{'32 hvp':>7s} {'32 grads':>8s} {'32 looped':>10s}"
     )
     print(header)
     print("-" * len(header))
@@ -78,6 +79,9 @@ def measure(label: str, model, X, Y, args) -> str:
     """One table row: the costs of one model, in units of one plain gradient."""
     model, X, Y = model.to(args.device), X.to(args.device), Y.to(args.device)
     oracle = TorchLoss(model, squared, (X, Y), gradient_tol=None, chunk_size=4096)
+    looped = TorchLoss(
+        model, squared, (X, Y), gradient_tol=None, chunk_size=4096, vectorize=False
+    )
     theta = oracle.theta0[None]
     chains = oracle.theta0 + 1e-3 * torch.randn(
         32, oracle.dim, device=args.device, dtype=oracle.dtype
@@ -94,10 +98,11 @@ def measure(label: str, model, X, Y, args) -> str:
     hvp = timed(lambda: oracle.hvp(column), args.repeats, args.device)
     hvp32 = timed(lambda: oracle.hvp(block), args.repeats, args.device)
     batched = timed(lambda: oracle.grad(chains), args.repeats, args.device)
+    loop = timed(lambda: looped.grad(chains), args.repeats, args.device)
     return (
         f"{label:>10s} {oracle.dim:8d} {gradient:9.4f} "
         f"{own / gradient:11.2f} {hvp / gradient:6.2f} {hvp32 / gradient:7.2f} "
-        f"{batched / gradient:8.2f}"
+        f"{batched / gradient:8.2f} {loop / gradient:10.2f}"
     )
 
 

@@ -308,3 +308,16 @@ def test_adam_preconditioner_needs_state_for_every_parameter():
         matrank.MatrankValueError, match=r"Adam state .* none for '0\.weight'"
     ):
         adam_preconditioner(optimizer, oracle)
+
+
+def test_looped_batches_equal_vmapped_ones():
+    model, X, Y = cnn()
+    vmapped = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    looped = TorchLoss(model, squared, (X, Y), gradient_tol=None, vectorize=False)
+    theta = vmapped.theta0 + 0.01 * torch.randn(3, vmapped.dim, dtype=F64)
+    V = torch.randn(vmapped.dim, 3, dtype=F64)
+    assert torch.allclose(looped.grad(theta), vmapped.grad(theta), rtol=1e-12, atol=1e-15)
+    assert torch.allclose(looped.loss(theta), vmapped.loss(theta), rtol=1e-13)
+    assert torch.allclose(looped.hvp(V), vmapped.hvp(V), rtol=1e-12, atol=1e-15)
+    with pytest.raises(matrank.MatrankTypeError, match="`vectorize` must be True or False"):
+        TorchLoss(model, squared, (X, Y), vectorize="yes")
