@@ -188,10 +188,11 @@ class TorchLoss:
         self.dim = sum(p.numel() for p in selected)
         with torch.no_grad():
             self._theta0 = torch.cat([p.detach().reshape(-1).to(dtype) for p in selected])
+            selected_names = set(names)
             self._fixed = {
                 name: _cast(t.detach(), dtype)
                 for name, t in [*model.named_parameters(), *model.named_buffers()]
-                if name not in set(names)
+                if name not in selected_names
             }
         self._data = _check_data(data, chunk_size)
         self._n_samples = sum(_batch_len(batch) for batch in self._chunks())

@@ -78,5 +78,11 @@ def test_ranksvd_in_a_digits_pipeline_and_grid_search():
     assert fitted.n_components_ == np.linalg.matrix_rank(
         np.cov(StandardScaler().fit_transform(X).T), hermitian=True
     )
+    # threshold=1.0 reaches the estimator: Kaiser's rule on the correlation matrix
+    scaled = StandardScaler().fit_transform(X)
+    kaiser = int((np.linalg.eigvalsh(np.cov(scaled.T)) > 1.0).sum())
+    assert RankSVD(threshold=1.0).fit(scaled).n_components_ == kaiser < 61
     search = GridSearchCV(pipeline, {"ranksvd__threshold": [None, 1.0]}, cv=2).fit(X, y)
-    assert search.best_params_["ranksvd__threshold"] in (None, 1.0)
+    assert len(search.cv_results_["params"]) == 2
+    best = search.best_estimator_.named_steps["ranksvd"]
+    assert best.threshold == search.best_params_["ranksvd__threshold"]

@@ -314,19 +314,10 @@ class LanczosRank:
             threshold, choice = resolve_threshold(
                 values.abs().numpy(), floor, self.threshold
             )
-            magnitudes = values.abs()
-            count = int((magnitudes > threshold).sum())
-            if vectors is not None:
+            if vectors is not None or breakdown:
                 count, certain = _assess(krylov, values, vectors, threshold)
                 break
-            if breakdown:
-                # every interval |θ| ± dropped must stay on its side of τ (as in _assess)
-                above = magnitudes > threshold
-                certain = not bool(
-                    (magnitudes[above] - krylov.dropped <= threshold).any()
-                    or (magnitudes[~above] + krylov.dropped > threshold).any()
-                )
-                break
+            count = int((values.abs() > threshold).sum())
             if count != unless_count_differs_from:
                 certain = False
                 break
@@ -424,17 +415,27 @@ def _verification_steps(values, threshold: float, floor: float, n: int, block: i
 
 
 def _assess(krylov: BlockKrylov, values, vectors, threshold: float) -> tuple[int, bool]:
-    """The count at ``threshold`` and whether the residual bounds make it certain."""
+    """The count at ``threshold`` and whether the residual bounds make it certain.
+
+    ``vectors=None`` is allowed at a breakdown, where every residual bound is the
+    deflated remainder ``krylov.dropped`` whatever the Ritz vector.
+    """
     magnitudes = values.abs()
     above = magnitudes > threshold
     count = int(above.sum())
     if count:
-        block = krylov.block_residual_norm(vectors[:, above])
+        block = (
+            krylov.dropped
+            if vectors is None
+            else krylov.block_residual_norm(vectors[:, above])
+        )
         if float(magnitudes[above].min()) - block <= threshold:
             return count, False
     below = ~above
     if below.any():
-        residuals = krylov.residual_norms(vectors[:, below])
+        residuals = (
+            krylov.dropped if vectors is None else krylov.residual_norms(vectors[:, below])
+        )
         if bool((magnitudes[below] + residuals > threshold).any()):
             return count, False
     return count, True
