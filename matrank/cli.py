@@ -27,8 +27,9 @@ METHOD_NOTES = {
     "(free for explicit matrices) and O(n³) time",
     "lanczos": "block Krylov count, exact and certified while the rank fits the basis "
     "(r to 2r matvecs); SLQ ± stderr beyond; needs only Hessian-vector products",
-    "polynomial": "Ubaru & Saad's Chebyshev step filter with their KPM gap rule (faithful "
-    "port: degree 50, 300 probes, 15,030 matvecs); a soft count ± stderr",
+    "polynomial": "Chebyshev step filter with p(0) = 0, degree from the density of "
+    "states' plateau, deflation of a small rank; ≤ 15,000 matvecs; a soft count ± stderr "
+    "(variant='ubaru-saad': the faithful port, degree 50 × 300 probes)",
 }
 
 
@@ -186,6 +187,7 @@ def _demo_table(
     methods: list[tuple[str, str, dict[str, Any]]] = [
         (m, m, {}) for m in ESTIMATORS if m != "langevin" or not numpy_baseline
     ]
+    methods.append(("polynomial (ubaru-saad)", "polynomial", {"variant": "ubaru-saad"}))
     methods.append(
         (
             "langevin (virial, auto η)",

@@ -24,7 +24,9 @@ def test_faithful_mode_is_unbiased_for_its_soft_count_on_the_paper_problem():
     spectrum = problem.spectrum()
     z_scores = []
     for seed in range(4):
-        result = matrank.estimate_rank(problem, method="polynomial", seed=seed, n_probes=60)
+        result = matrank.estimate_rank(
+            problem, method="polynomial", variant="ubaru-saad", seed=seed, n_probes=60
+        )
         assert result.cost["matvecs"] == 60 * 50 + 30
         # their gap rule settles at 1.24 % of λmax on these spectra (paper_peer §3)
         assert result.threshold / result.diagnostics["lambda_max"] == pytest.approx(
@@ -43,7 +45,9 @@ def test_faithful_mode_is_unbiased_for_its_soft_count_on_the_paper_problem():
 def test_well_separated_spectrum_is_counted_within_its_stderr():
     matrix = rotated_spectrum(200, 30, cond=2.0, seed=0)
     for seed in range(3):
-        result = matrank.estimate_rank(matrix, method="polynomial", seed=seed, n_probes=80)
+        result = matrank.estimate_rank(
+            matrix, method="polynomial", variant="ubaru-saad", seed=seed, n_probes=80
+        )
         eigenvalues = np.linalg.eigvalsh(matrix)
         expected = expected_soft_count(result, eigenvalues, 200)
         assert abs(result.rank - expected) < 4 * result.stderr
@@ -62,23 +66,29 @@ def test_gap_rule_on_a_two_cluster_density():
 def test_threshold_override_and_messages():
     matrix = rotated_spectrum(100, 10, cond=2.0, seed=1)
     result = matrank.estimate_rank(
-        matrix, method="polynomial", threshold=0.25, n_probes=20, seed=0
+        matrix,
+        method="polynomial",
+        variant="ubaru-saad",
+        threshold=0.25,
+        n_probes=20,
+        seed=0,
     )
     assert result.threshold == 0.25
     with pytest.raises(
         matrank.MatrankValueError,
-        match=r"`variant` must be one of 'ubaru-saad'; got 'paper'",
+        match=r"`variant` must be one of 'default', 'ubaru-saad'; got 'paper'",
     ):
         matrank.PolynomialRank(variant="paper")
     with pytest.raises(
-        matrank.MatrankValueError, match=r"`degree` must be an int in \[2, inf\); got 1"
+        matrank.MatrankValueError,
+        match=r"`degree` must be an int in \[2, inf\) or None; got 1",
     ):
         matrank.PolynomialRank(degree=1)
 
 
 def test_same_seed_is_bit_identical():
     matrix = rotated_spectrum(80, 10, cond=2.0, seed=2)
-    estimator = matrank.PolynomialRank(n_probes=10)
+    estimator = matrank.PolynomialRank(variant="ubaru-saad", n_probes=10)
     first, second = estimator.estimate(matrix, seed=3), estimator.estimate(matrix, seed=3)
     np.testing.assert_array_equal(
         first.diagnostics["samples"], second.diagnostics["samples"]

@@ -5,102 +5,202 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._oracle import Capability
-from .._result import RankResult, Status
-from .._validation import check_choice, check_int, check_real
+from .._oracle import Capability, CostMeter
+from .._result import CountingCurve, RankResult, Status
+from .._validation import (
+    MatrankError,
+    MatrankValueError,
+    MatrankWarning,
+    check_choice,
+    check_int,
+    check_real,
+    message,
+)
 from ..numerics.chebyshev import (
     chebyshev_moments,
+    gaussian_damping,
+    jackson_damping,
     kpm_density,
     lanczos_sigma_damping,
     step_coefficients,
 )
-from ..numerics.krylov import spectral_bounds
+from ..numerics.krylov import BlockKrylov, spectral_bounds
+from ..numerics.threshold import ThresholdChoice, flat_stretch_threshold
 from ..numerics.trace import mean_and_stderr, probe_block
-from ._common import prepare
+from ._common import prepare, progress_bar
 
 __all__ = ["PolynomialRank", "ubaru_saad_gap"]
+
+_DEFAULT_BUDGET = 15_000
+_DEGREE_CAP = 4000  # moments; 2000 matvecs per probe
+_PILOT_PROBES = 16
+_BASIS_BYTES = 1024**3  # the deflation basis
+_BLOCK_BYTES = 512 * 1024**2  # probes in flight: four n × chunk blocks
+# A Jackson-damped step is 1 − 2.5e-3 (2.5e-3) at an angular distance 3π/degree above
+# (below) its edge, in β = arccos x: the filter "reaches" a threshold whose angle lies
+# that far from zero's. On smooth densities its soft count then equals N(τ) within the
+# Hutchinson error (benchmarks/polynomial_linear_nets.py).
+_REACH = 3 * math.pi
+# A Gaussian-damped step (width w in β) is Φ(−4.75) = 1e-6 at 4.75·w from its edge, and
+# the series past degree D is below exp(−(D·w)²/2) = 1e-6 for D·w ≥ 5.3.
+_GAUSS_EDGE, _GAUSS_TAIL = 4.75, 5.3
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PolynomialRank:
-    """Rank as the trace of a damped Chebyshev step filter, with a KPM threshold.
+    """Rank as the trace of a damped Chebyshev step filter (Ubaru & Saad 2016).
 
     Parameters
     ----------
-    variant : {"ubaru-saad"}, default="ubaru-saad"
+    variant : {"default", "ubaru-saad"}, default="default"
+        ``"default"``: a filter that cannot count the null space (``p(0) = 0`` exactly),
+        deflation of the captured top subspace, the threshold from the widest flat stretch
+        of the estimated counting curve, and the degree from the angle between that
+        threshold and its plateau's edges (``≈ sqrt(λmax/τ)``); see Notes.
         ``"ubaru-saad"`` reproduces the baseline the Langevin paper compared against: the
         authors' published MATLAB, re-derived (research notes, paper_peer §3) --
         ``λmin = 0``, the interval padded by ``1e-5``, unit Gaussian probes, moments by the
-        plain recurrence, the Jackson-damped KPM density on their 125-point grid, their
-        ``find_gap`` rule, and a Lanczos-σ-damped step on ``[ε, λmax]``. (A better default
-        is planned: degree from ``sqrt(λmax/τ)`` and the null-space leakage bound.)
-    degree : int, default=50
-        Chebyshev degree (matvecs per probe).
-    n_probes : int, default=300
-        Probe vectors.
+        plain recurrence, the Jackson-damped KPM density on their grid, their ``find_gap``
+        rule, and a Lanczos-σ-damped step on ``[ε, λmax]``.
+    degree : int or None, default=None
+        Chebyshev degree. ``"ubaru-saad"``: 50 (one matvec per degree per probe).
+        ``"default"``: chosen from the threshold (moments are doubled, so a degree costs
+        half a matvec per probe).
+    n_probes : int or None, default=None
+        Probe vectors. ``"ubaru-saad"``: 300. ``"default"``: as many as the budget allows.
     threshold : float or None, default=None
-        Lower edge ``ε`` of the step; ``None`` takes it from the density of states.
+        The step's edge ``τ`` (``|λ| > τ`` counts); ``None`` takes it from the density of
+        states (each variant with its own rule).
+    max_matvecs : int or None, default=None
+        Budget of the ``"default"`` variant, 15,000 when ``None`` (the faithful mode's
+        cost is fixed by ``degree·n_probes``).
+    deflate : int or None, default=None
+        ``"default"`` only: most Krylov columns spent on the top subspace; ``None`` means
+        up to a fifth of the budget (and 1 GB of basis), stopping early once more columns
+        stop converging Ritz pairs; ``0`` switches deflation off.
     n_points : int, default=100
-        ``Npts`` of the density grid.
+        Points of the density grid (``Npts`` of the U&S code).
     lanczos_steps : int, default=30
-        Lanczos steps for ``λmax``.
+        Lanczos steps for the spectral bounds when there is no deflation basis to read
+        them from.
 
     Notes
     -----
-    Cost: ``degree·n_probes + lanczos_steps`` matvecs (15,030 at the defaults). The
-    estimate is ``n·mean_v Σ_k σ_kγ_k vᵀT_k(B)v`` over unit probes, with standard error
-    ``n·std/sqrt(n_probes)``; it is an unbiased estimate of ``Σ_i p(λ_i)``, the filter
-    applied to the spectrum -- a soft count, not ``N(ε)``: eigenvalues near ``ε`` count
-    partially, and the σ-damped step is slightly negative at 0 (``p(0) ≈ −5e-3`` on the
-    linear-net Hessians), so every null eigenvalue subtracts a little.
-    ``diagnostics["filter_at_zero"]`` reports ``p(0)``.
+    Both variants estimate ``tr p(A) = Σ_i p(λ_i)`` for a polynomial ``p ≈ 1{|λ| > τ}``
+    from moments ``vᵀT_k(B)v`` of random probes; the density of states, the threshold
+    and the count all come from the same moments.
+
+    **Default.** (1) Block Krylov on ``A`` (at most ``deflate`` columns) gives the
+    spectral bounds and the Ritz pairs that have converged (residual ≤ ``1e-3·|θ|``);
+    their span ``Y`` is deflated: its part of the trace is ``Σ p(θ_i)``, and the probes
+    (uniform on the sphere of ``range(Y)⊥``) estimate only the rest, so a rank that the
+    basis captures whole is counted with no variance. (2) A pilot of 16 probes at high
+    degree gives the estimated counting curve ``N(t)`` for ``t`` from the filter's reach
+    to ``λmax``; ``τ`` is the centre of its widest flat stretch (at least a decade;
+    :func:`matrank.numerics.threshold.flat_stretch_threshold`). (3) Inside a plateau the
+    step is Gaussian-damped (tails ``1e-6`` at the plateau's edges, where Jackson's decay
+    only like ``(degree·δ)^{−3}``), at the lowest degree that achieves it, and the rest of
+    the budget buys probes at that degree. Without a plateau (a continuous spectrum, as
+    on deep-linear-network Hessians) the status is ``NO_PLATEAU`` and ``τ`` is the
+    *reach* of the pilot's degree ``D`` -- the threshold whose angle ``arccos x`` lies
+    ``3π/D`` from zero's, ``≈ (3π/(2D))²·λmax`` for a PSD operator: the soft count of a
+    Jackson step there equals ``N(τ)`` on smooth densities, and eigenvalues below it are
+    out of reach of this degree. (4) The filter is shifted and scaled so that
+    ``p(0) = 0`` exactly: an exact null space, however large, adds nothing (the plain
+    step's ``p(0)`` of ``1e-3`` … ``1e-5`` counts ``(n − r)·p(0)`` phantom eigenvalues).
+    Negative eigenvalues below ``−τ`` are counted too when the bounds show any.
+    Cost: at most ``max_matvecs`` matvecs; ``diagnostics`` hold the degree, the reach,
+    the deflated count, the density of states and the per-probe samples; ``counts`` is
+    the estimated ``N(t)`` with its stderr.
+
+    **Faithful.** ``degree·n_probes + lanczos_steps`` matvecs (15,030 at the defaults).
+    The estimate is ``n·mean_v Σ_k σ_kγ_k vᵀT_k(B)v`` over unit probes; the σ-damped step
+    is slightly negative at 0 (``p(0) ≈ −5e-3`` on the linear-net Hessians), so every
+    null eigenvalue subtracts a little, and its gap rule settles at ``≈ 1.24 %`` of
+    ``λmax`` on continuous spectra: the 11–20 % under-count of the Langevin paper's
+    Table 1. ``diagnostics["filter_at_zero"]`` reports ``p(0)``.
+
+    The standard error is ``std/sqrt(n_probes)`` of the per-probe samples: the estimate
+    is unbiased for ``Σ_i p(λ_i)``, the filter applied to the spectrum -- a soft count,
+    equal to ``N(τ)`` up to the eigenvalues within the filter's transition.
 
     References
     ----------
     Ubaru & Saad, "Fast methods for estimating the numerical rank of large matrices",
-    ICML 2016, §3–4; Weiße et al., Rev. Mod. Phys. 78 (2006), §II (KPM).
+    ICML 2016, §3–4; Weiße et al., Rev. Mod. Phys. 78 (2006), §II (KPM); Meyer, Musco,
+    Musco & Woodruff, "Hutch++", SOSA 2021 (deflation).
 
     Examples
     --------
     >>> import matrank
     >>> from matrank.testing import rotated_spectrum
     >>> A = rotated_spectrum(200, 30, cond=2.0, seed=0)
-    >>> result = matrank.PolynomialRank(n_probes=50).estimate(A, seed=0)
-    >>> abs(result.rank - 30) < 4 * result.stderr
+    >>> result = matrank.PolynomialRank(max_matvecs=2000).estimate(A, seed=0)
+    >>> abs(result.rank - 30) < 4 * result.stderr + 1e-9
     True
     """
 
-    variant: str = "ubaru-saad"
-    degree: int = 50
-    n_probes: int = 300
+    variant: str = "default"
+    degree: int | None = None
+    n_probes: int | None = None
     threshold: float | None = None
+    max_matvecs: int | None = None
+    deflate: int | None = None
     n_points: int = 100
     lanczos_steps: int = 30
 
     def __post_init__(self) -> None:
-        check_choice("variant", self.variant, ("ubaru-saad",))
-        check_int("degree", self.degree, low=2)
-        check_int("n_probes", self.n_probes, low=2)
-        check_real("threshold", self.threshold, low=0.0, allow_none=True)
+        check_choice("variant", self.variant, ("default", "ubaru-saad"))
+        check_int("degree", self.degree, low=2, allow_none=True)
+        check_int("n_probes", self.n_probes, low=2, allow_none=True)
+        check_real("threshold", self.threshold, low=0.0, closed="right", allow_none=True)
+        check_int("max_matvecs", self.max_matvecs, low=64, allow_none=True)
+        check_int("deflate", self.deflate, low=0, allow_none=True)
         check_int("n_points", self.n_points, low=8)
         check_int("lanczos_steps", self.lanczos_steps, low=2)
+        if self.variant == "ubaru-saad":
+            for name in ("max_matvecs", "deflate"):
+                if getattr(self, name) is not None:
+                    raise MatrankValueError(
+                        message(
+                            name,
+                            "None with variant='ubaru-saad' (its cost is degree·n_probes)",
+                            repr(getattr(self, name)),
+                        )
+                    )
 
     def estimate(
         self, obj: Any, *, seed: int | None = None, progress: bool = False
     ) -> RankResult:
         """Estimate the rank of ``obj`` (see the class notes).
 
-        ``progress`` is accepted for a uniform interface and not shown yet: the moments
-        are one batched recurrence over all probes.
+        ``progress`` shows a bar of matvecs spent (the default variant). A Ctrl-C stops
+        the estimate with ``KeyboardInterrupt``: a filter's trace has no partial value.
         """
         start = time.perf_counter()
-        oracle, meter, generator = prepare(obj, Capability.HVP, "polynomial", seed)
-        n, dtype, device = oracle.dim, oracle.dtype, oracle.device
+        _, meter, generator = prepare(obj, Capability.HVP, "polynomial", seed)
+        if self.variant == "ubaru-saad":
+            return self._ubaru_saad(meter, generator, start)
+        bar = progress_bar(
+            progress, self.max_matvecs or _DEFAULT_BUDGET, "polynomial", "matvec"
+        )
+        try:
+            return _DefaultFilter(self, meter, generator, bar).run(start)
+        finally:
+            bar.close()
+
+    def _ubaru_saad(
+        self, meter: CostMeter, generator: torch.Generator, start: float
+    ) -> RankResult:
+        n, dtype, device = meter.dim, meter.dtype, meter.device
+        degree = self.degree or 50
+        n_probes = self.n_probes or 300
         _, largest, _ = spectral_bounds(
             meter.hvp,
             n,
@@ -113,19 +213,14 @@ class PolynomialRank:
         low, high = -1e-5, largest + 1e-5
         center, half_width = (high + low) / 2, (high - low) / 2
         probes = probe_block(
-            n,
-            self.n_probes,
-            kind="gaussian",
-            generator=generator,
-            dtype=dtype,
-            device=device,
+            n, n_probes, kind="gaussian", generator=generator, dtype=dtype, device=device
         )
         probes = probes / torch.linalg.vector_norm(probes, dim=0)
         moments = (
             chebyshev_moments(
                 meter.hvp,
                 probes,
-                self.degree,
+                degree,
                 center=center,
                 half_width=half_width,
                 doubling=False,
@@ -137,9 +232,7 @@ class PolynomialRank:
         grid, density = ubaru_saad_density(moments, low, high, self.n_points)
         gap = ubaru_saad_gap(grid, density) if self.threshold is None else self.threshold
         a = (gap - center) / half_width
-        coefficients = step_coefficients(a, 1.0, self.degree) * lanczos_sigma_damping(
-            self.degree
-        )
+        coefficients = step_coefficients(a, 1.0, degree) * lanczos_sigma_damping(degree)
         samples = n * (moments @ coefficients)
         mean, stderr = mean_and_stderr(torch.from_numpy(samples))
         filter_at_zero = float(
@@ -147,6 +240,8 @@ class PolynomialRank:
         )
         diagnostics = {
             "variant": self.variant,
+            "degree": degree,
+            "n_probes": n_probes,
             "lambda_max": largest,
             "density_grid": grid,
             "density": density,
@@ -163,6 +258,378 @@ class PolynomialRank:
             diagnostics=diagnostics,
             status=Status.CONVERGED,
         )
+
+
+class _DefaultFilter:
+    """One run of the default variant (see :class:`PolynomialRank`, Notes)."""
+
+    def __init__(
+        self,
+        options: PolynomialRank,
+        meter: CostMeter,
+        generator: torch.Generator,
+        bar: Any,
+    ) -> None:
+        self.options, self.meter, self.generator, self.bar = options, meter, generator, bar
+        self.n = meter.dim
+        self.budget = options.max_matvecs or _DEFAULT_BUDGET
+
+    # -- the spectrum's frame ------------------------------------------------------------
+
+    def _bounds(self) -> None:
+        """Spectral bounds and the noise floor from ``lanczos_steps`` Lanczos steps."""
+        meter, n = self.meter, self.n
+        krylov = BlockKrylov(meter.hvp, n, meter.dtype, meter.device, self.generator)
+        while krylov.size < min(self.options.lanczos_steps, n):
+            before = meter.matvecs
+            krylov.extend(1)
+            self.bar.update(meter.matvecs - before)
+            if krylov.next_kept == 0:  # an invariant subspace: the extremes are exact
+                break
+        values, vectors = krylov.ritz()
+        residuals = krylov.residual_norms(vectors)
+        eps = float(torch.finfo(meter.dtype).eps)
+        largest = float(values.abs().max()) if values.numel() else 0.0
+        self.floor = max(largest * n * eps, krylov.symmetry_defect)
+        high = float((values + residuals).max())
+        # Ritz values are Rayleigh quotients: one below −floor proves a negative eigenvalue
+        negative = float(values.min()) < -self.floor
+        low = float((values - residuals).min()) if negative else 0.0
+        width = max(high - low, 0.0)
+        # Ritz values approach the ends from inside: a 1 % margin keeps the spectrum in
+        # [−1, 1], where the Chebyshev polynomials stay bounded (checked on the moments).
+        self.high = high + 0.01 * width
+        self.low = low - 0.01 * width if negative else 0.0
+        self.center = (self.high + self.low) / 2
+        self.half = max((self.high - self.low) / 2, np.finfo(np.float64).tiny)
+        self.beta_zero = self._angle(0.0)
+        self.captured = torch.zeros(n, 0, dtype=meter.dtype, device=meter.device)
+        self.deflated_values = np.zeros(0)
+        self.basis_size = 0
+
+    def _deflate(self, expected: float) -> None:
+        """Capture the top subspace when the basis can hold all of it.
+
+        A basis of ``2r + 64`` columns (multiplicities cost up to ``2r``) captures a rank
+        ``r`` whole, after which the probes see only what is left: the count becomes
+        exact. A partial capture reduces the variance only by the captured fraction at
+        an ``O(n·k²)`` orthogonalization cost (9× the probes' time for 30 % of the rank
+        of the d = 64 linear net), so it is not attempted.
+        """
+        meter, n = self.meter, self.n
+        limit = self.options.deflate
+        if limit is None:
+            limit = (self.budget - meter.matvecs) // 2
+        limit = min(limit, _BASIS_BYTES // (8 * n), n)
+        wanted = 2 * math.ceil(expected) + 64
+        if expected < 0.5 or wanted > limit:
+            return
+        krylov = BlockKrylov(meter.hvp, n, meter.dtype, meter.device, self.generator)
+        while krylov.size < min(wanted, n):
+            before = meter.matvecs
+            krylov.extend(min(32, wanted - krylov.size))
+            self.bar.update(meter.matvecs - before)
+            if krylov.next_kept == 0:  # an invariant subspace: nothing more to find
+                break
+        values, vectors = krylov.ritz()
+        residuals = krylov.residual_norms(vectors)
+        keep = (residuals <= 1e-3 * values.abs()) & (values.abs() > self.floor)
+        captured = krylov.Q @ vectors[:, keep].to(dtype=meter.dtype, device=meter.device)
+        self.captured = torch.linalg.qr(captured).Q if captured.shape[1] else captured
+        self.deflated_values = values[keep].numpy()
+        self.basis_size = krylov.size
+
+    def _angle(self, t: float) -> float:
+        """``β = arccos x`` of the eigenvalue ``t``."""
+        return math.acos(min(1.0, max(-1.0, (t - self.center) / self.half)))
+
+    def _midpoint(self, lower: float, upper: float) -> float:
+        """The eigenvalue whose angle is halfway between those of ``lower`` and ``upper``;
+        with ``lower = 0`` and negative eigenvalues, the side nearer zero in angle."""
+        angle = (self._angle(lower) + self._angle(upper)) / 2
+        midpoint = self.center + self.half * math.cos(angle)
+        if self.low < 0:
+            mirrored = (self._angle(-lower) + self._angle(-upper)) / 2
+            midpoint = max(midpoint, -(self.center + self.half * math.cos(mirrored)))
+        return midpoint
+
+    def reach(self, degree: int) -> float:
+        """The smallest threshold a degree resolves: its angle ``3π/degree`` from zero's."""
+        shift = _REACH / degree
+        angle = self.beta_zero - shift
+        reach = self.center + self.half * math.cos(angle) if angle > 0 else self.high
+        if self.low < 0:
+            angle = self.beta_zero + shift
+            below = (
+                self.center + self.half * math.cos(angle) if angle < math.pi else self.low
+            )
+            reach = max(reach, -below)
+        return reach
+
+    def _separation(self, t: float) -> float:
+        """Smallest angle between ``±t`` and zero (the side that has eigenvalues)."""
+        separation = abs(self.beta_zero - self._angle(t))
+        if self.low < 0:
+            separation = min(separation, abs(self._angle(-t) - self.beta_zero))
+        return separation
+
+    # -- moments and filters -------------------------------------------------------------
+
+    def moments(self, count: int, steps: int) -> np.ndarray:
+        """``(count, 2·steps + 1)`` moments of sphere probes in ``range(Y)⊥``."""
+        meter, n = self.meter, self.n
+        if count == 0:
+            return np.zeros((0, 2 * steps + 1))
+        chunk = max(1, _BLOCK_BYTES // (32 * n))
+        pieces = []
+        for begin in range(0, count, chunk):
+            probes = probe_block(
+                n,
+                min(chunk, count - begin),
+                kind="sphere",
+                generator=self.generator,
+                dtype=meter.dtype,
+                device=meter.device,
+                orthogonal_to=self.captured,
+            )
+            pieces.append(
+                chebyshev_moments(
+                    meter.hvp,
+                    probes,
+                    steps,
+                    center=self.center,
+                    half_width=self.half,
+                    callback=self.bar.update,
+                )
+                .cpu()
+                .numpy()
+            )
+        moments = np.concatenate(pieces)
+        # |vᵀT_k(B)v| ≤ ‖v‖² while the spectrum lies in [−1, 1]; T_k grows fast outside
+        norms = moments[:, :1]
+        excess = float(np.max(np.abs(moments) / norms)) if norms.size else 0.0
+        if excess > 1.01:
+            raise MatrankError(
+                f"the spectrum reaches outside the bounds [{self.low:.6g}, {self.high:.6g}] "
+                f"from the Krylov run (a Chebyshev moment is {excess:.3g}·‖v‖²): the "
+                "operator is probably not symmetric or not deterministic; check it with "
+                "matrank.check_oracle"
+            )
+        return moments
+
+    def coefficients(self, t: float, degree: int, damping: np.ndarray) -> np.ndarray:
+        """Damped step ``1{|λ| > t}``, shifted and scaled so that ``p(0) = 0`` exactly."""
+        c = np.zeros(degree + 1)
+        upper = (t - self.center) / self.half
+        if upper < 1:
+            c += step_coefficients(upper, 1.0, degree)
+        lower = (-t - self.center) / self.half
+        if self.low < 0 and lower > -1:
+            c += step_coefficients(-1.0, lower, degree)
+        c *= damping[: degree + 1]
+        at_zero = float(np.polynomial.chebyshev.chebval(self._x(0.0), c))
+        c[0] -= at_zero
+        return c / (1 - at_zero)
+
+    def _x(self, t: Any) -> Any:
+        return (np.asarray(t, dtype=np.float64) - self.center) / self.half
+
+    def samples(self, moments: np.ndarray, c: np.ndarray, threshold: float) -> np.ndarray:
+        """Per-probe counts: the deflated Ritz values above ``τ`` plus the probe's.
+
+        The deflated part is a hard count: those eigenvalues are known (to a residual
+        ``≤ 1e-3·|θ|``), so the filter's transition blurs only the rest.
+        """
+        captured = int((np.abs(self.deflated_values) > threshold).sum())
+        return moments[:, : len(c)] @ c + captured
+
+    def curve(self, moments: np.ndarray, degree: int, grid: np.ndarray) -> np.ndarray:
+        """``(m, G)`` per-probe counts at every threshold of ``grid`` (Jackson steps)."""
+        damping = jackson_damping(degree)
+        table = np.stack([self.coefficients(t, degree, damping) for t in grid], axis=1)
+        magnitudes = np.sort(np.abs(self.deflated_values))
+        captured = magnitudes.size - np.searchsorted(magnitudes, grid, side="right")
+        return moments[:, : degree + 1] @ table + captured
+
+    def grid(self, degree: int) -> np.ndarray:
+        low = max(self.reach(degree), self.floor, np.finfo(np.float64).tiny)
+        return np.geomspace(low, max(self.high, 10 * low), 160)
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self, start: float) -> RankResult:
+        options, meter = self.options, self.meter
+        self._bounds()
+        if self.high <= self.floor * 1.02:  # the operator is zero up to rounding
+            return self._result(start, 0.0, 0.0, self.floor, Status.CONVERGED, {})
+        remaining = self.budget - meter.matvecs
+        choice: ThresholdChoice | None = None
+        status = Status.CONVERGED
+        kernel = "jackson"
+        pilot_count = min(_PILOT_PROBES, options.n_probes or _PILOT_PROBES)
+        if options.threshold is not None:
+            threshold = options.threshold
+            separation = self._separation(threshold)
+            if separation == 0:
+                raise MatrankValueError(
+                    message("threshold", f"below λmax = {self.high:.6g}", repr(threshold))
+                )
+            degree = options.degree or _even(
+                min(_DEGREE_CAP, max(16, 2 * _REACH / separation))
+            )
+            pilot_degree = degree
+            damping = jackson_damping(degree)
+            pilot = self.moments(self._affordable(pilot_count), math.ceil(degree / 2))
+        else:
+            if options.degree:
+                pilot_steps = math.ceil(options.degree / 2)
+            else:
+                pilot_steps = int(
+                    min(_DEGREE_CAP // 2, max(8, 0.4 * remaining // pilot_count))
+                )
+            pilot_degree = 2 * pilot_steps
+            pilot = self.moments(self._affordable(pilot_count), pilot_steps)
+            grid = self.grid(pilot_degree)
+            choice = flat_stretch_threshold(grid, self.curve(pilot, pilot_degree, grid))
+            if choice.decades >= 1.0:
+                # The edge at the plateau's angular midpoint, where a degree separates
+                # the two sides best; a plateau reaching the grid's bottom reaches zero
+                # (what lies below the pilot's reach is invisible, and p(0) = 0).
+                lower = 0.0 if choice.lower <= grid[0] else choice.lower
+                threshold = self._midpoint(lower, choice.upper)
+                separation = self._angle(threshold) - self._angle(choice.upper)
+                degree = options.degree or _even(
+                    min(pilot_degree, max(16, _GAUSS_EDGE * _GAUSS_TAIL / separation))
+                )
+                # the steepest Gaussian step whose tails are 1e-6 at both plateau edges
+                width = max(separation / _GAUSS_EDGE, _GAUSS_TAIL / degree)
+                damping, kernel = gaussian_damping(degree, width), "gaussian"
+            else:
+                status = Status.NO_PLATEAU
+                degree = pilot_degree
+                threshold = self.reach(degree)
+                damping = jackson_damping(degree)
+        steps = math.ceil(degree / 2)
+        pilot = pilot[:, : 2 * steps + 1]
+        c = self.coefficients(threshold, degree, damping)
+        pilot_samples = self.samples(pilot, c, threshold)
+        mean, stderr = mean_and_stderr(torch.from_numpy(pilot_samples))
+        if options.n_probes is None:
+            self._deflate(mean + 2 * stderr)
+        if self.captured.shape[1]:
+            # the pilot saw the whole space; the rest sees range(Y)⊥ only
+            moments = self.moments(pilot_count, steps)
+            samples = self.samples(moments, c, threshold)
+            if np.ptp(samples) > 1e-9 * (1 + abs(samples.mean())):
+                more = (self.budget - meter.matvecs) // steps
+                moments = np.concatenate([moments, self.moments(max(0, more), steps)])
+            # else: the probes agree to rounding -- what the deflation left is null
+        else:
+            if options.n_probes:
+                more = options.n_probes - len(pilot)
+            else:
+                more = (self.budget - meter.matvecs) // steps
+            moments = np.concatenate([pilot, self.moments(max(0, more), steps)])
+        reach = self.reach(degree)
+        if threshold < reach * (1 - 1e-12):
+            warnings.warn(
+                f"threshold {threshold:.3g} is below the reach {reach:.3g} of degree "
+                f"{degree}: eigenvalues near it count partially; raise `degree` (cost "
+                "grows like sqrt(λmax/τ))",
+                MatrankWarning,
+                stacklevel=4,
+            )
+        samples = self.samples(moments, c, threshold)
+        mean, stderr = mean_and_stderr(torch.from_numpy(samples))
+        grid = self.grid(degree)
+        table = self.curve(moments, degree, grid)
+        counts = CountingCurve(
+            thresholds=grid,
+            counts=table.mean(axis=0),
+            stderr=table.std(axis=0, ddof=1) / math.sqrt(len(table)),
+        )
+        raw = (
+            step_coefficients(self._x(threshold), 1.0, degree) * damping[: degree + 1]
+            if self._x(threshold) < 1
+            else np.zeros(degree + 1)
+        )
+        diagnostics: dict[str, Any] = {
+            "degree": degree,
+            "n_probes": len(samples),
+            "kernel": kernel,
+            "reach": reach,
+            "filter_coefficients": c,
+            "filter_at_zero": float(np.polynomial.chebyshev.chebval(self._x(0.0), c)),
+            "uncorrected_filter_at_zero": float(
+                np.polynomial.chebyshev.chebval(self._x(0.0), raw)
+            ),
+            "samples": samples,
+        }
+        if choice is not None:
+            diagnostics["plateau"] = dataclasses.asdict(choice)
+        diagnostics["pilot_degree"] = pilot_degree
+        diagnostics["pilot_probes"] = pilot_count
+        diagnostics.update(self._density(moments, degree))
+        return self._result(start, mean, stderr, threshold, status, diagnostics, counts)
+
+    def _affordable(self, count: int) -> int:
+        if count < 2:
+            raise MatrankValueError(
+                message(
+                    "max_matvecs",
+                    "enough for two probes after the Krylov run",
+                    f"{self.budget} ({self.meter.matvecs} spent on bounds and deflation)",
+                )
+            )
+        return count
+
+    def _density(self, moments: np.ndarray, degree: int) -> dict[str, Any]:
+        """Eigenvalues per unit λ on a grid: the probes' moments plus the deflated θ's."""
+        m = moments[:, : degree + 1]
+        weight = self.n - self.captured.shape[1]
+        mean = m.mean(axis=0) / np.maximum(m[:, :1].mean(), 1e-300) * weight
+        k = np.arange(degree + 1)
+        angles = np.arccos(np.clip(self._x(self.deflated_values), -1, 1))
+        mean = mean + np.cos(np.outer(angles, k)).sum(axis=0)
+        x = np.cos(np.linspace(math.pi, 0, self.options.n_points + 2)[1:-1])
+        density = kpm_density(mean, jackson_damping(degree), x) / self.half
+        return {"density_grid": self.center + self.half * x, "density": density}
+
+    def _result(
+        self,
+        start: float,
+        rank: float,
+        stderr: float,
+        threshold: float,
+        status: Status,
+        diagnostics: dict[str, Any],
+        counts: CountingCurve | None = None,
+    ) -> RankResult:
+        diagnostics = {
+            "variant": "default",
+            "lambda_min": self.low,
+            "lambda_max": self.high,
+            "noise_floor": self.floor,
+            "deflated": int(self.captured.shape[1]),
+            "deflated_values": self.deflated_values,
+            "basis_size": self.basis_size,
+            **diagnostics,
+        }
+        return RankResult(
+            rank=float(rank),
+            stderr=float(stderr),
+            threshold=float(threshold),
+            method="polynomial",
+            cost=self.meter.cost(time.perf_counter() - start),
+            diagnostics=diagnostics,
+            counts=counts,
+            status=status,
+        )
+
+
+def _even(value: float) -> int:
+    """The even integer at or above ``value`` (doubled moments come in even degrees)."""
+    return 2 * math.ceil(value / 2)
 
 
 def _ubaru_saad_jackson(count: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import torch
 
 __all__ = [
     "chebyshev_moments",
+    "gaussian_damping",
     "jackson_damping",
     "kpm_density",
     "lanczos_sigma_damping",
@@ -31,6 +32,7 @@ def chebyshev_moments(
     center: float,
     half_width: float,
     doubling: bool = True,
+    callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Moments ``vᵀT_k(B)v`` of every probe column, ``B = (A − center)/half_width``.
 
@@ -48,32 +50,45 @@ def chebyshev_moments(
         Use ``T_{2k} = 2T_k² − T_0`` and ``T_{2k+1} = 2T_{k+1}T_k − T_1`` to get
         ``2·steps + 1`` moments from ``steps`` matvecs (Weiße et al. 2006, eq. 34); else
         ``steps + 1`` moments by the plain recurrence (as the U&S code does).
+    callback : callable or None
+        Called with ``m`` after every block product (progress reporting).
 
     Returns
     -------
     torch.Tensor
         ``(m, K)`` float64 moments, ``K = 2·steps + 1`` or ``steps + 1``.
+
+    Notes
+    -----
+    Streams: only ``T_{k−1}v`` and ``T_kv`` are kept, so memory is three blocks whatever
+    ``steps``.
     """
 
     def apply_b(X: torch.Tensor) -> torch.Tensor:
-        return (matmat(X) - center * X) / half_width
+        out = (matmat(X) - center * X) / half_width
+        if callback is not None:
+            callback(X.shape[1])
+        return out
+
+    def dot(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        return (X * Y).sum(0).to(torch.float64)
 
     previous, current = probes, apply_b(probes)
-    vectors = [previous, current]
-    for _ in range(steps - 1):
-        previous, current = current, 2 * apply_b(current) - previous
-        vectors.append(current)
     if not doubling:
-        return torch.stack([(probes * t).sum(0) for t in vectors], dim=1).to(torch.float64)
-    t0t0 = (vectors[0] * vectors[0]).sum(0)
-    t1t0 = (vectors[1] * vectors[0]).sum(0)
-    moments = []
-    for k in range(steps + 1):
-        tk = vectors[k]
-        moments.append(2 * (tk * tk).sum(0) - t0t0)  # T_{2k}
+        moments = [dot(probes, previous), dot(probes, current)]
+        for _ in range(steps - 1):
+            previous, current = current, 2 * apply_b(current) - previous
+            moments.append(dot(probes, current))
+        return torch.stack(moments, dim=1)
+    t0t0, t1t0 = dot(probes, probes), dot(current, probes)
+    moments = [t0t0, t1t0]
+    for k in range(1, steps + 1):
+        moments.append(2 * dot(current, current) - t0t0)  # T_{2k}
         if k < steps:
-            moments.append(2 * (vectors[k + 1] * tk).sum(0) - t1t0)  # T_{2k+1}
-    return torch.stack(moments, dim=1).to(torch.float64)
+            following = 2 * apply_b(current) - previous
+            moments.append(2 * dot(following, current) - t1t0)  # T_{2k+1}
+            previous, current = current, following
+    return torch.stack(moments, dim=1)
 
 
 def jackson_damping(degree: int) -> np.ndarray:
@@ -85,6 +100,18 @@ def jackson_damping(degree: int) -> np.ndarray:
     return (1 - k / m) * np.cos(k * theta) + np.sin(k * theta) * math.cos(theta) / (
         m * math.sin(theta)
     )
+
+
+def gaussian_damping(degree: int, width: float) -> np.ndarray:
+    """Factors ``exp(−(k·width)²/2)``: the series of a function convolved, in the angle
+    ``β = arccos x``, with a Gaussian of standard deviation ``width``.
+
+    A step damped this way is ``Φ(−δ/width)`` at an angular distance ``δ`` from its edge --
+    exponentially small tails where Jackson's decay like ``(degree·δ)^{−3}`` -- and the
+    terms past ``degree`` are below ``exp(−(degree·width)²/2)``.
+    """
+    k = np.arange(degree + 1)
+    return np.exp(-0.5 * (k * width) ** 2)
 
 
 def lanczos_sigma_damping(degree: int) -> np.ndarray:

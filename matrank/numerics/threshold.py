@@ -17,7 +17,13 @@ import numpy as np
 
 from .._result import CountingCurve
 
-__all__ = ["ThresholdChoice", "counting_curve", "plateau_threshold", "resolve_threshold"]
+__all__ = [
+    "ThresholdChoice",
+    "counting_curve",
+    "flat_stretch_threshold",
+    "plateau_threshold",
+    "resolve_threshold",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +110,74 @@ def plateau_threshold(
         upper=upper,
         decades=float(widths[best]),
         runner_up_decades=float(others.max()) if others.size else 0.0,
+    )
+
+
+def flat_stretch_threshold(
+    thresholds: np.ndarray, samples: np.ndarray, *, preference: float = 0.5
+) -> ThresholdChoice:
+    """The plateau rule for an estimated counting curve: the widest flat stretch.
+
+    Parameters
+    ----------
+    thresholds : array_like
+        ``(G,)`` increasing thresholds, log-spaced.
+    samples : array_like
+        ``(m, G)`` per-probe estimates of ``N(t)`` at each threshold (``m ≥ 2``), as a
+        stochastic estimator makes them: their mean is the counting curve.
+    preference : float, default=0.5
+        As in :func:`plateau_threshold`: among disjoint stretches at least ``preference``
+        times as wide as the widest, the highest wins.
+
+    Returns
+    -------
+    ThresholdChoice
+        The geometric centre of the chosen stretch, its edges (grid points) and widths.
+
+    Notes
+    -----
+    A stretch ``[t_a, t_b]`` is flat when the estimated number of eigenvalues inside it,
+    ``N(t_a) − N(t_b)``, is below ``0.5 + 2·stderr`` -- the stderr of that difference from
+    the per-probe spread (the curves at ``t_a`` and ``t_b`` share probes, so the
+    difference is far more precise than either end). This is the rule of
+    :func:`plateau_threshold` read off a curve instead of a list of eigenvalues: the
+    flat stretch is the plateau, its width in decades decides, and the same preference
+    for the higher of two comparable plateaus applies.
+    """
+    t = np.asarray(thresholds, dtype=np.float64)
+    values = np.asarray(samples, dtype=np.float64)
+    m, size = values.shape
+    mean = values.mean(axis=0)
+    covariance = np.atleast_2d(np.cov(values, rowvar=False))
+    variance = np.diag(covariance)
+    spread = variance[:, None] + variance[None, :] - 2 * covariance
+    stderr = np.sqrt(np.maximum(spread, 0.0) / m)
+    flat = mean[:, None] - mean[None, :] <= 0.5 + 2 * stderr
+    # reach[a]: the last b such that every stretch [a, b'] with b' ≤ b is flat
+    reach = np.empty(size, dtype=np.int64)
+    for a in range(size):
+        broken = np.flatnonzero(~flat[a, a:])
+        reach[a] = a + (broken[0] - 1 if broken.size else size - 1 - a)
+    logs = np.log10(t)
+    widths = logs[reach] - logs
+    # maximal stretches, widest first, kept when disjoint from those already kept
+    stretches: list[tuple[int, int]] = []
+    for a in np.argsort(-widths, kind="stable"):
+        b = int(reach[a])
+        if b > a and all(b < lo or a > hi for lo, hi in stretches):
+            stretches.append((int(a), b))
+    if not stretches:
+        return ThresholdChoice(float(t[0]), float(t[0]), float(t[0]), 0.0, 0.0)
+    widest = logs[stretches[0][1]] - logs[stretches[0][0]]
+    comparable = [s for s in stretches if logs[s[1]] - logs[s[0]] >= preference * widest]
+    lo, hi = max(comparable, key=lambda s: s[0])
+    others = [logs[b] - logs[a] for a, b in stretches if (a, b) != (lo, hi)]
+    return ThresholdChoice(
+        threshold=math.sqrt(t[lo] * t[hi]),
+        lower=float(t[lo]),
+        upper=float(t[hi]),
+        decades=float(logs[hi] - logs[lo]),
+        runner_up_decades=float(max(others, default=0.0)),
     )
 
 
