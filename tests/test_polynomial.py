@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 import matrank
 from matrank.adapters import LinearNetHessian
 from matrank.estimators.polynomial import ubaru_saad_gap
 from matrank.testing import rotated_spectrum
+from matrank.testing.strategies import low_rank_psd
 
 
 def expected_soft_count(result, spectrum, n):
@@ -94,3 +96,152 @@ def test_same_seed_is_bit_identical():
         first.diagnostics["samples"], second.diagnostics["samples"]
     )
     assert estimator.estimate(matrix, seed=4).rank != first.rank
+
+
+# -- the default variant -------------------------------------------------------------------
+
+
+def soft_count(result, eigenvalues):
+    """Σ_i p(λ_i) for the filter that ran (eigenvalues of the whole space, zeros included)."""
+    low, high = result.diagnostics["lambda_min"], result.diagnostics["lambda_max"]
+    mapped = (np.asarray(eigenvalues) - (high + low) / 2) / ((high - low) / 2)
+    coefficients = result.diagnostics["filter_coefficients"]
+    return np.polynomial.chebyshev.chebval(mapped, coefficients).sum()
+
+
+def test_default_filter_is_unbiased_for_its_soft_count_and_ignores_the_null_space():
+    # rank 40 in n = 1500: 1460 null eigenvalues, which the U&S step counts at p(0) each
+    matrix = rotated_spectrum(1500, 40, cond=30.0, seed=0)
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    z_scores = []
+    for seed in range(5):
+        result = matrank.PolynomialRank(deflate=0, max_matvecs=3000).estimate(
+            matrix, seed=seed
+        )
+        assert result.diagnostics["filter_at_zero"] == pytest.approx(0.0, abs=1e-12)
+        assert result.diagnostics["deflated"] == 0
+        assert result.cost["matvecs"] <= 3000
+        assert result.status is matrank.Status.CONVERGED
+        # the edge sits in the gap between 0 and the smallest signal eigenvalue 1/30
+        assert 0 < result.threshold < 1 / 30
+        z_scores.append((result.rank - soft_count(result, eigenvalues)) / result.stderr)
+        assert abs(result.rank - 40) < 4 * result.stderr
+    assert np.all(np.abs(z_scores) < 4), z_scores
+
+
+def test_default_soft_count_equals_n_tau_on_the_linear_net_beyond_its_gaps():
+    # a continuous spectrum over 5 decades: no plateau, τ at the filter's reach
+    problem = LinearNetHessian.random_minimum(16, 16, 5, seed=1)
+    spectrum = problem.spectrum()
+    estimator = matrank.PolynomialRank(deflate=0, max_matvecs=6000)
+    z_scores = []
+    for seed in range(4):
+        result = estimator.estimate(problem, seed=seed)
+        assert result.status is matrank.Status.NO_PLATEAU
+        assert result.threshold == pytest.approx(result.diagnostics["reach"])
+        counted = int((spectrum > result.threshold).sum())
+        z_scores.append((result.rank - counted) / result.stderr)
+    assert np.all(np.abs(z_scores) < 4), z_scores
+
+
+def test_deflation_captures_a_small_rank_whole_and_counts_it_exactly():
+    matrix = rotated_spectrum(600, 25, cond=1e3, seed=3)
+    result = matrank.PolynomialRank().estimate(matrix, seed=0)
+    assert result.diagnostics["deflated"] == 25
+    assert result.diagnostics["path"] == "deflated (exact)"
+    assert result.rank == pytest.approx(25, abs=1e-9)
+    assert result.stderr < 1e-9
+    # the exact path applies the exact methods' plateau rule to the captured spectrum
+    assert result.threshold == pytest.approx(
+        matrank.estimate_rank(matrix, method="exact").threshold, rel=0.05
+    )
+
+
+def test_user_threshold_sets_the_degree_from_its_angle():
+    matrix = rotated_spectrum(400, 30, cond=10.0, seed=4)
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    wide = matrank.PolynomialRank(threshold=0.05, deflate=0, max_matvecs=2000)
+    narrow = matrank.PolynomialRank(threshold=0.0005, deflate=0, max_matvecs=2000)
+    first, second = wide.estimate(matrix, seed=0), narrow.estimate(matrix, seed=0)
+    assert first.threshold == 0.05
+    # degree ∝ sqrt(λmax/τ): 100× smaller τ, 10× the degree
+    ratio = second.diagnostics["degree"] / first.diagnostics["degree"]
+    assert 8 < ratio < 12
+    for result in (first, second):
+        expected = soft_count(result, eigenvalues)
+        assert abs(result.rank - expected) < 4 * result.stderr
+        assert abs(result.rank - 30) < 4 * result.stderr
+
+
+def test_indefinite_matrix_counts_both_signs():
+    matrix = rotated_spectrum(300, 20, cond=10.0, negative=6, seed=5)
+    result = matrank.PolynomialRank(deflate=0, max_matvecs=3000).estimate(matrix, seed=1)
+    assert result.diagnostics["lambda_min"] < -0.09
+    assert abs(result.rank - 20) < 4 * result.stderr
+    assert abs(result.rank - soft_count(result, np.linalg.eigvalsh(matrix))) < (
+        4 * result.stderr
+    )
+
+
+def test_noise_band_under_the_gap_is_left_out():
+    # 560 eigenvalues from 1e-5 down to 1e-15 under a signal in [1e-2, 1]
+    matrix = rotated_spectrum(600, 40, cond=100.0, noise_gap=1e3, seed=6)
+    result = matrank.PolynomialRank(deflate=0, max_matvecs=4000).estimate(matrix, seed=2)
+    assert result.status is matrank.Status.CONVERGED
+    assert 1e-5 < result.threshold < 1e-2
+    assert abs(result.rank - 40) < 4 * result.stderr
+
+
+def test_counting_curve_and_density_follow_the_spectrum():
+    matrix = rotated_spectrum(500, 30, cond=100.0, seed=7)
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    result = matrank.PolynomialRank(deflate=0, max_matvecs=4000).estimate(matrix, seed=0)
+    curve = result.counts
+    # above the signal nothing is counted, and inside the gap everything is
+    top = curve.thresholds > 1.5
+    assert np.all(np.abs(curve.counts[top]) < 4 * curve.stderr[top] + 0.5)
+    gap = (curve.thresholds > 2e-3) & (curve.thresholds < 5e-3)
+    assert np.all(np.abs(curve.counts[gap] - 30) < 4 * curve.stderr[gap] + 0.5)
+    grid, density = result.diagnostics["density_grid"], result.diagnostics["density"]
+    # eigenvalues per unit λ: the mass above 0.05 is the count there (trapezoid on the
+    # Chebyshev grid; the Jackson blur moves a little mass across 0.05)
+    mask = grid > 0.05
+    mass = np.trapezoid(density[mask], grid[mask])
+    assert mass == pytest.approx((eigenvalues > 0.05).sum(), abs=4)
+
+
+def test_default_messages():
+    with pytest.raises(matrank.MatrankValueError, match=r"`threshold` must be a real"):
+        matrank.PolynomialRank(threshold=0.0)
+    with pytest.raises(matrank.MatrankTypeError, match=r"`threshold` must be a real"):
+        matrank.PolynomialRank(threshold="floor")
+    with pytest.raises(
+        matrank.MatrankValueError,
+        match=r"`deflate` must be None with variant='ubaru-saad'",
+    ):
+        matrank.PolynomialRank(variant="ubaru-saad", deflate=10)
+    matrix = rotated_spectrum(300, 10, seed=8)
+    with pytest.raises(matrank.MatrankValueError, match=r"`max_matvecs` must be enough"):
+        matrank.PolynomialRank(max_matvecs=64, threshold=1e-3).estimate(matrix)
+    with pytest.raises(matrank.MatrankValueError, match=r"`threshold` must be below"):
+        matrank.PolynomialRank(threshold=10.0).estimate(matrix)
+
+
+def test_threshold_below_the_reach_of_a_fixed_degree_warns():
+    matrix = rotated_spectrum(200, 10, cond=1e4, seed=9)
+    with pytest.warns(matrank.MatrankWarning, match=r"below the reach .* of degree 20"):
+        matrank.PolynomialRank(threshold=1e-4, degree=20, n_probes=4).estimate(matrix)
+
+
+def test_zero_operator_has_rank_zero():
+    result = matrank.PolynomialRank().estimate(np.zeros((50, 50)), seed=0)
+    assert result.rank == 0 and result.stderr == 0
+
+
+@settings(max_examples=8, deadline=None)
+@given(case=low_rank_psd(max_n=120, max_cond=1e3))
+def test_default_agrees_with_the_dense_rank_within_its_stderr(case):
+    matrix, rank = case
+    result = matrank.PolynomialRank(max_matvecs=3000).estimate(matrix, seed=0)
+    # the Gaussian step's tails are 1e-6 at the plateau's edges: at most 1e-6 per eigenvalue
+    assert abs(result.rank - rank) <= 4 * result.stderr + 1e-6 * matrix.shape[0]

@@ -31,7 +31,11 @@ from ..numerics.chebyshev import (
     step_coefficients,
 )
 from ..numerics.krylov import BlockKrylov, spectral_bounds
-from ..numerics.threshold import ThresholdChoice, flat_stretch_threshold
+from ..numerics.threshold import (
+    ThresholdChoice,
+    flat_stretch_threshold,
+    resolve_threshold,
+)
 from ..numerics.trace import mean_and_stderr, probe_block
 from ._common import prepare, progress_bar
 
@@ -306,6 +310,8 @@ class _DefaultFilter:
         self.captured = torch.zeros(n, 0, dtype=meter.dtype, device=meter.device)
         self.deflated_values = np.zeros(0)
         self.basis_size = 0
+        self.invariant = False
+        self.exact_path = False
 
     def _deflate(self, expected: float) -> None:
         """Capture the top subspace when the basis can hold all of it.
@@ -321,7 +327,7 @@ class _DefaultFilter:
         if limit is None:
             limit = (self.budget - meter.matvecs) // 2
         limit = min(limit, _BASIS_BYTES // (8 * n), n)
-        wanted = 2 * math.ceil(expected) + 64
+        wanted = min(2 * math.ceil(expected) + 64, n)
         if expected < 0.5 or wanted > limit:
             return
         krylov = BlockKrylov(meter.hvp, n, meter.dtype, meter.device, self.generator)
@@ -338,6 +344,7 @@ class _DefaultFilter:
         self.captured = torch.linalg.qr(captured).Q if captured.shape[1] else captured
         self.deflated_values = values[keep].numpy()
         self.basis_size = krylov.size
+        self.invariant = krylov.next_kept == 0
 
     def _angle(self, t: float) -> float:
         """``β = arccos x`` of the eigenvalue ``t``."""
@@ -470,16 +477,22 @@ class _DefaultFilter:
         if options.threshold is not None:
             threshold = options.threshold
             separation = self._separation(threshold)
-            if separation == 0:
+            if threshold >= max(self.high, -self.low):
                 raise MatrankValueError(
-                    message("threshold", f"below λmax = {self.high:.6g}", repr(threshold))
+                    message(
+                        "threshold",
+                        f"below the spectral bound {max(self.high, -self.low):.6g}",
+                        repr(threshold),
+                    )
                 )
             degree = options.degree or _even(
                 min(_DEGREE_CAP, max(16, 2 * _REACH / separation))
             )
             pilot_degree = degree
             damping = jackson_damping(degree)
-            pilot = self.moments(self._affordable(pilot_count), math.ceil(degree / 2))
+            steps = math.ceil(degree / 2)
+            pilot_count = min(pilot_count, self._affordable(remaining // steps))
+            pilot = self.moments(pilot_count, steps)
         else:
             if options.degree:
                 pilot_steps = math.ceil(options.degree / 2)
@@ -488,7 +501,8 @@ class _DefaultFilter:
                     min(_DEGREE_CAP // 2, max(8, 0.4 * remaining // pilot_count))
                 )
             pilot_degree = 2 * pilot_steps
-            pilot = self.moments(self._affordable(pilot_count), pilot_steps)
+            pilot_count = min(pilot_count, self._affordable(remaining // pilot_steps))
+            pilot = self.moments(pilot_count, pilot_steps)
             grid = self.grid(pilot_degree)
             choice = flat_stretch_threshold(grid, self.curve(pilot, pilot_degree, grid))
             if choice.decades >= 1.0:
@@ -523,7 +537,16 @@ class _DefaultFilter:
             if np.ptp(samples) > 1e-9 * (1 + abs(samples.mean())):
                 more = (self.budget - meter.matvecs) // steps
                 moments = np.concatenate([moments, self.moments(max(0, more), steps)])
-            # else: the probes agree to rounding -- what the deflation left is null
+            elif self.invariant and options.threshold is None:
+                # The basis is invariant and the probes agree to rounding: the spectrum
+                # above the floor is known exactly, and the exact methods' plateau rule
+                # applies to it (down to the noise floor, past any filter's reach).
+                threshold, choice = resolve_threshold(
+                    np.abs(self.deflated_values), self.floor, None
+                )
+                assert choice is not None
+                status = Status.CONVERGED if choice.decades >= 1 else Status.NO_PLATEAU
+                self.exact_path = True
         else:
             if options.n_probes:
                 more = options.n_probes - len(pilot)
@@ -531,7 +554,7 @@ class _DefaultFilter:
                 more = (self.budget - meter.matvecs) // steps
             moments = np.concatenate([pilot, self.moments(max(0, more), steps)])
         reach = self.reach(degree)
-        if threshold < reach * (1 - 1e-12):
+        if threshold < reach * (1 - 1e-12) and not self.exact_path:
             warnings.warn(
                 f"threshold {threshold:.3g} is below the reach {reach:.3g} of degree "
                 f"{degree}: eigenvalues near it count partially; raise `degree` (cost "
@@ -612,6 +635,7 @@ class _DefaultFilter:
             "noise_floor": self.floor,
             "deflated": int(self.captured.shape[1]),
             "deflated_values": self.deflated_values,
+            "path": "deflated (exact)" if self.exact_path else "probes",
             "basis_size": self.basis_size,
             **diagnostics,
         }
