@@ -37,7 +37,7 @@ def plot_counts(result: RankResult, ax: Any = None) -> Any:
         raise MatrankValueError(
             message(
                 "result",
-                "a result with a counting curve (methods exact, lanczos)",
+                "a result with a counting curve (methods exact, lanczos, polynomial)",
                 f"method {result.method!r} without one",
             )
         )

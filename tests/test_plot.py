@@ -39,6 +39,10 @@ def test_density_and_loss_trace_panels():
     polynomial = matrank.estimate_rank(matrix, method="polynomial", seed=0, n_probes=20)
     ax = plot_density(polynomial)
     assert ax.get_xlabel() == "eigenvalue λ" and ax.get_ylabel() == "density of states"
+    # the default polynomial variant also estimates N(τ), drawn with its ±2 stderr band
+    ax = plot_counts(polynomial)
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "±2 stderr" in labels and any(label.startswith("plateau (") for label in labels)
     langevin = matrank.estimate_rank(
         matrix,
         method="langevin",
