@@ -85,9 +85,10 @@ class PolynomialRank:
         Budget of the ``"default"`` variant, 15,000 when ``None`` (the faithful mode's
         cost is fixed by ``degree·n_probes``).
     deflate : int or None, default=None
-        ``"default"`` only: most Krylov columns spent on the top subspace; ``None`` means
-        up to a fifth of the budget (and 1 GB of basis), stopping early once more columns
-        stop converging Ritz pairs; ``0`` switches deflation off.
+        ``"default"`` only: most Krylov columns spent on capturing the top subspace;
+        ``None`` means half the budget left after the pilot (and at most 1 GB of basis);
+        ``0`` switches deflation off. Deflation runs only when the pilot's count ``r``
+        fits: ``2r + 64`` columns within this limit.
     n_points : int, default=100
         Points of the density grid (``Npts`` of the U&S code).
     lanczos_steps : int, default=30
@@ -100,22 +101,27 @@ class PolynomialRank:
     from moments ``vᵀT_k(B)v`` of random probes; the density of states, the threshold
     and the count all come from the same moments.
 
-    **Default.** (1) Block Krylov on ``A`` (at most ``deflate`` columns) gives the
-    spectral bounds and the Ritz pairs that have converged (residual ≤ ``1e-3·|θ|``);
-    their span ``Y`` is deflated: its part of the trace is ``Σ p(θ_i)``, and the probes
-    (uniform on the sphere of ``range(Y)⊥``) estimate only the rest, so a rank that the
-    basis captures whole is counted with no variance. (2) A pilot of 16 probes at high
-    degree gives the estimated counting curve ``N(t)`` for ``t`` from the filter's reach
-    to ``λmax``; ``τ`` is the centre of its widest flat stretch (at least a decade;
-    :func:`matrank.numerics.threshold.flat_stretch_threshold`). (3) Inside a plateau the
-    step is Gaussian-damped (tails ``1e-6`` at the plateau's edges, where Jackson's decay
+    **Default.** (1) Bounds from ``lanczos_steps`` Lanczos steps (a 1 % margin; a Ritz
+    value below the noise floor's negative proves negative eigenvalues, which are then
+    counted too, as ``|λ| > τ``). (2) A pilot of 16 sphere probes at high degree gives
+    the estimated counting curve ``N(t)`` for ``t`` from the filter's reach to ``λmax``;
+    its widest flat stretch, at least a decade wide, is the plateau
+    (:func:`matrank.numerics.threshold.flat_stretch_threshold`). (3) Inside a plateau the
+    step's edge ``τ`` sits at the plateau's angular midpoint (its lower end taken as zero
+    when it reaches the bottom of the pilot's grid), and the step is Gaussian-damped (tails ``1e-6`` at the plateau's edges, where Jackson's decay
     only like ``(degree·δ)^{−3}``), at the lowest degree that achieves it, and the rest of
     the budget buys probes at that degree. Without a plateau (a continuous spectrum, as
     on deep-linear-network Hessians) the status is ``NO_PLATEAU`` and ``τ`` is the
     *reach* of the pilot's degree ``D`` -- the threshold whose angle ``arccos x`` lies
     ``3π/D`` from zero's, ``≈ (3π/(2D))²·λmax`` for a PSD operator: the soft count of a
     Jackson step there equals ``N(τ)`` on smooth densities, and eigenvalues below it are
-    out of reach of this degree. (4) The filter is shifted and scaled so that
+    out of reach of this degree. (4) When the pilot's count ``r`` fits a Krylov basis of
+    ``2r + 64`` columns, the converged Ritz pairs (residual ``≤ 1e-3·|θ|``) span a
+    deflated ``Y``: their values above ``τ`` count exactly and fresh probes, uniform on
+    the sphere of ``range(Y)⊥``, estimate only the rest (Hutch++'s split). If those find
+    nothing left and the basis is invariant, the spectrum above the noise floor is known
+    and the exact methods' plateau rule sets ``τ``: an exact count, stderr 0.
+    (5) The filter is shifted and scaled so that
     ``p(0) = 0`` exactly: an exact null space, however large, adds nothing (the plain
     step's ``p(0)`` of ``1e-3`` … ``1e-5`` counts ``(n − r)·p(0)`` phantom eigenvalues).
     Negative eigenvalues below ``−τ`` are counted too when the bounds show any.
