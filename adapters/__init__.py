@@ -4,8 +4,9 @@ Importing this package registers the explicit-matrix adapters with
 :func:`matrank.as_oracle`; importing :mod:`matrank` does so too.
 """
 
-from . import dense, linear_net, pytorch
+from . import dense, function, linear_net, pytorch
 from .dense import DenseOracle, LinearOperatorOracle, SparseOracle
+from .function import LossFunction
 from .linear_net import LinearNetHessian
 from .pytorch import TorchLoss, adam_preconditioner
 
@@ -13,10 +14,12 @@ __all__ = [
     "DenseOracle",
     "LinearNetHessian",
     "LinearOperatorOracle",
+    "LossFunction",
     "SparseOracle",
     "TorchLoss",
     "adam_preconditioner",
     "dense",
+    "function",
     "linear_net",
     "pytorch",
 ]

@@ -21,7 +21,13 @@ from ._validation import (
     NotSymmetricError,
     OperatorContractError,
 )
-from .estimators import ExactRank, LanczosRank, LangevinRank, PolynomialRank
+from .estimators import (
+    EvolutionRank,
+    ExactRank,
+    LanczosRank,
+    LangevinRank,
+    PolynomialRank,
+)
 
 try:
     __version__ = version("matrank")
@@ -32,6 +38,7 @@ __all__ = [
     "ESTIMATORS",
     "Capability",
     "CountingCurve",
+    "EvolutionRank",
     "ExactRank",
     "LanczosRank",
     "LangevinRank",

@@ -14,7 +14,13 @@ from ._validation import (
     check_int,
     message,
 )
-from .estimators import ExactRank, LanczosRank, LangevinRank, PolynomialRank
+from .estimators import (
+    EvolutionRank,
+    ExactRank,
+    LanczosRank,
+    LangevinRank,
+    PolynomialRank,
+)
 
 __all__ = ["AUTO_EXACT_MAX_DIM", "ESTIMATORS", "auto_method", "estimate_rank"]
 
@@ -24,6 +30,7 @@ ESTIMATORS: dict[str, type] = {
     "lanczos": LanczosRank,
     "polynomial": PolynomialRank,
     "langevin": LangevinRank,
+    "evolution": EvolutionRank,
 }
 
 #: Up to this dimension ``"auto"`` runs the dense eigendecomposition: at n = 4096 it takes
