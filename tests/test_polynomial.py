@@ -233,6 +233,13 @@ def test_threshold_below_the_reach_of_a_fixed_degree_warns():
         matrank.PolynomialRank(threshold=1e-4, degree=20, n_probes=4).estimate(matrix)
 
 
+def test_full_rank_captured_whole_leaves_empty_probes():
+    # the basis is all of R^n: the probes of its (empty) complement are zero vectors
+    result = matrank.PolynomialRank().estimate(np.eye(30), seed=0)
+    assert result.rank == 30 and result.stderr == 0
+    assert result.diagnostics["path"] == "deflated (exact)"
+
+
 def test_zero_operator_has_rank_zero():
     result = matrank.PolynomialRank().estimate(np.zeros((50, 50)), seed=0)
     assert result.rank == 0 and result.stderr == 0

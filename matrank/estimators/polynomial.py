@@ -420,7 +420,8 @@ class _DefaultFilter:
         moments = np.concatenate(pieces)
         # |vᵀT_k(B)v| ≤ ‖v‖² while the spectrum lies in [−1, 1]; T_k grows fast outside
         norms = moments[:, :1]
-        excess = float(np.max(np.abs(moments) / norms)) if norms.size else 0.0
+        bound = np.maximum(norms, np.finfo(np.float64).tiny)  # a probe of an empty ⊥
+        excess = float(np.max(np.abs(moments) / bound)) if norms.size else 0.0
         if excess > 1.01:
             raise MatrankError(
                 f"the spectrum reaches outside the bounds [{self.low:.6g}, {self.high:.6g}] "
@@ -537,7 +538,8 @@ class _DefaultFilter:
         if options.n_probes is None:
             self._deflate(mean + 2 * stderr)
         if self.captured.shape[1]:
-            # the pilot saw the whole space; the rest sees range(Y)⊥ only
+            # the pilot saw the whole space; the rest sees range(Y)⊥ only (nothing, when
+            # the basis holds all of R^n: the probes are then zero, and agree)
             moments = self.moments(pilot_count, steps)
             samples = self.samples(moments, c, threshold)
             if np.ptp(samples) > 1e-9 * (1 + abs(samples.mean())):
