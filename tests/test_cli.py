@@ -102,6 +102,10 @@ def test_methods_and_demo(capsys):
     assert "method" in out and "truth" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("exact")]
     assert rows and rows[0][1] == "15" and rows[0][-1] == "15"
+    # the black-box table: auto routes a loss-only oracle to evolution, which counts 12
+    assert "auto → evolution: rank 12," in out
+    methods = main(["methods"]) == 0 and capsys.readouterr().out
+    assert "evolution" in methods and "loss values" in methods
 
 
 def test_threshold_floor_from_the_command_line(files, capsys):

@@ -118,6 +118,24 @@ def test_tiny_mlp_through_torch_loss_agrees_with_its_hessian():
     assert truth == 5 and result.rank == truth
 
 
+def test_nonlinear_mlp_count_matches_its_hessian_at_the_reported_threshold():
+    # a tanh MLP (31 parameters) fitted exactly by its own outputs on 8 inputs: the
+    # Hessian JᵀJ has rank 8 with eigenvalues over four decades; the count must be the
+    # number of Hessian eigenvalues above the threshold the estimator reports
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)
+    ).double()
+    X = torch.randn(8, 3, dtype=torch.float64, generator=generator)
+    oracle = TorchLoss(model, torch.nn.functional.mse_loss, (X, model(X).detach()))
+    eigenvalues = np.linalg.eigvalsh(oracle.dense_hessian().numpy())
+    result = matrank.estimate_rank(oracle, method="evolution", seed=0)
+    assert abs(result.diagnostics["quadratic_ratio"] / 4 - 1) <= 0.05
+    assert result.rank == int((eigenvalues > result.threshold).sum())
+    assert 1 <= result.rank <= 8
+
+
 def test_loss_function_adapter_and_messages():
     torch_f = LossFunction(lambda T: (T**2).sum(dim=1), torch.zeros(3))
     assert torch_f.loss(torch.ones(2, 3, dtype=torch.float32)).tolist() == [3.0, 3.0]
