@@ -9,7 +9,7 @@ import torch
 import matrank
 from matrank.adapters import LossFunction, TorchLoss
 from matrank.estimators.evolution import null_band
-from matrank.testing import haar_orthogonal, rotated_spectrum
+from matrank.testing import catalogue, haar_orthogonal, rotated_spectrum
 
 
 def quadratic(eigenvalues, seed=0):
@@ -69,6 +69,22 @@ def test_counts_gapped_quadratics_exactly(n, rank, cond):
     assert result.status is matrank.Status.CONVERGED
     assert result.cost["loss_evals"] > 0 and result.cost["grads"] == 0
     assert result.diagnostics["margin"] >= 2
+
+
+@pytest.mark.parametrize("case", catalogue(max_n=64), ids=lambda case: case.name)
+def test_counts_the_small_catalogue_cases(case):
+    result = matrank.EvolutionRank().estimate(case.matrix(), seed=0)
+    assert result.rank == case.rank and result.status is matrank.Status.CONVERGED
+
+
+def test_comma_selection_keeps_the_best_of_each_population():
+    matrix = rotated_spectrum(6, 2, cond=2.0, seed=0)
+    result = matrank.EvolutionRank(selection="comma", population=50).estimate(
+        matrix, seed=0
+    )
+    assert result.rank == 2
+    # one kept sample per population of 50
+    assert result.diagnostics["kept"] == result.diagnostics["populations"]
 
 
 def test_threshold_is_consistent_with_the_counted_eigenvalues():
