@@ -89,6 +89,18 @@ def test_progress_bar_shows_the_running_count(capsys):
         matrank.estimate_rank(matrix, method="lanczos", progress="yes")
 
 
+@pytest.mark.parametrize(
+    ("method", "shown"), [("polynomial", "matvec"), ("evolution", "rank=")]
+)
+def test_polynomial_and_evolution_bars(method, shown, capsys):
+    matrix = rotated_spectrum(40, 5, cond=2.0, seed=4)
+    result = matrank.estimate_rank(matrix, method=method, seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert method in err and shown in err and round(result.rank) == 5
+    matrank.estimate_rank(matrix, method=method, seed=0)
+    assert capsys.readouterr().err == ""
+
+
 def test_cli_shows_progress_unless_asked_not_to(tmp_path, capsys):
     path = tmp_path / "m.npy"
     np.save(path, rotated_spectrum(200, 20, seed=4))
