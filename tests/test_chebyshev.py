@@ -84,3 +84,17 @@ def test_density_integrates_to_one_and_peaks_at_the_null_cluster():
     assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=5e-3)
     zero = (0.0 - CENTER) / HALF
     assert abs(grid[np.argmax(density)] - zero) < 0.05
+
+
+def test_moments_survive_an_operator_that_returns_its_input():
+    # the recurrence writes into the product's storage: an identity oracle returning V
+    # itself (or a view of it) must not corrupt T_k v
+    probes = torch.randn(
+        N, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    for matmat in (lambda V: V, lambda V: V[:, :]):
+        moments = chebyshev_moments(matmat, probes, 5, center=0.0, half_width=2.0)
+        # B = I/2: T_k(1/2) = cos(kπ/3), times ‖v‖²
+        k = np.arange(11)
+        expected = np.outer((probes**2).sum(0).numpy(), np.cos(k * np.arccos(0.5)))
+        np.testing.assert_allclose(moments.numpy(), expected, rtol=1e-12, atol=1e-12)

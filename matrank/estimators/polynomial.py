@@ -45,7 +45,7 @@ _DEFAULT_BUDGET = 15_000
 _DEGREE_CAP = 4000  # moments; 2000 matvecs per probe
 _PILOT_PROBES = 16
 _BASIS_BYTES = 1024**3  # the deflation basis
-_BLOCK_BYTES = 512 * 1024**2  # probes in flight: four n × chunk blocks
+_BLOCK_BYTES = 128 * 1024**2  # probes in flight: four n × chunk blocks (≈ 1 GB peak)
 # A Jackson-damped step is 1 − 2.5e-3 (2.5e-3) at an angular distance 3π/degree above
 # (below) its edge, in β = arccos x: the filter "reaches" a threshold whose angle lies
 # that far from zero's. On smooth densities its soft count then equals N(τ) within the

@@ -64,20 +64,34 @@ def chebyshev_moments(
     ``steps``.
     """
 
-    def apply_b(X: torch.Tensor) -> torch.Tensor:
-        out = (matmat(X) - center * X) / half_width
+    scratch = torch.empty_like(probes)
+
+    def advance(current: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        """``T_{k+1}v = 2B·T_kv − T_{k−1}v`` (``B·T_0v`` for the first), written into the
+        product's own storage: one block is allocated and one freed per step, so the
+        allocator reuses it (fresh temporaries each step made glibc's heap grow to
+        4.8 GB at n = 2·10⁵ over 100 steps of 16 probes)."""
+        out = matmat(current)
+        alive = (current, probes, scratch) if previous is None else (current, previous)
+        if out._base is not None or any(out.data_ptr() == t.data_ptr() for t in alive):
+            out = out.clone()  # an answer aliasing a block still in use (identity, a view)
+        out.sub_(current, alpha=center)
+        if previous is None:
+            out.div_(half_width)
+        else:
+            out.mul_(2 / half_width).sub_(previous)
         if callback is not None:
-            callback(X.shape[1])
+            callback(current.shape[1])
         return out
 
     def dot(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        return (X * Y).sum(0).to(torch.float64)
+        return torch.mul(X, Y, out=scratch).sum(0).to(torch.float64)
 
-    previous, current = probes, apply_b(probes)
+    previous, current = probes, advance(probes, None)
     if not doubling:
         moments = [dot(probes, previous), dot(probes, current)]
         for _ in range(steps - 1):
-            previous, current = current, 2 * apply_b(current) - previous
+            previous, current = current, advance(current, previous)
             moments.append(dot(probes, current))
         return torch.stack(moments, dim=1)
     t0t0, t1t0 = dot(probes, probes), dot(current, probes)
@@ -85,7 +99,7 @@ def chebyshev_moments(
     for k in range(1, steps + 1):
         moments.append(2 * dot(current, current) - t0t0)  # T_{2k}
         if k < steps:
-            following = 2 * apply_b(current) - previous
+            following = advance(current, previous)
             moments.append(2 * dot(following, current) - t1t0)  # T_{2k+1}
             previous, current = current, following
     return torch.stack(moments, dim=1)
