@@ -30,19 +30,11 @@ import numpy as np
 
 import matrank
 from matrank.adapters import LinearNetHessian
+from matrank.estimators.polynomial import expected_count
 
 
 def nrmse(values, truth):
     return 100 * float(np.sqrt(np.mean((np.asarray(values) - truth) ** 2))) / truth
-
-
-def faithful_expectation(result, spectrum, n):
-    largest = result.diagnostics["lambda_max"]
-    low, high = -1e-5, largest + 1e-5
-    center, half = (high + low) / 2, (high - low) / 2
-    c = result.diagnostics["filter_coefficients"]
-    values = np.polynomial.chebyshev.chebval((spectrum - center) / half, c)
-    return values.sum() + (n - len(spectrum)) * result.diagnostics["filter_at_zero"]
 
 
 def matvecs_to_reach(result, smallest):
@@ -77,7 +69,7 @@ def main() -> None:
                 us = matrank.PolynomialRank(variant="ubaru-saad").estimate(
                     problem, seed=trial
                 )
-                expected = faithful_expectation(us, spectrum, n)
+                expected = expected_count(us, spectrum, n)
                 gap = us.threshold / us.diagnostics["lambda_max"]
                 faithful = f"{us.rank:8.1f} {expected:8.1f} {gap:7.4f}"
             start = time.perf_counter()

@@ -6,19 +6,9 @@ from hypothesis import given, settings
 
 import matrank
 from matrank.adapters import LinearNetHessian
-from matrank.estimators.polynomial import ubaru_saad_gap
+from matrank.estimators.polynomial import expected_count, ubaru_saad_gap
 from matrank.testing import rotated_spectrum
 from matrank.testing.strategies import low_rank_psd
-
-
-def expected_soft_count(result, spectrum, n):
-    """Σ_i p(λ_i) over the whole spectrum (zeros included) for the filter that ran."""
-    largest = result.diagnostics["lambda_max"]
-    low, high = -1e-5, largest + 1e-5
-    center, half = (high + low) / 2, (high - low) / 2
-    coefficients = result.diagnostics["filter_coefficients"]
-    values = np.polynomial.chebyshev.chebval((spectrum - center) / half, coefficients)
-    return values.sum() + (n - len(spectrum)) * result.diagnostics["filter_at_zero"]
 
 
 def test_faithful_mode_is_unbiased_for_its_soft_count_on_the_paper_problem():
@@ -36,8 +26,7 @@ def test_faithful_mode_is_unbiased_for_its_soft_count_on_the_paper_problem():
         )
         assert result.diagnostics["filter_at_zero"] == pytest.approx(-4.95e-3, rel=0.02)
         z_scores.append(
-            (result.rank - expected_soft_count(result, spectrum, problem.dim))
-            / result.stderr
+            (result.rank - expected_count(result, spectrum, problem.dim)) / result.stderr
         )
     assert np.all(np.abs(z_scores) < 4), z_scores
     # and the soft count under-counts d² = 64 by 10-20 %, as in the paper's Table 1
@@ -51,7 +40,7 @@ def test_well_separated_spectrum_is_counted_within_its_stderr():
             matrix, method="polynomial", variant="ubaru-saad", seed=seed, n_probes=80
         )
         eigenvalues = np.linalg.eigvalsh(matrix)
-        expected = expected_soft_count(result, eigenvalues, 200)
+        expected = expected_count(result, eigenvalues)
         assert abs(result.rank - expected) < 4 * result.stderr
         assert abs(result.rank - 30) < 4 * result.stderr
 
@@ -101,14 +90,6 @@ def test_same_seed_is_bit_identical():
 # -- the default variant -------------------------------------------------------------------
 
 
-def soft_count(result, eigenvalues):
-    """Σ_i p(λ_i) for the filter that ran (eigenvalues of the whole space, zeros included)."""
-    low, high = result.diagnostics["lambda_min"], result.diagnostics["lambda_max"]
-    mapped = (np.asarray(eigenvalues) - (high + low) / 2) / ((high - low) / 2)
-    coefficients = result.diagnostics["filter_coefficients"]
-    return np.polynomial.chebyshev.chebval(mapped, coefficients).sum()
-
-
 def test_default_filter_is_unbiased_for_its_soft_count_and_ignores_the_null_space():
     # rank 40 in n = 1500: 1460 null eigenvalues, which the U&S step counts at p(0) each
     matrix = rotated_spectrum(1500, 40, cond=30.0, seed=0)
@@ -124,7 +105,7 @@ def test_default_filter_is_unbiased_for_its_soft_count_and_ignores_the_null_spac
         assert result.status is matrank.Status.CONVERGED
         # the edge sits in the gap between 0 and the smallest signal eigenvalue 1/30
         assert 0 < result.threshold < 1 / 30
-        z_scores.append((result.rank - soft_count(result, eigenvalues)) / result.stderr)
+        z_scores.append((result.rank - expected_count(result, eigenvalues)) / result.stderr)
         assert abs(result.rank - 40) < 4 * result.stderr
     assert np.all(np.abs(z_scores) < 4), z_scores
 
@@ -168,7 +149,7 @@ def test_user_threshold_sets_the_degree_from_its_angle():
     ratio = second.diagnostics["degree"] / first.diagnostics["degree"]
     assert 8 < ratio < 12
     for result in (first, second):
-        expected = soft_count(result, eigenvalues)
+        expected = expected_count(result, eigenvalues)
         assert abs(result.rank - expected) < 4 * result.stderr
         assert abs(result.rank - 30) < 4 * result.stderr
 
@@ -178,7 +159,7 @@ def test_indefinite_matrix_counts_both_signs():
     result = matrank.PolynomialRank(deflate=0, max_matvecs=3000).estimate(matrix, seed=1)
     assert result.diagnostics["lambda_min"] < -0.09
     assert abs(result.rank - 20) < 4 * result.stderr
-    assert abs(result.rank - soft_count(result, np.linalg.eigvalsh(matrix))) < (
+    assert abs(result.rank - expected_count(result, np.linalg.eigvalsh(matrix))) < (
         4 * result.stderr
     )
 
