@@ -9,7 +9,6 @@ from ._oracle import Capability, Oracle, as_oracle
 from ._result import RankResult
 from ._validation import (
     MatrankTypeError,
-    MatrankValueError,
     check_choice,
     check_int,
     message,
@@ -22,7 +21,13 @@ from .estimators import (
     PolynomialRank,
 )
 
-__all__ = ["AUTO_EXACT_MAX_DIM", "ESTIMATORS", "auto_method", "estimate_rank"]
+__all__ = [
+    "AUTO_EXACT_MAX_DIM",
+    "AUTO_OPTIONS",
+    "ESTIMATORS",
+    "auto_method",
+    "estimate_rank",
+]
 
 #: Method name -> estimator class. ``"auto"`` is resolved by :func:`auto_method`.
 ESTIMATORS: dict[str, type] = {
@@ -31,6 +36,20 @@ ESTIMATORS: dict[str, type] = {
     "polynomial": PolynomialRank,
     "langevin": LangevinRank,
     "evolution": EvolutionRank,
+}
+
+#: Hyperparameters ``"auto"`` gives a method it picks (a user's options override them):
+#: the Langevin paper's fixed η and σ² suit only the paper's problems, so gradient-only
+#: oracles get the bias-free virial readout with η = 1/μmax estimated from gradients,
+#: 8 batched chains and the paper's budget of 15,000 gradients.
+AUTO_OPTIONS: dict[str, dict[str, Any]] = {
+    "langevin": {
+        "readout": "virial",
+        "step_size": "auto",
+        "n_chains": 8,
+        "n_steps": 1875,
+        "n_average": 1250,
+    },
 }
 
 #: Up to this dimension ``"auto"`` runs the dense eigendecomposition: at n = 4096 it takes
@@ -51,15 +70,10 @@ def auto_method(oracle: Oracle) -> tuple[str, str]:
             "block Krylov counting"
         )
     if Capability.GRAD in oracle.capabilities:
-        # LangevinRank so far has only the paper's fixed step size and temperature, which
-        # are right for the paper's problems and wrong for others: make the user choose.
-        raise MatrankValueError(
-            message(
-                "method",
-                "given explicitly for an oracle without Hessian-vector products "
-                "(method='langevin' with a step_size and sigma2 suited to its curvature)",
-                "'auto'",
-            )
+        return "langevin", (
+            "gradients only: Langevin dynamics with the virial readout and a step size "
+            "from the largest curvature (see AUTO_OPTIONS); it counts the eigenvalues "
+            "above the reported threshold"
         )
     if Capability.LOSS in oracle.capabilities and "evolution" in ESTIMATORS:
         return "evolution", "loss values only: evolution-strategies covariance route"
@@ -107,9 +121,9 @@ def estimate_rank(
     Notes
     -----
     The ``"auto"`` policy: products with H available and ``n <= 4096`` -> ``"exact"``;
-    larger -> ``"lanczos"``; gradients only -> an error asking for ``method="langevin"``
-    with hyperparameters (until its automatic step size lands); loss values only ->
-    ``"evolution"`` (once it is installed).
+    larger -> ``"lanczos"``; gradients only -> ``"langevin"`` with the options in
+    :data:`AUTO_OPTIONS` (virial readout, automatic step size); loss values only ->
+    ``"evolution"``.
 
     Examples
     --------
@@ -125,6 +139,7 @@ def estimate_rank(
     reason = None
     if method == "auto":
         method, reason = auto_method(oracle)
+        options = {**AUTO_OPTIONS.get(method, {}), **options}
     cls = ESTIMATORS[method]
     names = [field.name for field in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(names))

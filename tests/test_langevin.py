@@ -100,7 +100,7 @@ def test_divergence_and_bad_hyperparameters_are_reported():
         ).estimate(np.eye(3))
 
 
-def test_auto_asks_for_an_explicit_method_on_gradient_only_oracles():
+def test_auto_runs_the_virial_langevin_on_gradient_only_oracles():
     class GradientOnly:
         dim, dtype, device = 3, torch.float64, torch.device("cpu")
         theta0 = torch.zeros(3, dtype=torch.float64)
@@ -112,11 +112,20 @@ def test_auto_asks_for_an_explicit_method_on_gradient_only_oracles():
         def grad(self, theta):
             return theta
 
-    with pytest.raises(
-        matrank.MatrankValueError,
-        match=r"`method` must be given explicitly .*method='langevin'",
-    ):
-        matrank.estimate_rank(GradientOnly())
+    # H = I: η = 1/μmax = 1 equilibrates every mode in one step, and the virial's
+    # expectation Σ(1 − (1 − ημ)^{2k}) is then exactly 3 (no 1/(1 − ημ/2) inflation)
+    auto = matrank.estimate_rank(GradientOnly(), seed=0)
+    assert auto.method == "langevin" and "gradients only" in auto.diagnostics["auto"]
+    assert auto.diagnostics["readout"] == "virial"
+    assert auto.diagnostics["step_size"] == pytest.approx(1.0, rel=0.01)
+    # min(20, n) = 3 central differences of 2 gradients each find μmax
+    assert auto.cost["grads"] == 2 * 3 + 8 * 1875 and auto.cost["loss_evals"] == 0
+    assert abs(auto.rank - 3) < 4 * auto.stderr
+    # the user's options override those auto chose
+    fewer = matrank.estimate_rank(
+        GradientOnly(), seed=0, n_chains=2, n_steps=300, n_average=200
+    )
+    assert fewer.cost["grads"] == 2 * 3 + 2 * 300
     result = matrank.estimate_rank(
         GradientOnly(),
         method="langevin",

@@ -36,7 +36,8 @@ class LangevinRank:
         ``θ ← θ − ηG∇L(θ) + sqrt(ησ²)·G^{1/2}ξ`` from ``θ0`` with a fixed preconditioner
         ``G`` (noise covariance ``σ²G`` per unit time, so that ``Σ·G⁻¹ = σ²I``), and the
         estimate (their eq. 20) ``4/σ² · (mean of the last n_average losses − L(θ0))``.
-        (The bias-free default with an automatic step size is planned.)
+        ``estimate_rank(..., method="auto")`` runs it on gradient-only oracles with
+        ``readout="virial"`` and ``step_size="auto"`` (:data:`matrank.AUTO_OPTIONS`).
     step_size : float or "auto", default=1e-4
         ``η``; stability needs ``η·μmax(G^{1/2}HG^{1/2}) < 2``. ``"auto"`` estimates
         ``μmax`` from gradients only -- 20 Lanczos steps on central differences of the
