@@ -483,7 +483,6 @@ class _DefaultFilter:
         pilot_count = min(_PILOT_PROBES, options.n_probes or _PILOT_PROBES)
         if options.threshold is not None:
             threshold = options.threshold
-            separation = self._separation(threshold)
             if threshold >= max(self.high, -self.low):
                 raise MatrankValueError(
                     message(
@@ -492,6 +491,7 @@ class _DefaultFilter:
                         repr(threshold),
                     )
                 )
+            separation = self._separation(threshold)
             degree = options.degree or _even(
                 min(_DEGREE_CAP, max(16, 2 * _REACH / separation))
             )
