@@ -143,6 +143,9 @@ class LinearNetHessian:
         self.weights = weights
         self.target = target
         self.input_covariance = input_covariance
+        self._identity_covariance = bool(
+            torch.equal(input_covariance, torch.eye(d_in, dtype=torch.float64, device=device))
+        )
         self.shapes = [tuple(w.shape) for w in weights]
         self.sizes = [w.numel() for w in weights]
         self.dim = int(sum(self.sizes))
@@ -261,34 +264,25 @@ class LinearNetHessian:
         return ((residual @ self.input_covariance) * residual).sum(dim=(1, 2))
 
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
-        """Exact gradient at each row of ``theta``, shape ``(b, n)``."""
+        """Exact gradient at each row of ``theta``, shape ``(b, n)``.
+
+        Backpropagation: ``∂L/∂W_k = B_k P_{k−1}ᵀ`` with prefixes ``P_k = W_k⋯W_1`` and
+        ``B_L = 2(P_L − T)Σx``, ``B_{k−1} = W_kᵀB_k`` -- ``3(L − 1)`` batched products,
+        none with an identity.
+        """
         layers = self._layers(theta)
-        b = theta.shape[0]
-        # prefixes[k] = W_k⋯W_1 (prefixes[0] = I), suffixes[k] = W_L⋯W_{k+1}
-        prefixes = [
-            torch.eye(self.shapes[0][1], dtype=theta.dtype, device=theta.device).expand(
-                b, -1, -1
-            )
-        ]
-        for w in layers:
+        prefixes = [layers[0]]  # prefixes[k] = W_{k+1}⋯W_1
+        for w in layers[1:]:
             prefixes.append(w @ prefixes[-1])
-        suffixes = [
-            torch.eye(self.shapes[-1][0], dtype=theta.dtype, device=theta.device).expand(
-                b, -1, -1
-            )
-        ]
-        for w in reversed(layers):
-            suffixes.append(suffixes[-1] @ w)
-        suffixes = suffixes[::-1]  # suffixes[k] = W_L⋯W_{k+1}; suffixes[0] = A
-        outer = 2 * (prefixes[-1] - self.target) @ self.input_covariance
-        pieces = []
-        for k in range(len(layers)):
-            pieces.append(
-                (
-                    suffixes[k + 1].transpose(1, 2) @ outer @ prefixes[k].transpose(1, 2)
-                ).reshape(b, -1)
-            )
-        return torch.cat(pieces, dim=1)
+        back = 2 * (prefixes[-1] - self.target)
+        if not self._identity_covariance:
+            back = back @ self.input_covariance
+        pieces = [back @ prefixes[-2].transpose(1, 2)] if len(layers) > 1 else [back]
+        for k in range(len(layers) - 1, 0, -1):
+            back = layers[k].transpose(1, 2) @ back
+            pieces.append(back @ prefixes[k - 2].transpose(1, 2) if k > 1 else back)
+        b = theta.shape[0]
+        return torch.cat([piece.reshape(b, -1) for piece in reversed(pieces)], dim=1)
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
         """``H V`` at the minimum for a block ``V`` of shape ``(n, b)``."""

@@ -63,6 +63,13 @@ def test_input_covariance_enters_the_hessian():
     torch.testing.assert_close(
         matrank.materialize(problem), hessian, rtol=1e-12, atol=1e-12
     )
+    theta = problem.theta0 + 0.1 * torch.randn(
+        3, problem.dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    )
+    expected = torch.stack(
+        [torch.func.grad(lambda t: problem.loss(t[None])[0])(row) for row in theta]
+    )
+    torch.testing.assert_close(problem.grad(theta), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_bad_construction_messages():
