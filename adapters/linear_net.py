@@ -144,7 +144,9 @@ class LinearNetHessian:
         self.target = target
         self.input_covariance = input_covariance
         self._identity_covariance = bool(
-            torch.equal(input_covariance, torch.eye(d_in, dtype=torch.float64, device=device))
+            torch.equal(
+                input_covariance, torch.eye(d_in, dtype=torch.float64, device=device)
+            )
         )
         self.shapes = [tuple(w.shape) for w in weights]
         self.sizes = [w.numel() for w in weights]

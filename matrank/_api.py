@@ -38,19 +38,10 @@ ESTIMATORS: dict[str, type] = {
     "evolution": EvolutionRank,
 }
 
-#: Hyperparameters ``"auto"`` gives a method it picks (a user's options override them):
-#: the Langevin paper's fixed η and σ² suit only the paper's problems, so gradient-only
-#: oracles get the bias-free virial readout with η = 1/μmax estimated from gradients,
-#: 8 batched chains and the paper's budget of 15,000 gradients.
-AUTO_OPTIONS: dict[str, dict[str, Any]] = {
-    "langevin": {
-        "readout": "virial",
-        "step_size": "auto",
-        "n_chains": 8,
-        "n_steps": 1875,
-        "n_average": 1250,
-    },
-}
+#: Hyperparameters ``"auto"`` gives a method it picks beyond the estimator's own defaults
+#: (a user's options override them). Empty: every estimator's default is now the one
+#: ``auto`` wants -- ``LangevinRank()`` runs the virial readout with η from gradients.
+AUTO_OPTIONS: dict[str, dict[str, Any]] = {}
 
 #: Up to this dimension ``"auto"`` runs the dense eigendecomposition: at n = 4096 it takes
 #: a few seconds on two cores and is exact, so nothing iterative can beat it there.
@@ -72,8 +63,8 @@ def auto_method(oracle: Oracle) -> tuple[str, str]:
     if Capability.GRAD in oracle.capabilities:
         return "langevin", (
             "gradients only: Langevin dynamics with the virial readout and a step size "
-            "from the largest curvature (see AUTO_OPTIONS); it counts the eigenvalues "
-            "above the reported threshold"
+            "from the largest curvature; it counts the eigenvalues above the reported "
+            "threshold"
         )
     if Capability.LOSS in oracle.capabilities and "evolution" in ESTIMATORS:
         return "evolution", "loss values only: evolution-strategies covariance route"
@@ -121,8 +112,8 @@ def estimate_rank(
     Notes
     -----
     The ``"auto"`` policy: products with H available and ``n <= 4096`` -> ``"exact"``;
-    larger -> ``"lanczos"``; gradients only -> ``"langevin"`` with the options in
-    :data:`AUTO_OPTIONS` (virial readout, automatic step size); loss values only ->
+    larger -> ``"lanczos"``; gradients only -> ``"langevin"`` (its default: virial
+    readout, automatic step size); loss values only ->
     ``"evolution"``.
 
     Examples

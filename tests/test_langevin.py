@@ -1,8 +1,9 @@
-"""LangevinRank, paper mode: the discrete chain's exact expectation on quadratics."""
+"""LangevinRank, both variants: the discrete chain's exact expectation on quadratics."""
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
 
 import matrank
 from matrank import Capability
@@ -12,6 +13,7 @@ from matrank.estimators.langevin import (
     stationary_loss,
 )
 from matrank.testing import rotated_spectrum
+from matrank.testing.strategies import low_rank_psd
 
 
 def expected_estimate(eigenvalues, estimator):
@@ -30,7 +32,7 @@ def test_paper_mode_matches_the_discrete_chain_expectation():
     eigenvalues = np.linalg.eigvalsh(matrix)
     # ημ up to 0.3: the 1/(1 − ημ/2) inflation is 15 %, far above the stderr
     estimator = matrank.LangevinRank(
-        step_size=0.3, sigma2=0.5, n_steps=400, n_average=300, n_chains=64
+        variant="paper", step_size=0.3, sigma2=0.5, n_steps=400, n_average=300, n_chains=64
     )
     expected = expected_estimate(eigenvalues, estimator)
     assert expected > 8 * 1.05
@@ -52,6 +54,7 @@ def test_diagonal_preconditioner_changes_the_spectrum_not_the_rank():
     root = np.sqrt(diagonal)
     eigenvalues = np.linalg.eigvalsh(root[:, None] * matrix * root[None])
     estimator = matrank.LangevinRank(
+        variant="paper",
         step_size=0.2,
         sigma2=1.0,
         n_steps=600,
@@ -73,7 +76,9 @@ def test_theory_curve_tends_to_theorem_one_and_proposition_one():
 
 
 def test_single_chain_reports_a_batch_means_stderr_and_the_loss_trace():
-    estimator = matrank.LangevinRank(step_size=0.1, sigma2=1.0, n_steps=500, n_average=400)
+    estimator = matrank.LangevinRank(
+        variant="paper", step_size=0.1, sigma2=1.0, n_steps=500, n_average=400
+    )
     result = estimator.estimate(rotated_spectrum(10, 3, cond=2.0, seed=2), seed=0)
     assert result.stderr > 0 and result.diagnostics["loss_excess"].shape == (500,)
     assert result.threshold == pytest.approx(1 / (2 * 0.1 * 500))
@@ -85,10 +90,11 @@ def test_divergence_and_bad_hyperparameters_are_reported():
         match=r"`step_size` must be small enough .*diverged at step",
     ):
         matrank.LangevinRank(
-            step_size=3.0, sigma2=1.0, n_steps=2000, n_average=10
+            variant="paper", step_size=3.0, sigma2=1.0, n_steps=2000, n_average=10
         ).estimate(rotated_spectrum(6, 2, seed=3))
     with pytest.raises(
-        matrank.MatrankValueError, match=r"`n_average` must be an int in \[1, 10\]; got 20"
+        matrank.MatrankValueError,
+        match=r"`n_average` must be an int in \[1, 10\] or None; got 20",
     ):
         matrank.LangevinRank(n_steps=10, n_average=20)
     with pytest.raises(
@@ -119,7 +125,9 @@ def test_auto_runs_the_virial_langevin_on_gradient_only_oracles():
     assert auto.diagnostics["readout"] == "virial"
     assert auto.diagnostics["step_size"] == pytest.approx(1.0, rel=0.01)
     # min(20, n) = 3 central differences of 2 gradients each find μmax
-    assert auto.cost["grads"] == 2 * 3 + 8 * 1875 and auto.cost["loss_evals"] == 0
+    # the budget keeps 40 gradients for the step; min(20, n) = 3 central differences
+    # of 2 gradients each find μmax
+    assert auto.cost["grads"] == 2 * 3 + 8 * 1870 and auto.cost["loss_evals"] == 0
     assert abs(auto.rank - 3) < 4 * auto.stderr
     # the user's options override those auto chose
     fewer = matrank.estimate_rank(
@@ -129,6 +137,7 @@ def test_auto_runs_the_virial_langevin_on_gradient_only_oracles():
     result = matrank.estimate_rank(
         GradientOnly(),
         method="langevin",
+        variant="paper",
         step_size=0.5,
         sigma2=1.0,
         n_steps=300,
@@ -140,7 +149,7 @@ def test_auto_runs_the_virial_langevin_on_gradient_only_oracles():
 
 def test_same_seed_is_bit_identical_and_seeds_differ():
     estimator = matrank.LangevinRank(
-        step_size=0.1, sigma2=1.0, n_steps=200, n_average=100, n_chains=4
+        variant="paper", step_size=0.1, sigma2=1.0, n_steps=200, n_average=100, n_chains=4
     )
     matrix = rotated_spectrum(10, 3, cond=2.0, seed=4)
     first, second = estimator.estimate(matrix, seed=7), estimator.estimate(matrix, seed=7)
@@ -164,7 +173,7 @@ def test_virial_readout_is_unbiased_where_the_loss_readout_inflates_stiff_modes(
     ].mean()
     assert abs(result.rank - expected) <= 4 * result.stderr
     assert abs(expected - 8) < 0.01  # every mode equilibrated: the count itself
-    biased = expected_estimate(eigenvalues, matrank.LangevinRank(**kwargs))
+    biased = expected_estimate(eigenvalues, matrank.LangevinRank(variant="paper", **kwargs))
     assert biased - 8 > 10 * result.stderr  # the loss readout's expectation is far off
     assert result.cost["loss_evals"] == 0 and result.diagnostics["readout"] == "virial"
 
@@ -191,9 +200,9 @@ def test_virial_readout_needs_gradients_only():
     result = estimator.estimate(GradientOnly(matrix), seed=0)
     assert abs(result.rank - 5) <= 4 * result.stderr
     with pytest.raises(matrank.MatrankValueError, match="loss"):
-        matrank.LangevinRank(step_size=0.5, sigma2=1.0, n_steps=10, n_average=5).estimate(
-            GradientOnly(matrix)
-        )
+        matrank.LangevinRank(
+            variant="paper", step_size=0.5, sigma2=1.0, n_steps=10, n_average=5
+        ).estimate(GradientOnly(matrix))
     with pytest.raises(matrank.MatrankValueError, match="`readout` must be one of"):
         matrank.LangevinRank(readout="energy")
 
@@ -238,3 +247,153 @@ def test_step_size_must_be_a_number_or_auto():
         matrank.MatrankValueError, match="`step_size` must be a real number"
     ):
         matrank.LangevinRank(step_size=-1.0)
+
+
+# --- the default variant: virial readout, automatic step, matched threshold -----------
+
+
+def spread_quadratic(n_curved=600, n=900, decades=6.0):
+    """A diagonal quadratic whose curved eigenvalues run log-spaced over ``decades``.
+
+    Langevin dynamics with isotropic noise is invariant under rotations, so a diagonal
+    Hessian tests the same chain as a rotated one (and its gradient is cheap).
+    """
+    eigenvalues = np.zeros(n)
+    eigenvalues[:n_curved] = np.geomspace(1.0, 10.0**-decades, n_curved)
+    return np.diag(eigenvalues), eigenvalues
+
+
+def test_default_is_unbiased_for_the_count_above_the_threshold_it_reports():
+    # 600 eigenvalues over 6 decades: with η = 1/μmax and 1,870 steps the filter's edge
+    # sits inside the spectrum, ≈ 100 eigenvalues per decade
+    matrix, eigenvalues = spread_quadratic()
+    for seed in range(3):
+        result = matrank.LangevinRank().estimate(matrix, seed=seed)
+        counted = int((eigenvalues > result.threshold).sum())
+        assert abs(result.rank - counted) <= 4 * result.stderr, (
+            result.rank,
+            counted,
+            result.stderr,
+        )
+        assert result.cost["grads"] <= 15000 and result.cost["loss_evals"] == 0
+        assert result.diagnostics["readout"] == "virial"
+
+
+def test_default_matches_its_exact_discrete_expectation_over_the_window_it_chose():
+    matrix, eigenvalues = spread_quadratic(n_curved=200, n=300)
+    for seed in range(3):
+        result = matrank.LangevinRank().estimate(matrix, seed=seed)
+        begin = result.diagnostics["burn_in"]
+        assert 0 <= begin <= result.diagnostics["steps_done"] // 2
+        curve = expected_virial_curve(
+            eigenvalues,
+            step_size=result.diagnostics["step_size"],
+            n_steps=result.diagnostics["steps_done"],
+        )
+        assert abs(result.rank - curve[begin:].mean()) <= 4 * result.stderr
+
+
+def test_matched_threshold_on_the_exact_curve_of_the_linear_net():
+    # Noise-free: the expected readout of the d = 32 paper problem. The matched τ's hard
+    # count equals the soft count to a fraction of the first-order (log-flat) τ's error.
+    from matrank.adapters import LinearNetHessian
+    from matrank.estimators.langevin import matched_threshold
+
+    spectrum = LinearNetHessian.random_minimum(32, 32, 5, seed=0).spectrum()
+    eta, steps, begin = 1 / spectrum.max(), 1870, 620
+    curve = expected_virial_curve(spectrum, step_size=eta, n_steps=steps)
+    soft = curve[begin:].mean()
+    tau, fit = matched_threshold(curve, eta, begin)
+    first_order = np.exp(-np.euler_gamma - np.log(np.arange(begin, steps)).mean()) / (
+        2 * eta
+    )
+    matched_error = abs((spectrum > tau).sum() - soft)
+    first_order_error = abs((spectrum > first_order).sum() - soft)
+    assert matched_error <= 1.0 < first_order_error / 3, (matched_error, first_order_error)
+    assert 0.3 < fit["shape"] < 1.0  # a saturating count: fewer eigenvalues per decade
+
+
+def test_localization_gives_the_soft_count_mu_over_mu_plus_gamma():
+    matrix, eigenvalues = spread_quadratic(n_curved=200, n=300)
+    gamma = 1e-3
+    estimator = matrank.LangevinRank(localization=gamma)
+    result = estimator.estimate(matrix, seed=0)
+    eta = result.diagnostics["step_size"]
+    assert eta == pytest.approx(1 / (result.diagnostics["mu_max"] + gamma))
+    curve = expected_virial_curve(
+        eigenvalues,
+        step_size=eta,
+        n_steps=result.diagnostics["steps_done"],
+        localization=gamma,
+    )
+    begin = result.diagnostics["burn_in"]
+    assert abs(result.rank - curve[begin:].mean()) <= 4 * result.stderr
+    # 1/(ηγ) = 1000 steps: by the end the curve is at its stationary value Σ μ/(μ+γ)
+    stationary = (eigenvalues / (eigenvalues + gamma)).sum()
+    assert curve[-1] == pytest.approx(stationary, rel=0.01)
+    assert result.threshold >= gamma
+
+
+def test_default_halves_the_step_and_restarts_when_the_chains_diverge():
+    matrix = rotated_spectrum(6, 2, seed=3)  # μmax = 1: η = 3 diverges, 1.5 does not
+    with pytest.warns(matrank.MatrankWarning, match=r"diverged at step \d+ with η = 3"):
+        result = matrank.LangevinRank(
+            step_size=3.0, sigma2=1.0, n_steps=1000, n_chains=8
+        ).estimate(matrix, seed=0)
+    reductions = result.diagnostics["step_reductions"]
+    assert len(reductions) == 1 and reductions[0]["step_size"] == 3.0
+    assert result.diagnostics["step_size"] == 1.5
+    assert result.cost["grads"] == 8 * (1000 + reductions[0]["diverged_at"] + 1)
+    assert abs(result.rank - 2) <= 4 * result.stderr
+
+
+def test_adaptive_budget_stops_when_settled_and_says_when_it_cannot():
+    matrix = rotated_spectrum(40, 8, cond=4.0, seed=5)  # all modes equilibrate fast
+    settled = matrank.LangevinRank(rtol=0.01, max_gradients=200_000).estimate(
+        matrix, seed=0
+    )
+    assert settled.status is matrank.Status.CONVERGED
+    rounds = settled.diagnostics["rounds"]
+    assert rounds[-1]["steps"] < settled.diagnostics["steps_done"] + 1
+    assert settled.cost["grads"] < 200_000 // 4
+    assert rounds[-1]["stderr"] <= 0.01 * rounds[-1]["rank"]
+    assert abs(settled.rank - 8) <= 4 * settled.stderr
+    matrix, _ = spread_quadratic(n_curved=200, n=300, decades=9.0)
+    with pytest.warns(matrank.MatrankWarning, match="did not settle to rtol=0.001"):
+        unsettled = matrank.LangevinRank(rtol=1e-3, max_gradients=20_000).estimate(
+            matrix, seed=0
+        )
+    assert unsettled.status is matrank.Status.BUDGET_EXHAUSTED
+    assert not unsettled.converged
+
+
+def test_default_variant_messages():
+    with pytest.raises(matrank.MatrankValueError, match="`variant='paper'` must be used"):
+        matrank.LangevinRank(variant="paper", localization=0.1)
+    with pytest.raises(matrank.MatrankValueError, match="`variant='paper'` must be used"):
+        matrank.LangevinRank(variant="paper", rtol=0.01)
+    with pytest.raises(matrank.MatrankValueError, match="`localization` must be used"):
+        matrank.LangevinRank(readout="loss", localization=0.1)
+    with pytest.raises(matrank.MatrankValueError, match="`max_gradients` must be enough"):
+        matrank.LangevinRank(max_gradients=50)
+    with pytest.raises(matrank.MatrankValueError, match="`variant` must be one of"):
+        matrank.LangevinRank(variant="fast")
+    assert matrank.LangevinRank(variant="paper").n_steps == 15000
+    assert matrank.LangevinRank().n_steps == (15000 - 40) // 8
+
+
+@settings(max_examples=15)
+@given(low_rank_psd(max_n=24, max_cond=100.0))
+def test_default_against_its_exact_expectation_on_generated_cases(case):
+    matrix, rank = case
+    assume(rank > 0)  # a zero Hessian has no curvature to set η from (a clear error)
+    result = matrank.LangevinRank(max_gradients=4000).estimate(matrix, seed=0)
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    curve = expected_virial_curve(
+        eigenvalues,
+        step_size=result.diagnostics["step_size"],
+        n_steps=result.diagnostics["steps_done"],
+    )
+    expected = curve[result.diagnostics["burn_in"] :].mean()
+    assert abs(result.rank - expected) <= 4 * result.stderr
+    assert expected <= rank + 1e-9

@@ -65,7 +65,7 @@ def test_ctrl_c_before_anything_was_measured_propagates():
 def test_ctrl_c_in_langevin_returns_the_run_so_far():
     matrix = rotated_spectrum(30, 6, cond=2.0, seed=2)
     estimator = matrank.LangevinRank(
-        step_size=0.1, sigma2=1.0, n_steps=2000, n_average=1000
+        variant="paper", step_size=0.1, sigma2=1.0, n_steps=2000, n_average=1000
     )
     result = estimator.estimate(InterruptAfter(matrix, "grad", 600), seed=0)
     assert result.status is matrank.Status.INTERRUPTED

@@ -149,7 +149,12 @@ def test_gradient_only_estimators_run_batched_chains():
     model, X, Y = underdetermined_minimum()
     oracle = TorchLoss(model, squared, (X, Y))
     estimator = matrank.LangevinRank(
-        step_size=0.05, sigma2=1e-4, n_steps=1500, n_average=1000, n_chains=8
+        variant="paper",
+        step_size=0.05,
+        sigma2=1e-4,
+        n_steps=1500,
+        n_average=1000,
+        n_chains=8,
     )
     result = estimator.estimate(oracle, seed=0)
     assert result.cost["grads"] == 8 * 1500

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
-from typing import Any
+import warnings
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from .._oracle import Capability
 from .._result import RankResult, Status
-from .._validation import MatrankValueError, check_choice, check_int, check_real, message
+from .._validation import (
+    MatrankValueError,
+    MatrankWarning,
+    check_choice,
+    check_int,
+    check_real,
+    message,
+)
 from ..numerics.krylov import spectral_bounds
 from ..numerics.trace import mean_and_stderr
 from ._common import prepare, progress_bar
@@ -25,89 +34,144 @@ __all__ = [
 ]
 
 
+_PAPER = {"step_size": 1e-4, "n_chains": 1, "readout": "loss", "n_steps": 15000}
+_DEFAULT = {"step_size": "auto", "n_chains": 8, "readout": "virial"}
+_AUTO_STEP_GRADIENTS = 40  # largest_curvature: 20 Lanczos steps, two gradients each
+_MAX_REDUCTIONS = 6
+
+
+class _Diverged(Exception):
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LangevinRank:
-    """Rank from the time-averaged loss of preconditioned Langevin dynamics.
+    """Rank from preconditioned Langevin dynamics near a minimum (gradients only).
 
     Parameters
     ----------
-    variant : {"paper"}, default="paper"
-        ``"paper"``: Algorithm 1 of Bar et al. -- Euler–Maruyama steps (their eq. 21)
-        ``θ ← θ − ηG∇L(θ) + sqrt(ησ²)·G^{1/2}ξ`` from ``θ0`` with a fixed preconditioner
-        ``G`` (noise covariance ``σ²G`` per unit time, so that ``Σ·G⁻¹ = σ²I``), and the
-        estimate (their eq. 20) ``4/σ² · (mean of the last n_average losses − L(θ0))``.
-        ``estimate_rank(..., method="auto")`` runs it on gradient-only oracles with
-        ``readout="virial"`` and ``step_size="auto"`` (:data:`matrank.AUTO_OPTIONS`).
-    step_size : float or "auto", default=1e-4
-        ``η``; stability needs ``η·μmax(G^{1/2}HG^{1/2}) < 2``. ``"auto"`` estimates
-        ``μmax`` from gradients only -- 20 Lanczos steps on central differences of the
-        gradient at ``θ0`` (40 gradients, counted in the cost) -- and sets
-        ``η = 1/μmax`` for the virial readout, ``0.1/μmax`` for the loss readout (whose
-        stiff-mode inflation ``1/(1 − ημ/2)`` is then at most 5 %);
+    variant : {"default", "paper"}, default="default"
+        ``"paper"``: Algorithm 1 of Bar et al. -- one chain of Euler–Maruyama steps
+        (their eq. 21) ``θ ← θ − ηG∇L(θ) + sqrt(ησ²)·G^{1/2}ξ`` from ``θ0`` with a fixed
+        preconditioner ``G`` (``Σ·G⁻¹ = σ²I``), ``η = 1e-4``, 15,000 steps, and the
+        estimate (their eq. 20) ``4/σ² · (mean of the last 10,000 losses − L(θ0))``.
+        ``"default"``: 8 chains as one batch, the virial readout, ``η = 1/μmax`` from
+        gradients (``step_size="auto"``), 15,000 gradients in all (``max_gradients``),
+        the averaging window chosen by a burn-in rule, the threshold matched to the
+        filter that ran, the step halved and the chains restarted if they diverge.
+        Options left at ``None`` take the variant's values.
+    step_size : float or "auto", default: "auto" (default), 1e-4 (paper)
+        ``η``; stability needs ``η·(μmax(G^{1/2}HG^{1/2}) + γ) < 2``. ``"auto"``
+        estimates ``μmax`` from gradients only -- 20 Lanczos steps on central
+        differences of the gradient at ``θ0`` (40 gradients, counted in the cost) -- and
+        sets ``η = 1/(μmax + γ)`` for the virial readout, ``0.1/μmax`` for the loss
+        readout (whose stiff-mode inflation ``1/(1 − ημ/2)`` is then at most 5 %);
         ``diagnostics["mu_max"]`` reports the estimate.
     sigma2 : float, default=2e-5
-        ``σ²``.
-    n_steps : int, default=15000
-        Iterations ``K_tot``.
-    n_average : int, default=10000
-        The last ``K_avg`` iterations are averaged.
-    n_chains : int, default=1
-        Independent chains run as one batch (one batched gradient a step).
+        ``σ²``. On a quadratic the virial estimate does not depend on it; on a real loss
+        it sets how far the chains wander (the loss excess is ``σ²·rank/4``), so keep it
+        where the loss is still quadratic.
+    n_steps : int, optional
+        Iterations per chain. Default: ``max_gradients`` (less the 40 of the automatic
+        step) divided by ``n_chains``; 15,000 for the paper variant.
+    n_average : int, optional
+        Average the last ``n_average`` iterations. Default: the paper's two thirds of
+        the run; for the default variant the MSER burn-in rule (White 1997) on batch
+        means picks the start of the window within the first half of the run.
+    n_chains : int, optional
+        Independent chains run as one batch (one batched gradient a step); 8 by
+        default, 1 for the paper variant.
     preconditioner : array_like or None, default=None
         Diagonal of ``G`` (positive, length ``n``); ``None`` is the identity. For a
         PyTorch model, :func:`matrank.adapters.adam_preconditioner` builds it from an
         Adam optimizer's state, as in the paper's DnCNN experiment.
-    readout : {"loss", "virial"}, default="loss"
-        ``"loss"``: eq. 20, ``4/σ²·(L_k − L0)`` (needs loss values). ``"virial"``:
-        ``(2(θ_k − θ0)ᵀ∇f − η∇fᵀG∇f)/σ²`` from the gradients the chain computes anyway,
-        whose expectation on a quadratic is ``Σ_μ (1 − (1 − ημ)^{2k})`` exactly: no
-        ``1/(1 − ημ/2)`` inflation of stiff modes, so η can approach the stability limit.
+    readout : {"loss", "virial"}, optional
+        ``"loss"`` (the paper's): eq. 20, ``4/σ²·(L_k − L0)`` (needs loss values).
+        ``"virial"`` (the default's): ``((2 − ηγ)(θ_k − θ0)ᵀ∇f − η∇fᵀG∇f)/σ²`` from the
+        gradients the chain computes anyway, whose expectation on a quadratic is
+        ``Σ_μ (1 − (1 − ημ)^{2k})`` exactly (``γ = 0``): no ``1/(1 − ημ/2)`` inflation
+        of stiff modes, so η can sit near the stability limit.
+    localization : float, default=0.0
+        ``γ ≥ 0`` (default variant): a restoring drift ``−ηγ(θ − θ0)`` keeps the chains
+        near ``θ0`` in flat directions; the estimate becomes the soft count
+        ``Σ_μ μ/(μ + γ)`` (eigenvalues well below ``γ`` are not counted), reached after
+        ``≈ 1/(ηγ)`` steps. The reported threshold is then ``max(γ, τ)``.
+    max_gradients : int, default=15000
+        Gradient budget of the default variant (all chains, the automatic step
+        included), used when ``n_steps`` is not given.
+    rtol : float, optional
+        Adaptive budget (default variant): check at 128, 256, … steps and stop once the
+        standard error and the growth of the estimate since the previous check are both
+        ``≤ rtol·rank``; ``Status.BUDGET_EXHAUSTED`` (with a warning giving the growth
+        per doubling) if ``n_steps`` runs out first -- the filter keeps finding
+        eigenvalues as ``1/(2ηk)`` falls.
 
     Notes
     -----
-    For a quadratic loss, per eigenvalue ``μ`` of ``M = G^{1/2}HG^{1/2}`` the chain gives
-    ``E[4(L_k − L0)/σ²] = (1 − (1 − ημ)^{2k}) / (1 − ημ/2)`` (research notes,
-    algorithms §5): slow modes have not equilibrated (under-count) and stiff modes are
-    inflated by ``1/(1 − ημ/2)`` (over-count). :func:`expected_loss_curve` gives that
-    curve, so the estimate's expectation on a known spectrum is exact.
+    On a quadratic, per eigenvalue ``μ`` of ``M = G^{1/2}HG^{1/2}`` the paper's readout
+    has expectation ``(1 − (1 − ημ)^{2k}) / (1 − ημ/2)`` at step ``k``
+    (:func:`expected_loss_curve`), the virial ``μ/(μ+γ)·(1 − (1 − η(μ+γ))^{2k})``
+    (:func:`expected_virial_curve`), so both estimates' expectations on a known spectrum
+    are exact. The virial's filter is ``P(E < 2kημ)`` for ``E ~ Exp(1)``: the average of
+    the hard count ``N(E/(2ηk))``. The default variant reports as threshold the ``τ``
+    whose hard count its soft count matches: fitting ``R(ℓ) = a + s(1 − e^{−c(ℓ−ℓ_K)})/c``
+    to the readout against ``ℓ = log 2ηk`` over the last ``31/32`` of the run (a power-law
+    density of eigenvalues near ``τ``), ``τ = [Γ(1+c)·mean_k k^{−c}]^{1/c}/(2η)`` over the
+    averaged steps (``c → 0``: ``e^{−γ_E − mean log k}/(2η)``); the fit is in
+    ``diagnostics["threshold_fit"]``. The paper variant reports ``1/(2ηK)``.
 
     The standard error is the spread between chains (``n_chains ≥ 2``), else that of 20
-    batch means over time (approximate: successive losses are correlated).
-    Cost: ``n_chains·n_steps`` gradients, and as many loss evaluations with the loss
-    readout (none with the virial). ``diagnostics["readings"]`` is the readout per
-    step (mean over chains) in rank units.
+    batch means over time (approximate: successive readings are correlated).
+    Cost: ``n_chains·n_steps`` gradients (+40 for the automatic step, + those of runs
+    restarted after a divergence), and as many loss evaluations with the loss readout
+    (none with the virial). ``diagnostics["readings"]`` is the readout per step (mean
+    over chains) in rank units.
 
     References
     ----------
     Bar, Mulayoff, Michaeli & Talmon, "The expected loss of preconditioned Langevin
     dynamics reveals the Hessian rank", AAAI 2024, Algorithm 1, eqs. 20–21, Theorem 1.
+    White, "An effective truncation heuristic for bias reduction in simulation output",
+    Simulation 69(6), 1997 (MSER).
 
     Examples
     --------
     >>> import numpy as np, matrank
     >>> from matrank.testing import rotated_spectrum
     >>> A = rotated_spectrum(20, 5, cond=2.0, seed=0)
-    >>> estimator = matrank.LangevinRank(step_size=0.05, sigma2=1.0, n_steps=3000,
-    ...                                  n_average=2000, n_chains=32)
+    >>> estimator = matrank.LangevinRank(variant="paper", step_size=0.05, sigma2=1.0,
+    ...                                  n_steps=3000, n_average=2000, n_chains=32)
     >>> result = estimator.estimate(A, seed=0)
     >>> curve = expected_loss_curve(np.linalg.eigvalsh(A), step_size=0.05, sigma2=1.0,
     ...                             n_steps=3000)
     >>> expected = 4 / 1.0 * curve[-2000:].mean()  # what eq. 20 estimates, exactly
     >>> bool(abs(result.rank - expected) < 4 * result.stderr)
     True
+    >>> round(matrank.LangevinRank().estimate(A, seed=0).rank)  # default: virial, auto η
+    5
     """
 
-    variant: str = "paper"
-    step_size: float | str = 1e-4
+    variant: str = "default"
+    step_size: float | str | None = None
     sigma2: float = 2e-5
-    n_steps: int = 15000
-    n_average: int = 10000
-    n_chains: int = 1
+    n_steps: int | None = None
+    n_average: int | None = None
+    n_chains: int | None = None
     preconditioner: Any = None
-    readout: str = "loss"
+    readout: str | None = None
+    localization: float = 0.0
+    max_gradients: int = 15000
+    rtol: float | None = None
 
     def __post_init__(self) -> None:
-        check_choice("variant", self.variant, ("paper",))
+        check_choice("variant", self.variant, ("default", "paper"))
+        paper = self.variant == "paper"
+        fill = _PAPER if paper else _DEFAULT
+        for name, value in fill.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.step_size != "auto":
             if isinstance(self.step_size, str):
                 raise MatrankValueError(
@@ -117,10 +181,46 @@ class LangevinRank:
                 )
             check_real("step_size", self.step_size, low=0.0, closed="right")
         check_real("sigma2", self.sigma2, low=0.0, closed="right")
-        check_int("n_steps", self.n_steps, low=1)
-        check_int("n_average", self.n_average, low=1, high=self.n_steps)
         check_int("n_chains", self.n_chains, low=1)
         check_choice("readout", self.readout, ("loss", "virial"))
+        check_real("localization", self.localization, low=0.0)
+        check_int("max_gradients", self.max_gradients, low=1)
+        check_real("rtol", self.rtol, low=0.0, closed="neither", allow_none=True)
+        if paper and (self.localization or self.rtol is not None):
+            raise MatrankValueError(
+                message(
+                    "variant='paper'",
+                    "used without localization or rtol (the paper's algorithm has "
+                    "neither; use variant='default')",
+                    f"localization={self.localization}, rtol={self.rtol}",
+                )
+            )
+        if self.localization and self.readout != "virial":
+            raise MatrankValueError(
+                message(
+                    "localization",
+                    "used with readout='virial' (eq. 20's loss readout has no "
+                    "correction for the restoring drift)",
+                    f"readout={self.readout!r}",
+                )
+            )
+        if self.n_steps is None:
+            overhead = _AUTO_STEP_GRADIENTS if self.step_size == "auto" else 0
+            steps = (self.max_gradients - overhead) // int(self.n_chains or 1)
+            if steps < 2:
+                raise MatrankValueError(
+                    message(
+                        "max_gradients",
+                        f"enough for two steps of {self.n_chains} chains"
+                        + (" after the 40 of step_size='auto'" if overhead else ""),
+                        str(self.max_gradients),
+                    )
+                )
+            object.__setattr__(self, "n_steps", steps)
+        check_int("n_steps", self.n_steps, low=1)
+        if self.n_average is None and paper:
+            object.__setattr__(self, "n_average", max(1, 2 * int(self.n_steps or 0) // 3))
+        check_int("n_average", self.n_average, low=1, high=self.n_steps, allow_none=True)
 
     def estimate(
         self, obj: Any, *, seed: int | None = None, progress: bool = False
@@ -135,126 +235,229 @@ class LangevinRank:
             Capability.LOSS if self.readout == "loss" else Capability.NONE
         )
         oracle, meter, generator = prepare(obj, needs, "langevin", seed)
-        n, dtype, device = oracle.dim, oracle.dtype, oracle.device
-        root = self._preconditioner_root(n, dtype, device)
-        theta0 = oracle.theta0
-        chains = self.n_chains
-        theta = theta0.expand(chains, n).clone()
-        loss0 = float(meter.loss(theta0[None])[0]) if self.readout == "loss" else 0.0
+        n = oracle.dim
+        root = self._preconditioner_root(n, oracle.dtype, oracle.device)
+        loss0 = float(meter.loss(oracle.theta0[None])[0]) if self.readout == "loss" else 0.0
         mu_max = None
         if self.step_size == "auto":
-            mu_max = largest_curvature(meter, root, generator)
-            eta = (1.0 if self.readout == "virial" else 0.1) / mu_max
+            ones = torch.ones(n, dtype=oracle.dtype, device=oracle.device)
+            mu_max = largest_curvature(meter, ones if root is None else root, generator)
+            eta = (1.0 if self.readout == "virial" else 0.1) / (mu_max + self.localization)
         else:
-            eta = float(self.step_size)
-        noise_scale = math.sqrt(eta * self.sigma2)
-        first_averaged = self.n_steps - self.n_average
-        sums = torch.zeros(chains, dtype=torch.float64)
-        trace = np.empty(self.n_steps)  # mean reading over chains, in rank units
-        batches = np.zeros(20)
-        status, done = Status.CONVERGED, self.n_steps
-        bar = progress_bar(progress, self.n_steps, "langevin", "step")
-        every = max(1, self.n_steps // 100)
-        try:
-            for k in range(self.n_steps):
-                gradient = meter.grad(theta)
-                if self.readout == "loss":
-                    # L_k, before the update, as in the authors' code
-                    reading = (
-                        4.0 / self.sigma2 * (meter.loss(theta).to(torch.float64) - loss0)
-                    )
-                else:
-                    # the virial: 2(θ−θ0)ᵀ∇f − η∇fᵀG∇f, σ² per equilibrated mode
-                    virial = 2 * ((theta - theta0) * gradient).sum(dim=1) - eta * (
-                        (root * gradient) ** 2
-                    ).sum(dim=1)
-                    reading = virial.to(torch.float64) / self.sigma2
-                reading = reading.cpu()
-                trace[k] = float(reading.mean())
-                if k >= first_averaged:
-                    sums += reading
-                    batches[(k - first_averaged) * 20 // self.n_average] += trace[k]
-                if not math.isfinite(trace[k]):
+            eta = float(cast(float, self.step_size))
+        reductions: list[dict[str, float]] = []
+        while True:
+            try:
+                readings, summary, status = self._run(
+                    meter, root, eta, loss0, generator, progress
+                )
+                break
+            except _Diverged as diverged:
+                if self.variant == "paper" or len(reductions) == _MAX_REDUCTIONS:
                     raise MatrankValueError(
                         message(
                             "step_size",
                             "small enough for a stable chain (η·μmax < 2)",
-                            f"{eta:g}, with which the chain diverged at step {k}",
+                            f"{eta:g}, with which the chain diverged at step "
+                            f"{diverged.step}"
+                            + (f" after {len(reductions)} halvings" if reductions else ""),
                         )
-                    )
-                xi = torch.randn(chains, n, generator=generator, dtype=torch.float64).to(
-                    dtype=dtype, device=device
+                    ) from None
+                reductions.append({"step_size": eta, "diverged_at": diverged.step})
+                warnings.warn(
+                    f"the Langevin chains diverged at step {diverged.step} with "
+                    f"η = {eta:.3g}; restarting them with η = {eta / 2:.3g}",
+                    MatrankWarning,
+                    stacklevel=2,
                 )
-                theta = theta - eta * root**2 * gradient + noise_scale * root * xi
-                if k % every == every - 1:
-                    begin = first_averaged if k > first_averaged else k // 2
-                    bar.update(every)
-                    postfix = {"rank": f"{trace[begin : k + 1].mean():.1f}"}
-                    if chains >= 2 and k > first_averaged:
-                        running = sums / (k - first_averaged + 1)
-                        postfix["stderr"] = (
-                            f"{float(running.std()) / math.sqrt(chains):.2g}"
-                        )
-                    bar.set_postfix(postfix)
-        except KeyboardInterrupt:
-            # Ctrl-C: the estimate from the steps run so far -- the averaged ones if
-            # any were reached, else the second half of the run -- flagged as such.
-            if k < 2:
-                raise
-            status, done = Status.INTERRUPTED, k
-        finally:
-            bar.close()
+                eta /= 2
+        mean_trace = readings.mean(dim=1).numpy()
         diagnostics: dict[str, Any] = {
             "variant": self.variant,
             "readout": self.readout,
             "step_size": eta,
             "mu_max": mu_max,
             "sigma2": self.sigma2,
-            "readings": trace[:done],
+            "localization": self.localization,
+            "readings": mean_trace,
             "loss0": loss0,
+            "steps_done": readings.shape[0],
+            "step_reductions": reductions,
+            **summary.pop("diagnostics"),
         }
         if self.readout == "loss":
-            diagnostics["loss_excess"] = trace[:done] * self.sigma2 / 4.0
-        if status is Status.INTERRUPTED:
-            begin = first_averaged if done > first_averaged + 1 else done // 2
-            window = trace[begin:done]
-            batch_means = [
-                float(part.mean()) for part in np.array_split(window, min(20, window.size))
-            ]
-            _, stderr = mean_and_stderr(torch.tensor(batch_means, dtype=torch.float64))
-            diagnostics.update(n_average=done - begin, steps_done=done)
-            return RankResult(
-                rank=float(window.mean()),
-                stderr=stderr,
-                threshold=1.0 / (2 * eta * max(done, 1)),
-                method="langevin",
-                cost=meter.cost(time.perf_counter() - start),
-                diagnostics=diagnostics,
-                status=status,
-            )
-        per_chain = sums / self.n_average
-        if chains >= 2:
-            rank, stderr = mean_and_stderr(per_chain)
-        else:
-            counts = np.bincount(
-                np.arange(self.n_average) * 20 // self.n_average, minlength=20
-            )
-            _, stderr = mean_and_stderr(torch.from_numpy(batches / counts))
-            rank = float(per_chain[0])
-        diagnostics.update(n_average=self.n_average, per_chain=per_chain.numpy())
+            diagnostics["loss_excess"] = mean_trace * self.sigma2 / 4.0
         return RankResult(
-            rank=rank,
-            stderr=stderr,
-            threshold=1.0 / (2 * eta * self.n_steps),
+            rank=summary["rank"],
+            stderr=summary["stderr"],
+            threshold=summary["threshold"],
             method="langevin",
             cost=meter.cost(time.perf_counter() - start),
             diagnostics=diagnostics,
-            status=Status.CONVERGED,
+            status=status,
         )
 
-    def _preconditioner_root(self, n: int, dtype: torch.dtype, device: torch.device):
+    def _run(
+        self,
+        meter: Any,
+        root: torch.Tensor | None,
+        eta: float,
+        loss0: float,
+        generator: torch.Generator,
+        progress: bool,
+    ) -> tuple[torch.Tensor, dict[str, Any], Status]:
+        """The chains from ``θ0``; readings (steps × chains, rank units), summary, status."""
+        n, dtype, device = meter.dim, meter.dtype, meter.device
+        theta0, gamma = meter.theta0, self.localization
+        total, chains = cast(int, self.n_steps), cast(int, self.n_chains)
+        delta = torch.zeros(chains, n, dtype=dtype, device=device)
+        noise_scale = math.sqrt(eta * self.sigma2)
+        squared = None if root is None else root**2
+        readings = torch.empty(total, chains, dtype=torch.float64)
+        # |reading| of a stable chain near a minimum is ≈ rank ± O(sqrt(n)); a
+        # diverging one grows geometrically and passes this within a few dozen steps
+        bound = 1e6 * (n + 1)
+        checks = [total]
+        if self.rtol is not None:
+            checks = [s for s in (128 * 2**i for i in range(40)) if s < total]
+            checks.append(total)
+        rounds: list[dict[str, Any]] = []
+        status, done = Status.CONVERGED, total
+        bar = progress_bar(progress, total, "langevin", "step")
+        every = max(1, total // 100)
+        try:
+            for k in range(total):
+                theta = theta0 + delta
+                gradient = meter.grad(theta)
+                if self.readout == "loss":
+                    # L_k, before the update, as in the authors' code
+                    reading = 4.0 / self.sigma2 * (meter.loss(theta).double() - loss0)
+                    drift = gradient if squared is None else squared * gradient
+                else:
+                    # the virial: (2 − ηγ)δᵀ∇f − η∇fᵀG∇f, σ² per equilibrated mode
+                    drift = gradient if squared is None else squared * gradient
+                    virial = (2 - eta * gamma) * torch.linalg.vecdot(
+                        delta, gradient
+                    ) - eta * torch.linalg.vecdot(gradient, drift)
+                    reading = virial.double() / self.sigma2
+                readings[k] = reading.cpu()
+                if not bool(torch.isfinite(readings[k]).all()) or (
+                    abs(float(readings[k].mean())) > bound
+                ):
+                    raise _Diverged(k)
+                xi = torch.randn(chains, n, generator=generator, dtype=torch.float64).to(
+                    dtype=dtype, device=device
+                )
+                if gamma:
+                    delta.mul_(1 - eta * gamma)
+                delta.add_(drift, alpha=-eta)
+                if root is None:
+                    delta.add_(xi, alpha=noise_scale)
+                else:
+                    delta.addcmul_(root, xi, value=noise_scale)
+                if k % every == every - 1:
+                    bar.update(every)
+                    window = readings[k // 2 : k + 1].mean(dim=0)
+                    postfix = {"rank": f"{float(window.mean()):.1f}"}
+                    if chains >= 2:
+                        postfix["stderr"] = f"{float(window.std()) / math.sqrt(chains):.2g}"
+                    bar.set_postfix(postfix)
+                if k + 1 == checks[0] and k + 1 < total:
+                    checks.pop(0)
+                    summary = self._summarize(readings[: k + 1], eta)
+                    rounds.append(
+                        {
+                            "steps": k + 1,
+                            "rank": summary["rank"],
+                            "stderr": summary["stderr"],
+                        }
+                    )
+                    if self._settled(rounds):
+                        status, done = Status.CONVERGED, k + 1
+                        break
+        except KeyboardInterrupt:
+            # Ctrl-C: the estimate from the steps run so far, flagged as such.
+            if k < 2:
+                raise
+            status, done = Status.INTERRUPTED, k
+        finally:
+            bar.close()
+        readings = readings[:done]
+        summary = self._summarize(readings, eta, interrupted=status is Status.INTERRUPTED)
+        if self.rtol is not None and status is Status.CONVERGED:
+            rounds.append(
+                {"steps": done, "rank": summary["rank"], "stderr": summary["stderr"]}
+            )
+            if not self._settled(rounds):
+                status = Status.BUDGET_EXHAUSTED
+                growth = [
+                    f"{b['rank'] - a['rank']:+.3g}" for a, b in itertools.pairwise(rounds)
+                ]
+                warnings.warn(
+                    f"the Langevin estimate did not settle to rtol={self.rtol:g} in "
+                    f"{done} steps (growth per doubling: {', '.join(growth[-4:])}; "
+                    f"stderr {summary['stderr']:.3g}): eigenvalues keep equilibrating "
+                    f"as 1/(2ηk) falls; raise max_gradients or accept the threshold "
+                    f"{summary['threshold']:.3g}",
+                    MatrankWarning,
+                    stacklevel=3,
+                )
+            summary["diagnostics"]["rounds"] = rounds
+        return readings, summary, status
+
+    def _settled(self, rounds: list[dict[str, Any]]) -> bool:
+        if self.rtol is None or len(rounds) < 2:
+            return False
+        last, previous = rounds[-1], rounds[-2]
+        scale = self.rtol * max(abs(last["rank"]), 1.0)
+        return last["stderr"] <= scale and abs(last["rank"] - previous["rank"]) <= scale
+
+    def _summarize(
+        self, readings: torch.Tensor, eta: float, *, interrupted: bool = False
+    ) -> dict[str, Any]:
+        """Estimate, stderr and threshold from ``readings`` (steps × chains)."""
+        steps, chains = readings.shape
+        average = cast(int, self.n_average)
+        mean_trace = readings.mean(dim=1).numpy()
+        if self.variant == "paper" and not interrupted:
+            begin = steps - average
+        elif self.variant == "paper" or self.n_average is not None:
+            begin = steps - average if average < steps else steps // 2
+        else:
+            begin = mser_start(mean_trace)
+        window = readings[begin:]
+        per_chain = window.mean(dim=0)
+        if chains >= 2:
+            rank, stderr = mean_and_stderr(per_chain)
+        else:
+            parts = np.array_split(window[:, 0].numpy(), min(20, window.shape[0]))
+            _, stderr = mean_and_stderr(
+                torch.tensor([float(p.mean()) for p in parts], dtype=torch.float64)
+            )
+            rank = float(per_chain[0])
+        diagnostics: dict[str, Any] = {
+            "n_average": steps - begin,
+            "burn_in": begin,
+            "per_chain": per_chain.numpy(),
+        }
+        if self.variant == "paper":
+            threshold = 1.0 / (2 * eta * max(steps, 1))
+        else:
+            threshold, fit = matched_threshold(mean_trace, eta, begin)
+            threshold = max(threshold, self.localization)
+            diagnostics["threshold_fit"] = fit
+        return {
+            "rank": float(rank),
+            "stderr": float(stderr),
+            "threshold": threshold,
+            "diagnostics": diagnostics,
+        }
+
+    def _preconditioner_root(
+        self, n: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor | None:
         if self.preconditioner is None:
-            return torch.ones(n, dtype=dtype, device=device)
+            return None
         diagonal = torch.as_tensor(self.preconditioner, dtype=torch.float64).flatten()
         if diagonal.numel() != n or not bool((diagonal > 0).all()):
             raise MatrankValueError(
@@ -265,6 +468,64 @@ class LangevinRank:
                 )
             )
         return diagonal.sqrt().to(dtype=dtype, device=device)
+
+
+def mser_start(trace: np.ndarray, batches: int = 100) -> int:
+    """Start of the averaging window by MSER (White 1997), within the first half.
+
+    Over batch means ``y_j`` the truncation ``d`` minimising
+    ``Σ_{i≥d}(y_i − ȳ_d)² / (J − d)²`` -- the squared standard error of the mean of what
+    is kept -- balancing the initial transient's bias against the variance of a short
+    window.
+    """
+    size = max(1, trace.size // batches)
+    count = trace.size // size
+    if count < 4:
+        return 0
+    y = trace[trace.size - count * size :].reshape(count, size).mean(axis=1)
+    offset = trace.size - count * size
+    best, best_d = math.inf, 0
+    for d in range(count // 2 + 1):
+        kept = y[d:]
+        score = float(((kept - kept.mean()) ** 2).sum()) / kept.size**2
+        if score < best:
+            best, best_d = score, d
+    return offset + best_d * size
+
+
+def matched_threshold(
+    trace: np.ndarray, step_size: float, begin: int
+) -> tuple[float, dict[str, float]]:
+    """The ``τ`` whose hard count the window ``trace[begin:]`` of the virial matches.
+
+    See :class:`LangevinRank`, Notes: a power-law fit of the readout against
+    ``log 2ηk`` over the last 31/32 of the run gives the local shape ``c`` of the counting
+    curve; ``τ = [Γ(1+c)·mean k^{−c}]^{1/c}/(2η)`` over the averaged steps.
+    """
+    steps = trace.size
+    k = np.arange(max(begin, 1), steps, dtype=np.float64)
+    shape, slope = 0.0, 0.0
+    edges = np.unique(np.geomspace(max(8, steps // 32), steps, 17).astype(int))
+    if edges.size >= 6:
+        x = np.array([np.log(np.arange(a, b)).mean() for a, b in itertools.pairwise(edges)])
+        y = np.array([trace[a:b].mean() for a, b in itertools.pairwise(edges)])
+        x = x - math.log(steps)
+        best = math.inf
+        for c in np.linspace(-0.9, 3.0, 79):
+            basis = x if abs(c) < 1e-9 else -np.expm1(-c * x) / c
+            design = np.stack([np.ones_like(x), basis], axis=1)
+            coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+            residual = float(((design @ coef - y) ** 2).sum())
+            if residual < best:
+                best, shape, slope = residual, float(c), float(coef[1])
+        if slope <= 0:
+            shape = 0.0
+    if abs(shape) < 1e-9:
+        tau = math.exp(-np.euler_gamma - float(np.log(k).mean())) / (2 * step_size)
+    else:
+        factor = math.gamma(1 + shape) * float(np.mean(k ** (-shape)))
+        tau = factor ** (1 / shape) / (2 * step_size)
+    return tau, {"shape": shape, "slope": slope}
 
 
 def expected_loss_curve(
@@ -318,17 +579,24 @@ def largest_curvature(
 
 
 def expected_virial_curve(
-    eigenvalues: np.ndarray, *, step_size: float, n_steps: int
+    eigenvalues: np.ndarray,
+    *,
+    step_size: float,
+    n_steps: int,
+    localization: float = 0.0,
 ) -> np.ndarray:
     """Expected virial readout per step (rank units), ``k = 0 … n_steps−1``.
 
-    ``Σ_μ (1 − (1 − ημ)^{2k})`` over the positive eigenvalues ``μ`` of ``G^{1/2}HG^{1/2}``:
-    each equilibrated mode counts exactly one, whatever ``ημ < 2``.
+    ``Σ_μ μ/(μ+γ)·(1 − (1 − η(μ+γ))^{2k})`` over the positive eigenvalues ``μ`` of
+    ``G^{1/2}HG^{1/2}``: with ``γ = 0`` each equilibrated mode counts exactly one,
+    whatever ``ημ < 2``.
     """
     mu = np.asarray(eigenvalues, dtype=np.float64)
     mu = mu[mu > 0]
     k = np.arange(n_steps)[:, None]
-    return (1 - (1 - step_size * mu[None]) ** (2 * k)).sum(axis=1)
+    nu = mu + localization
+    weight = mu / nu
+    return (weight[None] * (1 - (1 - step_size * nu[None]) ** (2 * k))).sum(axis=1)
 
 
 def stationary_loss(rank: int, *, sigma2: float) -> float:
