@@ -345,8 +345,11 @@ class LangevinRank:
                     abs(float(readings[k].mean())) > bound
                 ):
                     raise _Diverged(k)
-                xi = torch.randn(chains, n, generator=generator, dtype=torch.float64).to(
-                    dtype=dtype, device=device
+                # normals drawn in float32 on the CPU (5× faster than float64 there,
+                # where they cost as much as the gradient at d = 256) and promoted by
+                # the update: the moments the readout depends on are unchanged
+                xi = torch.randn(chains, n, generator=generator, dtype=torch.float32).to(
+                    device=device, dtype=torch.float32 if dtype == torch.float64 else dtype
                 )
                 if gamma:
                     delta.mul_(1 - eta * gamma)
