@@ -56,7 +56,11 @@ def faithful_expectation(mu: np.ndarray) -> tuple[float, float, float]:
     eta = 1e-4
     w = window_filter(mu, eta, 5000, 15000)
     inflation = 1 / (1 - eta * mu / 2)
-    return float((w * inflation).sum()), float((w - 1).sum()), float((w * (inflation - 1)).sum())
+    return (
+        float((w * inflation).sum()),
+        float((w - 1).sum()),
+        float((w * (inflation - 1)).sum()),
+    )
 
 
 def main() -> None:

@@ -34,8 +34,15 @@ __all__ = [
 ]
 
 
-_PAPER = {"step_size": 1e-4, "n_chains": 1, "readout": "loss", "n_steps": 15000}
-_DEFAULT = {"step_size": "auto", "n_chains": 8, "readout": "virial"}
+_PAPER = {
+    "step_size": 1e-4,
+    "sigma2": 2e-5,
+    "n_chains": 1,
+    "readout": "loss",
+    "n_steps": 15000,
+}
+_DEFAULT = {"step_size": "auto", "sigma2": "auto", "n_chains": 8, "readout": "virial"}
+_VIRIAL_STEP = 1.5  # η·μmax of the automatic step with the virial readout
 _AUTO_STEP_GRADIENTS = 40  # largest_curvature: 20 Lanczos steps, two gradients each
 _MAX_REDUCTIONS = 6
 
@@ -57,8 +64,9 @@ class LangevinRank:
         (their eq. 21) ``θ ← θ − ηG∇L(θ) + sqrt(ησ²)·G^{1/2}ξ`` from ``θ0`` with a fixed
         preconditioner ``G`` (``Σ·G⁻¹ = σ²I``), ``η = 1e-4``, 15,000 steps, and the
         estimate (their eq. 20) ``4/σ² · (mean of the last 10,000 losses − L(θ0))``.
-        ``"default"``: 8 chains as one batch, the virial readout, ``η = 1/μmax`` from
-        gradients (``step_size="auto"``), 15,000 gradients in all (``max_gradients``),
+        ``"default"``: 8 chains as one batch, the virial readout, ``η = 1.5/μmax`` from
+        gradients (``step_size="auto"``), σ² small enough for the loss to be quadratic
+        where the chains go, 15,000 gradients in all (``max_gradients``),
         the averaging window chosen by a burn-in rule, the threshold matched to the
         filter that ran, the step halved and the chains restarted if they diverge.
         Options left at ``None`` take the variant's values.
@@ -66,13 +74,19 @@ class LangevinRank:
         ``η``; stability needs ``η·(μmax(G^{1/2}HG^{1/2}) + γ) < 2``. ``"auto"``
         estimates ``μmax`` from gradients only -- 20 Lanczos steps on central
         differences of the gradient at ``θ0`` (40 gradients, counted in the cost) -- and
-        sets ``η = 1/(μmax + γ)`` for the virial readout, ``0.1/μmax`` for the loss
+        sets ``η = 1.5/(μmax + γ)`` for the virial readout (a quarter below the stability
+        limit: the smaller the threshold ``≈ 1/(2ηK)``, the more is counted), ``0.1/μmax`` for the loss
         readout (whose stiff-mode inflation ``1/(1 − ημ/2)`` is then at most 5 %);
         ``diagnostics["mu_max"]`` reports the estimate.
-    sigma2 : float, default=2e-5
-        ``σ²``. On a quadratic the virial estimate does not depend on it; on a real loss
-        it sets how far the chains wander (the loss excess is ``σ²·rank/4``), so keep it
-        where the loss is still quadratic.
+    sigma2 : float or "auto", default: "auto" (default), 2e-5 (paper)
+        ``σ²``. On a quadratic the virial estimate does not depend on it (the readings
+        are in rank units); on a real loss it sets how far the chains wander, and the
+        cubic and quartic terms of the loss bias the estimate in proportion to it (at
+        the paper's 2e-5: +1.6 % on a well-conditioned linear net, d = 16). ``"auto"``
+        keeps every coordinate's random walk over the run, ``sqrt(ησ²·K·mean G)``, at
+        ``ε`` times the RMS of ``θ0`` (1 if ``θ0 = 0``), ``ε = max(1e-4, eps^{1/3})``
+        (1e-4 in float64, 4.9e-3 in float32, where the gradient's rounding would
+        otherwise swamp the displacement); ``diagnostics["sigma2"]`` reports it.
     n_steps : int, optional
         Iterations per chain. Default: ``max_gradients`` (less the 40 of the automatic
         step) divided by ``n_chains``; 15,000 for the paper variant.
@@ -155,7 +169,7 @@ class LangevinRank:
 
     variant: str = "default"
     step_size: float | str | None = None
-    sigma2: float = 2e-5
+    sigma2: float | str | None = None
     n_steps: int | None = None
     n_average: int | None = None
     n_chains: int | None = None
@@ -180,7 +194,12 @@ class LangevinRank:
                     )
                 )
             check_real("step_size", self.step_size, low=0.0, closed="right")
-        check_real("sigma2", self.sigma2, low=0.0, closed="right")
+        if self.sigma2 != "auto":
+            if isinstance(self.sigma2, str):
+                raise MatrankValueError(
+                    message("sigma2", "a positive number or 'auto'", repr(self.sigma2))
+                )
+            check_real("sigma2", self.sigma2, low=0.0, closed="right")
         check_int("n_chains", self.n_chains, low=1)
         check_choice("readout", self.readout, ("loss", "virial"))
         check_real("localization", self.localization, low=0.0)
@@ -242,14 +261,16 @@ class LangevinRank:
         if self.step_size == "auto":
             ones = torch.ones(n, dtype=oracle.dtype, device=oracle.device)
             mu_max = largest_curvature(meter, ones if root is None else root, generator)
-            eta = (1.0 if self.readout == "virial" else 0.1) / (mu_max + self.localization)
+            factor = _VIRIAL_STEP if self.readout == "virial" else 0.1
+            eta = factor / (mu_max + self.localization)
         else:
             eta = float(cast(float, self.step_size))
         reductions: list[dict[str, float]] = []
         while True:
             try:
+                sigma2 = self._noise_variance(meter, root, eta)
                 readings, summary, status = self._run(
-                    meter, root, eta, loss0, generator, progress
+                    meter, root, eta, sigma2, loss0, generator, progress
                 )
                 break
             except _Diverged as diverged:
@@ -277,7 +298,7 @@ class LangevinRank:
             "readout": self.readout,
             "step_size": eta,
             "mu_max": mu_max,
-            "sigma2": self.sigma2,
+            "sigma2": sigma2,
             "localization": self.localization,
             "readings": mean_trace,
             "loss0": loss0,
@@ -286,7 +307,7 @@ class LangevinRank:
             **summary.pop("diagnostics"),
         }
         if self.readout == "loss":
-            diagnostics["loss_excess"] = mean_trace * self.sigma2 / 4.0
+            diagnostics["loss_excess"] = mean_trace * sigma2 / 4.0
         return RankResult(
             rank=summary["rank"],
             stderr=summary["stderr"],
@@ -302,6 +323,7 @@ class LangevinRank:
         meter: Any,
         root: torch.Tensor | None,
         eta: float,
+        sigma2: float,
         loss0: float,
         generator: torch.Generator,
         progress: bool,
@@ -311,7 +333,7 @@ class LangevinRank:
         theta0, gamma = meter.theta0, self.localization
         total, chains = cast(int, self.n_steps), cast(int, self.n_chains)
         delta = torch.zeros(chains, n, dtype=dtype, device=device)
-        noise_scale = math.sqrt(eta * self.sigma2)
+        noise_scale = math.sqrt(eta * sigma2)
         squared = None if root is None else root**2
         readings = torch.empty(total, chains, dtype=torch.float64)
         # |reading| of a stable chain near a minimum is ≈ rank ± O(sqrt(n)); a
@@ -331,7 +353,7 @@ class LangevinRank:
                 gradient = meter.grad(theta)
                 if self.readout == "loss":
                     # L_k, before the update, as in the authors' code
-                    reading = 4.0 / self.sigma2 * (meter.loss(theta).double() - loss0)
+                    reading = 4.0 / sigma2 * (meter.loss(theta).double() - loss0)
                     drift = gradient if squared is None else squared * gradient
                 else:
                     # the virial: (2 − ηγ)δᵀ∇f − η∇fᵀG∇f, σ² per equilibrated mode
@@ -339,7 +361,7 @@ class LangevinRank:
                     virial = (2 - eta * gamma) * torch.linalg.vecdot(
                         delta, gradient
                     ) - eta * torch.linalg.vecdot(gradient, drift)
-                    reading = virial.double() / self.sigma2
+                    reading = virial.double() / sigma2
                 readings[k] = reading.cpu()
                 if not bool(torch.isfinite(readings[k]).all()) or (
                     abs(float(readings[k].mean())) > bound
@@ -407,6 +429,16 @@ class LangevinRank:
                 )
             summary["diagnostics"]["rounds"] = rounds
         return readings, summary, status
+
+    def _noise_variance(self, meter: Any, root: torch.Tensor | None, eta: float) -> float:
+        """``σ²``: the option, or for ``"auto"`` the one whose random walk stays small."""
+        if self.sigma2 != "auto":
+            return float(cast(float, self.sigma2))
+        theta0 = meter.theta0
+        scale = float(theta0.double().pow(2).mean().sqrt()) or 1.0
+        epsilon = max(1e-4, float(torch.finfo(meter.dtype).eps) ** (1 / 3))
+        spread = 1.0 if root is None else float(root.double().pow(2).mean())
+        return (epsilon * scale) ** 2 / (eta * cast(int, self.n_steps) * spread)
 
     def _settled(self, rounds: list[dict[str, Any]]) -> bool:
         if self.rtol is None or len(rounds) < 2:
