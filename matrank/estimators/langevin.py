@@ -45,6 +45,7 @@ _DEFAULT = {"step_size": "auto", "sigma2": "auto", "n_chains": 8, "readout": "vi
 _VIRIAL_STEP = 1.5  # η·μmax of the automatic step with the virial readout
 _AUTO_STEP_GRADIENTS = 40  # largest_curvature: 20 Lanczos steps, two gradients each
 _MAX_REDUCTIONS = 6
+_THRESHOLD_RESAMPLES = 40
 
 
 class _Diverged(Exception):
@@ -89,7 +90,8 @@ class LangevinRank:
         otherwise swamp the displacement); ``diagnostics["sigma2"]`` reports it.
     n_steps : int, optional
         Iterations per chain. Default: ``max_gradients`` (less the 40 of the automatic
-        step) divided by ``n_chains``; 15,000 for the paper variant.
+        step and the 1 of ``∇L(θ0)``) divided by ``n_chains``; 15,000 for the paper
+        variant.
     n_average : int, optional
         Average the last ``n_average`` iterations. Default: the paper's two thirds of
         the run; for the default variant the MSER burn-in rule (White 1997) on batch
@@ -137,9 +139,20 @@ class LangevinRank:
     ``diagnostics["threshold_fit"]``. The paper variant reports ``1/(2ηK)``.
 
     The standard error is the spread between chains (``n_chains ≥ 2``), else that of 20
-    batch means over time (approximate: successive readings are correlated).
-    Cost: ``n_chains·n_steps`` gradients (+40 for the automatic step, + those of runs
-    restarted after a divergence), and as many loss evaluations with the loss readout
+    batch means over time (approximate: successive readings are correlated). In the
+    default variant it also carries the uncertainty of the matched ``τ``: the fit is
+    repeated on 40 resamplings of the chains and, where the fitted slope ``dN/dlog τ``
+    exceeds three times its own spread, the spread of ``log τ`` times that slope is
+    added in quadrature (``diagnostics["sampling_stderr"]``
+    and ``["threshold_stderr"]`` hold the two parts), so that ``rank ± stderr`` is a
+    statement about ``N(τ)`` at the reported ``τ``.
+    The default variant runs the chains on ``L(θ) − ∇L(θ0)ᵀ(θ − θ0)`` -- the same
+    Hessian, with ``θ0`` exactly stationary even where training stopped short (else the
+    residual gradient drives the chains along it); ``diagnostics
+    ["gradient_norm_at_theta0"]`` reports ``‖∇L(θ0)‖``.
+
+    Cost: ``n_chains·n_steps`` gradients (+40 for the automatic step, +1 for ``∇L(θ0)``
+    in the default variant, + those of runs restarted after a divergence), and as many loss evaluations with the loss readout
     (none with the virial). ``diagnostics["readings"]`` is the readout per step (mean
     over chains) in rank units.
 
@@ -224,14 +237,16 @@ class LangevinRank:
                 )
             )
         if self.n_steps is None:
-            overhead = _AUTO_STEP_GRADIENTS if self.step_size == "auto" else 0
+            overhead = (_AUTO_STEP_GRADIENTS if self.step_size == "auto" else 0) + (
+                0 if paper else 1  # ∇f(θ0), subtracted by the default variant
+            )
             steps = (self.max_gradients - overhead) // int(self.n_chains or 1)
             if steps < 2:
                 raise MatrankValueError(
                     message(
                         "max_gradients",
                         f"enough for two steps of {self.n_chains} chains"
-                        + (" after the 40 of step_size='auto'" if overhead else ""),
+                        + f" after the {overhead} of ∇f(θ0) and step_size='auto'",
                         str(self.max_gradients),
                     )
                 )
@@ -257,6 +272,10 @@ class LangevinRank:
         n = oracle.dim
         root = self._preconditioner_root(n, oracle.dtype, oracle.device)
         loss0 = float(meter.loss(oracle.theta0[None])[0]) if self.readout == "loss" else 0.0
+        # The default runs on L(θ) − ∇L(θ0)ᵀ(θ − θ0): the same Hessian, and θ0 stationary
+        # even where training stopped short (a residual gradient would otherwise drive
+        # the chains along it and dominate a readout divided by a small σ²).
+        tilt = None if self.variant == "paper" else meter.grad(oracle.theta0[None])[0]
         mu_max = None
         if self.step_size == "auto":
             ones = torch.ones(n, dtype=oracle.dtype, device=oracle.device)
@@ -270,7 +289,7 @@ class LangevinRank:
             try:
                 sigma2 = self._noise_variance(meter, root, eta)
                 readings, summary, status = self._run(
-                    meter, root, eta, sigma2, loss0, generator, progress
+                    meter, root, eta, sigma2, tilt, loss0, generator, progress
                 )
                 break
             except _Diverged as diverged:
@@ -299,6 +318,9 @@ class LangevinRank:
             "step_size": eta,
             "mu_max": mu_max,
             "sigma2": sigma2,
+            "gradient_norm_at_theta0": (
+                None if tilt is None else float(torch.linalg.vector_norm(tilt))
+            ),
             "localization": self.localization,
             "readings": mean_trace,
             "loss0": loss0,
@@ -324,6 +346,7 @@ class LangevinRank:
         root: torch.Tensor | None,
         eta: float,
         sigma2: float,
+        tilt: torch.Tensor | None,
         loss0: float,
         generator: torch.Generator,
         progress: bool,
@@ -351,9 +374,14 @@ class LangevinRank:
             for k in range(total):
                 theta = theta0 + delta
                 gradient = meter.grad(theta)
+                if tilt is not None:
+                    gradient = gradient - tilt
                 if self.readout == "loss":
                     # L_k, before the update, as in the authors' code
-                    reading = 4.0 / sigma2 * (meter.loss(theta).double() - loss0)
+                    excess = meter.loss(theta).double() - loss0
+                    if tilt is not None:
+                        excess = excess - torch.linalg.vecdot(delta, tilt).double()
+                    reading = 4.0 / sigma2 * excess
                     drift = gradient if squared is None else squared * gradient
                 else:
                     # the virial: (2 − ηγ)δᵀ∇f − η∇fᵀG∇f, σ² per equilibrated mode
@@ -479,8 +507,35 @@ class LangevinRank:
             threshold = 1.0 / (2 * eta * max(steps, 1))
         else:
             threshold, fit = matched_threshold(mean_trace, eta, begin)
+            # τ is itself estimated: refit on chains resampled with replacement and
+            # carry the spread of log τ into the count through the fitted slope
+            # dN/dlog τ, so that the stderr is that of the estimate *as N(τ)*
+            spread = 0.0
+            if chains >= 2 and fit["slope"] > 0:
+                resample = np.random.default_rng(0)
+                refits = [
+                    matched_threshold(
+                        readings[:, resample.integers(0, chains, chains)]
+                        .mean(dim=1)
+                        .numpy(),
+                        eta,
+                        begin,
+                    )
+                    for _ in range(_THRESHOLD_RESAMPLES)
+                ]
+                slopes = [refit[1]["slope"] for refit in refits]
+                # only where the counting curve visibly rises at τ (a gapped spectrum,
+                # all equilibrated, leaves τ undetermined and nothing to miscount)
+                if fit["slope"] > 3 * float(np.std(slopes, ddof=1)):
+                    logs = [math.log(refit[0]) for refit in refits]
+                    spread = fit["slope"] * float(np.std(logs, ddof=1))
+            diagnostics.update(
+                threshold_fit=fit,
+                sampling_stderr=float(stderr),
+                threshold_stderr=spread,
+            )
+            stderr = math.hypot(float(stderr), spread)
             threshold = max(threshold, self.localization)
-            diagnostics["threshold_fit"] = fit
         return {
             "rank": float(rank),
             "stderr": float(stderr),
