@@ -243,6 +243,8 @@ class TorchLoss:
                 return jvp(grad(f), (theta0,), (v,))[1]
 
             try:
+                if V.shape[1] == 1:  # one column: no vmap and its tracing overhead
+                    return self._accumulate(lambda f: column(f, V[:, 0]))[:, None]
                 return self._accumulate(
                     lambda f: self._batched(lambda v: column(f, v), V.T)
                 ).T
@@ -253,6 +255,8 @@ class TorchLoss:
 
         def pulled(f: Callable) -> torch.Tensor:
             _, pullback = vjp(grad(f), theta0)
+            if V.shape[1] == 1:
+                return pullback(V[:, 0])[0][None]
             return self._batched(lambda v: pullback(v)[0], V.T)
 
         return self._accumulate(pulled).T

@@ -50,6 +50,9 @@ def test_hvp_equals_the_dense_hessian(make, loss_fn):
     V = torch.randn(oracle.dim, 6, dtype=F64, generator=torch.Generator().manual_seed(1))
     product = oracle.hvp(V)
     assert float((product - H @ V).abs().max() / (H @ V).abs().max()) <= 1e-10
+    single = oracle.hvp(V[:, :1])  # one column skips vmap
+    assert single.shape == (oracle.dim, 1)
+    torch.testing.assert_close(single, product[:, :1], rtol=1e-12, atol=1e-14)
     check_oracle(oracle)
 
 
@@ -57,8 +60,11 @@ def test_mse_loss_falls_back_to_reverse_over_reverse():
     # torch 2.13 has no forward-mode formula for mse_loss's backward
     model, X, Y = mlp()
     oracle = TorchLoss(model, torch.nn.functional.mse_loss, (X, Y), gradient_tol=None)
-    oracle.hvp(torch.eye(oracle.dim, 2, dtype=F64))
+    block = oracle.hvp(torch.eye(oracle.dim, 2, dtype=F64))
     assert oracle.hvp_mode == "reverse-over-reverse"
+    torch.testing.assert_close(
+        oracle.hvp(torch.eye(oracle.dim, 1, dtype=F64)), block[:, :1], rtol=1e-12, atol=0
+    )
     plain = TorchLoss(model, squared, (X, Y), gradient_tol=None)
     plain.hvp(torch.eye(plain.dim, 2, dtype=F64))
     assert plain.hvp_mode == "forward-over-reverse"
