@@ -123,7 +123,8 @@ def experiment(
         vectorize=next(model.parameters()).is_cuda,
     )
     gradient_norm = float(torch.linalg.vector_norm(oracle.grad(oracle.theta0[None])))
-    hessian = 0.5 * (oracle.dense_hessian() + oracle.dense_hessian().T)
+    hessian = oracle.dense_hessian()
+    hessian = 0.5 * (hessian + hessian.T)
     eigenvalues = np.linalg.eigvalsh(hessian.numpy())
     preconditioner = adam_preconditioner(adam, oracle)
     root = preconditioner.sqrt()

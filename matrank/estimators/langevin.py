@@ -245,8 +245,8 @@ class LangevinRank:
                 raise MatrankValueError(
                     message(
                         "max_gradients",
-                        f"enough for two steps of {self.n_chains} chains"
-                        + f" after the {overhead} of ∇f(θ0) and step_size='auto'",
+                        f"enough for two steps of {self.n_chains} chains after the "
+                        f"{overhead} gradients of ∇f(θ0) and the automatic step",
                         str(self.max_gradients),
                     )
                 )
@@ -376,16 +376,15 @@ class LangevinRank:
                 gradient = meter.grad(theta)
                 if tilt is not None:
                     gradient = gradient - tilt
+                drift = gradient if squared is None else squared * gradient
                 if self.readout == "loss":
                     # L_k, before the update, as in the authors' code
                     excess = meter.loss(theta).double() - loss0
                     if tilt is not None:
                         excess = excess - torch.linalg.vecdot(delta, tilt).double()
                     reading = 4.0 / sigma2 * excess
-                    drift = gradient if squared is None else squared * gradient
                 else:
                     # the virial: (2 − ηγ)δᵀ∇f − η∇fᵀG∇f, σ² per equilibrated mode
-                    drift = gradient if squared is None else squared * gradient
                     virial = (2 - eta * gamma) * torch.linalg.vecdot(
                         delta, gradient
                     ) - eta * torch.linalg.vecdot(gradient, drift)
