@@ -294,9 +294,11 @@ def test_default_matches_its_exact_discrete_expectation_over_the_window_it_chose
         # against its expectation only the sampling part of the stderr applies
         sampling = result.diagnostics["sampling_stderr"]
         assert abs(result.rank - curve[begin:].mean()) <= 4 * sampling
-        assert result.stderr == pytest.approx(
-            np.hypot(sampling, result.diagnostics["threshold_stderr"])
-        )
+        parts = [
+            sampling,
+            *(result.diagnostics[k] for k in ("threshold_stderr", "edge_stderr")),
+        ]
+        assert result.stderr == pytest.approx(np.sqrt(np.sum(np.square(parts))))
 
 
 def test_matched_threshold_on_the_exact_curve_of_the_linear_net():
@@ -452,3 +454,41 @@ def test_default_is_unmoved_by_a_residual_gradient_at_theta0():
     assert result.diagnostics["gradient_norm_at_theta0"] == pytest.approx(
         float(torch.linalg.vector_norm(shift))
     )
+
+
+def test_automatic_noise_outweighs_the_jumps_of_a_kinked_loss():
+    # ½θᵀAθ + c·Σ|w_jᵀθ + b_j| with kinks 1e-9 from θ0 = 0 (as a ReLU net's training
+    # stalls with pre-activations at their kinks): ∇L(θ0) does not vanish, and the
+    # gradient jumps by ~c wherever a chain crosses a kink. The readout's
+    # −η∇fᵀG∇f/σ² then swings by ηc²/σ²: hopeless at the random-walk σ² (1e-11 here),
+    # negligible once σ² ≥ 10·η·‖∇L(θ0)‖². The step is fixed: central differences at
+    # θ0 straddle the kinks too, and would read their jumps as curvature.
+    rank, n, kinks, c = 8, 40, 30, 1e-3
+    matrix = rotated_spectrum(n, rank, cond=3.0, seed=3)
+    basis = np.linalg.eigh(matrix)[1][:, -rank:]
+    rng = np.random.default_rng(1)
+    normals = rng.standard_normal((kinks, rank)) @ basis.T  # kinks in the range of A
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    offsets = 1e-9 * rng.choice([-1.0, 1.0], kinks)
+    A, W, b = (torch.as_tensor(x) for x in (matrix, normals, offsets))
+
+    class Kinked:
+        dim, dtype, device = n, torch.float64, torch.device("cpu")
+        theta0 = torch.zeros(n, dtype=torch.float64)
+        capabilities = Capability.GRAD
+
+        def grad(self, theta):
+            return theta @ A + c * torch.sign(theta @ W.T + b) @ W
+
+    eta = 1.0 / np.linalg.eigvalsh(matrix).max()
+    result = matrank.LangevinRank(step_size=eta).estimate(Kinked(), seed=0)
+    info = result.diagnostics
+    assert info["sigma2_rule"] == "residual gradient"
+    assert info["sigma2"] == pytest.approx(10 * eta * info["gradient_norm_at_theta0"] ** 2)
+    assert abs(result.rank - rank) <= 4 * result.stderr
+    assert result.stderr < 0.1
+    walk = (1e-4) ** 2 / (eta * info["steps_done"])  # the rule without the floor
+    small = matrank.LangevinRank(step_size=eta, sigma2=walk).estimate(Kinked(), seed=0)
+    assert small.diagnostics["sigma2_rule"] == "given"
+    assert small.stderr > 100 * result.stderr
+    assert abs(small.rank - rank) > 10

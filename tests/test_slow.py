@@ -24,31 +24,27 @@ def benchmark(name: str):
 @pytest.fixture(scope="module")
 def digits():
     module = benchmark("digits_denoiser")
-    info = module.experiment(verbose=False, polynomial=True)
+    print("\n" + module.HEADER)  # the table, with pytest -s
+    info = module.experiment(polynomial=True)
     rows = {name: (result, spectrum) for name, result, spectrum in info["rows"]}
     return module, info, rows
 
 
-@pytest.mark.parametrize("name", ["lanczos", "polynomial"])
-def test_digits_denoiser_products_match_the_dense_gap_rule(digits, name):
+def test_digits_denoiser_lanczos_matches_the_dense_gap_rule(digits):
     module, info, rows = digits
     gap_rank = rows["dense gap rule (exact)"][0].rank
-    result, _ = rows[name]
+    result, _ = rows["lanczos"]
     assert abs(result.rank - gap_rank) <= 0.05 * gap_rank
     assert module.energy(info["eigenvalues"], result.rank) >= 0.985
 
 
-@pytest.mark.xfail(
-    reason="with the automatic σ² the virial readout sees the ReLU kinks: -643 ± 218 on "
-    "this CNN at stop 12 (117.8 ± 3.3 for N(τ) = 134 at σ² = 2e-5; issue 5 open)",
-    strict=False,
-)
-@pytest.mark.parametrize("name", ["langevin", "langevin (Adam G)"])
-def test_digits_denoiser_langevin_counts_above_its_threshold(digits, name):
+@pytest.mark.parametrize("name", ["polynomial", "langevin", "langevin (Adam G)"])
+def test_digits_denoiser_soft_counts_above_their_thresholds(digits, name):
+    # the dense gap (655 of 737) lies 10 decades under λmax, out of reach of 15,000
+    # products or gradients: each soft count is held to the dense count above the
+    # threshold it reports, and to the paper's energy criterion
     module, info, rows = digits
     result, spectrum = rows[name]
-    # a soft count of the eigenvalues above its threshold: held to the dense count
-    # there, and to the paper's energy criterion
     counted = module.dense_count(result, spectrum)
     assert abs(result.rank - counted) <= 4 * result.stderr, (result.rank, counted)
     assert module.energy(info["eigenvalues"], result.rank) >= 0.985

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 import matrank
-from matrank.numerics.threshold import counting_curve, plateau_threshold, resolve_threshold
+from matrank.numerics.threshold import (
+    counting_curve,
+    flat_stretch_threshold,
+    plateau_threshold,
+    resolve_threshold,
+)
 
 
 def test_exact_zeros_give_the_plateau_down_to_the_floor():
@@ -73,3 +78,35 @@ def test_bad_threshold_options_are_refused(value, error, match):
     for method in ("exact", "lanczos"):
         with pytest.raises(error, match=match):
             matrank.estimate_rank(np.eye(3), method=method, threshold=value)
+
+
+def curve_samples(spectrum, grid, probes=4):
+    """Noise-free per-probe samples of the counting curve of ``spectrum`` on ``grid``."""
+    counts = (np.abs(spectrum)[:, None] > grid[None]).sum(axis=0).astype(float)
+    return np.tile(counts, (probes, 1))
+
+
+def test_estimated_curve_takes_a_gap_above_a_narrow_band():
+    # signal in [1, 2], a band at 1e-3..2e-3, flat again down to the curve's end
+    rng = np.random.default_rng(0)
+    spectrum = np.concatenate([rng.uniform(1, 2, 10), rng.uniform(1e-3, 2e-3, 30)])
+    grid = np.geomspace(1e-5, 3.0, 300)
+    choice = flat_stretch_threshold(grid, curve_samples(spectrum, grid))
+    assert choice.upper >= 0.99 and choice.lower <= 2.1e-3 and choice.decades > 2
+
+
+def test_estimated_curve_refuses_a_gap_over_a_continuum_that_runs_off_its_end():
+    # one outlier a decade above eigenvalues spread log-uniformly over 4 decades,
+    # continuing below the curve's lowest threshold (a network Hessian, seen to a reach)
+    rng = np.random.default_rng(1)
+    spectrum = np.concatenate([[170.0], 10 ** rng.uniform(-6, 1.2, 600)])
+    grid = np.geomspace(7e-3, 180.0, 300)
+    choice = flat_stretch_threshold(grid, curve_samples(spectrum, grid))
+    assert choice.decades == 0.0
+    assert choice.runner_up_decades > 0.9  # the outlier's gap, seen and set aside
+    # the same outlier over a continuum that ends inside the curve, flat beneath it:
+    # the plateau rule stands (the higher of two comparable plateaus)
+    ending = np.concatenate([[170.0], 10 ** rng.uniform(-1, 1.2, 600)])
+    kept = flat_stretch_threshold(grid, curve_samples(ending, grid))
+    assert kept.lower > 10 and kept.upper == pytest.approx(170, rel=0.02)
+    assert kept.decades > 0.9

@@ -143,6 +143,13 @@ def flat_stretch_threshold(
     :func:`plateau_threshold` read off a curve instead of a list of eigenvalues: the
     flat stretch is the plateau, its width in decades decides, and the same preference
     for the higher of two comparable plateaus applies.
+
+    Unlike a full spectrum, the curve ends at its lowest threshold. A stretch with more
+    decades of rising curve beneath it than its own width, still rising at the bottom
+    (over its lowest quarter decade), is not taken: it splits a few large eigenvalues
+    from a continuum whose gap, if any, lies below the curve's end (a network Hessian:
+    one outlier a decade above a spread over many). Then ``decades`` is 0 and
+    ``runner_up_decades`` the rejected stretch's width.
     """
     t = np.asarray(thresholds, dtype=np.float64)
     values = np.asarray(samples, dtype=np.float64)
@@ -172,6 +179,14 @@ def flat_stretch_threshold(
     comparable = [s for s in stretches if logs[s[1]] - logs[s[0]] >= preference * widest]
     lo, hi = max(comparable, key=lambda s: s[0])
     others = [logs[b] - logs[a] for a, b in stretches if (a, b) != (lo, hi)]
+    # A gap with a continuum beneath it, wider than the gap and still rising where the
+    # curve ends, separates a few large eigenvalues from a spread of smaller ones whose
+    # own gap, if any, lies out of sight: not a rank.
+    bottom = min(int(np.searchsorted(logs, logs[0] + 0.25)), size - 1)
+    if logs[lo] - logs[0] > logs[hi] - logs[lo] and not flat[0, bottom]:
+        return ThresholdChoice(
+            float(t[0]), float(t[0]), float(t[0]), 0.0, float(logs[hi] - logs[lo])
+        )
     return ThresholdChoice(
         threshold=math.sqrt(t[lo] * t[hi]),
         lower=float(t[lo]),
