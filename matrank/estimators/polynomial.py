@@ -577,6 +577,10 @@ class _DefaultFilter:
             stderr = 0.0
         grid = self.grid(degree)
         table = self.curve(moments, degree, grid)
+        edge = 0.0
+        if not self.exact_path:
+            edge = self._edge(moments, c, degree, threshold, grid)
+            stderr = math.hypot(stderr, edge)
         counts = CountingCurve(
             thresholds=grid,
             counts=table.mean(axis=0),
@@ -598,6 +602,7 @@ class _DefaultFilter:
                 np.polynomial.chebyshev.chebval(self._x(0.0), raw)
             ),
             "samples": samples,
+            "edge_stderr": edge,
         }
         if choice is not None:
             diagnostics["plateau"] = dataclasses.asdict(choice)
@@ -605,6 +610,32 @@ class _DefaultFilter:
         diagnostics["pilot_probes"] = pilot_count
         diagnostics.update(self._density(moments, degree))
         return self._result(start, mean, stderr, threshold, status, diagnostics, counts)
+
+    def _edge(
+        self, moments: np.ndarray, c: np.ndarray, degree: int, t: float, grid: np.ndarray
+    ) -> float:
+        """The edge term: the soft count's spread about ``N(τ)`` at the right ``τ``.
+
+        Eigenvalues inside the filter's transition count fractionally. Placed at random
+        with ``s`` per e-fold of ``λ`` near ``τ`` (the probes' counting curve over the
+        e-fold above ``τ``; deflated eigenvalues count hard and are left out), the soft
+        count minus ``N(τ)`` has variance ``s·κ``, ``κ = ∫(p(τe^ℓ) − 1[ℓ > 0])² dℓ`` for
+        the filter ``p`` that ran. Zero inside a plateau, where ``s = 0``.
+        """
+        low = max(t, float(grid[0]))
+        high = min(math.e * low, float(grid[-1]))
+        if not high > low:
+            return 0.0
+        damping = jackson_damping(degree)
+        ends = np.stack(
+            [self.coefficients(x, degree, damping) for x in (low, high)], axis=1
+        )
+        soft = (moments[:, : degree + 1] @ ends).mean(axis=0)
+        slope = max(float(soft[0] - soft[1]) / math.log(high / low), 0.0)
+        ell = np.linspace(-8.0, min(8.0, math.log(max(self.high, t) / t)), 2001)
+        p = np.polynomial.chebyshev.chebval(self._x(t * np.exp(ell)), c)
+        kappa = float(np.trapezoid((p - (ell > 0)) ** 2, ell))
+        return math.sqrt(slope * kappa)
 
     def _affordable(self, count: int) -> int:
         if count < 2:
