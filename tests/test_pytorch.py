@@ -332,3 +332,21 @@ def test_looped_batches_equal_vmapped_ones():
     assert torch.allclose(looped.hvp(V), vmapped.hvp(V), rtol=1e-12, atol=1e-15)
     with pytest.raises(matrank.MatrankTypeError, match="`vectorize` must be True or False"):
         TorchLoss(model, squared, (X, Y), vectorize="yes")
+
+
+def test_default_langevin_counts_the_dense_hessian_above_its_threshold():
+    # A tanh network at an exact fit: a non-quadratic loss whose Hessian (the
+    # Gauss–Newton JᵀJ, rank 20) spans decades. The default Langevin's soft count is
+    # held to the dense count above the τ it reports, within its stated stderr.
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+    ).double()
+    X = torch.randn(20, 8, dtype=F64)
+    oracle = TorchLoss(model, torch.nn.functional.mse_loss, (X, model(X).detach()))
+    eigenvalues = np.linalg.eigvalsh(oracle.dense_hessian().numpy())
+    result = matrank.LangevinRank(max_gradients=4000).estimate(oracle, seed=1)
+    counted = int((np.abs(eigenvalues) > result.threshold).sum())
+    assert 0 < counted < 20  # the threshold cuts into the spectrum
+    assert abs(result.rank - counted) <= 4 * result.stderr
+    assert result.cost["grads"] <= 4000
