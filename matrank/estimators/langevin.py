@@ -46,7 +46,8 @@ _VIRIAL_STEP = 1.5  # η·μmax of the automatic step with the virial readout
 _AUTO_STEP_GRADIENTS = 40  # largest_curvature: 20 Lanczos steps, two gradients each
 _MAX_REDUCTIONS = 6
 # σ² ≥ _RESIDUAL_NOISE·η·‖G^{1/2}∇L(θ0)‖²: the noise of one step outweighs the drift the
-# residual gradient would cause by sqrt(10) (the digits CNN: broken at 0.007, sound from 0.5)
+# residual gradient would cause by sqrt(10) (on the digits CNN the estimate was broken at
+# σ²/(η‖∇L(θ0)‖²) = 0.007 and sound from 0.56 on)
 _RESIDUAL_NOISE = 10.0
 _THRESHOLD_RESAMPLES = 40
 
