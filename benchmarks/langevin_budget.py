@@ -60,15 +60,8 @@ def main() -> None:
         f" {'grads used':>18} {'s':>6}"
     )
     for d in args.d:
-        budgets, quantiles, runs, adaptive, used, seconds, adaptive_seconds = (
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-        )
+        budgets, quantiles, runs, seconds = [], [], [], []
+        adaptive, used, adaptive_seconds = [], [], []
         for trial in range(args.trials):
             problem = LinearNetHessian.random_minimum(d, d, 5, seed=1000 + trial)
             mu = np.sort(np.asarray(problem.spectrum()))[::-1]
