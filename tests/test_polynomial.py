@@ -7,7 +7,7 @@ from hypothesis import given, settings
 import matrank
 from matrank.adapters import LinearNetHessian
 from matrank.estimators.polynomial import expected_count, ubaru_saad_gap
-from matrank.testing import rotated_spectrum
+from matrank.testing import haar_orthogonal, rotated_spectrum
 from matrank.testing.strategies import low_rank_psd
 
 
@@ -136,6 +136,48 @@ def test_deflation_captures_a_small_rank_whole_and_counts_it_exactly():
     assert result.threshold == pytest.approx(
         matrank.estimate_rank(matrix, method="exact").threshold, rel=0.05
     )
+
+
+def _rotated(spectrum: np.ndarray, seed: int) -> np.ndarray:
+    q = haar_orthogonal(spectrum.size, np.random.default_rng(seed))
+    return (q * spectrum) @ q.T
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deflation_that_holds_everything_above_the_reach_counts_it_exactly(seed):
+    # A continuum denser toward zero, as on the digits CNN: at 4,000 products the reach
+    # is 5.7e-3 (41 eigenvalues above it) and deflation captures ≈ 47. Counting the
+    # complement's probes too added the Jackson tail of its eigenvalues under τ, all on
+    # one side: 46.9–48.3 ± 1.0 for N(τ) = 41.
+    spectrum = np.r_[10.0 * np.arange(1, 301) ** -2.0, np.zeros(100)]
+    result = matrank.PolynomialRank(max_matvecs=4000).estimate(
+        _rotated(spectrum, seed), seed=seed
+    )
+    diagnostics = result.diagnostics
+    assert diagnostics["path"] == "deflated (complement below τ)"
+    assert (
+        np.sort(spectrum)[::-1][diagnostics["deflated"]]
+        <= diagnostics["complement_top"]
+        < result.threshold
+    )
+    assert result.rank == (spectrum > result.threshold).sum()
+    assert result.stderr == 0.0
+    assert result.cost["matvecs"] < 4000  # the complement's probes were not needed
+
+
+def test_copies_that_deflation_missed_send_the_count_back_to_the_probes():
+    # 120 copies of 1 over a continuum under 1e-2: a block Krylov basis holds only some
+    # copies of a repeated eigenvalue (96 here); the check on the deflated operator sees
+    # the other 24 and the probes count them.
+    spectrum = np.r_[np.ones(120), 0.01 * np.arange(1, 301) ** -2.0, np.zeros(100)]
+    result = matrank.PolynomialRank(max_matvecs=4000).estimate(
+        _rotated(spectrum, 0), seed=0
+    )
+    copies = int((np.abs(result.diagnostics["deflated_values"] - 1) < 1e-6).sum())
+    assert copies < 120
+    assert result.diagnostics["complement_top"] >= 1.0
+    assert result.diagnostics["path"] == "probes"
+    assert abs(result.rank - 120) <= 4 * result.stderr
 
 
 def test_user_threshold_sets_the_degree_from_its_angle():

@@ -46,19 +46,7 @@ def test_digits_denoiser_soft_counts_capture_the_papers_energy(digits, name):
     assert module.energy(info["eigenvalues"], rows[name][0].rank) >= 0.985
 
 
-POLYNOMIAL_LEAK = pytest.mark.xfail(
-    reason="stop 13: 190.4 ± 0.9 for a dense N(τ) = 185 at the reach. The 249 deflated "
-    "Ritz values count hard and include every eigenvalue above τ; the complement's "
-    "eigenvalues, all under τ, leak through the Jackson step's tail: a one-sided "
-    "bias the stated stderr does not carry",
-    strict=True,
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param("polynomial", marks=POLYNOMIAL_LEAK), "langevin", "langevin (Adam G)"],
-)
+@pytest.mark.parametrize("name", ["polynomial", "langevin", "langevin (Adam G)"])
 def test_digits_denoiser_soft_counts_match_the_dense_count_above_their_threshold(
     digits, name
 ):
