@@ -280,7 +280,14 @@ def test_default_is_unbiased_for_the_count_above_the_threshold_it_reports():
         assert result.diagnostics["readout"] == "virial"
 
 
-def test_default_matches_its_exact_discrete_expectation_over_the_window_it_chose():
+@pytest.mark.parametrize("parallel_noise", [False, True])
+def test_default_matches_its_exact_discrete_expectation_over_the_window_it_chose(
+    parallel_noise, monkeypatch
+):
+    if parallel_noise:  # the noise of large problems, in four seeded parts
+        from matrank.estimators import langevin
+
+        monkeypatch.setattr(langevin, "_PARALLEL_NOISE", 1)
     matrix, eigenvalues = spread_quadratic(n_curved=200, n=300)
     for seed in range(3):
         result = matrank.LangevinRank().estimate(matrix, seed=seed)
@@ -492,3 +499,73 @@ def test_automatic_noise_outweighs_the_jumps_of_a_kinked_loss():
     assert small.diagnostics["sigma2_rule"] == "given"
     assert small.stderr > 100 * result.stderr
     assert abs(small.rank - rank) > 10
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_the_chunked_step_is_the_textbook_update(preconditioned):
+    # the fused update runs over column chunks on a CPU; it must be the plain formula
+    from matrank.estimators.langevin import _Step
+
+    generator = torch.Generator().manual_seed(0)
+    chains, n = 3, 50
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    theta0, tilt, delta, gradient = (
+        normal(n),
+        normal(n),
+        normal(chains, n),
+        normal(chains, n),
+    )
+    xi = torch.randn(chains, n, generator=generator, dtype=torch.float32)
+    root = normal(n).abs() + 0.5 if preconditioned else None
+    eta, gamma, scale = 0.1, 0.3, 0.2
+    g = gradient - tilt
+    drift = g if root is None else root**2 * g
+    virial = (2 - eta * gamma) * (delta * g).sum(1) - eta * (g * drift).sum(1)
+    noise = xi.double() if root is None else root * xi.double()
+    expected = (1 - eta * gamma) * delta - eta * drift + scale * noise
+    for width in (7, n):
+        step = _Step(
+            eta=eta,
+            gamma=gamma,
+            noise_scale=scale,
+            tilt=tilt,
+            root=root,
+            squared=None if root is None else root**2,
+            width=width,
+        )
+        moved, theta = delta.clone(), torch.empty(chains, n, dtype=torch.float64)
+        before = gradient.clone()
+        got = step.advance(moved, theta, theta0, gradient, xi)
+        torch.testing.assert_close(got, virial, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(moved, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(theta, theta0 + expected, rtol=1e-12, atol=1e-12)
+        assert torch.equal(gradient, before)  # the oracle's tensor is never written
+
+
+def test_parallel_noise_is_seeded_and_independent_of_the_thread_count(monkeypatch):
+    from matrank.estimators import langevin
+
+    monkeypatch.setattr(langevin, "_PARALLEL_NOISE", 1000)
+    threads = torch.get_num_threads()
+    draws = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            noise = langevin._Noise(4, 5000, torch.Generator().manual_seed(3))
+            assert noise.pool is not None
+            draws.append([noise.draw().clone() for _ in range(2)])
+            noise.close()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+    assert not torch.equal(draws[0][0], draws[0][1])  # fresh normals every step
+    sample = torch.cat([d.ravel() for d in draws[0]]).double()
+    # 40,000 standard normals: mean within 5/sqrt(N), variance within 5·sqrt(2/N)
+    assert abs(float(sample.mean())) < 5 / 200
+    assert abs(float(sample.var()) - 1) < 5 * (2 / 40_000) ** 0.5
+    # parts are independent streams, not copies of one
+    parts = draws[0][0].view(-1).tensor_split(4)
+    assert not torch.equal(parts[0][:100], parts[1][:100])
