@@ -122,15 +122,19 @@ class PolynomialRank:
     out of reach of this degree. (4) When the pilot's count ``r`` fits a Krylov basis of
     ``2r + 64`` columns, the converged Ritz pairs (residual ``≤ 1e-3·|θ|``) span a
     deflated ``Y``: their values above ``τ`` count exactly and fresh probes, uniform on
-    the sphere of ``range(Y)⊥``, estimate only the rest (Hutch++'s split). If those find
-    nothing left and the basis is invariant, the spectrum above the noise floor is known
-    and the exact methods' plateau rule sets ``τ``: an exact count, stderr 0. Otherwise
-    32 Lanczos steps on ``(I − YYᵀ)A(I − YYᵀ)`` bound what is left (largest ``|θ| + ‖r‖``,
-    ``diagnostics["complement_top"]``); when that bound is under ``τ`` the complement
-    holds nothing to count and the Ritz count is the answer (stderr 0, path
-    ``"deflated (complement below τ)"``, no further probes). The probes would only add
-    the filter's tail over the complement's eigenvalues just under ``τ``, a bias with
-    one sign (+5 on the digits CNN's 185).
+    the sphere of ``range(Y)⊥``, estimate only the rest (Hutch++'s split). When all of
+    ``R^n`` fits the basis (``n`` products within half the remaining budget and 1 GB,
+    ``deflate`` not set) the basis takes the whole space. Then 32 Lanczos steps on
+    ``(I − YYᵀ)A(I − YYᵀ)`` bound what is left (largest ``|θ| + ‖r‖``,
+    ``diagnostics["complement_top"]``; a block Krylov basis holds only as many copies of
+    a repeated eigenvalue as it had start columns, a fresh run sees the rest). If the
+    basis is invariant and the bound is under the noise floor, the spectrum above the
+    floor is known and the exact methods' plateau rule sets ``τ``: an exact count,
+    stderr 0, no probes (likewise if probes find nothing left). When the bound is under
+    ``τ``, the complement holds nothing to count and the Ritz count is the answer
+    (stderr 0, path ``"deflated (complement below τ)"``, no further probes): the probes
+    would only add the filter's tail over the complement's eigenvalues just under
+    ``τ``, a bias of one sign (+5 on the digits CNN's 185 at the reach).
     (5) The filter is shifted and scaled so that
     ``p(0) = 0`` exactly: an exact null space, however large, adds nothing (the plain
     step's ``p(0)`` of ``1e-3`` … ``1e-5`` counts ``(n − r)·p(0)`` phantom eigenvalues).
@@ -347,12 +351,17 @@ class _DefaultFilter:
         wanted = min(2 * math.ceil(expected) + 64, n)
         if expected < 0.5 or wanted > limit:
             return
+        if limit == n and self.options.deflate is None:
+            wanted = n  # the whole space fits: its spectrum, down to the noise floor
         krylov = BlockKrylov(meter.hvp, n, meter.dtype, meter.device, self.generator)
         while krylov.size < min(wanted, n):
             before = meter.matvecs
             krylov.extend(min(32, wanted - krylov.size))
             self.bar.update(meter.matvecs - before)
-            if krylov.next_kept == 0:  # an invariant subspace: nothing more to find
+            # an invariant subspace: nothing more the Krylov sequence can find, though
+            # copies of a repeated eigenvalue may remain; fresh random columns go on
+            # when the whole space is wanted
+            if krylov.next_kept == 0 and wanted < n:
                 break
         values, vectors = krylov.ritz()
         residuals = krylov.residual_norms(vectors)
@@ -373,7 +382,7 @@ class _DefaultFilter:
         """
         meter, captured = self.meter, self.captured
         steps = min(_COMPLEMENT_STEPS, self.n - captured.shape[1])
-        if steps < 1:
+        if steps < 1 or self.basis_size == self.n:  # the Ritz values are the spectrum
             self.complement_top = 0.0
             return
 
@@ -580,14 +589,18 @@ class _DefaultFilter:
         mean, stderr = mean_and_stderr(torch.from_numpy(pilot_samples))
         if options.n_probes is None:
             self._deflate(mean + 2 * stderr)
-        if self.captured.shape[1] and not self.invariant:
+        if self.captured.shape[1]:
             self._bound_complement()
+        known = self.invariant and self.complement_top <= self.floor
         if self.captured.shape[1]:
             # the pilot saw the whole space; the rest sees range(Y)⊥ only (nothing, when
             # the basis holds all of R^n: the probes are then zero, and agree)
-            moments = self.moments(pilot_count, steps)
+            if known:  # nothing left above the noise floor: the probes would agree
+                moments = np.zeros((pilot_count, 2 * steps + 1))
+            else:
+                moments = self.moments(pilot_count, steps)
             samples = self.samples(moments, c, threshold)
-            if threshold > self.complement_top:
+            if threshold > self.complement_top and not known:
                 pass  # the count is the Ritz count; more probes would only refine N(t < τ)
             elif np.ptp(samples) > 1e-9 * (1 + abs(samples.mean())):
                 more = (self.budget - meter.matvecs) // steps
