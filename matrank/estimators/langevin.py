@@ -51,7 +51,7 @@ _MAX_REDUCTIONS = 6
 # σ²/(η‖∇L(θ0)‖²) = 0.007 and sound from 0.56 on)
 _RESIDUAL_NOISE = 10.0
 _THRESHOLD_RESAMPLES = 40
-# Elements per chunk of the fused update on a CPU (2 MB of float64 per array): the five
+# Elements per chunk of the fused update on a CPU (2 MB of float64 per array): the
 # passes over the chains' state then run in cache, 3× faster than whole-array passes at
 # d = 256 (8 × 327,680 parameters: 5.0 against 16.7 ms a step).
 _CHUNK_ELEMENTS = 2**18
@@ -642,7 +642,7 @@ class _Step:
     ``δ ← (1 − ηγ)δ − ηG∇f + sqrt(ησ²)·G^{1/2}ξ`` and ``θ = θ0 + δ`` in place, with
     ``∇f = ∇L(θ) − tilt``; returns ``(2 − ηγ)δᵀ∇f − η∇fᵀG∇f`` per chain (of the ``δ``
     before the step: σ² per equilibrated mode). On a CPU the parameters go in chunks of
-    ``width`` columns, so that each chunk's six passes stay in cache.
+    ``width`` columns, so that each chunk's passes stay in cache.
     """
 
     eta: float

@@ -339,7 +339,7 @@ class _DefaultFilter:
 
         A basis of ``2r + 64`` columns (multiplicities cost up to ``2r``) captures a rank
         ``r`` whole, after which the probes see only what is left: the count becomes
-        exact. A partial capture reduces the variance only by the captured fraction at
+        exact. When ``n`` columns fit, the basis takes the whole space instead. A partial capture reduces the variance only by the captured fraction at
         an ``O(n·k²)`` orthogonalization cost (9× the probes' time for 30 % of the rank
         of the d = 64 linear net), so it is not attempted.
         """
@@ -591,10 +591,8 @@ class _DefaultFilter:
             self._deflate(mean + 2 * stderr)
         if self.captured.shape[1]:
             self._bound_complement()
-        known = self.invariant and self.complement_top <= self.floor
-        if self.captured.shape[1]:
-            # the pilot saw the whole space; the rest sees range(Y)⊥ only (nothing, when
-            # the basis holds all of R^n: the probes are then zero, and agree)
+            known = self.invariant and self.complement_top <= self.floor
+            # the pilot saw the whole space; the rest sees range(Y)⊥ only
             if known:  # nothing left above the noise floor: the probes would agree
                 moments = np.zeros((pilot_count, 2 * steps + 1))
             else:
