@@ -33,6 +33,7 @@ from ..numerics.chebyshev import (
 from ..numerics.krylov import BlockKrylov, spectral_bounds
 from ..numerics.threshold import (
     ThresholdChoice,
+    counting_curve,
     flat_stretch_threshold,
     resolve_threshold,
 )
@@ -58,6 +59,8 @@ _GAUSS_EDGE, _GAUSS_TAIL = 4.75, 5.3
 # Ritz value plus its residual, from a random start (Kuczyński & Woźniakowski: after m
 # steps the top Ritz value misses λmax by a factor 1 − ε with probability ≲ √n·e^{−2m√ε}).
 _COMPLEMENT_STEPS = 32
+# Chebyshev moments of the density of states drawn from a whole-space basis's Ritz values
+_WHOLE_SPACE_DENSITY_DEGREE = 200
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -124,7 +127,10 @@ class PolynomialRank:
     deflated ``Y``: their values above ``τ`` count exactly and fresh probes, uniform on
     the sphere of ``range(Y)⊥``, estimate only the rest (Hutch++'s split). When all of
     ``R^n`` fits the basis (``n`` products within half the remaining budget and 1 GB,
-    ``deflate`` not set) the basis takes the whole space. Then 32 Lanczos steps on
+    ``deflate`` not set) the basis takes the whole space; when ``n`` products fit the
+    budget left after the bounds and no filter setting is given (``threshold``,
+    ``degree``, ``n_probes``, ``deflate``), it does so at once, without a pilot: the
+    spectrum costs less than any filter. Then 32 Lanczos steps on
     ``(I − YYᵀ)A(I − YYᵀ)`` bound what is left (largest ``|θ| + ‖r‖``,
     ``diagnostics["complement_top"]``; a block Krylov basis holds only as many copies of
     a repeated eigenvalue as it had start columns, a fresh run sees the rest). If the
@@ -334,7 +340,34 @@ class _DefaultFilter:
         self.exact_path = False
         self.complement_top = math.inf
 
-    def _deflate(self, expected: float) -> None:
+    def _whole_space(self, start: float) -> RankResult:
+        """The spectrum from a Krylov basis of all of ``R^n`` (``n`` products), no probes.
+
+        When the budget left after the bounds holds ``n`` products (and the basis 1 GB),
+        any filter would cost more than the spectrum itself: the exact methods' plateau
+        rule reads the Ritz values, as on the invariant path of a deflation.
+        """
+        self._deflate(math.inf, whole=True)
+        magnitudes = np.abs(self.deflated_values)
+        threshold, choice = resolve_threshold(magnitudes, self.floor, None)
+        assert choice is not None
+        self.exact_path, self.complement_top = True, 0.0
+        status = Status.CONVERGED if choice.decades >= 1 else Status.NO_PLATEAU
+        degree = _WHOLE_SPACE_DENSITY_DEGREE
+        diagnostics: dict[str, Any] = {
+            "degree": 0,
+            "n_probes": 0,
+            "samples": np.zeros(0),
+            "edge_stderr": 0.0,
+            "plateau": dataclasses.asdict(choice),
+            **self._density(np.zeros((1, degree + 1)), degree),
+        }
+        counts = counting_curve(magnitudes, self.floor, self.high)
+        counts = dataclasses.replace(counts, stderr=np.zeros_like(counts.counts))
+        rank = float((magnitudes > threshold).sum())
+        return self._result(start, rank, 0.0, threshold, status, diagnostics, counts)
+
+    def _deflate(self, expected: float, *, whole: bool = False) -> None:
         """Capture the top subspace when the basis can hold all of it.
 
         A basis of ``2r + 64`` columns (multiplicities cost up to ``2r``) captures a rank
@@ -346,10 +379,10 @@ class _DefaultFilter:
         meter, n = self.meter, self.n
         limit = self.options.deflate
         if limit is None:
-            limit = (self.budget - meter.matvecs) // 2
+            limit = (self.budget - meter.matvecs) // (1 if whole else 2)
         limit = min(limit, _BASIS_BYTES // (8 * n), n)
-        wanted = min(2 * math.ceil(expected) + 64, n)
-        if expected < 0.5 or wanted > limit:
+        wanted = n if whole else min(2 * math.ceil(expected) + 64, n)
+        if (expected < 0.5 and not whole) or wanted > limit:
             return
         if limit == n and self.options.deflate is None:
             wanted = n  # the whole space fits: its spectrum, down to the noise floor
@@ -529,6 +562,11 @@ class _DefaultFilter:
         if self.high <= self.floor * 1.02:  # the operator is zero up to rounding
             return self._result(start, 0.0, 0.0, self.floor, Status.CONVERGED, {})
         remaining = self.budget - meter.matvecs
+        settings = (options.threshold, options.degree, options.n_probes, options.deflate)
+        if settings == (None,) * 4 and self.n <= min(
+            remaining, _BASIS_BYTES // (8 * self.n)
+        ):
+            return self._whole_space(start)
         choice: ThresholdChoice | None = None
         status = Status.CONVERGED
         kernel = "jackson"
