@@ -372,9 +372,11 @@ class _DefaultFilter:
 
         A basis of ``2r + 64`` columns (multiplicities cost up to ``2r``) captures a rank
         ``r`` whole, after which the probes see only what is left: the count becomes
-        exact. When ``n`` columns fit, the basis takes the whole space instead. A partial capture reduces the variance only by the captured fraction at
-        an ``O(n·k²)`` orthogonalization cost (9× the probes' time for 30 % of the rank
-        of the d = 64 linear net), so it is not attempted.
+        exact. When ``n`` columns fit, the basis takes the whole space instead
+        (``whole=True``: within all of the remaining budget, not half). A partial
+        capture reduces the variance only by the captured fraction at an ``O(n·k²)``
+        orthogonalization cost (9× the probes' time for 30 % of the rank of the d = 64
+        linear net), so it is not attempted.
         """
         meter, n = self.meter, self.n
         limit = self.options.deflate
