@@ -61,6 +61,10 @@ _GAUSS_EDGE, _GAUSS_TAIL = 4.75, 5.3
 _COMPLEMENT_STEPS = 32
 # Chebyshev moments of the density of states drawn from a whole-space basis's Ritz values
 _WHOLE_SPACE_DENSITY_DEGREE = 200
+# Largest n whose whole space a basis takes: its dense work grows like n³ (n = 2000:
+# 3 s; n = 5120: 60 s on 2 cores, mostly reorthogonalization and the Ritz vectors),
+# where a filter's 15,000 cheap products take seconds
+_WHOLE_SPACE_MAX = 2048
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,12 +129,12 @@ class PolynomialRank:
     out of reach of this degree. (4) When the pilot's count ``r`` fits a Krylov basis of
     ``2r + 64`` columns, the converged Ritz pairs (residual ``≤ 1e-3·|θ|``) span a
     deflated ``Y``: their values above ``τ`` count exactly and fresh probes, uniform on
-    the sphere of ``range(Y)⊥``, estimate only the rest (Hutch++'s split). When all of
-    ``R^n`` fits the basis (``n`` products within half the remaining budget and 1 GB,
-    ``deflate`` not set) the basis takes the whole space; when ``n`` products fit the
-    budget left after the bounds and no filter setting is given (``threshold``,
-    ``degree``, ``n_probes``, ``deflate``), it does so at once, without a pilot: the
-    spectrum costs less than any filter. Then 32 Lanczos steps on
+    the sphere of ``range(Y)⊥``, estimate only the rest (Hutch++'s split). For
+    ``n ≤ 2048`` (the basis's dense work grows like ``n³``) whose ``n`` products fit
+    half the remaining budget (``deflate`` not set) the basis takes the whole space;
+    when they fit the budget left after the bounds and no filter setting is given
+    (``threshold``, ``degree``, ``n_probes``, ``deflate``), it does so at once, without
+    a pilot: the spectrum costs less than any filter. Then 32 Lanczos steps on
     ``(I − YYᵀ)A(I − YYᵀ)`` bound what is left (largest ``|θ| + ‖r‖``,
     ``diagnostics["complement_top"]``; a block Krylov basis holds only as many copies of
     a repeated eigenvalue as it had start columns, a fresh run sees the rest). If the
@@ -140,7 +144,9 @@ class PolynomialRank:
     ``τ``, the complement holds nothing to count and the Ritz count is the answer
     (stderr 0, path ``"deflated (complement below τ)"``, no further probes): the probes
     would only add the filter's tail over the complement's eigenvalues just under
-    ``τ``, a bias of one sign (+5 on the digits CNN's 185 at the reach).
+    ``τ``, a bias of one sign (+5 on the digits CNN's 185 at the reach); while the
+    bound stays at or above ``τ`` a partial basis doubles, within half the remaining
+    budget and 1 GB (not when ``deflate`` caps it).
     (5) The filter is shifted and scaled so that
     ``p(0) = 0`` exactly: an exact null space, however large, adds nothing (the plain
     step's ``p(0)`` of ``1e-3`` … ``1e-5`` counts ``(n − r)·p(0)`` phantom eigenvalues).
@@ -339,6 +345,7 @@ class _DefaultFilter:
         self.invariant = False
         self.exact_path = False
         self.complement_top = math.inf
+        self.krylov: BlockKrylov | None = None
 
     def _whole_space(self, start: float) -> RankResult:
         """The spectrum from a Krylov basis of all of ``R^n`` (``n`` products), no probes.
@@ -386,9 +393,15 @@ class _DefaultFilter:
         wanted = n if whole else min(2 * math.ceil(expected) + 64, n)
         if (expected < 0.5 and not whole) or wanted > limit:
             return
-        if limit == n and self.options.deflate is None:
+        if limit == n <= _WHOLE_SPACE_MAX and self.options.deflate is None:
             wanted = n  # the whole space fits: its spectrum, down to the noise floor
-        krylov = BlockKrylov(meter.hvp, n, meter.dtype, meter.device, self.generator)
+        self.krylov = BlockKrylov(meter.hvp, n, meter.dtype, meter.device, self.generator)
+        self._extend(wanted)
+
+    def _extend(self, wanted: int) -> None:
+        """Grow the deflation basis to ``wanted`` columns and take its converged pairs."""
+        meter, n, krylov = self.meter, self.n, self.krylov
+        assert krylov is not None
         while krylov.size < min(wanted, n):
             before = meter.matvecs
             krylov.extend(min(32, wanted - krylov.size))
@@ -565,9 +578,7 @@ class _DefaultFilter:
             return self._result(start, 0.0, 0.0, self.floor, Status.CONVERGED, {})
         remaining = self.budget - meter.matvecs
         settings = (options.threshold, options.degree, options.n_probes, options.deflate)
-        if settings == (None,) * 4 and self.n <= min(
-            remaining, _BASIS_BYTES // (8 * self.n)
-        ):
+        if settings == (None,) * 4 and self.n <= min(remaining, _WHOLE_SPACE_MAX):
             return self._whole_space(start)
         choice: ThresholdChoice | None = None
         status = Status.CONVERGED
@@ -631,6 +642,21 @@ class _DefaultFilter:
             self._deflate(mean + 2 * stderr)
         if self.captured.shape[1]:
             self._bound_complement()
+            # A partial capture with something left above τ leaves the probes a soft
+            # count whose tail under τ is one-sided: double the basis while half the
+            # remaining budget (and 1 GB) allows, until the bound falls under τ
+            while (
+                self.complement_top >= threshold
+                and not self.invariant
+                and self.options.deflate is None
+                and self.basis_size < self.n
+            ):
+                grown = min(2 * self.basis_size, self.n)
+                room = (self.budget - meter.matvecs - _COMPLEMENT_STEPS) // 2
+                if grown - self.basis_size > room or grown > _BASIS_BYTES // (8 * self.n):
+                    break
+                self._extend(grown)
+                self._bound_complement()
             known = self.invariant and self.complement_top <= self.floor
             # the pilot saw the whole space; the rest sees range(Y)⊥ only
             if known:  # nothing left above the noise floor: the probes would agree
