@@ -350,11 +350,11 @@ class _DefaultFilter:
     def _whole_space(self, start: float) -> RankResult:
         """The spectrum from a Krylov basis of all of ``R^n`` (``n`` products), no probes.
 
-        When the budget left after the bounds holds ``n`` products (and the basis 1 GB),
+        When the budget left after the bounds holds ``n ≤ _WHOLE_SPACE_MAX`` products,
         any filter would cost more than the spectrum itself: the exact methods' plateau
         rule reads the Ritz values, as on the invariant path of a deflation.
         """
-        self._deflate(math.inf, whole=True)
+        self._deflate(0.0, whole=True)
         magnitudes = np.abs(self.deflated_values)
         threshold, choice = resolve_threshold(magnitudes, self.floor, None)
         assert choice is not None
