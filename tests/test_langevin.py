@@ -328,6 +328,26 @@ def test_matched_threshold_on_the_exact_curve_of_the_linear_net():
     assert 0.3 < fit["shape"] < 1.0  # a saturating count: fewer eigenvalues per decade
 
 
+@pytest.mark.parametrize("trial", [1, 17, 26, 37])
+def test_stderr_covers_a_sparse_filter_edge_on_the_smallest_linear_net(trial):
+    # d = 8: 64 eigenvalues (in pairs), one to three of them inside the filter's edge,
+    # where the readings cannot fix the counting curve's shape. These trials of
+    # benchmarks/paper_table1.py (seed 1000 + trial) missed N(τ) by 4.5–6.4 stderr when
+    # the fit could take c up to 3 -- τ where the filter is ≈ 0.95, above two or three
+    # eigenvalues it counts at 0.74–0.91 -- and τ's term needed a significant slope.
+    from matrank.adapters import LinearNetHessian
+
+    problem = LinearNetHessian.random_minimum(8, 8, 5, seed=1000 + trial)
+    result = matrank.LangevinRank().estimate(problem, seed=trial)
+    counted = int((problem.spectrum() > result.threshold).sum())
+    assert abs(result.rank - counted) <= 2 * result.stderr, (
+        result.rank,
+        counted,
+        result.stderr,
+    )
+    assert result.diagnostics["threshold_fit"]["shape"] <= 1.0
+
+
 def test_localization_gives_the_soft_count_mu_over_mu_plus_gamma():
     matrix, eigenvalues = spread_quadratic(n_curved=200, n=300)
     gamma = 1e-3
@@ -493,7 +513,7 @@ def test_automatic_noise_outweighs_the_jumps_of_a_kinked_loss():
     assert info["sigma2_rule"] == "residual gradient"
     assert info["sigma2"] == pytest.approx(10 * eta * info["gradient_norm_at_theta0"] ** 2)
     assert abs(result.rank - rank) <= 4 * result.stderr
-    assert result.stderr < 0.1
+    assert info["sampling_stderr"] < 0.1  # the readout's noise; τ's terms are apart
     walk = (1e-4) ** 2 / (eta * info["steps_done"])  # the rule without the floor
     small = matrank.LangevinRank(step_size=eta, sigma2=walk).estimate(Kinked(), seed=0)
     assert small.diagnostics["sigma2_rule"] == "given"

@@ -51,6 +51,7 @@ _MAX_REDUCTIONS = 6
 # σ²/(η‖∇L(θ0)‖²) = 0.007 and sound from 0.56 on)
 _RESIDUAL_NOISE = 10.0
 _THRESHOLD_RESAMPLES = 40
+_SHAPES = np.linspace(-0.9, 1.0, 39)  # c of the counting curve's fit (see _summarize)
 # Elements per chunk of the fused update on a CPU (2 MB of float64 per array): the
 # passes over the chains' state then run in cache, 3× faster than whole-array passes at
 # d = 256 (8 × 327,680 parameters: 5.0 against 16.7 ms a step).
@@ -159,14 +160,21 @@ class LangevinRank:
     to the readout against ``ℓ = log 2ηk`` over the last ``31/32`` of the run (a power-law
     density of eigenvalues near ``τ``), ``τ = [Γ(1+c)·mean_k k^{−c}]^{1/c}/(2η)`` over the
     averaged steps (``c → 0``: ``e^{−γ_E − mean log k}/(2η)``); the fit is in
-    ``diagnostics["threshold_fit"]``. The paper variant reports ``1/(2ηK)``.
+    ``diagnostics["threshold_fit"]``. The shape is kept to ``−0.9 ≤ c ≤ 1``: ``c = 1``
+    is a locally uniform density in ``λ`` (``τ = mean(1/k)/(2η)``); beyond it the matched
+    ``τ`` climbs towards the top of the filter, resting on the power law's extrapolation
+    across the filter's lower tail, and the readings cannot tell such a shape from the
+    last few eigenvalues of a spectrum that ends there (on the d = 8 linear nets a fit
+    free up to ``c = 3`` put ``τ`` where the filter is ≈ 0.95, above eigenvalues it
+    counted at 0.74–0.91). The paper variant reports ``1/(2ηK)``.
 
     The standard error is the spread between chains (``n_chains ≥ 2``), else that of 20
     batch means over time (approximate: successive readings are correlated). In the
     default variant it also carries the uncertainty of the matched ``τ``: the fit is
-    repeated on 40 resamplings of the chains and, where the fitted slope ``dN/dlog τ``
-    exceeds three times its own spread, the spread of ``log τ`` times that slope is
-    added in quadrature; so is the edge term: a soft count differs from the hard one
+    repeated on 40 resamplings of the chains, and the RMS change of the readings between
+    the step whose filter centres on the fitted ``τ`` and those of the refits' ``τ``
+    (the readings are soft counts, so this is the change of the count that moving ``τ``
+    makes) is added in quadrature; so is the edge term: a soft count differs from the hard one
     even at the right ``τ``, since eigenvalues inside the filter's edge count
     fractionally, with variance ``s·κ`` for ``s`` eigenvalues per e-fold near ``τ`` placed
     at random (:func:`edge_width`). ``diagnostics["sampling_stderr"]``,
@@ -536,10 +544,13 @@ class LangevinRank:
         else:
             threshold, fit = matched_threshold(mean_trace, eta, begin)
             # τ is itself estimated: refit on chains resampled with replacement and
-            # carry the spread of log τ into the count through the fitted slope
-            # dN/dlog τ, so that the stderr is that of the estimate *as N(τ)*
+            # read what moving τ to each refit's value changes in the count off the
+            # readings themselves (the soft count at the step whose filter centres on
+            # τ), so that the stderr is that of the estimate *as N(τ)*. A slope times
+            # the spread of log τ would miss it where the fit's shape is undetermined
+            # and its slope at τ ≈ 0 while eigenvalues sit across the τ's it allows.
             spread = 0.0
-            if chains >= 2 and fit["slope"] > 0:
+            if chains >= 2:
                 resample = np.random.default_rng(0)
                 refits = [
                     matched_threshold(
@@ -548,15 +559,12 @@ class LangevinRank:
                         .numpy(),
                         eta,
                         begin,
-                    )
+                    )[0]
                     for _ in range(_THRESHOLD_RESAMPLES)
                 ]
-                slopes = [refit[1]["slope"] for refit in refits]
-                # only where the counting curve visibly rises at τ (a gapped spectrum,
-                # all equilibrated, leaves τ undetermined and nothing to miscount)
-                if fit["slope"] > 3 * float(np.std(slopes, ddof=1)):
-                    logs = [math.log(refit[0]) for refit in refits]
-                    spread = fit["slope"] * float(np.std(logs, ddof=1))
+                base = _level(mean_trace, eta, threshold, fit["slope"])
+                moved = [_level(mean_trace, eta, t, fit["slope"]) - base for t in refits]
+                spread = math.sqrt(float(np.mean(np.square(moved))))
             # a soft count is not a hard one even at the right τ: eigenvalues inside the
             # filter's edge count fractionally, by Σ(w(λ) − 1[λ > τ]) whose variance
             # for eigenvalues spread at the fitted density in log λ is slope·κ
@@ -713,8 +721,9 @@ def matched_threshold(
     """The ``τ`` whose hard count the window ``trace[begin:]`` of the virial matches.
 
     See :class:`LangevinRank`, Notes: a power-law fit of the readout against
-    ``log 2ηk`` over the last 31/32 of the run gives the local shape ``c`` of the counting
-    curve; ``τ = [Γ(1+c)·mean k^{−c}]^{1/c}/(2η)`` over the averaged steps.
+    ``log 2ηk`` over the last 31/32 of the run gives the local shape ``c ∈ [−0.9, 1]``
+    of the counting curve; ``τ = [Γ(1+c)·mean k^{−c}]^{1/c}/(2η)`` over the averaged
+    steps.
     """
     steps = trace.size
     k = np.arange(max(begin, 1), steps, dtype=np.float64)
@@ -725,7 +734,7 @@ def matched_threshold(
         y = np.array([trace[a:b].mean() for a, b in itertools.pairwise(edges)])
         x = x - math.log(steps)
         best = math.inf
-        for c in np.linspace(-0.9, 3.0, 79):
+        for c in _SHAPES:
             basis = x if abs(c) < 1e-9 else -np.expm1(-c * x) / c
             design = np.stack([np.ones_like(x), basis], axis=1)
             coef, *_ = np.linalg.lstsq(design, y, rcond=None)
@@ -740,6 +749,25 @@ def matched_threshold(
         factor = math.gamma(1 + shape) * float(np.mean(k ** (-shape)))
         tau = factor ** (1 / shape) / (2 * step_size)
     return tau, {"shape": shape, "slope": slope}
+
+
+def _level(trace: np.ndarray, step_size: float, threshold: float, slope: float) -> float:
+    """The readout near the step whose filter ``1 − e^{−2kηλ}`` centres on ``threshold``.
+
+    ``k = e^{−γ_E}/(2ητ)`` (the matched step of a locally log-flat density), averaged
+    over ``[k/1.3, 1.3k]``; past the run's end ``K``, the readings over ``[K/1.3, K)``
+    plus ``slope`` per e-fold of ``k/K``. The readings are the soft count at each step, so differences of
+    this level between two thresholds approximate the difference of their hard counts.
+    """
+    steps = trace.size
+    k = math.exp(-np.euler_gamma) / (2 * step_size * threshold)
+    if k >= steps:
+        return float(trace[int(steps / 1.3) :].mean()) + max(slope, 0.0) * math.log(
+            k / steps
+        )
+    low = int(max(k, 1.0) / 1.3)
+    high = min(steps, max(int(max(k, 1.0) * 1.3), low + 1))
+    return float(trace[low:high].mean())
 
 
 def edge_width(step_size: float, threshold: float, begin: int, steps: int) -> float:
