@@ -173,9 +173,9 @@ class LangevinRank:
     default variant it also carries the uncertainty of the matched ``τ``: the fit is
     repeated on 40 resamplings of the chains, and the RMS change of the readings between
     the step whose filter centres on the fitted ``τ`` and those of the refits' ``τ``
-    (the readings are soft counts, so this is the change of the count that moving ``τ``
-    makes) is added in quadrature; so is the edge term: a soft count differs from the hard one
-    even at the right ``τ``, since eigenvalues inside the filter's edge count
+    (the readings are soft counts, so this is the change of the count that moving
+    ``τ`` makes) is added in quadrature; so is the edge term: a soft count differs from
+    the hard one even at the right ``τ``, since eigenvalues inside the filter's edge count
     fractionally, with variance ``s·κ`` for ``s`` eigenvalues per e-fold near ``τ`` placed
     at random (:func:`edge_width`). ``diagnostics["sampling_stderr"]``,
     ``["threshold_stderr"]`` and ``["edge_stderr"]`` hold the three parts, so that
@@ -756,8 +756,9 @@ def _level(trace: np.ndarray, step_size: float, threshold: float, slope: float) 
 
     ``k = e^{−γ_E}/(2ητ)`` (the matched step of a locally log-flat density), averaged
     over ``[k/1.3, 1.3k]``; past the run's end ``K``, the readings over ``[K/1.3, K)``
-    plus ``slope`` per e-fold of ``k/K``. The readings are the soft count at each step, so differences of
-    this level between two thresholds approximate the difference of their hard counts.
+    plus ``slope`` per e-fold of ``k/K``. The readings are the soft count at each step,
+    so differences of this level between two thresholds approximate the difference of
+    their hard counts.
     """
     steps = trace.size
     k = math.exp(-np.euler_gamma) / (2 * step_size * threshold)
