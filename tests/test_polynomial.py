@@ -170,13 +170,16 @@ def test_deflation_that_holds_everything_above_the_reach_counts_it_exactly(seed)
 
 
 def test_a_space_that_fits_the_budget_is_captured_whole_without_a_pilot():
-    # n = 400 products fit the 4,000: the basis takes the whole space and the exact
-    # methods' plateau rule reads its Ritz values; a filter would cost more
+    # n = 400 products fit the 4,000: the products of the unit vectors are the matrix,
+    # and the exact methods' plateau rule reads its eigenvalues; a filter would cost more
     spectrum = np.r_[10.0 * np.arange(1, 301) ** -2.0, np.zeros(100)]
     matrix = _rotated(spectrum, 0)
     result = matrank.PolynomialRank(max_matvecs=4000).estimate(matrix, seed=0)
     exact = matrank.estimate_rank(matrix, method="exact")
     assert result.diagnostics["path"] == "deflated (exact)"
+    values = result.diagnostics["deflated_values"]
+    assert np.all(np.diff(np.abs(values)) <= 0)  # by magnitude, as Ritz values come
+    np.testing.assert_allclose(values, np.sort(spectrum)[::-1][:300], rtol=1e-9)
     assert result.rank == exact.rank == 300 and result.stderr == 0
     assert result.threshold == pytest.approx(exact.threshold, rel=0.05)
     assert result.cost["matvecs"] <= 400 + 30  # the basis and the bounds
