@@ -345,7 +345,7 @@ def test_stderr_covers_a_sparse_filter_edge_on_the_smallest_linear_net(trial):
         counted,
         result.stderr,
     )
-    assert result.diagnostics["threshold_fit"]["shape"] <= 1.0
+    assert -0.5 <= result.diagnostics["threshold_fit"]["shape"] <= 1.0
 
 
 def test_localization_gives_the_soft_count_mu_over_mu_plus_gamma():
