@@ -766,11 +766,11 @@ def _level(trace: np.ndarray, step_size: float, threshold: float, slope: float) 
     steps = trace.size
     k = math.exp(-np.euler_gamma) / (2 * step_size * threshold)
     if k >= steps:
-        return float(trace[int(steps / 1.3) :].mean()) + max(slope, 0.0) * math.log(
-            k / steps
-        )
-    low = int(max(k, 1.0) / 1.3)
-    high = min(steps, max(int(max(k, 1.0) * 1.3), low + 1))
+        end = float(trace[int(steps / 1.3) :].mean())
+        return end + max(slope, 0.0) * math.log(k / steps)
+    k = max(k, 1.0)
+    low = int(k / 1.3)
+    high = min(steps, max(int(k * 1.3), low + 1))
     return float(trace[low:high].mean())
 
 

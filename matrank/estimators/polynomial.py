@@ -59,11 +59,11 @@ _GAUSS_EDGE, _GAUSS_TAIL = 4.75, 5.3
 # Ritz value plus its residual, from a random start (Kuczyński & Woźniakowski: after m
 # steps the top Ritz value misses λmax by a factor 1 − ε with probability ≲ √n·e^{−2m√ε}).
 _COMPLEMENT_STEPS = 32
-# Chebyshev moments of the density of states drawn from a whole-space basis's Ritz values
+# Chebyshev moments of the density of states drawn from the whole space's eigenvalues
 _WHOLE_SPACE_DENSITY_DEGREE = 200
-# Largest n whose whole space a basis takes: its dense work grows like n³ (n = 2000:
-# 3 s; n = 5120: 60 s on 2 cores, mostly reorthogonalization and the Ritz vectors),
-# where a filter's 15,000 cheap products take seconds
+# Largest n whose whole space is taken: the dense work grows like n³ (eigenvalues of the
+# products of the unit vectors at n = 2000: ≈ 1 s; a Krylov basis of all of R^n after a
+# pilot at n = 5120: 60 s on 2 cores), where a filter's 15,000 cheap products take seconds
 _WHOLE_SPACE_MAX = 2048
 # Columns per product in the deflation and whole-space paths: a model's HVP holds its
 # activations once per column
