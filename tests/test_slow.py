@@ -76,8 +76,8 @@ def test_langevin_default_on_the_paper_linear_nets(d):
 
 @pytest.mark.parametrize("d", [8, 16])
 def test_langevin_default_covers_the_count_above_its_threshold_trial_by_trial(d):
-    # benchmarks/paper_table1.py's 20 targets: a stderr that holds N(τ) within 2 of it
-    # about 19 times in 20 (8 chains: a t with 7 degrees of freedom, ≈ 0.91 per trial);
+    # benchmarks/paper_table1.py's 20 targets: with 8 chains an exact stderr holds N(τ)
+    # within 2 of it ≈ 18 times in 20 (a t with 7 degrees of freedom, 0.91 per trial);
     # fewer than 17 would say it undercovers. Before the τ term was read off the
     # readings it held 14 (d = 8) and 18 (d = 16).
     within = 0
