@@ -5,8 +5,9 @@ loss_fn(model(x; θ), y)`` of the selected parameters ``θ`` (all that require g
 default), at ``θ0`` = the model's current values. Everything goes through
 :mod:`torch.func`: ``functional_call`` evaluates the model at any flat parameter vector
 without touching the module, ``vmap`` batches ``B`` parameter vectors (Langevin chains,
-evolution samples) into one pass, and ``hvp`` is forward-over-reverse, ``jvp`` of
-``grad``, batched over the columns of the block. The dataset is processed in chunks whose
+evolution samples) into one pass, and ``hvp`` is a backward through the gradient's graph
+at ``θ0``, kept from the first call (or, without the cache, forward-over-reverse, ``jvp``
+of ``grad``, batched over the columns of the block). The dataset is processed in chunks whose
 losses are weighted by their sizes, so memory stays bounded and the result is the
 full-batch loss.
 """
@@ -62,11 +63,22 @@ class TorchLoss:
         Samples per forward pass for tensor data (a DataLoader's batches are used as
         they come). Batched calls multiply activation memory by their batch of parameter
         vectors: lower it if ``grad`` on many chains runs out of memory.
-    vectorize : bool, default=True
+    vectorize : bool or None, default=None
         Batch parameter vectors (chains, HVP columns) with ``torch.func.vmap``;
-        ``False`` loops over them. On a 2-core CPU vmapped convolutions over 32 weight
-        sets ran 2× slower than the loop (``benchmarks/torch_costs.py``), MLPs 2–3×
-        faster; on a GPU vmap is the point.
+        ``False`` loops over them. ``None`` vmaps except for a model with convolutions
+        on a CPU: there 32 chains looped cost 34–37 gradients and vmapped 54–75 (more
+        than one gradient over 32 copies of the data, 46–66: the batch outgrows the
+        caches), while MLPs gain from vmap (8–37 against 46–67;
+        ``benchmarks/torch_costs.py``). On a GPU vmap is the point.
+    cache_hvp : bool or None, default=None
+        Keep the first backward pass at ``θ0`` (its graph, built with
+        ``create_graph=True``) and answer each HVP with one more backward through it:
+        ``θ0`` never moves, so the forward and first backward need not be redone. One
+        HVP then costs 1.7–2.0 gradients of a CNN instead of 3.2–3.5
+        (``benchmarks/torch_costs.py``), but the graph of every chunk stays in memory
+        for the oracle's lifetime. ``None`` caches when the data is one chunk (memory
+        as for one full-batch double backward); ``True`` caches every chunk, ``False``
+        recomputes each time (forward-over-reverse).
     gradient_tol : float or None, default=1e-3
         Warn (``MatrankWarning``) when ``‖∇L(θ0)‖`` exceeds it: rank estimates near a
         point that is not stationary are estimates of something else (Langevin's theory
@@ -111,7 +123,8 @@ class TorchLoss:
         params: Sequence[str] | None = None,
         dtype: torch.dtype | None = None,
         chunk_size: int = 1024,
-        vectorize: bool = True,
+        vectorize: bool | None = None,
+        cache_hvp: bool | None = None,
         gradient_tol: float | None = 1e-3,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -121,8 +134,14 @@ class TorchLoss:
         if not callable(loss_fn):
             raise MatrankTypeError(message("loss_fn", "a callable", repr(loss_fn)))
         check_int("chunk_size", chunk_size, low=1)
-        if not isinstance(vectorize, bool):
-            raise MatrankTypeError(message("vectorize", "True or False", repr(vectorize)))
+        if vectorize is not None and not isinstance(vectorize, bool):
+            raise MatrankTypeError(
+                message("vectorize", "True, False or None", repr(vectorize))
+            )
+        if cache_hvp is not None and not isinstance(cache_hvp, bool):
+            raise MatrankTypeError(
+                message("cache_hvp", "True, False or None", repr(cache_hvp))
+            )
         check_real("gradient_tol", gradient_tol, low=0.0, allow_none=True)
         if model.training:
             stochastic = sorted(
@@ -195,9 +214,22 @@ class TorchLoss:
                 if name not in selected_names
             }
         self._data = _check_data(data, chunk_size)
-        self._n_samples = sum(_batch_len(batch) for batch in self._chunks())
+        sizes = [_batch_len(batch) for batch in self._chunks()]
+        self._n_samples = sum(sizes)
+        if vectorize is None:
+            convolutional = any(
+                isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules()
+            )
+            vectorize = not (convolutional and self.device.type == "cpu")
         self._vectorized = vectorize
-        self.hvp_mode = "forward-over-reverse"
+        self._cache_hvp = len(sizes) == 1 if cache_hvp is None else cache_hvp
+        self._graphs: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
+        # one backward per column on a CPU (a vmapped backward through convolutions
+        # ran ≈ 1.7× slower than the loop there), batched where the device has room
+        self._batch_columns = vectorize and self.device.type != "cpu"
+        self.hvp_mode = (
+            "cached reverse-over-reverse" if self._cache_hvp else "forward-over-reverse"
+        )
         self._check_deterministic()
         if gradient_tol is not None:
             norm = float(torch.linalg.vector_norm(self.grad(self._theta0[None])))
@@ -230,12 +262,16 @@ class TorchLoss:
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
         """Hessian at ``θ0`` times a block, ``(n, b) -> (n, b)``.
 
-        Forward-over-reverse (``jvp`` of ``grad``), batched over columns. Some of torch's
+        With the cache (``cache_hvp``), one backward per column through the gradient
+        graph built at the first call (for the whole block at once off the CPU). Without
+        it, forward-over-reverse (``jvp`` of ``grad``), batched over columns. Some of torch's
         derivative formulas have no forward-mode version of their backward (``mse_loss``
         in torch 2.13 fails with "ZeroTensors are immutable"); then, once and for all,
         reverse-over-reverse: one backward graph per chunk whose pullback is batched
         over the columns (``H`` is symmetric, so ``vᵀH = (Hv)ᵀ``).
         """
+        if self._cache_hvp:
+            return self._cached_hvp(V)
         theta0 = self._theta0
         if self.hvp_mode == "forward-over-reverse":
 
@@ -260,6 +296,44 @@ class TorchLoss:
             return self._batched(lambda v: pullback(v)[0], V.T)
 
         return self._accumulate(pulled).T
+
+    def _cached_hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """``H V`` by a backward through each chunk's kept gradient graph at ``θ0``."""
+        if self._graphs is None:
+            graphs = []
+            with torch.enable_grad():
+                for inputs, targets in self._chunks():
+                    theta = self._theta0.detach().clone().requires_grad_(True)
+                    value = self._chunk_loss(inputs, targets)(theta)
+                    (gradient,) = torch.autograd.grad(value, theta, create_graph=True)
+                    weight = _batch_len((inputs, targets)) / self._n_samples
+                    graphs.append((theta, gradient, weight))
+            self._graphs = graphs
+        total = torch.zeros_like(V)
+        for theta, gradient, weight in self._graphs:
+            if not gradient.requires_grad:  # the gradient is constant: H = 0 here
+                continue
+            if self._batch_columns and V.shape[1] > 1:
+                (part,) = torch.autograd.grad(
+                    gradient,
+                    theta,
+                    V.T,
+                    retain_graph=True,
+                    is_grads_batched=True,
+                    materialize_grads=True,
+                )
+                total += weight * part.T
+            else:
+                for j in range(V.shape[1]):
+                    (part,) = torch.autograd.grad(
+                        gradient,
+                        theta,
+                        V[:, j],
+                        retain_graph=True,
+                        materialize_grads=True,
+                    )
+                    total[:, j] += weight * part
+        return total
 
     # ------------------------------------------------------------------- helpers
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -3,11 +3,13 @@
 Run: .venv/bin/python benchmarks/torch_costs.py [--device cpu|cuda] [--repeats 5]
 For an MLP and a small CNN of growing width: the median seconds of one plain autograd
 gradient (``loss.backward`` on the model, the unit), and in that unit the adapter's
-gradient at θ0, one HVP (one column), a block of 32 HVP columns, and the gradients of 32
-parameter vectors at once (32 Langevin chains), vmapped and looped
-(``vectorize=False``) — the adapter's targets are HVP ≤ 3×
-and 32 batched gradients ≤ 8× one gradient. All in one process, so the ratios are
-comparable.
+gradient at θ0, one HVP with the kept gradient graph (``cache_hvp``, the default for
+one chunk of data) and recomputed (forward-over-reverse), a block of 32 HVP columns
+(cached), and the gradients of 32 parameter vectors at once (32 Langevin chains),
+vmapped and looped (``vectorize=False``). The last column is the floor for the chains:
+one plain gradient over the data repeated 32 times (one weight set, the same
+arithmetic as 32 chains in one pass). The adapter's targets are HVP ≤ 3× and 32 batched
+gradients ≤ 8× one gradient. All in one process, so the ratios are comparable.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def main() -> None:
     torch.manual_seed(0)
     header = (
         f"{'model':>10s} {'n':>8s} {'grad s':>9s} {'oracle grad':>11s} {'hvp':>6s} "
-        f"{'32 hvp':>7s} {'32 grads':>8s} {'32 looped':>10s}"
+        f"{'hvp fwd':>7s} {'32 hvp':>7s} {'32 grads':>8s} {'32 looped':>10s} "
+        f"{'32× data':>9s}"
     )
     print(header)
     print("-" * len(header))
@@ -78,7 +81,12 @@ def main() -> None:
 def measure(label: str, model, X, Y, args) -> str:
     """One table row: the costs of one model, in units of one plain gradient."""
     model, X, Y = model.to(args.device), X.to(args.device), Y.to(args.device)
-    oracle = TorchLoss(model, squared, (X, Y), gradient_tol=None, chunk_size=4096)
+    oracle = TorchLoss(
+        model, squared, (X, Y), gradient_tol=None, chunk_size=4096, vectorize=True
+    )
+    recomputed = TorchLoss(
+        model, squared, (X, Y), gradient_tol=None, chunk_size=4096, cache_hvp=False
+    )
     looped = TorchLoss(
         model, squared, (X, Y), gradient_tol=None, chunk_size=4096, vectorize=False
     )
@@ -93,16 +101,24 @@ def measure(label: str, model, X, Y, args) -> str:
     def plain() -> None:
         torch.autograd.grad(squared(model(X), Y), parameters)
 
+    X32, Y32 = X.repeat(32, *[1] * (X.ndim - 1)), Y.repeat(32, *[1] * (Y.ndim - 1))
+
+    def repeated() -> None:
+        torch.autograd.grad(squared(model(X32), Y32), parameters)
+
     gradient = timed(plain, args.repeats, args.device)
     own = timed(lambda: oracle.grad(theta), args.repeats, args.device)
     hvp = timed(lambda: oracle.hvp(column), args.repeats, args.device)
+    forward = timed(lambda: recomputed.hvp(column), args.repeats, args.device)
     hvp32 = timed(lambda: oracle.hvp(block), args.repeats, args.device)
     batched = timed(lambda: oracle.grad(chains), args.repeats, args.device)
     loop = timed(lambda: looped.grad(chains), args.repeats, args.device)
+    floor = timed(repeated, args.repeats, args.device)
     return (
         f"{label:>10s} {oracle.dim:8d} {gradient:9.4f} "
-        f"{own / gradient:11.2f} {hvp / gradient:6.2f} {hvp32 / gradient:7.2f} "
-        f"{batched / gradient:8.2f} {loop / gradient:10.2f}"
+        f"{own / gradient:11.2f} {hvp / gradient:6.2f} {forward / gradient:7.2f} "
+        f"{hvp32 / gradient:7.2f} {batched / gradient:8.2f} {loop / gradient:10.2f} "
+        f"{floor / gradient:9.2f}"
     )
 
 

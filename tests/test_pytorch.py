@@ -42,9 +42,16 @@ def squared(output, target):
 @pytest.mark.parametrize(
     "loss_fn", [squared, torch.nn.functional.mse_loss], ids=["sq", "mse"]
 )
-def test_hvp_equals_the_dense_hessian(make, loss_fn):
+@pytest.mark.parametrize(
+    "cache", [False, True, "batched"], ids=["recomputed", "cached", "cached-batched"]
+)
+def test_hvp_equals_the_dense_hessian(make, loss_fn, cache):
     model, X, Y = make()
-    oracle = TorchLoss(model, loss_fn, (X, Y), gradient_tol=None, chunk_size=5)
+    oracle = TorchLoss(
+        model, loss_fn, (X, Y), gradient_tol=None, chunk_size=5, cache_hvp=bool(cache)
+    )
+    if cache == "batched":  # the path a GPU takes: one backward for the whole block
+        oracle._batch_columns = True
     H = oracle.dense_hessian()
     assert H.shape == (oracle.dim, oracle.dim)
     V = torch.randn(oracle.dim, 6, dtype=F64, generator=torch.Generator().manual_seed(1))
@@ -59,15 +66,57 @@ def test_hvp_equals_the_dense_hessian(make, loss_fn):
 def test_mse_loss_falls_back_to_reverse_over_reverse():
     # torch 2.13 has no forward-mode formula for mse_loss's backward
     model, X, Y = mlp()
-    oracle = TorchLoss(model, torch.nn.functional.mse_loss, (X, Y), gradient_tol=None)
+    oracle = TorchLoss(
+        model, torch.nn.functional.mse_loss, (X, Y), gradient_tol=None, cache_hvp=False
+    )
     block = oracle.hvp(torch.eye(oracle.dim, 2, dtype=F64))
     assert oracle.hvp_mode == "reverse-over-reverse"
     torch.testing.assert_close(
         oracle.hvp(torch.eye(oracle.dim, 1, dtype=F64)), block[:, :1], rtol=1e-12, atol=0
     )
-    plain = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    plain = TorchLoss(model, squared, (X, Y), gradient_tol=None, cache_hvp=False)
     plain.hvp(torch.eye(plain.dim, 2, dtype=F64))
     assert plain.hvp_mode == "forward-over-reverse"
+
+
+def test_the_hvp_graph_is_kept_for_one_chunk_by_default():
+    model, X, Y = mlp()
+    one = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    several = TorchLoss(model, squared, (X, Y), gradient_tol=None, chunk_size=7)
+    assert one.hvp_mode == "cached reverse-over-reverse"
+    assert several.hvp_mode == "forward-over-reverse"
+    V = torch.randn(one.dim, 3, dtype=F64)
+    first = one.hvp(V)
+    graphs = one._graphs
+    assert graphs is not None and len(graphs) == 1
+    # the second call reuses the graph and answers the same, also under no_grad
+    with torch.no_grad():
+        again = one.hvp(V)
+    assert one._graphs is graphs
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    torch.testing.assert_close(several.hvp(V), first, rtol=1e-12, atol=1e-14)
+    with pytest.raises(
+        matrank.MatrankTypeError, match="`cache_hvp` must be True, False or None"
+    ):
+        TorchLoss(model, squared, (X, Y), cache_hvp="yes")
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_loss_linear_in_the_selected_parameters_has_a_zero_hessian(cache):
+    # the mean output of a linear layer is linear in its weights and bias: the
+    # gradient is a constant, whose graph has nothing left to differentiate
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1).double()
+    X = torch.randn(10, 3, dtype=F64)
+    oracle = TorchLoss(
+        model,
+        lambda output, target: (output - target).mean(),
+        (X, torch.zeros(10, 1, dtype=F64)),
+        gradient_tol=None,
+        cache_hvp=cache,
+    )
+    V = torch.randn(oracle.dim, 2, dtype=F64)
+    torch.testing.assert_close(oracle.hvp(V), torch.zeros_like(V), rtol=0, atol=0)
 
 
 def test_loss_and_grad_match_plain_autograd_in_named_parameters_order():
@@ -323,14 +372,20 @@ def test_adam_preconditioner_needs_state_for_every_parameter():
 
 def test_looped_batches_equal_vmapped_ones():
     model, X, Y = cnn()
-    vmapped = TorchLoss(model, squared, (X, Y), gradient_tol=None)
+    vmapped = TorchLoss(model, squared, (X, Y), gradient_tol=None, vectorize=True)
     looped = TorchLoss(model, squared, (X, Y), gradient_tol=None, vectorize=False)
+    # by default a convolutional model on a CPU loops, an MLP vmaps
+    assert not TorchLoss(model, squared, (X, Y), gradient_tol=None)._vectorized
+    dense, inputs, targets = mlp()
+    assert TorchLoss(dense, squared, (inputs, targets), gradient_tol=None)._vectorized
     theta = vmapped.theta0 + 0.01 * torch.randn(3, vmapped.dim, dtype=F64)
     V = torch.randn(vmapped.dim, 3, dtype=F64)
     assert torch.allclose(looped.grad(theta), vmapped.grad(theta), rtol=1e-12, atol=1e-15)
     assert torch.allclose(looped.loss(theta), vmapped.loss(theta), rtol=1e-13)
     assert torch.allclose(looped.hvp(V), vmapped.hvp(V), rtol=1e-12, atol=1e-15)
-    with pytest.raises(matrank.MatrankTypeError, match="`vectorize` must be True or False"):
+    with pytest.raises(
+        matrank.MatrankTypeError, match="`vectorize` must be True, False or None"
+    ):
         TorchLoss(model, squared, (X, Y), vectorize="yes")
 
 
