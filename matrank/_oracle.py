@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -73,6 +73,11 @@ class Oracle(Protocol):
     capabilities : Capability
         Which of ``loss``, ``grad``, ``hvp`` are available.
 
+    An oracle whose ``grad`` computes in a coarser precision than ``dtype`` (e.g.
+    ``LinearNetHessian(gradient_dtype=torch.float32)``) may say so with an attribute
+    ``gradient_dtype``; finite differences of gradients size their step by it
+    (:func:`gradient_precision`).
+
     Notes
     -----
     For an explicit symmetric matrix ``S`` the oracle is the quadratic
@@ -105,6 +110,19 @@ class Oracle(Protocol):
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
         """Hessian at ``theta0`` times a block, ``(n, b) -> (n, b)``."""
         ...
+
+
+def gradient_precision(oracle: Any) -> torch.dtype:
+    """The dtype ``oracle.grad`` computes in: its ``gradient_dtype`` if it has one (looked
+    up through matrank's wrappers), else its ``dtype``."""
+    inner = oracle
+    while True:
+        if hasattr(inner, "gradient_dtype"):
+            return cast(torch.dtype, inner.gradient_dtype)
+        wrapped = getattr(inner, "oracle", None) or getattr(inner, "inner", None)
+        if wrapped is None or wrapped is inner:
+            return cast(torch.dtype, oracle.dtype)
+        inner = wrapped
 
 
 @functools.singledispatch

@@ -13,7 +13,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from .._oracle import Capability
+from .._oracle import Capability, gradient_precision
 from .._result import RankResult, Status
 from .._validation import (
     MatrankValueError,
@@ -813,11 +813,13 @@ def largest_curvature(
     Lanczos (:func:`matrank.numerics.krylov.spectral_bounds`, an upper bound widened by
     the Ritz residual) on the central difference
     ``G^{1/2}(∇f(θ0 + hG^{1/2}v) − ∇f(θ0 − hG^{1/2}v))/2h``, with ``h = eps^{1/3}`` times
-    the scale of ``θ0`` (the step that balances truncation and rounding).
+    the scale of ``θ0`` (the step that balances truncation and rounding; eps of the
+    precision the gradient is computed in, :func:`matrank._oracle.gradient_precision`).
     """
     theta0 = oracle.theta0
     n, dtype, device = oracle.dim, oracle.dtype, oracle.device
-    h = float(torch.finfo(dtype).eps) ** (1 / 3) * max(1.0, float(theta0.abs().max()))
+    eps = float(torch.finfo(gradient_precision(oracle)).eps)
+    h = eps ** (1 / 3) * max(1.0, float(theta0.abs().max()))
 
     def difference(V: torch.Tensor) -> torch.Tensor:
         step = (h * root[:, None] * V).T  # (b, n)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .._oracle import Capability, as_oracle
+from .._oracle import Capability, as_oracle, gradient_precision
 from .._validation import OperatorContractError
 
 __all__ = ["check_oracle"]
@@ -105,7 +105,9 @@ def check_oracle(obj: Any, *, seed: int = 0, n_probes: int = 4, rtol: float | No
         g = oracle.grad(theta)
         _shape(g, (n_probes, n), dtype, "grad(theta)", failures)
         if Capability.HVP in capabilities:
-            # Central differences at theta0 have error O(h²) in the step: h = eps^(1/3).
+            # Central differences at theta0 have error O(h²) in the step: h = eps^(1/3),
+            # eps of the precision the gradient is computed in.
+            eps = torch.finfo(gradient_precision(oracle)).eps
             v = probes(1).T / math.sqrt(n)
             h = eps ** (1 / 3) * max(1.0, float(oracle.theta0.abs().max()))
             plus = oracle.grad(oracle.theta0[None, :] + h * v)
