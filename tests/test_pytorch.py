@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import matrank
-from matrank.adapters import TorchLoss, adam_preconditioner
+from matrank.adapters import LinearNetHessian, TorchLoss, adam_preconditioner
 from matrank.estimators.langevin import expected_loss_curve
 from matrank.testing import check_oracle
 
@@ -405,3 +405,57 @@ def test_default_langevin_counts_the_dense_hessian_above_its_threshold():
     assert 0 < counted < 20  # the threshold cuts into the spectrum
     assert abs(result.rank - counted) <= 4 * result.stderr
     assert result.cost["grads"] <= 4000
+
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_everything_stays_on_the_models_device(device):
+    # The CPU case runs everywhere and checks the test; on a GPU machine the same
+    # assertions cover the CUDA paths (vmapped chains, the batched cached HVP).
+    model, X, _ = cnn()
+    model, X = model.to(device), X.to(device)
+    Y = model(X).detach()  # an exact fit: a minimum, where Langevin's chains settle
+    oracle = TorchLoss(model, squared, (X, Y))
+    assert oracle.device.type == device and oracle.theta0.device.type == device
+    assert oracle._vectorized == (device != "cpu")
+    assert oracle._batch_columns == (device != "cpu")
+    theta = oracle.theta0 + 0.01 * torch.randn(
+        3, oracle.dim, dtype=F64, generator=torch.Generator().manual_seed(0)
+    ).to(device)
+    V = torch.randn(oracle.dim, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    V = V.to(device)
+    H = oracle.dense_hessian()
+    for value in (oracle.loss(theta), oracle.grad(theta), oracle.hvp(V), H):
+        assert value.device.type == device and value.dtype == F64
+    product = oracle.hvp(V)
+    assert float((product - H @ V).abs().max() / (H @ V).abs().max()) <= 1e-10
+    single = torch.stack([oracle.grad(row[None])[0] for row in theta])
+    torch.testing.assert_close(oracle.grad(theta), single, rtol=1e-12, atol=1e-15)
+    eigenvalues = torch.linalg.eigvalsh(H).cpu().numpy()
+    result = matrank.estimate_rank(oracle, method="lanczos", seed=0)
+    assert result.rank == matrank.estimate_rank(H.cpu().numpy(), method="exact").rank
+    assert result.rank == int((np.abs(eigenvalues) > result.threshold).sum())
+    chains = matrank.LangevinRank(max_gradients=800).estimate(oracle, seed=0)
+    assert np.isfinite(chains.rank) and chains.cost["grads"] <= 800
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_linear_net_runs_on_its_device(device):
+    problem = LinearNetHessian.random_minimum(4, 4, 3, seed=2, device=device)
+    assert problem.theta0.device.type == device
+    check_oracle(problem)
+    result = matrank.LangevinRank(max_gradients=2000).estimate(problem, seed=0)
+    on_cpu = matrank.LangevinRank(max_gradients=2000).estimate(
+        LinearNetHessian.random_minimum(4, 4, 3, seed=2), seed=0
+    )
+    # the same seeded noise is drawn on the CPU and moved: only rounding differs
+    assert result.rank == pytest.approx(on_cpu.rank, abs=0.01 * on_cpu.stderr)
+    assert matrank.estimate_rank(problem, method="lanczos", seed=0).rank == 16
