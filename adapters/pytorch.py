@@ -74,7 +74,7 @@ class TorchLoss:
         Keep the first backward pass at ``θ0`` (its graph, built with
         ``create_graph=True``) and answer each HVP with one more backward through it:
         ``θ0`` never moves, so the forward and first backward need not be redone. One
-        HVP then costs 1.7–2.0 gradients of a CNN instead of 3.2–3.5
+        HVP then costs 1.8–2.0 gradients of a CNN instead of 3.1–3.7
         (``benchmarks/torch_costs.py``), but the graph of every chunk stays in memory
         for the oracle's lifetime. ``None`` caches when the data is one chunk (memory
         as for one full-batch double backward); ``True`` caches every chunk, ``False``

@@ -119,7 +119,9 @@ def gradient_precision(oracle: Any) -> torch.dtype:
     while True:
         if hasattr(inner, "gradient_dtype"):
             return cast(torch.dtype, inner.gradient_dtype)
-        wrapped = getattr(inner, "oracle", None) or getattr(inner, "inner", None)
+        wrapped = getattr(inner, "oracle", None)
+        if wrapped is None:
+            wrapped = getattr(inner, "inner", None)
         if wrapped is None or wrapped is inner:
             return cast(torch.dtype, oracle.dtype)
         inner = wrapped
