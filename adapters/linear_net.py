@@ -48,11 +48,12 @@ class LinearNetHessian:
         ``Σx`` (symmetric positive definite, ``(d_in, d_in)``); ``None`` is the identity.
     gradient_dtype : torch.float64 or torch.float32, default=torch.float64
         Precision of the matrix products in :meth:`grad` (its input and output stay
-        float64). ``torch.float32`` makes them 1.6× faster on a 2-core CPU (d = 256, 8
-        chains: 47 against 76 ms) at a relative error of ≈ 2e-4 in a gradient near the
-        minimum — noise far below a Langevin estimate's (same seeds, d = 32: estimates
-        within 0.01 stderr of the float64 ones; ``benchmarks/paper_table1.py
-        --gradient-dtype float32``). The loss and the HVP stay float64.
+        float64). ``torch.float32`` makes a default Langevin estimate at d = 256 take
+        84.5 s instead of 121–140 s on a 2-core CPU, with the same answers
+        (``benchmarks/paper_table1.py --gradient-dtype float32``); the gradient near the
+        minimum is then off by ≈ 2e-4 relative, noise far below the chains' (the tests
+        hold a same-seed estimate at d = 8 within 0.1 stderr of the float64 one). The
+        loss and the HVP stay float64.
 
     Notes
     -----

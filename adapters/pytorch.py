@@ -66,15 +66,15 @@ class TorchLoss:
     vectorize : bool or None, default=None
         Batch parameter vectors (chains, HVP columns) with ``torch.func.vmap``;
         ``False`` loops over them. ``None`` vmaps except for a model with convolutions
-        on a CPU: there 32 chains looped cost 34–37 gradients and vmapped 54–75 (more
-        than one gradient over 32 copies of the data, 46–66: the batch outgrows the
-        caches), while MLPs gain from vmap (8–37 against 46–67;
+        on a CPU: there 32 chains looped cost 31–39 gradients and vmapped 57–77 (more
+        than one gradient over 32 copies of the data, 44–59: the batch outgrows the
+        caches), while MLPs gain from vmap (12–30 against 39–55;
         ``benchmarks/torch_costs.py``). On a GPU vmap is the point.
     cache_hvp : bool or None, default=None
         Keep the first backward pass at ``θ0`` (its graph, built with
         ``create_graph=True``) and answer each HVP with one more backward through it:
         ``θ0`` never moves, so the forward and first backward need not be redone. One
-        HVP then costs 1.8–2.0 gradients of a CNN instead of 3.1–3.7
+        HVP then costs 1.7–2.9 gradients of a CNN instead of 2.8–3.7
         (``benchmarks/torch_costs.py``), but the graph of every chunk stays in memory
         for the oracle's lifetime. ``None`` caches when the data is one chunk (memory
         as for one full-batch double backward); ``True`` caches every chunk, ``False``

@@ -1,7 +1,9 @@
 """What TorchLoss's products cost, in units of one full-batch gradient.
 
 Run: .venv/bin/python benchmarks/torch_costs.py [--device cpu|cuda] [--repeats 5]
-For an MLP and a small CNN of growing width: the median seconds of one plain autograd
+     [--widths 16 64 256] [--models mlp cnn digits]
+For an MLP and a small CNN of growing width, and the float64 denoiser of the digits
+experiment (``digits8``): the median seconds of one plain autograd
 gradient (``loss.backward`` on the model, the unit), and in that unit the adapter's
 gradient at θ0, one HVP with the kept gradient graph (``cache_hvp``, the default for
 one chunk of data) and recomputed (forward-over-reverse), a block of 32 HVP columns
@@ -9,7 +11,7 @@ one chunk of data) and recomputed (forward-over-reverse), a block of 32 HVP colu
 vmapped and looped (``vectorize=False``). The last column is the floor for the chains:
 one plain gradient over the data repeated 32 times (one weight set, the same
 arithmetic as 32 chains in one pass). The adapter's targets are HVP ≤ 3× and 32 batched
-gradients ≤ 8× one gradient. All in one process, so the ratios are comparable.
+gradients ≤ 8× one gradient. All in one process, so the ratios are comparable; the repeats are interleaved, each round calling every column once.
 """
 
 from __future__ import annotations
@@ -23,18 +25,22 @@ import torch
 from matrank.adapters import TorchLoss
 
 
-def timed(function, repeats: int, device: str) -> float:
-    function()  # warm-up (vmap tracing, allocator)
-    seconds = []
+def timed(functions: dict, repeats: int, device: str) -> dict[str, float]:
+    """Median seconds of each function, the repeats interleaved (one round calls each
+    once), so that the machine's drift during the row hits every column alike."""
+    for function in functions.values():
+        function()  # warm-up (vmap tracing, allocator)
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+        for name, function in functions.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            function()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def mlp(width: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -55,8 +61,20 @@ def cnn(width: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     return model, torch.randn(256, 1, 8, 8), torch.randn(256, 1, 8, 8)
 
 
+def digits(channels: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The denoiser of ``digits_denoiser.py`` in float64 on 200 images (untrained: the
+    costs do not depend on the weights)."""
+    from digits_denoiser import DnCNN  # beside this script
+
+    images = torch.rand(200, 1, 8, 8, dtype=torch.float64)
+    return DnCNN(channels).double(), images, torch.rand_like(images)
+
+
 def squared(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((output - target) ** 2).mean()
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "digits": digits}
 
 
 def main() -> None:
@@ -64,6 +82,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument(
+        "--models", nargs="+", default=["mlp", "cnn", "digits"], choices=MODELS
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     header = (
@@ -73,9 +94,10 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for name, make in (("mlp", mlp), ("cnn", cnn)):
-        for width in args.widths:
-            print(measure(f"{name}{width}", *make(width), args), flush=True)
+    for name in args.models:
+        widths = [8] if name == "digits" else args.widths  # the digits model: 8 channels
+        for width in widths:
+            print(measure(f"{name}{width}", *MODELS[name](width), args), flush=True)
 
 
 def measure(label: str, model, X, Y, args) -> str:
@@ -106,19 +128,26 @@ def measure(label: str, model, X, Y, args) -> str:
     def repeated() -> None:
         torch.autograd.grad(squared(model(X32), Y32), parameters)
 
-    gradient = timed(plain, args.repeats, args.device)
-    own = timed(lambda: oracle.grad(theta), args.repeats, args.device)
-    hvp = timed(lambda: oracle.hvp(column), args.repeats, args.device)
-    forward = timed(lambda: recomputed.hvp(column), args.repeats, args.device)
-    hvp32 = timed(lambda: oracle.hvp(block), args.repeats, args.device)
-    batched = timed(lambda: oracle.grad(chains), args.repeats, args.device)
-    loop = timed(lambda: looped.grad(chains), args.repeats, args.device)
-    floor = timed(repeated, args.repeats, args.device)
+    t = timed(
+        {
+            "gradient": plain,
+            "own": lambda: oracle.grad(theta),
+            "hvp": lambda: oracle.hvp(column),
+            "forward": lambda: recomputed.hvp(column),
+            "hvp32": lambda: oracle.hvp(block),
+            "batched": lambda: oracle.grad(chains),
+            "loop": lambda: looped.grad(chains),
+            "floor": repeated,
+        },
+        args.repeats,
+        args.device,
+    )
+    unit = t["gradient"]
     return (
-        f"{label:>10s} {oracle.dim:8d} {gradient:9.4f} "
-        f"{own / gradient:11.2f} {hvp / gradient:6.2f} {forward / gradient:7.2f} "
-        f"{hvp32 / gradient:7.2f} {batched / gradient:8.2f} {loop / gradient:10.2f} "
-        f"{floor / gradient:9.2f}"
+        f"{label:>10s} {oracle.dim:8d} {unit:9.4f} "
+        f"{t['own'] / unit:11.2f} {t['hvp'] / unit:6.2f} {t['forward'] / unit:7.2f} "
+        f"{t['hvp32'] / unit:7.2f} {t['batched'] / unit:8.2f} {t['loop'] / unit:10.2f} "
+        f"{t['floor'] / unit:9.2f}"
     )
 
 

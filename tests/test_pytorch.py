@@ -374,8 +374,7 @@ def test_looped_batches_equal_vmapped_ones():
     model, X, Y = cnn()
     vmapped = TorchLoss(model, squared, (X, Y), gradient_tol=None, vectorize=True)
     looped = TorchLoss(model, squared, (X, Y), gradient_tol=None, vectorize=False)
-    # by default a convolutional model on a CPU loops, an MLP vmaps
-    assert not TorchLoss(model, squared, (X, Y), gradient_tol=None)._vectorized
+    # by default an MLP vmaps (a CNN on a CPU loops: the device test checks that)
     dense, inputs, targets = mlp()
     assert TorchLoss(dense, squared, (inputs, targets), gradient_tol=None)._vectorized
     theta = vmapped.theta0 + 0.01 * torch.randn(3, vmapped.dim, dtype=F64)
