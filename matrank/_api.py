@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from ._oracle import Capability, Oracle, as_oracle
@@ -77,6 +78,9 @@ def estimate_rank(
     seed: int | None = None,
     *,
     progress: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: float = 60.0,
+    keep_checkpoint: bool = False,
     **options: Any,
 ) -> RankResult:
     """Estimate the numerical rank of a symmetric matrix, operator or Hessian.
@@ -95,6 +99,18 @@ def estimate_rank(
     progress : bool, default=False
         Show a tqdm progress bar with the running estimate (``lanczos``, ``langevin``).
         Ctrl-C then returns the best estimate so far, its ``status`` ``INTERRUPTED``.
+    checkpoint : str, path or None, default=None
+        Save the run's state to this file as it goes (atomically: a temporary file,
+        then a rename), and resume from it when it exists: a rerun with the same path
+        and arguments after a crash or a kill returns the uninterrupted result,
+        bit-identical on the CPU for the same seed. A file written by another run
+        (oracle, method, options or seed) is refused, naming what differs. The file is
+        removed when the estimate finishes, kept when it is interrupted.
+    checkpoint_every : float, default=60.0
+        Seconds at least between two writes; the state is written at the estimator's
+        checks (Krylov assessments, Langevin and evolution doublings, probe blocks).
+    keep_checkpoint : bool, default=False
+        Keep the checkpoint after a finished run (rerunning then returns at once).
     **options
         Hyperparameters of the chosen estimator class (for example ``threshold=``).
 
@@ -144,7 +160,14 @@ def estimate_rank(
         )
     if not isinstance(progress, bool):
         raise MatrankTypeError(message("progress", "True or False", repr(progress)))
-    result = cls(**options).estimate(oracle, seed=seed, progress=progress)
+    result = cls(**options).estimate(
+        oracle,
+        seed=seed,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoint=keep_checkpoint,
+    )
     if reason is not None:
         diagnostics = {**result.diagnostics, "auto": reason}
         result = dataclasses.replace(result, diagnostics=diagnostics)

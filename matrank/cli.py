@@ -78,6 +78,16 @@ def _threshold(text: str) -> float | str:
         ) from None
 
 
+def _option(text: str) -> tuple[str, Any]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE; got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matrank", description="Estimate the numerical rank of symmetric PSD matrices."
@@ -101,6 +111,34 @@ def _parser() -> argparse.ArgumentParser:
         "--no-progress",
         action="store_true",
         help="no progress bar (shown on stderr by default; Ctrl-C returns the estimate so far)",
+    )
+    estimate.add_argument(
+        "--option",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        type=_option,
+        help="a hyperparameter of the method, e.g. --option block_size=8 (repeatable; "
+        "VALUE is read as JSON, else taken as a string)",
+    )
+    estimate.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default=None,
+        help="save the run's state here as it goes and resume from it when it exists "
+        "(removed when the estimate finishes)",
+    )
+    estimate.add_argument(
+        "--checkpoint-every",
+        metavar="SECONDS",
+        type=float,
+        default=60.0,
+        help="seconds at least between two checkpoint writes (default 60)",
+    )
+    estimate.add_argument(
+        "--keep-checkpoint",
+        action="store_true",
+        help="keep the checkpoint after the estimate finishes",
     )
     estimate.add_argument(
         "--plot",
@@ -130,12 +168,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             return _demo(args.n, args.rank, args.seed)
-        options = {} if args.threshold is None else {"threshold": args.threshold}
+        options = dict(args.option)
+        if args.threshold is not None:
+            options["threshold"] = args.threshold
         result = estimate_rank(
             load_matrix(args.file),
             method=args.method,
             seed=args.seed,
             progress=not args.no_progress,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoint=args.keep_checkpoint,
             **options,
         )
     except (MatrankError, OSError) as error:

@@ -122,7 +122,7 @@ def plot_loss_trace(
                 f"method {result.method!r}",
             )
         )
-    from .estimators.langevin import expected_loss_curve, expected_virial_curve
+    from .theory import expected_loss_curve, expected_virial_curve
 
     ax = _axes(ax)
     diagnostics = result.diagnostics

@@ -285,7 +285,7 @@ def test_default_matches_its_exact_discrete_expectation_over_the_window_it_chose
     parallel_noise, monkeypatch
 ):
     if parallel_noise:  # the noise of large problems, in four seeded parts
-        from matrank.estimators import langevin
+        from matrank.estimators import _langevin_chain as langevin
 
         monkeypatch.setattr(langevin, "_PARALLEL_NOISE", 1)
     matrix, eigenvalues = spread_quadratic(n_curved=200, n=300)
@@ -312,7 +312,7 @@ def test_matched_threshold_on_the_exact_curve_of_the_linear_net():
     # Noise-free: the expected readout of the d = 32 paper problem. The matched τ's hard
     # count equals the soft count to a fraction of the first-order (log-flat) τ's error.
     from matrank.adapters import LinearNetHessian
-    from matrank.estimators.langevin import matched_threshold
+    from matrank.numerics.readout import matched_threshold
 
     spectrum = LinearNetHessian.random_minimum(32, 32, 5, seed=0).spectrum()
     eta, steps, begin = 1 / spectrum.max(), 1870, 620
@@ -414,8 +414,11 @@ def test_default_variant_messages():
         matrank.LangevinRank(max_gradients=50)
     with pytest.raises(matrank.MatrankValueError, match="`variant` must be one of"):
         matrank.LangevinRank(variant="fast")
-    assert matrank.LangevinRank(variant="paper").n_steps == 15000
-    assert matrank.LangevinRank().n_steps == (15000 - 40 - 1) // 8
+    assert matrank.LangevinRank(variant="paper").plan().n_steps == 15000
+    assert matrank.LangevinRank().plan().n_steps == (15000 - 40 - 1) // 8
+    assert (
+        matrank.LangevinRank().n_steps is None
+    )  # resolved in the plan, never written back
 
 
 @settings(max_examples=15)
@@ -524,7 +527,7 @@ def test_automatic_noise_outweighs_the_jumps_of_a_kinked_loss():
 @pytest.mark.parametrize("preconditioned", [False, True])
 def test_the_chunked_step_is_the_textbook_update(preconditioned):
     # the fused update runs over column chunks on a CPU; it must be the plain formula
-    from matrank.estimators.langevin import _Step
+    from matrank.estimators._langevin_chain import ChainStep as _Step
 
     generator = torch.Generator().manual_seed(0)
     chains, n = 3, 50
@@ -566,7 +569,7 @@ def test_the_chunked_step_is_the_textbook_update(preconditioned):
 
 
 def test_parallel_noise_is_seeded_and_independent_of_the_thread_count(monkeypatch):
-    from matrank.estimators import langevin
+    from matrank.estimators import _langevin_chain as langevin
 
     monkeypatch.setattr(langevin, "_PARALLEL_NOISE", 1000)
     threads = torch.get_num_threads()
@@ -574,7 +577,7 @@ def test_parallel_noise_is_seeded_and_independent_of_the_thread_count(monkeypatc
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            noise = langevin._Noise(4, 5000, torch.Generator().manual_seed(3))
+            noise = langevin.Noise(4, 5000, torch.Generator().manual_seed(3))
             assert noise.pool is not None
             draws.append([noise.draw().clone() for _ in range(2)])
             noise.close()

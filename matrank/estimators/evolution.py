@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from .._oracle import Capability, CostMeter
 from .._result import RankResult, Status
+from .._run import Run
 from .._validation import (
     MatrankError,
     MatrankValueError,
@@ -23,7 +23,6 @@ from .._validation import (
     message,
 )
 from ..numerics.trace import mean_and_stderr
-from ._common import prepare, progress_bar
 
 __all__ = ["EvolutionRank", "null_band"]
 
@@ -128,14 +127,37 @@ class EvolutionRank:
         check_int("max_evals", self.max_evals, low=1000)
         check_int("max_dim", self.max_dim, low=1)
 
+    method: ClassVar[str] = "evolution"
+
     def estimate(
-        self, obj: Any, *, seed: int | None = None, progress: bool = False
+        self,
+        obj: Any,
+        *,
+        seed: int | None = None,
+        progress: bool = False,
+        **checkpointing: Any,
     ) -> RankResult:
-        """Estimate the rank of the loss's Hessian at ``theta0`` from loss values."""
-        start = time.perf_counter()
-        oracle, meter, generator = prepare(obj, Capability.LOSS, "evolution", seed)
+        """Estimate the rank of the loss's Hessian at ``theta0`` from loss values.
+
+        ``progress=True`` shows a bar of loss evaluations; Ctrl-C returns the count of
+        the samples kept so far with ``Status.INTERRUPTED``. Checkpoint options as in
+        :func:`matrank.estimate_rank`: the kept samples' sum is saved between
+        populations.
+        """
+        run = Run.begin(
+            self,
+            obj,
+            Capability.LOSS,
+            seed=seed,
+            progress=progress,
+            total=self.max_evals,
+            unit="eval",
+            **checkpointing,
+        )
+        oracle, meter, generator = run.oracle, run.meter, run.generator
         n = meter.dim
         if n > self.max_dim:
+            run.close()
             raise MatrankValueError(
                 message(
                     "obj",
@@ -145,10 +167,9 @@ class EvolutionRank:
                 )
             )
         theta0 = oracle.theta0.to(dtype=meter.dtype, device=meter.device)
-        loss0 = float(meter.loss(theta0[None])[0])
-        if not math.isfinite(loss0):
-            raise MatrankValueError(message("theta0", "a point with a finite loss", loss0))
-        scale, ratio = self._scale(meter, theta0, loss0, generator)
+        loss0, scale, ratio = run.cached(
+            "scale", lambda: self._scale_and_loss0(meter, theta0, generator)
+        )
         if scale is None:  # flat at every scale tried: no curvature at all
             flat = {
                 "scale": None,
@@ -156,20 +177,25 @@ class EvolutionRank:
                 "margin": math.inf,
                 "flat": True,
             }
-            return self._result(meter, start, 0, None, loss0, flat)
+            return run.result(0, stderr=None, threshold=None, diagnostics=flat)
         kept_per_population = (
             1 if self.selection == "comma" else max(1, round(self.keep * self.population))
         )
         total = torch.zeros(n, n, dtype=torch.float64)
         kept, populations = 0, 0
-        soft, excess = [], 0.0
+        soft: list[float] = []
+        excess = 0.0
         history: list[tuple[int, int]] = []
         # first look when the null band is (1 ± 1/4)²: deficits under 0.44 are invisible
         # before that, and no count can be trusted
-        checkpoint = max(16 * n, 64)
+        next_check = max(16 * n, 64)
+        saved = run.restore("sampling")
+        if saved is not None:
+            total, kept, populations, soft, excess, history, next_check = saved
         status = Status.BUDGET_EXHAUSTED
-        bar = progress_bar(progress, self.max_evals, "evolution", "eval")
+        bar = run.bar
         assessment = None
+        interrupted = False
         try:
             while meter.loss_evals + self.population <= self.max_evals:
                 u = torch.randn(
@@ -190,8 +216,8 @@ class EvolutionRank:
                 populations += 1
                 soft.append(n - float((chosen**2).sum(dim=1).mean()))
                 excess += float(delta[best].sum())
-                if kept >= checkpoint:
-                    checkpoint *= 2
+                if kept >= next_check:
+                    next_check *= 2
                     assessment = self._assess(total / kept, n, kept)
                     history.append((kept, assessment["count"]))
                     bar.set_postfix(rank=assessment["count"], kept=kept)
@@ -203,8 +229,18 @@ class EvolutionRank:
                     ):
                         status = Status.CONVERGED
                         break
+                if run.due():
+                    run.record(
+                        "sampling",
+                        (total, kept, populations, soft, excess, history, next_check),
+                    )
+        except KeyboardInterrupt:
+            # Ctrl-C: the count of what was kept so far (nothing kept: nothing to say)
+            if kept == 0:
+                raise
+            interrupted, status = True, Status.INTERRUPTED
         finally:
-            bar.close()
+            run.close()
         if assessment is None or history[-1][0] != kept:
             if kept == 0:
                 raise MatrankValueError(
@@ -215,7 +251,7 @@ class EvolutionRank:
         beta = soft_mean / (2 * excess / kept) if excess > 0 and soft_mean > 0 else None
         cut = assessment["cut"]
         threshold = (1 - cut) / (beta * scale**2 * cut) if beta and 0 < cut < 1 else None
-        if assessment["margin"] < 2:
+        if assessment["margin"] < 2 and not interrupted:
             status = Status.BUDGET_EXHAUSTED
             needed = self._evals_to_resolve(assessment["nearest"], n, kept_per_population)
             warnings.warn(
@@ -244,8 +280,12 @@ class EvolutionRank:
             "history": history,
             "loss0": loss0,
         }
-        return self._result(
-            meter, start, assessment["count"], threshold, loss0, diagnostics, status
+        return run.result(
+            assessment["count"],
+            stderr=None,
+            threshold=threshold,
+            diagnostics=diagnostics,
+            status=status,
         )
 
     def _assess(self, covariance: torch.Tensor, n: int, kept: int) -> dict[str, Any]:
@@ -272,6 +312,15 @@ class EvolutionRank:
         target = min(max(value, 0.0) * 1.1 + 0.05, 0.99)
         needed_kept = n / (1 - math.sqrt(target)) ** 2
         return needed_kept / kept_per_population * self.population
+
+    def _scale_and_loss0(
+        self, meter: CostMeter, theta0: torch.Tensor, generator: torch.Generator
+    ) -> tuple[float, float | None, float | None]:
+        """``f(θ0)``, and the scale and its check (see :meth:`_scale`)."""
+        loss0 = float(meter.loss(theta0[None])[0])
+        if not math.isfinite(loss0):
+            raise MatrankValueError(message("theta0", "a point with a finite loss", loss0))
+        return (loss0, *self._scale(meter, theta0, loss0, generator))
 
     def _scale(
         self,
@@ -325,24 +374,4 @@ class EvolutionRank:
         raise MatrankError(
             "found no sampling scale at which the loss is quadratic around theta0 (the "
             "second difference never grew 4-fold from s/2 to s); pass `scale=` explicitly"
-        )
-
-    def _result(
-        self,
-        meter: CostMeter,
-        start: float,
-        count: int,
-        threshold: float | None,
-        loss0: float,
-        diagnostics: dict[str, Any],
-        status: Status = Status.CONVERGED,
-    ) -> RankResult:
-        return RankResult(
-            rank=float(count),
-            stderr=None,
-            threshold=threshold,
-            method="evolution",
-            cost=meter.cost(time.perf_counter() - start),
-            diagnostics=diagnostics,
-            status=status,
         )

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from .._oracle import Capability, CostMeter, as_oracle, materialize, require
+from .._oracle import Capability, as_oracle, materialize
 from .._result import RankResult, Status
+from .._run import Run
 from .._validation import MatrankValueError, check_int, check_threshold, message
 from ..numerics.threshold import counting_curve, resolve_threshold
 
@@ -76,20 +76,28 @@ class ExactRank:
         check_threshold(self.threshold)
         check_int("max_dim", self.max_dim, low=1)
 
+    method: ClassVar[str] = "exact"
+
     def estimate(
-        self, obj: Any, *, seed: int | None = None, progress: bool = False
+        self,
+        obj: Any,
+        *,
+        seed: int | None = None,
+        progress: bool = False,
+        **checkpointing: Any,
     ) -> RankResult:
-        """Estimate the rank of ``obj`` (``seed`` and ``progress`` are accepted, unused:
-        one dense eigendecomposition, exact, with nothing to report on the way).
+        """Estimate the rank of ``obj``.
+
+        ``seed``, ``progress`` and the checkpoint options are accepted and unused: one
+        dense eigendecomposition, exact, with nothing to report or save on the way, and
+        nothing to return before it ends (Ctrl-C raises ``KeyboardInterrupt``).
 
         Raises
         ------
         MatrankValueError
             When ``obj`` is larger than ``max_dim`` or cannot compute products with H.
         """
-        start = time.perf_counter()
         oracle = as_oracle(obj)
-        require(oracle, Capability.HVP, "exact")
         n = oracle.dim
         if n > self.max_dim:
             raise MatrankValueError(
@@ -101,7 +109,11 @@ class ExactRank:
                     f"dimension {n}",
                 )
             )
-        meter = CostMeter(oracle)
+        run = Run.begin(
+            self, oracle, Capability.HVP, seed=seed, progress=progress, **checkpointing
+        )
+        run.store = None  # nothing worth saving (see above)
+        meter = run.meter
         free = materialize.dispatch(type(oracle)) is not materialize.dispatch(object)
         dense = materialize(oracle) if free else materialize(meter)
         dense = dense.to(torch.float64)
@@ -126,12 +138,10 @@ class ExactRank:
         counts = counting_curve(
             magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
         )
-        return RankResult(
-            rank=float(counted.sum()),
+        return run.result(
+            float(counted.sum()),
             stderr=None,
-            threshold=float(threshold),
-            method="exact",
-            cost=meter.cost(time.perf_counter() - start),
+            threshold=threshold,
             diagnostics=diagnostics,
             counts=counts,
             status=status,

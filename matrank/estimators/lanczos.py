@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from .._oracle import Capability
+from .._oracle import Capability, as_oracle
 from .._result import RankResult, Status
+from .._run import Run
 from .._validation import check_choice, check_int, check_threshold
 from ..numerics.krylov import BlockKrylov, lanczos_quadrature
 from ..numerics.threshold import ThresholdChoice, counting_curve, resolve_threshold
 from ..numerics.trace import mean_and_stderr, probe_block
-from ._common import prepare, progress_bar
 
 __all__ = ["LanczosRank"]
 
@@ -127,29 +126,48 @@ class LanczosRank:
         check_int("slq_steps", self.slq_steps, low=2)
         check_choice("probes", self.probes, ("sphere", "rademacher", "gaussian"))
 
+    method: ClassVar[str] = "lanczos"
+
     def estimate(
-        self, obj: Any, *, seed: int | None = None, progress: bool = False
+        self,
+        obj: Any,
+        *,
+        seed: int | None = None,
+        progress: bool = False,
+        **checkpointing: Any,
     ) -> RankResult:
         """Estimate the rank of ``obj``; see the class notes for the stopping rule.
 
         ``progress=True`` shows a tqdm bar of matvecs with the running count; Ctrl-C
-        returns the last assessed count with ``Status.INTERRUPTED``.
+        returns the last assessed count with ``Status.INTERRUPTED``. ``checkpoint``,
+        ``checkpoint_every`` and ``keep_checkpoint`` as in :func:`matrank.estimate_rank`:
+        the basis is saved after its assessments.
         """
-        start = time.perf_counter()
-        oracle, meter, generator = prepare(obj, Capability.HVP, "lanczos", seed)
-        n, dtype, device = oracle.dim, oracle.dtype, oracle.device
+        oracle = as_oracle(obj)
+        n = oracle.dim
         max_basis = self.max_basis or min(n, 8192, max(64, _BASIS_BYTES // (8 * n)))
         if self.max_basis is None and self.max_matvecs is not None:
             # leave SLQ at least half of a budget the user fixed
             max_basis = min(max_basis, max(self.block_size, self.max_matvecs // 2))
         max_basis = min(max_basis, n)
         block = min(self.block_size, n)
-        current = block
         # 4n + 8 blocks: enough for the symmetry probe and for any n that the basis can
         # span completely, where the count is exact by construction.
         max_matvecs = self.max_matvecs or min(
             max(4096, 2 * max_basis + 512), 4 * n + 8 * block
         )
+        run = Run.begin(
+            self,
+            oracle,
+            Capability.HVP,
+            seed=seed,
+            progress=progress,
+            total=max_matvecs,
+            **checkpointing,
+        )
+        meter, generator = run.meter, run.generator
+        dtype, device = oracle.dtype, oracle.device
+        current = block
         eps = float(torch.finfo(dtype).eps)
 
         krylov = BlockKrylov(meter.hvp, n, dtype, device, generator)
@@ -159,7 +177,16 @@ class LanczosRank:
         threshold = 0.0
         latest: _Assessment | None = None
         interrupted = False
-        bar = progress_bar(progress, max_matvecs, "lanczos", "matvec")
+        bar = run.bar
+        saved = run.restore("krylov")
+        if saved is not None:
+            krylov.load_state_dict(saved["krylov"])
+            state = _Counting(*saved["counting"])
+            current = saved["current"]
+            latest = self._assess_basis(
+                krylov, n, eps, unless_count_differs_from=saved["assessed_with"]
+            )
+            threshold = latest.threshold
         try:
             while True:
                 extra = 0
@@ -197,8 +224,9 @@ class LanczosRank:
                 state.assessed_size = krylov.size
                 # While the count still grows nothing can be certified: the eigenvalues
                 # alone (a third of the cost of eigenpairs at k = 4500) decide that.
+                assessed_with = state.last_count
                 latest = self._assess_basis(
-                    krylov, n, eps, unless_count_differs_from=state.last_count
+                    krylov, n, eps, unless_count_differs_from=assessed_with
                 )
                 values, floor, threshold = latest.values, latest.floor, latest.threshold
                 count, certain = latest.counted, latest.certain
@@ -228,6 +256,16 @@ class LanczosRank:
                     # (multiplicities): past half the budget, stop spending on the basis.
                     diagnostics["switched_early_at"] = krylov.size
                     break
+                if run.due():
+                    run.record(
+                        "krylov",
+                        {
+                            "krylov": krylov.state_dict(),
+                            "counting": dataclasses.astuple(state),
+                            "current": current,
+                            "assessed_with": assessed_with,
+                        },
+                    )
         except KeyboardInterrupt:
             # Ctrl-C: the last assessment is the best estimate so far (the basis may be
             # mid-update, so nothing is recomputed from it).
@@ -235,7 +273,7 @@ class LanczosRank:
                 raise
             interrupted, status = True, Status.INTERRUPTED
         finally:
-            bar.close()
+            run.close()
 
         # The last assessment stands unless the basis grew after it (an O(k³) solve).
         if not interrupted and (latest is None or latest.size != krylov.size):
@@ -263,7 +301,7 @@ class LanczosRank:
             if vectors is None:
                 values, vectors = krylov.ritz()
             rank, stderr, status = self._slq(
-                meter,
+                run,
                 krylov,
                 values,
                 vectors,
@@ -277,12 +315,10 @@ class LanczosRank:
         counts = counting_curve(
             magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
         )
-        return RankResult(
-            rank=rank,
+        return run.result(
+            rank,
             stderr=stderr,
-            threshold=float(threshold),
-            method="lanczos",
-            cost=meter.cost(time.perf_counter() - start),
+            threshold=threshold,
             diagnostics=diagnostics,
             counts=counts,
             status=status,
@@ -327,9 +363,10 @@ class LanczosRank:
         )
 
     def _slq(
-        self, meter, krylov, values, vectors, threshold, max_matvecs, generator, diagnostics
+        self, run, krylov, values, vectors, threshold, max_matvecs, generator, diagnostics
     ):
         """Deflate by the converged Ritz vectors above τ, then SLQ on the complement."""
+        meter = run.meter
         n, dtype, device = meter.dim, meter.dtype, meter.device
         residuals = krylov.residual_norms(vectors)
         converged = (values.abs() - residuals > threshold) & (
@@ -363,8 +400,11 @@ class LanczosRank:
         chunk = max(1, _BASIS_BYTES // (8 * n * steps))
         samples, all_nodes, all_weights = [], [], []
         for begin in range(0, n_probes, chunk):
-            nodes, weights = lanczos_quadrature(
-                projected, probes[:, begin : begin + chunk], steps
+            nodes, weights = run.cached(
+                f"slq {begin}",
+                lambda begin=begin: lanczos_quadrature(
+                    projected, probes[:, begin : begin + chunk], steps
+                ),
             )
             all_nodes.append(nodes)
             all_weights.append(weights)

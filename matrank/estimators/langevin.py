@@ -5,16 +5,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from .._oracle import Capability, gradient_precision
+from .._oracle import Capability
 from .._result import RankResult, Status
+from .._run import Run, doubling_checks
 from .._validation import (
     MatrankValueError,
     MatrankWarning,
@@ -23,9 +22,10 @@ from .._validation import (
     check_real,
     message,
 )
-from ..numerics.krylov import spectral_bounds
+from ..numerics.readout import edge_width, level, matched_threshold, mser_start
 from ..numerics.trace import mean_and_stderr
-from ._common import prepare, progress_bar
+from ..theory import expected_loss_curve, expected_virial_curve, stationary_loss
+from ._langevin_chain import ChainStep, Diverged, Noise, largest_curvature
 
 __all__ = [
     "LangevinRank",
@@ -47,27 +47,24 @@ _VIRIAL_STEP = 1.5  # η·μmax of the automatic step with the virial readout
 _AUTO_STEP_GRADIENTS = 40  # largest_curvature: 20 Lanczos steps, two gradients each
 _MAX_REDUCTIONS = 6
 # σ² ≥ _RESIDUAL_NOISE·η·‖G^{1/2}∇L(θ0)‖²: the noise of one step outweighs the drift the
-# residual gradient would cause by sqrt(10) (on the digits CNN the estimate was broken at
-# σ²/(η‖∇L(θ0)‖²) = 0.007 and sound from 0.56 on)
+# residual gradient would cause by sqrt(10) (benchmarks/README.md, the digits CNN)
 _RESIDUAL_NOISE = 10.0
 _THRESHOLD_RESAMPLES = 40
-_SHAPES = np.linspace(-0.5, 1.0, 31)  # c of the counting curve's fit (class Notes)
 # Elements per chunk of the fused update on a CPU (2 MB of float64 per array): the
-# passes over the chains' state then run in cache, 3× faster than whole-array passes at
-# d = 256 (8 × 327,680 parameters: 5.0 against 16.7 ms a step).
+# passes over the chains' state then run in cache (3× faster at d = 256).
 _CHUNK_ELEMENTS = 2**18
-# From this many normals a step, the noise comes in four parts from four generators
-# seeded by the estimator's, drawn on up to four threads: torch's CPU normal_ runs on
-# one thread, 10.4 ms for the 2.6M float32 normals of a d = 256 step. Smaller problems
-# draw from the estimator's generator, one call a step.
-_PARALLEL_NOISE = 2**20
-_NOISE_PARTS = 4
 
 
-class _Diverged(Exception):
-    def __init__(self, step: int) -> None:
-        super().__init__(step)
-        self.step = step
+@dataclasses.dataclass(frozen=True)
+class LangevinPlan:
+    """The options with the variant's defaults filled in, resolved at ``estimate``."""
+
+    step_size: float | str
+    sigma2: float | str
+    n_chains: int
+    readout: str
+    n_steps: int
+    n_average: int | None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -229,32 +226,42 @@ class LangevinRank:
     max_gradients: int = 15000
     rtol: float | None = None
 
+    method: ClassVar[str] = "langevin"
+
     def __post_init__(self) -> None:
         check_choice("variant", self.variant, ("default", "paper"))
-        paper = self.variant == "paper"
-        fill = _PAPER if paper else _DEFAULT
-        for name, value in fill.items():
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, value)
-        if self.step_size != "auto":
-            if isinstance(self.step_size, str):
-                raise MatrankValueError(
-                    message(
-                        "step_size", "a positive number or 'auto'", repr(self.step_size)
-                    )
-                )
+        if isinstance(self.step_size, str) and self.step_size != "auto":
+            raise MatrankValueError(
+                message("step_size", "a positive number or 'auto'", repr(self.step_size))
+            )
+        if self.step_size not in (None, "auto"):
             check_real("step_size", self.step_size, low=0.0, closed="right")
-        if self.sigma2 != "auto":
-            if isinstance(self.sigma2, str):
-                raise MatrankValueError(
-                    message("sigma2", "a positive number or 'auto'", repr(self.sigma2))
-                )
+        if isinstance(self.sigma2, str) and self.sigma2 != "auto":
+            raise MatrankValueError(
+                message("sigma2", "a positive number or 'auto'", repr(self.sigma2))
+            )
+        if self.sigma2 not in (None, "auto"):
             check_real("sigma2", self.sigma2, low=0.0, closed="right")
-        check_int("n_chains", self.n_chains, low=1)
-        check_choice("readout", self.readout, ("loss", "virial"))
+        check_int("n_chains", self.n_chains, low=1, allow_none=True)
+        if self.readout is not None:
+            check_choice("readout", self.readout, ("loss", "virial"))
         check_real("localization", self.localization, low=0.0)
         check_int("max_gradients", self.max_gradients, low=1)
         check_real("rtol", self.rtol, low=0.0, closed="neither", allow_none=True)
+        check_int("n_steps", self.n_steps, low=1, allow_none=True)
+        check_int("n_average", self.n_average, low=1, allow_none=True)
+        self.plan()  # the checks that need the variant's defaults
+
+    def plan(self) -> LangevinPlan:
+        """The variant's defaults for the options left at ``None`` (never written back:
+        ``dataclasses.replace`` then behaves like a fresh construction)."""
+        paper = self.variant == "paper"
+        fill = _PAPER if paper else _DEFAULT
+        values = {
+            name: fill[name] if getattr(self, name) is None else getattr(self, name)
+            for name in ("step_size", "sigma2", "n_chains", "readout")
+        }
+        n_chains, readout = int(values["n_chains"]), values["readout"]
         if paper and (self.localization or self.rtol is not None):
             raise MatrankValueError(
                 message(
@@ -264,73 +271,96 @@ class LangevinRank:
                     f"localization={self.localization}, rtol={self.rtol}",
                 )
             )
-        if self.localization and self.readout != "virial":
+        if self.localization and readout != "virial":
             raise MatrankValueError(
                 message(
                     "localization",
                     "used with readout='virial' (eq. 20's loss readout has no "
                     "correction for the restoring drift)",
-                    f"readout={self.readout!r}",
+                    f"readout={readout!r}",
                 )
             )
-        if self.n_steps is None:
-            overhead = (_AUTO_STEP_GRADIENTS if self.step_size == "auto" else 0) + (
-                0 if paper else 1  # ∇f(θ0), subtracted by the default variant
-            )
-            steps = (self.max_gradients - overhead) // int(self.n_chains or 1)
-            if steps < 2:
+        n_steps = self.n_steps
+        if n_steps is None and paper:
+            n_steps = int(_PAPER["n_steps"])
+        if n_steps is None:
+            overhead = (_AUTO_STEP_GRADIENTS if values["step_size"] == "auto" else 0) + 1
+            n_steps = (self.max_gradients - overhead) // n_chains
+            if n_steps < 2:
                 raise MatrankValueError(
                     message(
                         "max_gradients",
-                        f"enough for two steps of {self.n_chains} chains after the "
+                        f"enough for two steps of {n_chains} chains after the "
                         f"{overhead} gradients of ∇f(θ0) and the automatic step",
                         str(self.max_gradients),
                     )
                 )
-            object.__setattr__(self, "n_steps", steps)
-        check_int("n_steps", self.n_steps, low=1)
-        if self.n_average is None and paper:
-            object.__setattr__(self, "n_average", max(1, 2 * int(self.n_steps or 0) // 3))
-        check_int("n_average", self.n_average, low=1, high=self.n_steps, allow_none=True)
+        n_average = self.n_average
+        if n_average is None and paper:
+            n_average = max(1, 2 * n_steps // 3)
+        check_int("n_average", n_average, low=1, high=n_steps, allow_none=True)
+        return LangevinPlan(
+            step_size=values["step_size"],
+            sigma2=values["sigma2"],
+            n_chains=n_chains,
+            readout=readout,
+            n_steps=n_steps,
+            n_average=n_average,
+        )
 
     def estimate(
-        self, obj: Any, *, seed: int | None = None, progress: bool = False
+        self,
+        obj: Any,
+        *,
+        seed: int | None = None,
+        progress: bool = False,
+        **checkpointing: Any,
     ) -> RankResult:
         """Run the chains and read the rank off the time average of the readout.
 
         ``progress=True`` shows a tqdm bar of steps with the running estimate; Ctrl-C
         returns the estimate from the steps run so far with ``Status.INTERRUPTED``.
+        Checkpoint options as in :func:`matrank.estimate_rank`: the chains are saved
+        between steps.
         """
-        start = time.perf_counter()
+        plan = self.plan()
         needs = Capability.GRAD | (
-            Capability.LOSS if self.readout == "loss" else Capability.NONE
+            Capability.LOSS if plan.readout == "loss" else Capability.NONE
         )
-        oracle, meter, generator = prepare(obj, needs, "langevin", seed)
-        n = oracle.dim
-        root = self._preconditioner_root(n, oracle.dtype, oracle.device)
-        loss0 = float(meter.loss(oracle.theta0[None])[0]) if self.readout == "loss" else 0.0
-        # The default runs on L(θ) − ∇L(θ0)ᵀ(θ − θ0): the same Hessian, and θ0 stationary
-        # even where training stopped short (a residual gradient would otherwise drive
-        # the chains along it and dominate a readout divided by a small σ²).
-        tilt = None if self.variant == "paper" else meter.grad(oracle.theta0[None])[0]
-        mu_max = None
-        if self.step_size == "auto":
-            ones = torch.ones(n, dtype=oracle.dtype, device=oracle.device)
-            mu_max = largest_curvature(meter, ones if root is None else root, generator)
-            factor = _VIRIAL_STEP if self.readout == "virial" else 0.1
+        run = Run.begin(
+            self,
+            obj,
+            needs,
+            seed=seed,
+            progress=progress,
+            total=plan.n_steps,
+            unit="step",
+            **checkpointing,
+        )
+        try:
+            root = self._preconditioner_root(run.meter)
+        except MatrankValueError:
+            run.close()
+            raise
+        loss0, tilt, mu_max = run.cached("start", lambda: self._start(run, plan, root))
+        if tilt is not None:
+            tilt = tilt.to(run.meter.device)
+        if plan.step_size == "auto":
+            factor = _VIRIAL_STEP if plan.readout == "virial" else 0.1
             eta = factor / (mu_max + self.localization)
         else:
-            eta = float(cast(float, self.step_size))
+            eta = float(plan.step_size)
         reductions: list[dict[str, float]] = []
         while True:
             try:
-                sigma2, rule = self._noise_variance(meter, root, eta, tilt)
-                readings, summary, status = self._run(
-                    meter, root, eta, sigma2, tilt, loss0, generator, progress
+                sigma2, rule = self._noise_variance(run.meter, plan, root, eta, tilt)
+                readings, summary, status = self._chains(
+                    run, plan, root, eta, sigma2, tilt, loss0, f"chains {len(reductions)}"
                 )
                 break
-            except _Diverged as diverged:
+            except Diverged as diverged:
                 if self.variant == "paper" or len(reductions) == _MAX_REDUCTIONS:
+                    run.close()
                     raise MatrankValueError(
                         message(
                             "step_size",
@@ -351,7 +381,7 @@ class LangevinRank:
         mean_trace = readings.mean(dim=1).numpy()
         diagnostics: dict[str, Any] = {
             "variant": self.variant,
-            "readout": self.readout,
+            "readout": plan.readout,
             "step_size": eta,
             "mu_max": mu_max,
             "sigma2": sigma2,
@@ -366,36 +396,49 @@ class LangevinRank:
             "step_reductions": reductions,
             **summary.pop("diagnostics"),
         }
-        if self.readout == "loss":
+        if plan.readout == "loss":
             diagnostics["loss_excess"] = mean_trace * sigma2 / 4.0
-        return RankResult(
-            rank=summary["rank"],
+        return run.result(
+            summary["rank"],
             stderr=summary["stderr"],
             threshold=summary["threshold"],
-            method="langevin",
-            cost=meter.cost(time.perf_counter() - start),
             diagnostics=diagnostics,
             status=status,
         )
 
-    def _run(
+    def _start(
+        self, run: Run, plan: LangevinPlan, root: torch.Tensor | None
+    ) -> tuple[float, torch.Tensor | None, float | None]:
+        """``L(θ0)`` (loss readout), ``∇L(θ0)`` (default variant) and ``μmax`` (auto η)."""
+        meter, theta0 = run.meter, run.meter.theta0
+        loss0 = float(meter.loss(theta0[None])[0]) if plan.readout == "loss" else 0.0
+        # The default runs on L(θ) − ∇L(θ0)ᵀ(θ − θ0): the same Hessian, and θ0 stationary
+        # even where training stopped short (a residual gradient would otherwise drive
+        # the chains along it and dominate a readout divided by a small σ²).
+        tilt = None if self.variant == "paper" else meter.grad(theta0[None])[0]
+        mu_max = None
+        if plan.step_size == "auto":
+            ones = torch.ones(meter.dim, dtype=meter.dtype, device=meter.device)
+            mu_max = largest_curvature(meter, ones if root is None else root, run.generator)
+        return loss0, tilt, mu_max
+
+    def _chains(
         self,
-        meter: Any,
+        run: Run,
+        plan: LangevinPlan,
         root: torch.Tensor | None,
         eta: float,
         sigma2: float,
         tilt: torch.Tensor | None,
         loss0: float,
-        generator: torch.Generator,
-        progress: bool,
+        key: str,
     ) -> tuple[torch.Tensor, dict[str, Any], Status]:
         """The chains from ``θ0``; readings (steps × chains, rank units), summary, status."""
+        meter = run.meter
         n, dtype, device = meter.dim, meter.dtype, meter.device
         theta0 = meter.theta0
-        total, chains = cast(int, self.n_steps), cast(int, self.n_chains)
-        delta = torch.zeros(chains, n, dtype=dtype, device=device)
-        theta = theta0.expand(chains, n).clone()  # θ0 + δ, updated in place
-        step = _Step(
+        total, chains = plan.n_steps, plan.n_chains
+        step = ChainStep(
             eta=eta,
             gamma=self.localization,
             noise_scale=math.sqrt(eta * sigma2),
@@ -408,19 +451,27 @@ class LangevinRank:
         # |reading| of a stable chain near a minimum is ≈ rank ± O(sqrt(n)); a
         # diverging one grows geometrically and passes this within a few dozen steps
         bound = 1e6 * (n + 1)
-        checks = [total]
-        if self.rtol is not None:
-            checks = [s for s in (128 * 2**i for i in range(40)) if s < total]
-            checks.append(total)
+        checks = [total] if self.rtol is None else list(doubling_checks(128, total))
         rounds: list[dict[str, Any]] = []
         status, done = Status.CONVERGED, total
-        bar = progress_bar(progress, total, "langevin", "step")
+        bar = run.bar
         every = max(1, total // 100)
-        noise = _Noise(chains, n, generator)
+        noise = Noise(chains, n, run.generator)
+        delta = torch.zeros(chains, n, dtype=dtype, device=device)
+        first = 0
+        saved = run.restore(key)
+        if saved is not None:
+            delta = saved["delta"].to(device)
+            first = saved["step"]
+            readings[:first] = saved["readings"]
+            rounds, checks = saved["rounds"], saved["checks"]
+            noise.load(saved["noise"])
+        theta = theta0 + delta  # θ0 + δ, updated in place
+        k = first
         try:
-            for k in range(total):
+            for k in range(first, total):
                 gradient = meter.grad(theta)
-                if self.readout == "loss":
+                if plan.readout == "loss":
                     # L_k, before the update, as in the authors' code
                     excess = meter.loss(theta).double() - loss0
                     if tilt is not None:
@@ -429,7 +480,7 @@ class LangevinRank:
                     device=device, dtype=torch.float32 if dtype == torch.float64 else dtype
                 )
                 virial = step.advance(delta, theta, theta0, gradient, xi)
-                if self.readout == "loss":
+                if plan.readout == "loss":
                     reading = 4.0 / sigma2 * excess
                 else:
                     reading = virial.double() / sigma2
@@ -437,7 +488,7 @@ class LangevinRank:
                 if not bool(torch.isfinite(readings[k]).all()) or (
                     abs(float(readings[k].mean())) > bound
                 ):
-                    raise _Diverged(k)
+                    raise Diverged(k)
                 if k % every == every - 1:
                     bar.update(every)
                     window = readings[k // 2 : k + 1].mean(dim=0)
@@ -447,7 +498,7 @@ class LangevinRank:
                     bar.set_postfix(postfix)
                 if k + 1 == checks[0] and k + 1 < total:
                     checks.pop(0)
-                    summary = self._summarize(readings[: k + 1], eta)
+                    summary = self._summarize(plan, readings[: k + 1], eta)
                     rounds.append(
                         {
                             "steps": k + 1,
@@ -458,16 +509,30 @@ class LangevinRank:
                     if self._settled(rounds):
                         status, done = Status.CONVERGED, k + 1
                         break
+                if run.due():
+                    run.record(
+                        key,
+                        {
+                            "delta": delta,
+                            "step": k + 1,
+                            "readings": readings[: k + 1],
+                            "rounds": rounds,
+                            "checks": checks,
+                            "noise": noise.state(),
+                        },
+                    )
         except KeyboardInterrupt:
             # Ctrl-C: the estimate from the steps run so far, flagged as such.
             if k < 2:
                 raise
             status, done = Status.INTERRUPTED, k
         finally:
-            bar.close()
+            run.close()
             noise.close()
         readings = readings[:done]
-        summary = self._summarize(readings, eta, interrupted=status is Status.INTERRUPTED)
+        summary = self._summarize(
+            plan, readings, eta, interrupted=status is Status.INTERRUPTED
+        )
         if self.rtol is not None and status is Status.CONVERGED:
             rounds.append(
                 {"steps": done, "rank": summary["rank"], "stderr": summary["stderr"]}
@@ -490,17 +555,22 @@ class LangevinRank:
         return readings, summary, status
 
     def _noise_variance(
-        self, meter: Any, root: torch.Tensor | None, eta: float, tilt: torch.Tensor | None
+        self,
+        meter: Any,
+        plan: LangevinPlan,
+        root: torch.Tensor | None,
+        eta: float,
+        tilt: torch.Tensor | None,
     ) -> tuple[float, str]:
         """``σ²`` and the rule that set it: the option, or for ``"auto"`` the one whose
         random walk stays small, raised to the residual gradient's floor."""
-        if self.sigma2 != "auto":
-            return float(cast(float, self.sigma2)), "given"
+        if plan.sigma2 != "auto":
+            return float(plan.sigma2), "given"
         theta0 = meter.theta0
         scale = float(theta0.double().pow(2).mean().sqrt()) or 1.0
         epsilon = max(1e-4, float(torch.finfo(meter.dtype).eps) ** (1 / 3))
         spread = 1.0 if root is None else float(root.double().pow(2).mean())
-        small = (epsilon * scale) ** 2 / (eta * cast(int, self.n_steps) * spread)
+        small = (epsilon * scale) ** 2 / (eta * plan.n_steps * spread)
         if tilt is None:
             return small, "random walk"
         residual = tilt.double() if root is None else (root * tilt).double()
@@ -515,15 +585,20 @@ class LangevinRank:
         return last["stderr"] <= scale and abs(last["rank"] - previous["rank"]) <= scale
 
     def _summarize(
-        self, readings: torch.Tensor, eta: float, *, interrupted: bool = False
+        self,
+        plan: LangevinPlan,
+        readings: torch.Tensor,
+        eta: float,
+        *,
+        interrupted: bool = False,
     ) -> dict[str, Any]:
         """Estimate, stderr and threshold from ``readings`` (steps × chains)."""
         steps, chains = readings.shape
-        average = cast(int, self.n_average)
+        average = plan.n_average or 0
         mean_trace = readings.mean(dim=1).numpy()
         if self.variant == "paper" and not interrupted:
             begin = steps - average
-        elif self.variant == "paper" or self.n_average is not None:
+        elif plan.n_average is not None:
             begin = steps - average if average < steps else steps // 2
         else:
             begin = mser_start(mean_trace)
@@ -565,8 +640,8 @@ class LangevinRank:
                     )[0]
                     for _ in range(_THRESHOLD_RESAMPLES)
                 ]
-                base = _level(mean_trace, eta, threshold, fit["slope"])
-                moved = [_level(mean_trace, eta, t, fit["slope"]) - base for t in refits]
+                base = level(mean_trace, eta, threshold, fit["slope"])
+                moved = [level(mean_trace, eta, t, fit["slope"]) - base for t in refits]
                 spread = math.sqrt(float(np.mean(np.square(moved))))
             # a soft count is not a hard one even at the right τ: eigenvalues inside the
             # filter's edge count fractionally, by Σ(w(λ) − 1[λ > τ]) whose variance
@@ -589,9 +664,8 @@ class LangevinRank:
             "diagnostics": diagnostics,
         }
 
-    def _preconditioner_root(
-        self, n: int, dtype: torch.dtype, device: torch.device
-    ) -> torch.Tensor | None:
+    def _preconditioner_root(self, meter: Any) -> torch.Tensor | None:
+        n, dtype, device = meter.dim, meter.dtype, meter.device
         if self.preconditioner is None:
             return None
         diagonal = torch.as_tensor(self.preconditioner, dtype=torch.float64).flatten()
@@ -604,264 +678,3 @@ class LangevinRank:
                 )
             )
         return diagonal.sqrt().to(dtype=dtype, device=device)
-
-
-class _Noise:
-    """Standard normals for every chain and parameter, a fresh ``(chains, n)`` each step.
-
-    Drawn in float32 on the CPU (5× faster than float64 there) and promoted by the
-    update: the moments the readout depends on are unchanged. From ``_PARALLEL_NOISE``
-    normals a step, in ``_NOISE_PARTS`` parts from generators seeded by ``generator``,
-    on up to as many threads as torch uses (the parts, and so the stream, do not
-    depend on the thread count). The gain depends on idle cores: 10.3 → 5.3 ms on two
-    idle cores, ≈ 9.4 ms between the gradient's products, whose OpenMP workers spin
-    for a while after each parallel region (``OMP_WAIT_POLICY=PASSIVE``: 5.6 ms).
-    """
-
-    def __init__(self, chains: int, n: int, generator: torch.Generator) -> None:
-        self.shape, self.generator = (chains, n), generator
-        self.pool: ThreadPoolExecutor | None = None
-        if chains * n >= _PARALLEL_NOISE:
-            seeds = torch.randint(0, 2**62, (_NOISE_PARTS,), generator=generator)
-            self.buffer = torch.empty(chains, n, dtype=torch.float32)
-            self.parts = list(
-                zip(
-                    torch.tensor_split(self.buffer.view(-1), _NOISE_PARTS),
-                    [torch.Generator().manual_seed(int(seed)) for seed in seeds],
-                    strict=True,
-                )
-            )
-            workers = min(_NOISE_PARTS, max(1, torch.get_num_threads()))
-            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="matrank-noise")
-
-    def draw(self) -> torch.Tensor:
-        if self.pool is None:
-            return torch.randn(self.shape, generator=self.generator, dtype=torch.float32)
-        for _ in self.pool.map(lambda part: part[0].normal_(generator=part[1]), self.parts):
-            pass
-        return self.buffer
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Step:
-    """One Euler–Maruyama step of every chain, fused with the virial readout.
-
-    ``δ ← (1 − ηγ)δ − ηG∇f + sqrt(ησ²)·G^{1/2}ξ`` and ``θ = θ0 + δ`` in place, with
-    ``∇f = ∇L(θ) − tilt``; returns ``(2 − ηγ)δᵀ∇f − η∇fᵀG∇f`` per chain (of the ``δ``
-    before the step: σ² per equilibrated mode). On a CPU the parameters go in chunks of
-    ``width`` columns, so that each chunk's passes stay in cache.
-    """
-
-    eta: float
-    gamma: float
-    noise_scale: float
-    tilt: torch.Tensor | None
-    root: torch.Tensor | None
-    squared: torch.Tensor | None
-    width: int
-
-    def advance(
-        self,
-        delta: torch.Tensor,
-        theta: torch.Tensor,
-        theta0: torch.Tensor,
-        gradient: torch.Tensor,
-        xi: torch.Tensor,
-    ) -> torch.Tensor:
-        eta, gamma = self.eta, self.gamma
-        virial = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
-        for begin in range(0, delta.shape[1], self.width):
-            part = slice(begin, begin + self.width)
-            g = gradient[:, part]  # the oracle's tensor is read, never written
-            if self.tilt is not None:
-                g = g - self.tilt[part]
-            drift = g if self.squared is None else self.squared[part] * g
-            d = delta[:, part]
-            virial += (2 - eta * gamma) * torch.linalg.vecdot(
-                d, g
-            ) - eta * torch.linalg.vecdot(g, drift)
-            if gamma:
-                d.mul_(1 - eta * gamma)
-            d.add_(drift, alpha=-eta)
-            if self.root is None:
-                d.add_(xi[:, part], alpha=self.noise_scale)
-            else:
-                d.addcmul_(self.root[part], xi[:, part], value=self.noise_scale)
-            torch.add(theta0[part], d, out=theta[:, part])
-        return virial
-
-
-def mser_start(trace: np.ndarray, batches: int = 100) -> int:
-    """Start of the averaging window by MSER (White 1997), within the first half.
-
-    Over batch means ``y_j`` the truncation ``d`` minimising
-    ``Σ_{i≥d}(y_i − ȳ_d)² / (J − d)²`` -- the squared standard error of the mean of what
-    is kept -- balancing the initial transient's bias against the variance of a short
-    window.
-    """
-    size = max(1, trace.size // batches)
-    count = trace.size // size
-    if count < 4:
-        return 0
-    y = trace[trace.size - count * size :].reshape(count, size).mean(axis=1)
-    offset = trace.size - count * size
-    best, best_d = math.inf, 0
-    for d in range(count // 2 + 1):
-        kept = y[d:]
-        score = float(((kept - kept.mean()) ** 2).sum()) / kept.size**2
-        if score < best:
-            best, best_d = score, d
-    return offset + best_d * size
-
-
-def matched_threshold(
-    trace: np.ndarray, step_size: float, begin: int
-) -> tuple[float, dict[str, float]]:
-    """The ``τ`` whose hard count the window ``trace[begin:]`` of the virial matches.
-
-    See :class:`LangevinRank`, Notes: a power-law fit of the readout against
-    ``log 2ηk`` over the last 31/32 of the run gives the local shape ``c ∈ [−0.5, 1]``
-    of the counting curve; ``τ = [Γ(1+c)·mean k^{−c}]^{1/c}/(2η)`` over the averaged
-    steps.
-    """
-    steps = trace.size
-    k = np.arange(max(begin, 1), steps, dtype=np.float64)
-    shape, slope = 0.0, 0.0
-    edges = np.unique(np.geomspace(max(8, steps // 32), steps, 17).astype(int))
-    if edges.size >= 6:
-        x = np.array([np.log(np.arange(a, b)).mean() for a, b in itertools.pairwise(edges)])
-        y = np.array([trace[a:b].mean() for a, b in itertools.pairwise(edges)])
-        x = x - math.log(steps)
-        best = math.inf
-        for c in _SHAPES:
-            basis = x if abs(c) < 1e-9 else -np.expm1(-c * x) / c
-            design = np.stack([np.ones_like(x), basis], axis=1)
-            coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-            residual = float(((design @ coef - y) ** 2).sum())
-            if residual < best:
-                best, shape, slope = residual, float(c), float(coef[1])
-        if slope <= 0:
-            shape = 0.0
-    if abs(shape) < 1e-9:
-        tau = math.exp(-np.euler_gamma - float(np.log(k).mean())) / (2 * step_size)
-    else:
-        factor = math.gamma(1 + shape) * float(np.mean(k ** (-shape)))
-        tau = factor ** (1 / shape) / (2 * step_size)
-    return tau, {"shape": shape, "slope": slope}
-
-
-def _level(trace: np.ndarray, step_size: float, threshold: float, slope: float) -> float:
-    """The readout near the step whose filter ``1 − e^{−2kηλ}`` centres on ``threshold``.
-
-    ``k = e^{−γ_E}/(2ητ)`` (the matched step of a locally log-flat density), averaged
-    over ``[k/1.3, 1.3k]``; past the run's end ``K``, the readings over ``[K/1.3, K)``
-    plus ``slope`` per e-fold of ``k/K``. The readings are the soft count at each step,
-    so differences of this level between two thresholds approximate the difference of
-    their hard counts.
-    """
-    steps = trace.size
-    k = math.exp(-np.euler_gamma) / (2 * step_size * threshold)
-    if k >= steps:
-        end = float(trace[int(steps / 1.3) :].mean())
-        return end + max(slope, 0.0) * math.log(k / steps)
-    k = max(k, 1.0)
-    low = int(k / 1.3)
-    high = min(steps, max(int(k * 1.3), low + 1))
-    return float(trace[low:high].mean())
-
-
-def edge_width(step_size: float, threshold: float, begin: int, steps: int) -> float:
-    """``κ = ∫(w(ℓ) − 1[ℓ > 0])² dℓ`` of the window's filter in ``ℓ = log(λ/τ)``.
-
-    ``w(λ) = mean_k 1 − e^{−2ηkλ}`` over the averaged steps ``k ∈ [begin, steps)``. For
-    eigenvalues placed as a Poisson process with ``s`` of them per e-fold of ``λ`` near
-    ``τ``, the soft count minus the hard count ``N(τ)`` has variance ``s·κ`` (0.37 for
-    a window over the last half of the run; more regular spectra vary less).
-    """
-    k = np.unique(np.linspace(max(begin, 1), max(steps - 1, 1), 256).astype(int))
-    ell = np.linspace(-12.0, 8.0, 4001)
-    rate = 2 * step_size * threshold * np.exp(ell)
-    w = (-np.expm1(-np.outer(rate, k.astype(np.float64)))).mean(axis=1)
-    return float(np.trapezoid((w - (ell > 0)) ** 2, ell))
-
-
-def expected_loss_curve(
-    eigenvalues: np.ndarray, *, step_size: float, sigma2: float, n_steps: int
-) -> np.ndarray:
-    """``E[L_k] − L0`` of the Euler–Maruyama chain on a quadratic, ``k = 0 … n_steps−1``.
-
-    ``(σ²/2) Σ_μ (1 − (1 − ημ)^{2k}) / (2 − ημ)`` over the eigenvalues ``μ`` of
-    ``G^{1/2}HG^{1/2}`` (zeros contribute 0): the discrete counterpart of Theorem 1, eq. 5,
-    ``(σ²/4) Σ (1 − e^{−2μt})``, to which it tends as ``η → 0`` with ``t = kη``.
-    """
-    mu = np.asarray(eigenvalues, dtype=np.float64)
-    mu = mu[mu > 0]
-    k = np.arange(n_steps)[:, None]
-    factor = 1 - step_size * mu[None]
-    return (sigma2 / 2) * ((1 - factor ** (2 * k)) / (2 - step_size * mu[None])).sum(axis=1)
-
-
-def largest_curvature(
-    oracle: Any, root: torch.Tensor, generator: torch.Generator, *, steps: int = 20
-) -> float:
-    """``μmax(G^{1/2}HG^{1/2})`` at ``θ0`` from gradients only.
-
-    Lanczos (:func:`matrank.numerics.krylov.spectral_bounds`, an upper bound widened by
-    the Ritz residual) on the central difference
-    ``G^{1/2}(∇f(θ0 + hG^{1/2}v) − ∇f(θ0 − hG^{1/2}v))/2h``, with ``h = eps^{1/3}`` times
-    the scale of ``θ0`` (the step that balances truncation and rounding; eps of the
-    precision the gradient is computed in, :func:`matrank._oracle.gradient_precision`).
-    """
-    theta0 = oracle.theta0
-    n, dtype, device = oracle.dim, oracle.dtype, oracle.device
-    eps = float(torch.finfo(gradient_precision(oracle)).eps)
-    h = eps ** (1 / 3) * max(1.0, float(theta0.abs().max()))
-
-    def difference(V: torch.Tensor) -> torch.Tensor:
-        step = (h * root[:, None] * V).T  # (b, n)
-        gradients = oracle.grad(torch.cat([theta0 + step, theta0 - step]))
-        plus, minus = gradients[: V.shape[1]], gradients[V.shape[1] :]
-        return root[:, None] * ((plus - minus).T / (2 * h))
-
-    _, high, _ = spectral_bounds(
-        difference, n, steps=steps, generator=generator, dtype=dtype, device=device
-    )
-    if not high > 0 or not math.isfinite(high):
-        raise MatrankValueError(
-            message(
-                "step_size='auto'",
-                "a loss with positive curvature at θ0",
-                f"largest curvature estimate {high:.3g}",
-            )
-        )
-    return high
-
-
-def expected_virial_curve(
-    eigenvalues: np.ndarray,
-    *,
-    step_size: float,
-    n_steps: int,
-    localization: float = 0.0,
-) -> np.ndarray:
-    """Expected virial readout per step (rank units), ``k = 0 … n_steps−1``.
-
-    ``Σ_μ μ/(μ+γ)·(1 − (1 − η(μ+γ))^{2k})`` over the positive eigenvalues ``μ`` of
-    ``G^{1/2}HG^{1/2}``: with ``γ = 0`` each equilibrated mode counts exactly one,
-    whatever ``ημ < 2``.
-    """
-    mu = np.asarray(eigenvalues, dtype=np.float64)
-    mu = mu[mu > 0]
-    k = np.arange(n_steps)[:, None]
-    nu = mu + localization
-    weight = mu / nu
-    return (weight[None] * (1 - (1 - step_size * nu[None]) ** (2 * k))).sum(axis=1)
-
-
-def stationary_loss(rank: int, *, sigma2: float) -> float:
-    """Proposition 1's limit ``E[L] − L0 → σ²·rank/4`` (continuous time, ``Σ·G = σ²I``)."""
-    return sigma2 * rank / 4

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from .._oracle import Capability, CostMeter
+from .._oracle import Capability
 from .._result import CountingCurve, RankResult, Status
+from .._run import Run
 from .._validation import (
     MatrankError,
     MatrankValueError,
@@ -27,10 +27,9 @@ from ..numerics.chebyshev import (
     gaussian_damping,
     jackson_damping,
     kpm_density,
-    lanczos_sigma_damping,
     step_coefficients,
 )
-from ..numerics.krylov import BlockKrylov, spectral_bounds
+from ..numerics.krylov import BlockKrylov
 from ..numerics.threshold import (
     ThresholdChoice,
     counting_curve,
@@ -38,7 +37,8 @@ from ..numerics.threshold import (
     resolve_threshold,
 )
 from ..numerics.trace import mean_and_stderr, probe_block
-from ._common import prepare, progress_bar
+from ..theory import expected_count
+from .ubaru_saad import ubaru_saad_estimate, ubaru_saad_gap
 
 __all__ = ["PolynomialRank", "expected_count", "ubaru_saad_gap"]
 
@@ -214,103 +214,50 @@ class PolynomialRank:
                         )
                     )
 
+    method: ClassVar[str] = "polynomial"
+
     def estimate(
-        self, obj: Any, *, seed: int | None = None, progress: bool = False
+        self,
+        obj: Any,
+        *,
+        seed: int | None = None,
+        progress: bool = False,
+        **checkpointing: Any,
     ) -> RankResult:
         """Estimate the rank of ``obj`` (see the class notes).
 
-        ``progress`` shows a bar of matvecs spent (the default variant). A Ctrl-C stops
-        the estimate with ``KeyboardInterrupt``: a filter's trace has no partial value.
+        ``progress`` shows a bar of matvecs spent (the default variant). Ctrl-C while
+        the final probes run returns the estimate from the probes so far with
+        ``Status.INTERRUPTED``; before them (bounds, pilot, deflation) there is no
+        estimate yet and ``KeyboardInterrupt`` propagates. Checkpoint options as in
+        :func:`matrank.estimate_rank`: probe blocks and the deflation basis are saved.
         """
-        start = time.perf_counter()
-        _, meter, generator = prepare(obj, Capability.HVP, "polynomial", seed)
-        if self.variant == "ubaru-saad":
-            return self._ubaru_saad(meter, generator, start)
-        bar = progress_bar(
-            progress, self.max_matvecs or _DEFAULT_BUDGET, "polynomial", "matvec"
+        run = Run.begin(
+            self,
+            obj,
+            Capability.HVP,
+            seed=seed,
+            progress=progress,
+            total=self.max_matvecs or _DEFAULT_BUDGET,
+            **checkpointing,
         )
         try:
-            return _DefaultFilter(self, meter, generator, bar).run(start)
+            if self.variant == "ubaru-saad":
+                return ubaru_saad_estimate(self, run)
+            return _DefaultFilter(self, run).estimate()
         finally:
-            bar.close()
-
-    def _ubaru_saad(
-        self, meter: CostMeter, generator: torch.Generator, start: float
-    ) -> RankResult:
-        n, dtype, device = meter.dim, meter.dtype, meter.device
-        degree = self.degree or 50
-        n_probes = self.n_probes or 300
-        _, largest, _ = spectral_bounds(
-            meter.hvp,
-            n,
-            steps=self.lanczos_steps,
-            generator=generator,
-            dtype=dtype,
-            device=device,
-        )
-        # U&S: λmin is not computed but set to 0; both ends padded by 1e-5 (absolute).
-        low, high = -1e-5, largest + 1e-5
-        center, half_width = (high + low) / 2, (high - low) / 2
-        probes = probe_block(
-            n, n_probes, kind="gaussian", generator=generator, dtype=dtype, device=device
-        )
-        probes = probes / torch.linalg.vector_norm(probes, dim=0)
-        moments = (
-            chebyshev_moments(
-                meter.hvp,
-                probes,
-                degree,
-                center=center,
-                half_width=half_width,
-                doubling=False,
-            )
-            .cpu()
-            .numpy()
-        )  # (m, degree + 1)
-
-        grid, density = ubaru_saad_density(moments, low, high, self.n_points)
-        gap = ubaru_saad_gap(grid, density) if self.threshold is None else self.threshold
-        a = (gap - center) / half_width
-        coefficients = step_coefficients(a, 1.0, degree) * lanczos_sigma_damping(degree)
-        samples = n * (moments @ coefficients)
-        mean, stderr = mean_and_stderr(torch.from_numpy(samples))
-        filter_at_zero = float(
-            np.polynomial.chebyshev.chebval((0.0 - center) / half_width, coefficients)
-        )
-        diagnostics = {
-            "variant": self.variant,
-            "degree": degree,
-            "n_probes": n_probes,
-            "lambda_max": largest,
-            "density_grid": grid,
-            "density": density,
-            "filter_coefficients": coefficients,
-            "filter_at_zero": filter_at_zero,
-            "samples": samples,
-        }
-        return RankResult(
-            rank=mean,
-            stderr=stderr,
-            threshold=float(gap),
-            method="polynomial",
-            cost=meter.cost(time.perf_counter() - start),
-            diagnostics=diagnostics,
-            status=Status.CONVERGED,
-        )
+            run.close()
 
 
 class _DefaultFilter:
     """One run of the default variant (see :class:`PolynomialRank`, Notes)."""
 
-    def __init__(
-        self,
-        options: PolynomialRank,
-        meter: CostMeter,
-        generator: torch.Generator,
-        bar: Any,
-    ) -> None:
-        self.options, self.meter, self.generator, self.bar = options, meter, generator, bar
-        self.n = meter.dim
+    def __init__(self, options: PolynomialRank, run: Run) -> None:
+        self.options, self.run = options, run
+        self.meter, self.generator, self.bar = run.meter, run.generator, run.bar
+        self.n = run.meter.dim
+        self.calls = 0  # moments() calls so far: each names its checkpoint keys
+        self.interrupted = False
         self.budget = options.max_matvecs or _DEFAULT_BUDGET
 
     # -- the spectrum's frame ------------------------------------------------------------
@@ -350,7 +297,7 @@ class _DefaultFilter:
         self.complement_top = math.inf
         self.krylov: BlockKrylov | None = None
 
-    def _whole_space(self, start: float) -> RankResult:
+    def _whole_space(self) -> RankResult:
         """The spectrum from the products of all ``n`` unit vectors, no probes.
 
         When the budget left after the bounds holds ``n ≤ _WHOLE_SPACE_MAX`` products,
@@ -363,14 +310,21 @@ class _DefaultFilter:
         meter, n = self.meter, self.n
         block = _PRODUCT_COLUMNS
         columns = []
-        for first in range(0, n, block):
+
+        def product(first: int) -> torch.Tensor:
             before = meter.matvecs
             unit = torch.zeros(n, min(block, n - first), dtype=meter.dtype)
             unit[first : first + unit.shape[1]] = torch.eye(
                 unit.shape[1], dtype=meter.dtype
             )
-            columns.append(meter.hvp(unit.to(meter.device)).to("cpu", torch.float64))
+            image = meter.hvp(unit.to(meter.device)).to("cpu", torch.float64)
             self.bar.update(meter.matvecs - before)
+            return image
+
+        for first in range(0, n, block):
+            columns.append(
+                self.run.cached(f"unit {first}", lambda first=first: product(first))
+            )
         matrix = torch.cat(columns, dim=1)
         asymmetry = float((matrix - matrix.T).abs().max())
         self.floor = max(self.floor, asymmetry)
@@ -395,7 +349,7 @@ class _DefaultFilter:
         counts = counting_curve(magnitudes, self.floor, self.high)
         counts = dataclasses.replace(counts, stderr=np.zeros_like(counts.counts))
         rank = float((magnitudes > threshold).sum())
-        return self._result(start, rank, 0.0, threshold, status, diagnostics, counts)
+        return self._result(rank, 0.0, threshold, status, diagnostics, counts)
 
     def _deflate(self, expected: float, *, whole: bool = False) -> None:
         """Capture the top subspace when the basis can hold all of it.
@@ -441,7 +395,13 @@ class _DefaultFilter:
         # compute-bound passes, not n/32 memory-bound ones (its products still go
         # 32 columns at a time)
         block = max(32, min(256, n // 8)) if wanted >= n else 32
+        key = f"deflation {wanted}"
+        saved = self.run.restore(key)
+        if saved is not None:
+            krylov.load_state_dict(saved)
         while krylov.size < min(wanted, n):
+            if self.run.due():
+                self.run.record(key, krylov.state_dict())
             before = meter.matvecs
             krylov.extend(min(block, wanted - krylov.size))
             self.bar.update(meter.matvecs - before)
@@ -523,24 +483,36 @@ class _DefaultFilter:
 
     # -- moments and filters -------------------------------------------------------------
 
-    def moments(self, count: int, steps: int) -> np.ndarray:
-        """``(count, 2·steps + 1)`` moments of sphere probes in ``range(Y)⊥``."""
+    def moments(self, count: int, steps: int, *, final: bool = False) -> np.ndarray:
+        """``(count, 2·steps + 1)`` moments of sphere probes in ``range(Y)⊥``.
+
+        Blocks of probes and the steps of their recurrence are checkpointed. ``final``:
+        a Ctrl-C keeps the blocks done so far and marks the run interrupted.
+        """
         meter, n = self.meter, self.n
+        self.calls += 1
         if count == 0:
             return np.zeros((0, 2 * steps + 1))
         chunk = max(1, _BLOCK_BYTES // (32 * n))
-        pieces = []
-        for begin in range(0, count, chunk):
+        pieces: list[np.ndarray] = []
+
+        def block(size: int, key: str) -> np.ndarray:
             probes = probe_block(
                 n,
-                min(chunk, count - begin),
+                size,
                 kind="sphere",
                 generator=self.generator,
                 dtype=meter.dtype,
                 device=meter.device,
                 orthogonal_to=self.captured,
             )
-            pieces.append(
+            partial = key + " partial"
+
+            def save(state: Any) -> None:
+                if self.run.due():
+                    self.run.record(partial, state())
+
+            return (
                 chebyshev_moments(
                     meter.hvp,
                     probes,
@@ -548,10 +520,27 @@ class _DefaultFilter:
                     center=self.center,
                     half_width=self.half,
                     callback=self.bar.update,
+                    resume=self.run.restore(partial),
+                    save=save,
                 )
                 .cpu()
                 .numpy()
             )
+
+        try:
+            for begin in range(0, count, chunk):
+                size = min(chunk, count - begin)
+                key = f"moments {self.calls}:{begin}"
+                pieces.append(
+                    self.run.cached(key, lambda size=size, key=key: block(size, key))
+                )
+        except KeyboardInterrupt:
+            # the probes measured before this call (the pilot's) carry the estimate
+            if not final:
+                raise
+            self.interrupted = True
+        if not pieces:
+            return np.zeros((0, 2 * steps + 1))
         moments = np.concatenate(pieces)
         # |vᵀT_k(B)v| ≤ ‖v‖² while the spectrum lies in [−1, 1]; T_k grows fast outside
         norms = moments[:, :1]
@@ -610,15 +599,15 @@ class _DefaultFilter:
 
     # -- the run -------------------------------------------------------------------------
 
-    def run(self, start: float) -> RankResult:
+    def estimate(self) -> RankResult:
         options, meter = self.options, self.meter
         self._bounds()
         if self.high <= self.floor * 1.02:  # the operator is zero up to rounding
-            return self._result(start, 0.0, 0.0, self.floor, Status.CONVERGED, {})
+            return self._result(0.0, 0.0, self.floor, Status.CONVERGED, {})
         remaining = self.budget - meter.matvecs
         settings = (options.threshold, options.degree, options.n_probes, options.deflate)
         if settings == (None,) * 4 and self.n <= min(remaining, _WHOLE_SPACE_MAX):
-            return self._whole_space(start)
+            return self._whole_space()
         choice: ThresholdChoice | None = None
         status = Status.CONVERGED
         kernel = "jackson"
@@ -707,7 +696,8 @@ class _DefaultFilter:
                 pass  # the count is the Ritz count; more probes would only refine N(t < τ)
             elif np.ptp(samples) > 1e-9 * (1 + abs(samples.mean())):
                 more = (self.budget - meter.matvecs) // steps
-                moments = np.concatenate([moments, self.moments(max(0, more), steps)])
+                more_moments = self.moments(max(0, more), steps, final=True)
+                moments = np.concatenate([moments, more_moments])
             elif self.invariant and options.threshold is None:
                 # The basis is invariant and the probes agree to rounding: the spectrum
                 # above the floor is known exactly, and the exact methods' plateau rule
@@ -723,7 +713,7 @@ class _DefaultFilter:
                 more = options.n_probes - len(pilot)
             else:
                 more = (self.budget - meter.matvecs) // steps
-            moments = np.concatenate([pilot, self.moments(max(0, more), steps)])
+            moments = np.concatenate([pilot, self.moments(max(0, more), steps, final=True)])
         reach = self.reach(degree)
         if threshold < reach * (1 - 1e-12) and not self.exact_path:
             warnings.warn(
@@ -772,7 +762,7 @@ class _DefaultFilter:
         diagnostics["pilot_degree"] = pilot_degree
         diagnostics["pilot_probes"] = pilot_count
         diagnostics.update(self._density(moments, degree))
-        return self._result(start, mean, stderr, threshold, status, diagnostics, counts)
+        return self._result(mean, stderr, threshold, status, diagnostics, counts)
 
     def _edge(
         self, moments: np.ndarray, c: np.ndarray, degree: int, t: float, grid: np.ndarray
@@ -832,7 +822,6 @@ class _DefaultFilter:
 
     def _result(
         self,
-        start: float,
         rank: float,
         stderr: float,
         threshold: float,
@@ -852,12 +841,12 @@ class _DefaultFilter:
             "basis_size": self.basis_size,
             **diagnostics,
         }
-        return RankResult(
-            rank=float(rank),
-            stderr=float(stderr),
-            threshold=float(threshold),
-            method="polynomial",
-            cost=self.meter.cost(time.perf_counter() - start),
+        if self.interrupted:
+            status = Status.INTERRUPTED
+        return self.run.result(
+            rank,
+            stderr=stderr,
+            threshold=threshold,
             diagnostics=diagnostics,
             counts=counts,
             status=status,
@@ -867,110 +856,3 @@ class _DefaultFilter:
 def _even(value: float) -> int:
     """The even integer at or above ``value`` (doubled moments come in even degrees)."""
     return 2 * math.ceil(value / 2)
-
-
-def expected_count(result: RankResult, eigenvalues: Any, dim: int | None = None) -> float:
-    """What a polynomial estimate estimates, on a known spectrum: ``Σ_i p(λ_i)``.
-
-    Parameters
-    ----------
-    result : RankResult
-        A result of :class:`PolynomialRank` (either variant).
-    eigenvalues : array_like
-        Eigenvalues of the operator; with ``dim`` given, only the non-zero ones (the
-        other ``dim − len(eigenvalues)`` are exact zeros, as a closed-form spectrum
-        lists them).
-    dim : int or None
-        The operator's dimension, when ``eigenvalues`` leaves the zeros out.
-
-    Returns
-    -------
-    float
-        The filter summed over the spectrum, for the default variant over the part the
-        probes estimate (its deflated eigenvalues count exactly above ``τ`` in the
-        estimate and by the filter here; both agree away from ``τ``). On the deflated
-        paths (``diagnostics["path"]`` other than ``"probes"``) the estimate is the
-        exact count above ``τ``, and so is this. The estimate is unbiased for it: tests
-        and benchmarks hold estimates to it within their stderr.
-    """
-    values = np.asarray(eigenvalues, dtype=np.float64).ravel()
-    diagnostics = result.diagnostics
-    if diagnostics.get("path", "probes") != "probes":
-        return float((np.abs(values) > result.threshold).sum())
-    if diagnostics["variant"] == "ubaru-saad":
-        low, high = -1e-5, diagnostics["lambda_max"] + 1e-5
-    else:
-        low, high = diagnostics["lambda_min"], diagnostics["lambda_max"]
-    center, half = (high + low) / 2, (high - low) / 2
-    coefficients = diagnostics["filter_coefficients"]
-    total = float(
-        np.polynomial.chebyshev.chebval((values - center) / half, coefficients).sum()
-    )
-    if dim is not None:
-        zero = float(np.polynomial.chebyshev.chebval(-center / half, coefficients))
-        total += (dim - values.size) * zero
-    return total
-
-
-def _ubaru_saad_jackson(count: int) -> np.ndarray:
-    """The U&S code's Jackson factors for ``count`` moments (their "simpler formula")."""
-    theta = math.pi / (count + 2)
-    k = np.arange(count)
-    return np.sin((k + 1) * theta) / ((count + 2) * math.sin(theta)) + (
-        1 - (k + 1) / (count + 2)
-    ) * np.cos(k * theta)
-
-
-def ubaru_saad_density(
-    moments: np.ndarray, low: float, high: float, n_points: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The U&S density of states: their non-uniform grid and normalisation.
-
-    The grid is ``−1+h … 0`` in steps ``h/2`` then ``h … 1−h`` in steps ``2h``,
-    ``h = 2/(n_points + 1)``; the density is divided by ``Σφ · (λ_2 − λ_1)`` (the fine
-    spacing), so it is in absolute ``1/λ`` units and does not integrate to 1 -- kept, as
-    their ``find_gap`` tolerances are absolute.
-    """
-    h = 2 / (n_points + 1)
-    fine = np.arange(-1 + h, 0 + 1e-12, h / 2)
-    coarse = np.arange(h, 1 - h + 1e-12, 2 * h)
-    points = np.concatenate([fine, coarse])
-    count = moments.shape[1]
-    mean = moments.mean(axis=0) * _ubaru_saad_jackson(count) / math.pi
-    # kpm_density doubles every term but the first and divides by π sqrt(1 − x²): the
-    # U&S scaling (2/(π·m), first term halved) in one call.
-    density = kpm_density(mean * math.pi, np.ones(count), points)
-    center = (high + low) / 2
-    width = (high - low) / 2 + 2 * np.finfo(np.float64).eps
-    grid = center + width * points
-    density = density / (density.sum() * (grid[1] - grid[0]))
-    return grid, density
-
-
-def ubaru_saad_gap(grid: np.ndarray, density: np.ndarray) -> float:
-    """U&S ``find_gap``: the first gap of a density of states, as their code computes it.
-
-    Smooths ``|φ_i| + φ_{i+2} + φ_{i+3}`` (their loop skips the shift by one), takes the
-    first point below ``(N+1)/2`` whose forward difference is ``≥ −0.01``, then the first
-    later point where the smoothed density exceeds ``(1 − Σ_{j≤i1} s_j/(N+1))/4``; the gap
-    is the midpoint of the two grid points.
-    """
-    npts = len(density)
-    smoothed = np.abs(density).copy()
-    for shift in (2, 3):
-        smoothed[: npts - shift] += density[shift:]
-    smoothed /= 4
-    slope = np.append(np.diff(smoothed), 0.0)
-    high_values = (npts + 1) * 0.5
-    total, first = 0.0, npts - 1
-    for i in range(npts):
-        total += smoothed[i]
-        if smoothed[i] > high_values:
-            continue
-        if slope[i] >= -0.01:
-            first = i
-            break
-    tolerance = (1 - total / (npts + 1)) * 0.25
-    later = [i for i in range(first + 1, npts) if smoothed[i] >= tolerance]
-    second = later[0] if later else min(first + 1, npts - 1)
-    return float((grid[first] + grid[second]) / 2)

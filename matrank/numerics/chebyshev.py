@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ def chebyshev_moments(
     half_width: float,
     doubling: bool = True,
     callback: Callable[[int], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    save: Callable[[Callable[[], dict[str, Any]]], None] | None = None,
 ) -> torch.Tensor:
     """Moments ``vᵀT_k(B)v`` of every probe column, ``B = (A − center)/half_width``.
 
@@ -52,6 +55,10 @@ def chebyshev_moments(
         ``steps + 1`` moments by the plain recurrence (as the U&S code does).
     callback : callable or None
         Called with ``m`` after every block product (progress reporting).
+    resume, save : optional
+        ``save`` is called after every block product with a function that returns the
+        recurrence's state (a dict of tensors); passing such a state as ``resume`` goes
+        on from there, with the same ``probes``, to the same moments.
 
     Returns
     -------
@@ -87,21 +94,43 @@ def chebyshev_moments(
     def dot(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         return torch.mul(X, Y, out=scratch).sum(0).to(torch.float64)
 
-    previous, current = probes, advance(probes, None)
+    if resume is None:
+        previous, current = probes, advance(probes, None)
+        first = 1
+        if doubling:
+            moments = [dot(probes, probes), dot(current, probes)]
+        else:
+            moments = [dot(probes, previous), dot(probes, current)]
+    else:
+        first = int(resume["step"])
+        previous = resume["previous"].to(probes.device)
+        current = resume["current"].to(probes.device)
+        moments = list(resume["moments"].unbind(1))
+
+    def state(step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "previous": previous,
+            "current": current,
+            "moments": torch.stack(moments, dim=1),
+        }
+
     if not doubling:
-        moments = [dot(probes, previous), dot(probes, current)]
-        for _ in range(steps - 1):
+        for step in range(first, steps):
             previous, current = current, advance(current, previous)
             moments.append(dot(probes, current))
+            if save is not None:
+                save(lambda step=step: state(step + 1))
         return torch.stack(moments, dim=1)
-    t0t0, t1t0 = dot(probes, probes), dot(current, probes)
-    moments = [t0t0, t1t0]
-    for k in range(1, steps + 1):
+    t0t0, t1t0 = moments[0], moments[1]
+    for k in range(first, steps + 1):
         moments.append(2 * dot(current, current) - t0t0)  # T_{2k}
         if k < steps:
             following = advance(current, previous)
             moments.append(2 * dot(following, current) - t1t0)  # T_{2k+1}
             previous, current = current, following
+            if save is not None:
+                save(lambda k=k: state(k + 1))
     return torch.stack(moments, dim=1)
 
 

@@ -258,6 +258,31 @@ class BlockKrylov:
         self._next = kept
         self.B = (S[keep, None] * Vh[keep]).to(device="cpu", dtype=torch.float64)
 
+    def state_dict(self) -> dict[str, object]:
+        """Everything :meth:`load_state_dict` needs to go on as if never stopped."""
+        return {
+            "basis": self._buffer[: self._size],
+            "capacity": int(self._buffer.shape[0]),
+            "T": self.T,
+            "B": self.B,
+            "next": self._next,
+            "floats": [self.dropped, self.scale, self.symmetry_defect],
+            "ints": [self.matvecs, self.last_size, self.random_columns],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (tensors go to this basis's device)."""
+        basis = state["basis"]
+        self._buffer = torch.empty(
+            state["capacity"], self.n, dtype=self.dtype, device=self.device
+        )
+        self._buffer[: basis.shape[0]] = basis.to(self.device)
+        self._size = int(basis.shape[0])
+        self.T, self.B = state["T"], state["B"]
+        self._next = state["next"].to(self.device)
+        self.dropped, self.scale, self.symmetry_defect = state["floats"]
+        self.matvecs, self.last_size, self.random_columns = state["ints"]
+
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Ritz values (descending by magnitude) and vectors of ``T``, float64."""
         # numpy's LAPACK: 1.3× faster than torch's eigh on this CPU at k = 3000 (T is a

@@ -1,0 +1,324 @@
+"""The shared run, once for every estimator: seeds, Ctrl-C, checkpoints, kill and resume,
+and frozen options that ``dataclasses.replace`` treats like a fresh construction."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import matrank
+from matrank.adapters import DenseOracle
+from matrank.cli import main
+from matrank.testing import rotated_spectrum
+
+# One problem per resumable method, each running for about a second, with options that
+# make it pass through every checkpointed phase of its path.
+PROBLEMS = {
+    "lanczos": (lambda: rotated_spectrum(1500, 300, cond=1e3, seed=0), {"block_size": 4}),
+    "polynomial": (
+        lambda: rotated_spectrum(2100, 60, cond=10, seed=0),
+        {"max_matvecs": 3000, "deflate": 0},
+    ),
+    "polynomial-deflated": (
+        lambda: rotated_spectrum(2100, 60, cond=10, seed=0),
+        {"max_matvecs": 3000},
+    ),
+    "langevin": (lambda: rotated_spectrum(300, 40, cond=4, seed=0), {}),
+    "evolution": (lambda: rotated_spectrum(60, 20, cond=4, seed=0), {}),
+}
+RESUMABLE = ["lanczos", "polynomial", "langevin", "evolution"]
+
+
+def method_of(case):
+    return case.split("-")[0]
+
+
+class Stop(Exception):
+    """Stands for a crash: raised by the oracle, so nothing after it runs."""
+
+
+class Flaky:
+    """A quadratic oracle that raises ``error`` on call ``calls + 1`` of any product,
+    and counts the products it answered."""
+
+    def __init__(self, matrix, calls=None, error=Stop):
+        self.inner = DenseOracle(torch.as_tensor(matrix))
+        self.dim, self.dtype, self.device = (
+            self.inner.dim,
+            self.inner.dtype,
+            self.inner.device,
+        )
+        self.theta0, self.capabilities = self.inner.theta0, self.inner.capabilities
+        self.calls, self.error, self.answered = calls, error, 0
+
+    def _tick(self):
+        if self.calls is not None and self.answered >= self.calls:
+            raise self.error
+        self.answered += 1
+
+    def hvp(self, V):
+        self._tick()
+        return self.inner.hvp(V)
+
+    def grad(self, theta):
+        self._tick()
+        return self.inner.grad(theta)
+
+    def loss(self, theta):
+        self._tick()
+        return self.inner.loss(theta)
+
+
+def same(first, second):
+    """Equal results up to the seconds they took (JSON of everything else)."""
+    a, b = first.to_dict(), second.to_dict()
+    a["cost"].pop("seconds")
+    b["cost"].pop("seconds")
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+@pytest.mark.parametrize("case", list(PROBLEMS))
+def test_a_crash_resumes_from_the_checkpoint_to_the_uninterrupted_result(case, tmp_path):
+    build, options = PROBLEMS[case]
+    matrix, method = build(), method_of(case)
+    full = Flaky(matrix)
+    reference = matrank.estimate_rank(full, method=method, seed=3, **options)
+    path = tmp_path / "run.ckpt"
+    for fraction in (0.3, 0.7):
+        crashing = Flaky(matrix, calls=int(fraction * full.answered))
+        with pytest.raises(Stop):
+            matrank.estimate_rank(
+                crashing,
+                method=method,
+                seed=3,
+                checkpoint=path,
+                checkpoint_every=0,
+                **options,
+            )
+        assert path.exists()
+    resumed = Flaky(matrix)
+    result = matrank.estimate_rank(
+        resumed, method=method, seed=3, checkpoint=path, checkpoint_every=0, **options
+    )
+    assert same(result, reference)
+    # the work before the last checkpoint was not redone
+    assert resumed.answered < full.answered - 0.3 * full.answered
+    assert not path.exists()  # a finished run removes its checkpoint
+
+
+@pytest.mark.parametrize("method", RESUMABLE)
+def test_ctrl_c_returns_the_best_estimate_so_far(method):
+    build, options = PROBLEMS[method]
+    matrix = build()
+    full = Flaky(matrix)
+    reference = matrank.estimate_rank(full, method=method, seed=0, **options)
+    interrupted = Flaky(matrix, calls=int(0.8 * full.answered), error=KeyboardInterrupt)
+    result = matrank.estimate_rank(interrupted, method=method, seed=0, **options)
+    assert result.status is matrank.Status.INTERRUPTED and not result.converged
+    assert "interrupted by the user" in result.status.value
+    assert sum(result.cost[k] for k in ("matvecs", "grads", "loss_evals")) < sum(
+        reference.cost[k] for k in ("matvecs", "grads", "loss_evals")
+    )
+    # a best-so-far estimate: within the range of counts the method could report
+    assert 0 < result.rank <= matrix.shape[0]
+
+
+def test_an_interrupted_run_keeps_its_checkpoint_and_a_rerun_finishes_it(tmp_path):
+    build, _options = PROBLEMS["langevin"]
+    matrix = build()
+    reference = matrank.estimate_rank(matrix, method="langevin", seed=0)
+    path = tmp_path / "run.ckpt"
+    interrupted = matrank.estimate_rank(
+        Flaky(matrix, calls=1200, error=KeyboardInterrupt),
+        method="langevin",
+        seed=0,
+        checkpoint=path,
+        checkpoint_every=0,
+    )
+    assert interrupted.status is matrank.Status.INTERRUPTED and path.exists()
+    assert same(
+        matrank.estimate_rank(
+            matrix, method="langevin", seed=0, checkpoint=path, checkpoint_every=0
+        ),
+        reference,
+    )
+
+
+@pytest.mark.parametrize("method", RESUMABLE)
+def test_seed_gives_bit_identical_results(method):
+    build, options = PROBLEMS[method]
+    matrix = build()
+    first = matrank.estimate_rank(matrix, method=method, seed=np.int64(5), **options)
+    second = matrank.estimate_rank(matrix, method=method, seed=5, **options)
+    assert same(first, second)
+
+
+def test_keep_checkpoint_keeps_a_finished_run(tmp_path):
+    matrix = rotated_spectrum(200, 20, seed=0)
+    path = tmp_path / "kept.ckpt"
+    first = matrank.estimate_rank(
+        matrix,
+        method="langevin",
+        seed=1,
+        checkpoint=path,
+        checkpoint_every=0,
+        keep_checkpoint=True,
+    )
+    assert path.exists()
+    counting = Flaky(matrix)
+    again = matrank.estimate_rank(
+        counting, method="langevin", seed=1, checkpoint=path, keep_checkpoint=True
+    )
+    assert same(first, again)
+    assert counting.answered < 100  # the chains were not run again
+
+
+def written_checkpoint(tmp_path, matrix, method="lanczos", **options):
+    path = tmp_path / "other.ckpt"
+    with pytest.raises(Stop):
+        matrank.estimate_rank(
+            Flaky(matrix, calls=8),
+            method=method,
+            seed=0,
+            checkpoint=path,
+            checkpoint_every=0,
+            **options,
+        )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"seed": 1}, "seed was 0 (here 1)"),
+        ({"method": "polynomial"}, "method was 'lanczos' (here 'polynomial')"),
+        ({"block_size": 8}, "option block_size was 4 (here 8)"),
+        ({"matrix": "other"}, "another product for the same fixed probe"),
+        ({"matrix": "smaller"}, "n was 600 (here 599)"),
+    ],
+)
+def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(
+    change, named, tmp_path
+):
+    matrix = rotated_spectrum(600, 120, cond=1e3, seed=0)
+    path = written_checkpoint(tmp_path, matrix, block_size=4)
+    arguments = {"method": "lanczos", "seed": 0, "block_size": 4}
+    arguments.update({k: v for k, v in change.items() if k != "matrix"})
+    if change.get("matrix") == "other":
+        matrix = rotated_spectrum(600, 120, cond=1e3, seed=1)
+    elif change.get("matrix") == "smaller":
+        matrix = matrix[:599, :599]
+    if arguments["method"] != "lanczos":
+        arguments.pop("block_size")
+    with pytest.raises(matrank.MatrankValueError, match="`checkpoint` must be") as error:
+        matrank.estimate_rank(matrix, checkpoint=path, **arguments)
+    assert named in str(error.value)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(pickle.dumps(os.system))  # would run code if unpickled freely
+    with pytest.raises(matrank.MatrankValueError, match="cannot be read") as error:
+        matrank.estimate_rank(np.eye(5), method="lanczos", checkpoint=path)
+    assert "\n" not in str(error.value)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(matrank.MatrankValueError, match="cannot be read"):
+        matrank.estimate_rank(np.eye(5), method="lanczos", checkpoint=path)
+
+
+def test_checkpoint_options_are_validated():
+    with pytest.raises(matrank.MatrankValueError, match="`checkpoint_every` must be"):
+        matrank.estimate_rank(np.eye(4), checkpoint="x.ckpt", checkpoint_every=-1.0)
+    with pytest.raises(matrank.MatrankValueError, match="`keep_checkpoint` must be"):
+        matrank.estimate_rank(np.eye(4), checkpoint="x.ckpt", keep_checkpoint="yes")
+
+
+REPLACEMENTS = [
+    (matrank.ExactRank(max_dim=100), {"threshold": 1e-3}),
+    (matrank.LanczosRank(block_size=4), {"max_matvecs": 500}),
+    (matrank.PolynomialRank(degree=40), {"variant": "ubaru-saad"}),
+    (matrank.LangevinRank(), {"n_chains": 2}),
+    (matrank.LangevinRank(), {"variant": "paper"}),
+    (matrank.LangevinRank(variant="paper", n_steps=300), {"variant": "default"}),
+    (matrank.EvolutionRank(population=100), {"keep": 0.2}),
+]
+
+
+@pytest.mark.parametrize(("estimator", "change"), REPLACEMENTS, ids=repr)
+def test_replace_behaves_like_a_fresh_construction(estimator, change):
+    cls = type(estimator)
+    fields = {f.name: getattr(estimator, f.name) for f in dataclasses.fields(cls)}
+    assert cls(**fields) == estimator  # construction writes nothing back
+    replaced = dataclasses.replace(estimator, **change)
+    fresh = cls(**{**fields, **change})
+    assert replaced == fresh
+    if cls is matrank.LangevinRank:
+        assert replaced.plan() == fresh.plan()
+
+
+def test_langevin_defaults_follow_the_fields_they_derive_from():
+    replaced = dataclasses.replace(matrank.LangevinRank(), n_chains=2)
+    assert replaced.plan().n_steps == (15000 - 41) // 2  # was 1869, the 8 chains' value
+    paper = dataclasses.replace(matrank.LangevinRank(), variant="paper").plan()
+    assert (paper.step_size, paper.n_chains, paper.readout) == (1e-4, 1, "loss")
+
+
+def run_cli(*arguments):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from matrank.cli import main; sys.exit(main())",
+            *list(arguments),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("case", RESUMABLE)
+def test_cli_killed_with_sigkill_resumes_to_the_uninterrupted_json(case, tmp_path, capsys):
+    build, options = PROBLEMS[case]
+    matrix_path = tmp_path / "big.npy"
+    np.save(matrix_path, build())
+    flags = [f"--option={name}={value}" for name, value in options.items()]
+    common = [
+        "estimate",
+        str(matrix_path),
+        "--method",
+        case,
+        "--seed",
+        "2",
+        "--json",
+        "--no-progress",
+        *flags,
+    ]
+    assert main(common) == 0
+    reference = json.loads(capsys.readouterr().out)
+    checkpoint = tmp_path / "c.ckpt"
+    resumable = [*common, "--checkpoint", str(checkpoint), "--checkpoint-every", "0.2"]
+    process = run_cli(*resumable)
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "finished before the kill: too small"
+    assert checkpoint.exists()
+    assert main(resumable) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["cost"].pop("seconds") > 0
+    reference["cost"].pop("seconds")
+    assert resumed == reference
+    assert not checkpoint.exists()
