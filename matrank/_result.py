@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .numerics.threshold import CountingCurve
+
 __all__ = ["CountingCurve", "RankResult", "Status"]
 
 
@@ -35,30 +37,6 @@ class Status(enum.Enum):
     def converged(self) -> bool:
         """Whether the estimate means what it claims (a plateau-less curve still does)."""
         return self in (Status.CONVERGED, Status.NO_PLATEAU)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class CountingCurve:
-    """The counting curve ``N(τ)``: how many eigenvalues exceed each threshold ``τ``.
-
-    Attributes
-    ----------
-    thresholds : numpy.ndarray
-        Increasing thresholds, log-spaced.
-    counts : numpy.ndarray
-        ``N(τ)`` at each threshold (non-increasing; floats for stochastic estimators).
-    stderr : numpy.ndarray or None
-        Standard error of each count, where the estimator is stochastic.
-    """
-
-    thresholds: np.ndarray
-    counts: np.ndarray
-    stderr: np.ndarray | None = None
-
-    def at(self, threshold: float) -> float:
-        """``N(threshold)`` read off the curve (the count at the nearest grid point below)."""
-        below = int(np.searchsorted(self.thresholds, threshold, side="right")) - 1
-        return float(self.counts[min(max(below, 0), len(self.thresholds) - 1)])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)

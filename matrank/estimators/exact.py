@@ -12,7 +12,7 @@ from .._oracle import Capability, as_oracle, materialize
 from .._result import RankResult, Status
 from .._run import Run
 from .._validation import MatrankValueError, check_int, check_threshold, message
-from ..numerics.threshold import counting_curve, resolve_threshold
+from ..numerics.threshold import counting_curve, noise_floor, resolve_threshold
 
 __all__ = ["ExactRank"]
 
@@ -123,7 +123,7 @@ class ExactRank:
 
         magnitudes = np.abs(eigenvalues)
         largest = float(magnitudes.max())
-        numpy_rule = largest * n * float(torch.finfo(oracle.dtype).eps)
+        numpy_rule = noise_floor(largest, n, float(torch.finfo(oracle.dtype).eps))
         floor = max(numpy_rule, asymmetry)
         status = Status.CONVERGED
         diagnostics: dict[str, Any] = {"noise_floor": floor, "numpy_rule": numpy_rule}

@@ -12,8 +12,14 @@ from .._oracle import Capability, as_oracle
 from .._result import RankResult, Status
 from .._run import Run
 from .._validation import check_choice, check_int, check_threshold
+from ..numerics.deflation import converged_basis, projected
 from ..numerics.krylov import BlockKrylov, lanczos_quadrature
-from ..numerics.threshold import ThresholdChoice, counting_curve, resolve_threshold
+from ..numerics.threshold import (
+    ThresholdChoice,
+    counting_curve,
+    noise_floor,
+    resolve_threshold,
+)
 from ..numerics.trace import mean_and_stderr, probe_block
 
 __all__ = ["LanczosRank"]
@@ -346,7 +352,7 @@ class LanczosRank:
             if values is None:
                 values, vectors = krylov.ritz()
             largest = float(values.abs().max()) if values.numel() else 0.0
-            floor = max(largest * n * eps, krylov.symmetry_defect)
+            floor = noise_floor(largest, n, eps, krylov.symmetry_defect)
             threshold, choice = resolve_threshold(
                 values.abs().numpy(), floor, self.threshold
             )
@@ -372,8 +378,7 @@ class LanczosRank:
         converged = (values.abs() - residuals > threshold) & (
             residuals <= 1e-3 * values.abs()
         )
-        captured = krylov.Q @ vectors[:, converged].to(dtype=dtype, device=device)  # (n, c)
-        captured = torch.linalg.qr(captured).Q if captured.shape[1] else captured
+        captured = converged_basis(krylov, vectors, converged)  # (n, c)
         deflated = int(captured.shape[1])
         remaining = max_matvecs - meter.matvecs
         steps = min(self.slq_steps, n - deflated)
@@ -382,11 +387,7 @@ class LanczosRank:
             diagnostics.update(path="krylov (budget too small for SLQ)")
             return float((values.abs() > threshold).sum()), None, Status.BUDGET_EXHAUSTED
 
-        def projected(V: torch.Tensor) -> torch.Tensor:
-            if deflated:
-                V = V - captured @ (captured.T @ V)
-            W = meter.hvp(V)
-            return W - captured @ (captured.T @ W) if deflated else W
+        product = projected(meter.hvp, captured)
 
         probes = probe_block(
             n,
@@ -403,7 +404,7 @@ class LanczosRank:
             nodes, weights = run.cached(
                 f"slq {begin}",
                 lambda begin=begin: lanczos_quadrature(
-                    projected, probes[:, begin : begin + chunk], steps
+                    product, probes[:, begin : begin + chunk], steps
                 ),
             )
             all_nodes.append(nodes)

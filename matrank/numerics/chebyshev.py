@@ -8,6 +8,7 @@ spectrum into ``[−1, 1]``; everything else here is arithmetic on that table.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ChebyshevFrame",
     "chebyshev_moments",
     "gaussian_damping",
     "jackson_damping",
@@ -193,3 +195,86 @@ def kpm_density(
     series[1:] *= 2
     values = np.polynomial.chebyshev.chebval(grid, series)
     return values / (math.pi * np.sqrt(1 - grid**2))
+
+
+@dataclasses.dataclass(frozen=True)
+class ChebyshevFrame:
+    """The interval ``[low, high]`` a filter lives on, and the step filters on it.
+
+    ``x = (λ − center)/half`` maps the interval onto ``[−1, 1]``; a filter's resolution
+    is measured in the angle ``β = arccos x``, in which a degree-``D`` Chebyshev series
+    resolves about ``π/D`` everywhere. ``low < 0`` means the operator has negative
+    eigenvalues, counted by magnitude (steps on both sides of zero).
+    """
+
+    low: float
+    high: float
+
+    @property
+    def center(self) -> float:
+        return (self.high + self.low) / 2
+
+    @property
+    def half(self) -> float:
+        return max((self.high - self.low) / 2, float(np.finfo(np.float64).tiny))
+
+    @property
+    def beta_zero(self) -> float:
+        """The angle of the eigenvalue 0."""
+        return self.angle(0.0)
+
+    def x(self, t: Any) -> Any:
+        """``(t − center)/half`` for a number or an array."""
+        return (np.asarray(t, dtype=np.float64) - self.center) / self.half
+
+    def angle(self, t: float) -> float:
+        """``β = arccos x`` of the eigenvalue ``t``."""
+        return math.acos(min(1.0, max(-1.0, (t - self.center) / self.half)))
+
+    def midpoint(self, lower: float, upper: float) -> float:
+        """The eigenvalue whose angle is halfway between those of ``lower`` and ``upper``;
+        with ``lower = 0`` and negative eigenvalues, the side nearer zero in angle."""
+        angle = (self.angle(lower) + self.angle(upper)) / 2
+        midpoint = self.center + self.half * math.cos(angle)
+        if self.low < 0:
+            mirrored = (self.angle(-lower) + self.angle(-upper)) / 2
+            midpoint = max(midpoint, -(self.center + self.half * math.cos(mirrored)))
+        return midpoint
+
+    def reach(self, shift: float) -> float:
+        """The smallest threshold whose angle lies ``shift`` from zero's (both sides when
+        there are negative eigenvalues)."""
+        angle = self.beta_zero - shift
+        reach = self.center + self.half * math.cos(angle) if angle > 0 else self.high
+        if self.low < 0:
+            angle = self.beta_zero + shift
+            below = (
+                self.center + self.half * math.cos(angle) if angle < math.pi else self.low
+            )
+            reach = max(reach, -below)
+        return reach
+
+    def separation(self, t: float) -> float:
+        """Smallest angle between ``±t`` and zero (the side that has eigenvalues)."""
+        separation = abs(self.beta_zero - self.angle(t))
+        if self.low < 0:
+            separation = min(separation, abs(self.angle(-t) - self.beta_zero))
+        return separation
+
+    def step(self, t: float, degree: int, damping: np.ndarray) -> np.ndarray:
+        """Damped step ``1{|λ| > t}``, shifted and scaled so that ``p(0) = 0`` exactly.
+
+        A plain damped step has ``p(0)`` of ``1e-3 … 1e-5``, which an exact null space
+        of dimension ``n − r`` multiplies into phantom eigenvalues.
+        """
+        c = np.zeros(degree + 1)
+        upper = (t - self.center) / self.half
+        if upper < 1:
+            c += step_coefficients(upper, 1.0, degree)
+        lower = (-t - self.center) / self.half
+        if self.low < 0 and lower > -1:
+            c += step_coefficients(-1.0, lower, degree)
+        c *= damping[: degree + 1]
+        at_zero = float(np.polynomial.chebyshev.chebval(self.x(0.0), c))
+        c[0] -= at_zero
+        return c / (1 - at_zero)

@@ -15,15 +15,45 @@ import math
 
 import numpy as np
 
-from .._result import CountingCurve
-
 __all__ = [
+    "CountingCurve",
     "ThresholdChoice",
     "counting_curve",
     "flat_stretch_threshold",
+    "noise_floor",
     "plateau_threshold",
     "resolve_threshold",
 ]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CountingCurve:
+    """The counting curve ``N(τ)``: how many eigenvalues exceed each threshold ``τ``.
+
+    Attributes
+    ----------
+    thresholds : numpy.ndarray
+        Increasing thresholds, log-spaced.
+    counts : numpy.ndarray
+        ``N(τ)`` at each threshold (non-increasing; floats for stochastic estimators).
+    stderr : numpy.ndarray or None
+        Standard error of each count, where the estimator is stochastic.
+    """
+
+    thresholds: np.ndarray
+    counts: np.ndarray
+    stderr: np.ndarray | None = None
+
+    def at(self, threshold: float) -> float:
+        """``N(threshold)`` read off the curve (the count at the nearest grid point below)."""
+        below = int(np.searchsorted(self.thresholds, threshold, side="right")) - 1
+        return float(self.counts[min(max(below, 0), len(self.thresholds) - 1)])
+
+
+def noise_floor(largest: float, n: int, eps: float, defect: float = 0.0) -> float:
+    """``max(λmax·n·eps, defect)``: numpy's ``matrix_rank`` tolerance, raised to the
+    operator's measured asymmetry (rounding makes both, and nothing under them counts)."""
+    return max(largest * n * eps, defect)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,159 @@
+"""The top of the spectrum the polynomial filter works around: bounds and deflation.
+
+Spectral bounds and the noise floor from a short Lanczos run; a Krylov basis that
+captures a small top subspace, whose converged Ritz pairs then count exactly; and the
+bound on what that capture left. :class:`~._polynomial_default.DefaultFilter` builds on
+it (a mixin: the two halves share the run's state, and nothing else uses either).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._run import Run
+from ..numerics.chebyshev import ChebyshevFrame
+from ..numerics.deflation import complement_bound, converged_basis
+from ..numerics.krylov import BlockKrylov
+from ..numerics.threshold import noise_floor
+
+__all__ = ["SpectrumCapture"]
+
+BASIS_BYTES = 1024**3  # the deflation basis
+# Lanczos steps on the deflated operator for the top of what deflation left: the top
+# Ritz value plus its residual, from a random start (Kuczyński & Woźniakowski: after m
+# steps the top Ritz value misses λmax by a factor 1 − ε with probability ≲ √n·e^{−2m√ε}).
+COMPLEMENT_STEPS = 32
+# Largest n whose whole space is taken: the dense work grows like n³ (benchmarks/README,
+# polynomial catalogue), where a filter's 15,000 cheap products take seconds
+WHOLE_SPACE_MAX = 2048
+# Columns per product in the deflation and whole-space paths: a model's HVP holds its
+# activations once per column
+PRODUCT_COLUMNS = 32
+
+
+class SpectrumCapture:
+    """Bounds, the noise floor and the deflation basis of one polynomial run."""
+
+    options: Any
+    run: Run
+    n: int
+    budget: int
+
+    def _bounds(self) -> None:
+        """Spectral bounds and the noise floor from ``lanczos_steps`` Lanczos steps."""
+        meter, n = self.meter, self.n
+        krylov = BlockKrylov(meter.hvp, n, meter.dtype, meter.device, self.generator)
+        while krylov.size < min(self.options.lanczos_steps, n):
+            before = meter.matvecs
+            krylov.extend(1)
+            self.bar.update(meter.matvecs - before)
+            if krylov.next_kept == 0:  # an invariant subspace: the extremes are exact
+                break
+        values, vectors = krylov.ritz()
+        residuals = krylov.residual_norms(vectors)
+        eps = float(torch.finfo(meter.dtype).eps)
+        largest = float(values.abs().max()) if values.numel() else 0.0
+        self.floor = noise_floor(largest, n, eps, krylov.symmetry_defect)
+        high = float((values + residuals).max())
+        # Ritz values are Rayleigh quotients: one below −floor proves a negative eigenvalue
+        negative = float(values.min()) < -self.floor
+        low = float((values - residuals).min()) if negative else 0.0
+        width = max(high - low, 0.0)
+        # Ritz values approach the ends from inside: a 1 % margin keeps the spectrum in
+        # [−1, 1], where the Chebyshev polynomials stay bounded (checked on the moments).
+        self.frame = ChebyshevFrame(
+            low=low - 0.01 * width if negative else 0.0, high=high + 0.01 * width
+        )
+        self.low, self.high = self.frame.low, self.frame.high
+        self.captured = torch.zeros(n, 0, dtype=meter.dtype, device=meter.device)
+        self.deflated_values = np.zeros(0)
+        self.basis_size = 0
+        self.invariant = False
+        self.exact_path = False
+        self.complement_top = math.inf
+        self.krylov: BlockKrylov | None = None
+
+    def _deflate(self, expected: float, *, whole: bool = False) -> None:
+        """Capture the top subspace when the basis can hold all of it.
+
+        A basis of ``2r + 64`` columns (multiplicities cost up to ``2r``) captures a rank
+        ``r`` whole, after which the probes see only what is left: the count becomes
+        exact. When ``n`` columns fit, the basis takes the whole space instead
+        (``whole=True``: within all of the remaining budget, not half). A partial
+        capture reduces the variance only by the captured fraction at an ``O(n·k²)``
+        orthogonalization cost (9× the probes' time for 30 % of the rank of the d = 64
+        linear net), so it is not attempted.
+        """
+        meter, n = self.meter, self.n
+        limit = self.options.deflate
+        if limit is None:
+            limit = (self.budget - meter.matvecs) // (1 if whole else 2)
+        limit = min(limit, BASIS_BYTES // (8 * n), n)
+        wanted = n if whole else min(2 * math.ceil(expected) + 64, n)
+        if (expected < 0.5 and not whole) or wanted > limit:
+            return
+        if limit == n <= WHOLE_SPACE_MAX and self.options.deflate is None:
+            wanted = n  # the whole space fits: its spectrum, down to the noise floor
+        self.krylov = BlockKrylov(
+            self._products, n, meter.dtype, meter.device, self.generator
+        )
+        self._extend(wanted)
+
+    def _products(self, V: torch.Tensor) -> torch.Tensor:
+        """``A @ V`` in products of at most ``PRODUCT_COLUMNS`` columns."""
+        if V.shape[1] <= PRODUCT_COLUMNS:
+            return self.meter.hvp(V)
+        step = PRODUCT_COLUMNS
+        return torch.cat(
+            [self.meter.hvp(V[:, i : i + step]) for i in range(0, V.shape[1], step)], dim=1
+        )
+
+    def _extend(self, wanted: int) -> None:
+        """Grow the deflation basis to ``wanted`` columns and take its converged pairs."""
+        meter, n, krylov = self.meter, self.n, self.krylov
+        assert krylov is not None
+        # the whole space needs no Krylov structure, only few passes over the basis:
+        # a block of n/8 (up to 256) columns is orthogonalized against it in 8
+        # compute-bound passes, not n/32 memory-bound ones (its products still go
+        # 32 columns at a time)
+        block = max(32, min(256, n // 8)) if wanted >= n else 32
+        key = f"deflation {wanted}"
+        saved = self.run.restore(key)
+        if saved is not None:
+            krylov.load_state_dict(saved)
+        while krylov.size < min(wanted, n):
+            if self.run.due():
+                self.run.record(key, krylov.state_dict())
+            before = meter.matvecs
+            krylov.extend(min(block, wanted - krylov.size))
+            self.bar.update(meter.matvecs - before)
+            # an invariant subspace: nothing more the Krylov sequence can find, though
+            # copies of a repeated eigenvalue may remain; fresh random columns go on
+            # when the whole space is wanted
+            if krylov.next_kept == 0 and wanted < n:
+                break
+        values, vectors = krylov.ritz()
+        residuals = krylov.residual_norms(vectors)
+        keep = (residuals <= 1e-3 * values.abs()) & (values.abs() > self.floor)
+        self.captured = converged_basis(krylov, vectors, keep)
+        self.deflated_values = values[keep].numpy()
+        self.basis_size = krylov.size
+        self.invariant = krylov.next_kept == 0
+
+    def _bound_complement(self) -> None:
+        """Bound ``|λ|`` of what the deflation left (:func:`complement_bound`)."""
+        steps = min(COMPLEMENT_STEPS, self.n - self.captured.shape[1])
+        if steps < 1 or self.basis_size == self.n:  # the Ritz values are the spectrum
+            self.complement_top = 0.0
+            return
+        self.complement_top = complement_bound(
+            self.meter.hvp,
+            self.captured,
+            steps=steps,
+            generator=self.generator,
+            callback=self.bar.update,
+        )

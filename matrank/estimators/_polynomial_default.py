@@ -1,0 +1,493 @@
+"""One run of the default polynomial filter (see :class:`~matrank.PolynomialRank`, Notes).
+
+Bounds, then either the whole space's spectrum or a pilot that picks the threshold and
+the degree, deflation of a small top subspace, probes on the rest, and the edge term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._result import CountingCurve, RankResult, Status
+from .._run import Run
+from .._validation import (
+    MatrankError,
+    MatrankValueError,
+    MatrankWarning,
+    message,
+)
+from ..numerics.chebyshev import (
+    chebyshev_moments,
+    gaussian_damping,
+    jackson_damping,
+    kpm_density,
+    step_coefficients,
+)
+from ..numerics.threshold import (
+    ThresholdChoice,
+    counting_curve,
+    flat_stretch_threshold,
+    resolve_threshold,
+)
+from ..numerics.trace import mean_and_stderr, probe_block
+from ._polynomial_capture import (
+    BASIS_BYTES,
+    COMPLEMENT_STEPS,
+    PRODUCT_COLUMNS,
+    WHOLE_SPACE_MAX,
+    SpectrumCapture,
+)
+
+__all__: list[str] = []
+
+_DEGREE_CAP = 4000  # moments; 2000 matvecs per probe
+_PILOT_PROBES = 16
+_BLOCK_BYTES = 128 * 1024**2  # probes in flight: four n × chunk blocks (≈ 1 GB peak)
+# A Jackson-damped step is 1 − 2.5e-3 (2.5e-3) at an angular distance 3π/degree above
+# (below) its edge, in β = arccos x: the filter "reaches" a threshold whose angle lies
+# that far from zero's. On smooth densities its soft count then equals N(τ) within the
+# Hutchinson error (benchmarks/polynomial_linear_nets.py).
+_REACH = 3 * math.pi
+# A Gaussian-damped step (width w in β) is Φ(−4.75) = 1e-6 at 4.75·w from its edge, and
+# the series past degree D is below exp(−(D·w)²/2) = 1e-6 for D·w ≥ 5.3.
+_GAUSS_EDGE, _GAUSS_TAIL = 4.75, 5.3
+# Chebyshev moments of the density of states drawn from the whole space's eigenvalues
+_WHOLE_SPACE_DENSITY_DEGREE = 200
+
+
+DEFAULT_BUDGET = 15_000
+
+
+class DefaultFilter(SpectrumCapture):
+    """One run of the default variant (see :class:`PolynomialRank`, Notes)."""
+
+    def __init__(self, options: Any, run: Run) -> None:
+        self.options, self.run = options, run
+        self.meter, self.generator, self.bar = run.meter, run.generator, run.bar
+        self.n = run.meter.dim
+        self.calls = 0  # moments() calls so far: each names its checkpoint keys
+        self.interrupted = False
+        self.budget = options.max_matvecs or DEFAULT_BUDGET
+
+    # -- the spectrum's frame ------------------------------------------------------------
+
+    def _whole_space(self) -> RankResult:
+        """The spectrum from the products of all ``n`` unit vectors, no probes.
+
+        When the budget left after the bounds holds ``n ≤ WHOLE_SPACE_MAX`` products,
+        any filter would cost more than the spectrum itself: the products of the
+        identity's columns are the matrix, whose symmetric part's eigenvalues the exact
+        methods' plateau rule reads (a Krylov basis of all of ``R^n`` gives the same
+        values after an ``O(n³)`` orthogonalization: 2000 × 2000, 3.4 s against 1 s).
+        The asymmetry of the products joins the noise floor.
+        """
+        meter, n = self.meter, self.n
+        block = PRODUCT_COLUMNS
+        columns = []
+
+        def product(first: int) -> torch.Tensor:
+            before = meter.matvecs
+            unit = torch.zeros(n, min(block, n - first), dtype=meter.dtype)
+            unit[first : first + unit.shape[1]] = torch.eye(
+                unit.shape[1], dtype=meter.dtype
+            )
+            image = meter.hvp(unit.to(meter.device)).to("cpu", torch.float64)
+            self.bar.update(meter.matvecs - before)
+            return image
+
+        for first in range(0, n, block):
+            columns.append(
+                self.run.cached(f"unit {first}", lambda first=first: product(first))
+            )
+        matrix = torch.cat(columns, dim=1)
+        asymmetry = float((matrix - matrix.T).abs().max())
+        self.floor = max(self.floor, asymmetry)
+        values = np.linalg.eigvalsh((0.5 * (matrix + matrix.T)).numpy())
+        values = values[np.argsort(-np.abs(values))]  # as the Ritz values come
+        self.deflated_values = values[np.abs(values) > self.floor]
+        self.basis_size = n
+        magnitudes = np.abs(self.deflated_values)
+        threshold, choice = resolve_threshold(magnitudes, self.floor, None)
+        assert choice is not None
+        self.exact_path, self.complement_top = True, 0.0
+        status = Status.CONVERGED if choice.decades >= 1 else Status.NO_PLATEAU
+        degree = _WHOLE_SPACE_DENSITY_DEGREE
+        diagnostics: dict[str, Any] = {
+            "degree": 0,
+            "n_probes": 0,
+            "samples": np.zeros(0),
+            "edge_stderr": 0.0,
+            "plateau": dataclasses.asdict(choice),
+            **self._density(np.zeros((1, degree + 1)), degree),
+        }
+        counts = counting_curve(magnitudes, self.floor, self.high)
+        counts = dataclasses.replace(counts, stderr=np.zeros_like(counts.counts))
+        rank = float((magnitudes > threshold).sum())
+        return self._result(rank, 0.0, threshold, status, diagnostics, counts)
+
+    def reach(self, degree: int) -> float:
+        """The smallest threshold a degree resolves: its angle ``3π/degree`` from zero's."""
+        return self.frame.reach(_REACH / degree)
+
+    # -- moments and filters -------------------------------------------------------------
+
+    def moments(self, count: int, steps: int, *, final: bool = False) -> np.ndarray:
+        """``(count, 2·steps + 1)`` moments of sphere probes in ``range(Y)⊥``.
+
+        Blocks of probes and the steps of their recurrence are checkpointed. ``final``:
+        a Ctrl-C keeps the blocks done so far and marks the run interrupted.
+        """
+        meter, n = self.meter, self.n
+        self.calls += 1
+        if count == 0:
+            return np.zeros((0, 2 * steps + 1))
+        chunk = max(1, _BLOCK_BYTES // (32 * n))
+        pieces: list[np.ndarray] = []
+
+        def block(size: int, key: str) -> np.ndarray:
+            probes = probe_block(
+                n,
+                size,
+                kind="sphere",
+                generator=self.generator,
+                dtype=meter.dtype,
+                device=meter.device,
+                orthogonal_to=self.captured,
+            )
+            partial = key + " partial"
+
+            def save(state: Any) -> None:
+                if self.run.due():
+                    self.run.record(partial, state())
+
+            return (
+                chebyshev_moments(
+                    meter.hvp,
+                    probes,
+                    steps,
+                    center=self.frame.center,
+                    half_width=self.frame.half,
+                    callback=self.bar.update,
+                    resume=self.run.restore(partial),
+                    save=save,
+                )
+                .cpu()
+                .numpy()
+            )
+
+        try:
+            for begin in range(0, count, chunk):
+                size = min(chunk, count - begin)
+                key = f"moments {self.calls}:{begin}"
+                pieces.append(
+                    self.run.cached(key, lambda size=size, key=key: block(size, key))
+                )
+        except KeyboardInterrupt:
+            # the probes measured before this call (the pilot's) carry the estimate
+            if not final:
+                raise
+            self.interrupted = True
+        if not pieces:
+            return np.zeros((0, 2 * steps + 1))
+        moments = np.concatenate(pieces)
+        # |vᵀT_k(B)v| ≤ ‖v‖² while the spectrum lies in [−1, 1]; T_k grows fast outside
+        norms = moments[:, :1]
+        bound = np.maximum(norms, np.finfo(np.float64).tiny)  # a probe of an empty ⊥
+        excess = float(np.max(np.abs(moments) / bound)) if norms.size else 0.0
+        if excess > 1.01:
+            raise MatrankError(
+                f"the spectrum reaches outside the bounds [{self.low:.6g}, {self.high:.6g}] "
+                f"from the Krylov run (a Chebyshev moment is {excess:.3g}·‖v‖²): the "
+                "operator is probably not symmetric or not deterministic; check it with "
+                "matrank.check_oracle"
+            )
+        return moments
+
+    def samples(self, moments: np.ndarray, c: np.ndarray, threshold: float) -> np.ndarray:
+        """Per-probe counts: the deflated Ritz values above ``τ`` plus the probe's.
+
+        The deflated part is a hard count: those eigenvalues are known (to a residual
+        ``≤ 1e-3·|θ|``), so the filter's transition blurs only the rest.
+        """
+        captured = int((np.abs(self.deflated_values) > threshold).sum())
+        if threshold > self.complement_top:  # nothing left above τ: the rest only leaks
+            return np.full(len(moments), float(captured))
+        return moments[:, : len(c)] @ c + captured
+
+    def curve(self, moments: np.ndarray, degree: int, grid: np.ndarray) -> np.ndarray:
+        """``(m, G)`` per-probe counts at every threshold of ``grid`` (Jackson steps)."""
+        damping = jackson_damping(degree)
+        table = np.stack([self.frame.step(t, degree, damping) for t in grid], axis=1)
+        magnitudes = np.sort(np.abs(self.deflated_values))
+        captured = magnitudes.size - np.searchsorted(magnitudes, grid, side="right")
+        soft = moments[:, : degree + 1] @ table
+        soft[:, grid > self.complement_top] = 0.0
+        return soft + captured
+
+    def grid(self, degree: int) -> np.ndarray:
+        low = max(self.reach(degree), self.floor, np.finfo(np.float64).tiny)
+        return np.geomspace(low, max(self.high, 10 * low), 160)
+
+    # -- the run -------------------------------------------------------------------------
+
+    def estimate(self) -> RankResult:
+        options, meter = self.options, self.meter
+        self._bounds()
+        if self.high <= self.floor * 1.02:  # the operator is zero up to rounding
+            return self._result(0.0, 0.0, self.floor, Status.CONVERGED, {})
+        remaining = self.budget - meter.matvecs
+        settings = (options.threshold, options.degree, options.n_probes, options.deflate)
+        if settings == (None,) * 4 and self.n <= min(remaining, WHOLE_SPACE_MAX):
+            return self._whole_space()
+        choice: ThresholdChoice | None = None
+        status = Status.CONVERGED
+        kernel = "jackson"
+        pilot_count = min(_PILOT_PROBES, options.n_probes or _PILOT_PROBES)
+        if options.threshold is not None:
+            threshold = options.threshold
+            if threshold >= max(self.high, -self.low):
+                raise MatrankValueError(
+                    message(
+                        "threshold",
+                        f"below the spectral bound {max(self.high, -self.low):.6g}",
+                        repr(threshold),
+                    )
+                )
+            separation = self.frame.separation(threshold)
+            degree = options.degree or _even(
+                min(_DEGREE_CAP, max(16, 2 * _REACH / separation))
+            )
+            pilot_degree = degree
+            damping = jackson_damping(degree)
+            steps = math.ceil(degree / 2)
+            pilot_count = min(pilot_count, self._affordable(remaining // steps))
+            pilot = self.moments(pilot_count, steps)
+        else:
+            if options.degree:
+                pilot_steps = math.ceil(options.degree / 2)
+            else:
+                pilot_steps = int(
+                    min(_DEGREE_CAP // 2, max(8, 0.4 * remaining // pilot_count))
+                )
+            pilot_degree = 2 * pilot_steps
+            pilot_count = min(pilot_count, self._affordable(remaining // pilot_steps))
+            pilot = self.moments(pilot_count, pilot_steps)
+            grid = self.grid(pilot_degree)
+            choice = flat_stretch_threshold(grid, self.curve(pilot, pilot_degree, grid))
+            if choice.decades >= 1.0:
+                # The edge at the plateau's angular midpoint, where a degree separates
+                # the two sides best; a plateau reaching the grid's bottom reaches zero
+                # (what lies below the pilot's reach is invisible, and p(0) = 0).
+                lower = 0.0 if choice.lower <= grid[0] else choice.lower
+                threshold = self.frame.midpoint(lower, choice.upper)
+                separation = self.frame.angle(threshold) - self.frame.angle(choice.upper)
+                degree = options.degree or _even(
+                    min(pilot_degree, max(16, _GAUSS_EDGE * _GAUSS_TAIL / separation))
+                )
+                # the steepest Gaussian step whose tails are 1e-6 at both plateau edges
+                width = max(separation / _GAUSS_EDGE, _GAUSS_TAIL / degree)
+                damping, kernel = gaussian_damping(degree, width), "gaussian"
+            else:
+                status = Status.NO_PLATEAU
+                degree = pilot_degree
+                threshold = self.reach(degree)
+                damping = jackson_damping(degree)
+        steps = math.ceil(degree / 2)
+        pilot = pilot[:, : 2 * steps + 1]
+        c = self.frame.step(threshold, degree, damping)
+        pilot_samples = self.samples(pilot, c, threshold)
+        mean, stderr = mean_and_stderr(torch.from_numpy(pilot_samples))
+        if options.n_probes is None:
+            self._deflate(mean + 2 * stderr)
+        if self.captured.shape[1]:
+            self._bound_complement()
+            # A partial capture with something left above τ leaves the probes a soft
+            # count whose tail under τ is one-sided: double the basis while half the
+            # remaining budget (and 1 GB) allows, until the bound falls under τ
+            while (
+                self.complement_top >= threshold
+                and not self.invariant
+                and self.options.deflate is None
+                and self.basis_size < self.n
+            ):
+                grown = min(2 * self.basis_size, self.n)
+                room = (self.budget - meter.matvecs - COMPLEMENT_STEPS) // 2
+                if grown - self.basis_size > room or grown > BASIS_BYTES // (8 * self.n):
+                    break
+                self._extend(grown)
+                self._bound_complement()
+            known = self.invariant and self.complement_top <= self.floor
+            # the pilot saw the whole space; the rest sees range(Y)⊥ only
+            if known:  # nothing left above the noise floor: the probes would agree
+                moments = np.zeros((pilot_count, 2 * steps + 1))
+            else:
+                moments = self.moments(pilot_count, steps)
+            samples = self.samples(moments, c, threshold)
+            if threshold > self.complement_top and not known:
+                pass  # the count is the Ritz count; more probes would only refine N(t < τ)
+            elif np.ptp(samples) > 1e-9 * (1 + abs(samples.mean())):
+                more = (self.budget - meter.matvecs) // steps
+                more_moments = self.moments(max(0, more), steps, final=True)
+                moments = np.concatenate([moments, more_moments])
+            elif self.invariant and options.threshold is None:
+                # The basis is invariant and the probes agree to rounding: the spectrum
+                # above the floor is known exactly, and the exact methods' plateau rule
+                # applies to it (down to the noise floor, past any filter's reach).
+                threshold, choice = resolve_threshold(
+                    np.abs(self.deflated_values), self.floor, None
+                )
+                assert choice is not None
+                status = Status.CONVERGED if choice.decades >= 1 else Status.NO_PLATEAU
+                self.exact_path = True
+        else:
+            if options.n_probes:
+                more = options.n_probes - len(pilot)
+            else:
+                more = (self.budget - meter.matvecs) // steps
+            moments = np.concatenate([pilot, self.moments(max(0, more), steps, final=True)])
+        reach = self.reach(degree)
+        if threshold < reach * (1 - 1e-12) and not self.exact_path:
+            warnings.warn(
+                f"threshold {threshold:.3g} is below the reach {reach:.3g} of degree "
+                f"{degree}: eigenvalues near it count partially; raise `degree` (cost "
+                "grows like sqrt(λmax/τ))",
+                MatrankWarning,
+                stacklevel=4,
+            )
+        samples = self.samples(moments, c, threshold)
+        mean, stderr = mean_and_stderr(torch.from_numpy(samples))
+        if self.exact_path:  # the probes carry rounding only: the count is the Ritz count
+            mean = float((np.abs(self.deflated_values) > threshold).sum())
+            stderr = 0.0
+        grid = self.grid(degree)
+        table = self.curve(moments, degree, grid)
+        edge = 0.0
+        if not self.exact_path and not threshold > self.complement_top:
+            edge = self._edge(moments, c, degree, threshold, grid)
+            stderr = math.hypot(stderr, edge)
+        counts = CountingCurve(
+            thresholds=grid,
+            counts=table.mean(axis=0),
+            stderr=table.std(axis=0, ddof=1) / math.sqrt(len(table)),
+        )
+        raw = (
+            step_coefficients(self.frame.x(threshold), 1.0, degree) * damping[: degree + 1]
+            if self.frame.x(threshold) < 1
+            else np.zeros(degree + 1)
+        )
+        diagnostics: dict[str, Any] = {
+            "degree": degree,
+            "n_probes": len(samples),
+            "kernel": kernel,
+            "reach": reach,
+            "filter_coefficients": c,
+            "filter_at_zero": float(np.polynomial.chebyshev.chebval(self.frame.x(0.0), c)),
+            "uncorrected_filter_at_zero": float(
+                np.polynomial.chebyshev.chebval(self.frame.x(0.0), raw)
+            ),
+            "samples": samples,
+            "edge_stderr": edge,
+        }
+        if choice is not None:
+            diagnostics["plateau"] = dataclasses.asdict(choice)
+        diagnostics["pilot_degree"] = pilot_degree
+        diagnostics["pilot_probes"] = pilot_count
+        diagnostics.update(self._density(moments, degree))
+        return self._result(mean, stderr, threshold, status, diagnostics, counts)
+
+    def _edge(
+        self, moments: np.ndarray, c: np.ndarray, degree: int, t: float, grid: np.ndarray
+    ) -> float:
+        """The edge term: the soft count's spread about ``N(τ)`` at the right ``τ``.
+
+        Eigenvalues inside the filter's transition count fractionally. Placed at random
+        with ``s`` per e-fold of ``λ`` near ``τ`` (the probes' counting curve over the
+        e-fold above ``τ``; deflated eigenvalues count hard and are left out), the soft
+        count minus ``N(τ)`` has variance ``s·κ``, ``κ = ∫(p(τe^ℓ) − 1[ℓ > 0])² dℓ`` for
+        the filter ``p`` that ran. Zero inside a plateau, where ``s = 0``.
+        """
+        low = max(t, float(grid[0]))
+        high = min(math.e * low, float(grid[-1]))
+        if not high > low:
+            return 0.0
+        damping = jackson_damping(degree)
+        ends = np.stack([self.frame.step(x, degree, damping) for x in (low, high)], axis=1)
+        soft = (moments[:, : degree + 1] @ ends).mean(axis=0)
+        slope = max(float(soft[0] - soft[1]) / math.log(high / low), 0.0)
+        ell = np.linspace(-8.0, min(8.0, math.log(max(self.high, t) / t)), 2001)
+        p = np.polynomial.chebyshev.chebval(self.frame.x(t * np.exp(ell)), c)
+        kappa = float(np.trapezoid((p - (ell > 0)) ** 2, ell))
+        return math.sqrt(slope * kappa)
+
+    def _path(self, threshold: float) -> str:
+        if self.exact_path:
+            return "deflated (exact)"
+        if threshold > self.complement_top:
+            return "deflated (complement below τ)"
+        return "probes"
+
+    def _affordable(self, count: int) -> int:
+        if count < 2:
+            raise MatrankValueError(
+                message(
+                    "max_matvecs",
+                    "enough for two probes after the Krylov run",
+                    f"{self.budget} ({self.meter.matvecs} spent on bounds and deflation)",
+                )
+            )
+        return count
+
+    def _density(self, moments: np.ndarray, degree: int) -> dict[str, Any]:
+        """Eigenvalues per unit λ on a grid: the probes' moments plus the deflated θ's."""
+        m = moments[:, : degree + 1]
+        weight = self.n - self.captured.shape[1]
+        mean = m.mean(axis=0) / np.maximum(m[:, :1].mean(), 1e-300) * weight
+        k = np.arange(degree + 1)
+        angles = np.arccos(np.clip(self.frame.x(self.deflated_values), -1, 1))
+        mean = mean + np.cos(np.outer(angles, k)).sum(axis=0)
+        x = np.cos(np.linspace(math.pi, 0, self.options.n_points + 2)[1:-1])
+        density = kpm_density(mean, jackson_damping(degree), x) / self.frame.half
+        return {"density_grid": self.frame.center + self.frame.half * x, "density": density}
+
+    def _result(
+        self,
+        rank: float,
+        stderr: float,
+        threshold: float,
+        status: Status,
+        diagnostics: dict[str, Any],
+        counts: CountingCurve | None = None,
+    ) -> RankResult:
+        diagnostics = {
+            "variant": "default",
+            "lambda_min": self.low,
+            "lambda_max": self.high,
+            "noise_floor": self.floor,
+            "deflated": int(self.deflated_values.size),
+            "deflated_values": self.deflated_values,
+            "path": self._path(threshold),
+            "complement_top": self.complement_top,
+            "basis_size": self.basis_size,
+            **diagnostics,
+        }
+        if self.interrupted:
+            status = Status.INTERRUPTED
+        return self.run.result(
+            rank,
+            stderr=stderr,
+            threshold=threshold,
+            diagnostics=diagnostics,
+            counts=counts,
+            status=status,
+        )
+
+
+def _even(value: float) -> int:
+    """The even integer at or above ``value`` (doubled moments come in even degrees)."""
+    return 2 * math.ceil(value / 2)
