@@ -149,6 +149,14 @@ def estimate_rank(
         options = {**AUTO_OPTIONS.get(method, {}), **options}
     cls = ESTIMATORS[method]
     names = [field.name for field in dataclasses.fields(cls)]
+    if "threshold" in options and "threshold" not in names:
+        raise MatrankTypeError(
+            message(
+                "threshold",
+                f"left out with method={method!r}: {cls.threshold_unsupported}",
+                repr(options["threshold"]),
+            )
+        )
     unknown = sorted(set(options) - set(names))
     if unknown:
         raise MatrankTypeError(

@@ -322,3 +322,29 @@ def test_cli_killed_with_sigkill_resumes_to_the_uninterrupted_json(case, tmp_pat
     reference["cost"].pop("seconds")
     assert resumed == reference
     assert not checkpoint.exists()
+
+
+def test_threshold_means_count_above_it_or_says_why_not():
+    with pytest.raises(matrank.MatrankTypeError, match="`threshold` must be left out") as e:
+        matrank.estimate_rank(np.eye(4), method="evolution", threshold=0.5)
+    assert "method='exact'" in str(e.value)
+    with pytest.raises(matrank.MatrankValueError, match="`threshold` must be reachable"):
+        matrank.estimate_rank(
+            rotated_spectrum(50, 5, seed=0), method="langevin", threshold=1e-9
+        )
+    with pytest.raises(matrank.MatrankValueError, match="`threshold` must be None with"):
+        matrank.LangevinRank(variant="paper", threshold=0.1)
+
+
+@pytest.mark.parametrize("aim", [0.1, 0.01, 0.003])
+def test_langevin_aims_its_run_at_a_given_threshold(aim):
+    rng = np.random.default_rng(0)
+    values = np.geomspace(1, 1e-4, 200)
+    basis, _ = np.linalg.qr(rng.standard_normal((300, 300)))
+    matrix = (basis[:, :200] * values) @ basis[:, :200].T
+    for seed in range(3):
+        result = matrank.estimate_rank(matrix, method="langevin", threshold=aim, seed=seed)
+        # matched near the requested τ, and a count of N(τ) at the τ it reports
+        assert aim / 2 < result.threshold < aim * 2
+        truth = (values > result.threshold).sum()
+        assert abs(result.rank - truth) < 3 * result.stderr

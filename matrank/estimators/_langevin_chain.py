@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 from .._oracle import gradient_precision
+from .._result import Status
+from .._run import Run
 from .._validation import MatrankValueError, message
 from ..numerics.krylov import spectral_bounds
 
-__all__ = ["ChainStep", "Diverged", "Noise", "largest_curvature"]
+__all__ = ["ChainStep", "Diverged", "Noise", "largest_curvature", "run_chains"]
 
 # From this many normals a step, the noise comes in four parts from four generators
 # seeded by the estimator's, drawn on up to four threads: torch's CPU normal_ runs on
@@ -164,3 +167,102 @@ def largest_curvature(
             )
         )
     return high
+
+
+def run_chains(
+    run: Run,
+    step: ChainStep,
+    *,
+    n_steps: int,
+    n_chains: int,
+    readout: str,
+    sigma2: float,
+    loss0: float,
+    checks: list[int],
+    settled: Callable[[torch.Tensor], bool],
+    extra: list[Any],
+    key: str,
+) -> tuple[torch.Tensor, Status]:
+    """Run the chains from ``θ0`` for ``n_steps``; the readings (steps × chains, rank
+    units) and ``CONVERGED`` or ``INTERRUPTED``.
+
+    At each step of ``checks``, ``settled(readings so far)`` may stop the run early.
+    The chains, the readings, the noise and ``extra`` (the caller's record of its checks)
+    are checkpointed under ``key``. Raises :class:`Diverged` when a reading leaves the
+    range a stable chain can reach.
+    """
+    meter = run.meter
+    n, dtype, device = meter.dim, meter.dtype, meter.device
+    theta0, tilt = meter.theta0, step.tilt
+    readings = torch.empty(n_steps, n_chains, dtype=torch.float64)
+    # |reading| of a stable chain near a minimum is ≈ rank ± O(sqrt(n)); a diverging
+    # one grows geometrically and passes this within a few dozen steps
+    bound = 1e6 * (n + 1)
+    status, done = Status.CONVERGED, n_steps
+    bar = run.bar
+    every = max(1, n_steps // 100)
+    noise = Noise(n_chains, n, run.generator)
+    delta = torch.zeros(n_chains, n, dtype=dtype, device=device)
+    first = 0
+    saved = run.restore(key)
+    if saved is not None:
+        delta = saved["delta"].to(device)
+        first = saved["step"]
+        readings[:first] = saved["readings"]
+        extra[:], checks = saved["extra"], saved["checks"]
+        noise.load(saved["noise"])
+    theta = theta0 + delta  # θ0 + δ, updated in place
+    noise_dtype = torch.float32 if dtype == torch.float64 else dtype
+    k = first
+    try:
+        for k in range(first, n_steps):
+            gradient = meter.grad(theta)
+            if readout == "loss":
+                # L_k, before the update, as in the authors' code
+                excess = meter.loss(theta).double() - loss0
+                if tilt is not None:
+                    excess = excess - torch.linalg.vecdot(delta, tilt).double()
+            xi = noise.draw().to(device=device, dtype=noise_dtype)
+            virial = step.advance(delta, theta, theta0, gradient, xi)
+            if readout == "loss":
+                reading = 4.0 / sigma2 * excess
+            else:
+                reading = virial.double() / sigma2
+            readings[k] = reading.cpu()
+            if not bool(torch.isfinite(readings[k]).all()) or (
+                abs(float(readings[k].mean())) > bound
+            ):
+                raise Diverged(k)
+            if k % every == every - 1:
+                bar.update(every)
+                window = readings[k // 2 : k + 1].mean(dim=0)
+                postfix = {"rank": f"{float(window.mean()):.1f}"}
+                if n_chains >= 2:
+                    postfix["stderr"] = f"{float(window.std()) / math.sqrt(n_chains):.2g}"
+                bar.set_postfix(postfix)
+            if checks and k + 1 == checks[0]:
+                checks.pop(0)
+                if settled(readings[: k + 1]):
+                    done = k + 1
+                    break
+            if run.due():
+                run.record(
+                    key,
+                    {
+                        "delta": delta,
+                        "step": k + 1,
+                        "readings": readings[: k + 1],
+                        "extra": extra,
+                        "checks": checks,
+                        "noise": noise.state(),
+                    },
+                )
+    except KeyboardInterrupt:
+        # Ctrl-C: the estimate from the steps run so far, flagged as such.
+        if k < 2:
+            raise
+        status, done = Status.INTERRUPTED, k
+    finally:
+        run.close()
+        noise.close()
+    return readings[:done], status

@@ -128,6 +128,11 @@ class EvolutionRank:
         check_int("max_dim", self.max_dim, low=1)
 
     method: ClassVar[str] = "evolution"
+    threshold_unsupported: ClassVar[str] = (
+        "its cut is the null band's edge for the samples kept, and the threshold it "
+        "reports is approximate, so it cannot aim at one; use method='exact' or "
+        "'lanczos' (Hessian-vector products) or 'langevin' (gradients)"
+    )
 
     def estimate(
         self,

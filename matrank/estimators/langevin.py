@@ -8,7 +8,6 @@ import math
 import warnings
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from .._oracle import Capability
@@ -22,10 +21,9 @@ from .._validation import (
     check_real,
     message,
 )
-from ..numerics.readout import edge_width, level, matched_threshold, mser_start
-from ..numerics.trace import mean_and_stderr
+from ..numerics.readout import matched_threshold_terms, mser_start, window_average
 from ..theory import expected_loss_curve, expected_virial_curve, stationary_loss
-from ._langevin_chain import ChainStep, Diverged, Noise, largest_curvature
+from ._langevin_chain import ChainStep, Diverged, largest_curvature, run_chains
 
 __all__ = [
     "LangevinRank",
@@ -46,10 +44,11 @@ _DEFAULT = {"step_size": "auto", "sigma2": "auto", "n_chains": 8, "readout": "vi
 _VIRIAL_STEP = 1.5  # η·μmax of the automatic step with the virial readout
 _AUTO_STEP_GRADIENTS = 40  # largest_curvature: 20 Lanczos steps, two gradients each
 _MAX_REDUCTIONS = 6
+# the shortest run aimed at a threshold: the fit of the readout needs a few octaves
+_AIMED_MIN_STEPS = 512
 # σ² ≥ _RESIDUAL_NOISE·η·‖G^{1/2}∇L(θ0)‖²: the noise of one step outweighs the drift the
 # residual gradient would cause by sqrt(10) (benchmarks/README.md, the digits CNN)
 _RESIDUAL_NOISE = 10.0
-_THRESHOLD_RESAMPLES = 40
 # Elements per chunk of the fused update on a CPU (2 MB of float64 per array): the
 # passes over the chains' state then run in cache (3× faster at d = 256).
 _CHUNK_ELEMENTS = 2**18
@@ -74,121 +73,65 @@ class LangevinRank:
     Parameters
     ----------
     variant : {"default", "paper"}, default="default"
-        ``"paper"``: Algorithm 1 of Bar et al. -- one chain of Euler–Maruyama steps
-        (their eq. 21) ``θ ← θ − ηG∇L(θ) + sqrt(ησ²)·G^{1/2}ξ`` from ``θ0`` with a fixed
-        preconditioner ``G`` (``Σ·G⁻¹ = σ²I``), ``η = 1e-4``, 15,000 steps, and the
-        estimate (their eq. 20) ``4/σ² · (mean of the last 10,000 losses − L(θ0))``.
-        ``"default"``: 8 chains as one batch, the virial readout, ``η = 1.5/μmax`` from
-        gradients (``step_size="auto"``), σ² small enough for the loss to be quadratic
-        where the chains go, 15,000 gradients in all (``max_gradients``),
-        the averaging window chosen by a burn-in rule, the threshold matched to the
-        filter that ran, the step halved and the chains restarted if they diverge.
-        Options left at ``None`` take the variant's values.
-    step_size : float or "auto", default: "auto" (default), 1e-4 (paper)
-        ``η``; stability needs ``η·(μmax(G^{1/2}HG^{1/2}) + γ) < 2``. ``"auto"``
-        estimates ``μmax`` from gradients only -- 20 Lanczos steps on central
-        differences of the gradient at ``θ0`` (40 gradients, counted in the cost) -- and
-        sets ``η = 1.5/(μmax + γ)`` for the virial readout (a quarter below the stability
-        limit: the smaller the threshold ``≈ 1/(2ηK)``, the more is counted), ``0.1/μmax`` for the loss
-        readout (whose stiff-mode inflation ``1/(1 − ημ/2)`` is then at most 5 %);
-        ``diagnostics["mu_max"]`` reports the estimate.
-    sigma2 : float or "auto", default: "auto" (default), 2e-5 (paper)
-        ``σ²``. On a quadratic the virial estimate does not depend on it (the readings
-        are in rank units); on a real loss it sets how far the chains wander, and the
-        cubic and quartic terms of the loss bias the estimate in proportion to it (at
-        the paper's 2e-5: +1.6 % on a well-conditioned linear net, d = 16). ``"auto"``
-        keeps every coordinate's random walk over the run, ``sqrt(ησ²·K·mean G)``, at
-        ``ε`` times the RMS of ``θ0`` (1 if ``θ0 = 0``), ``ε = max(1e-4, eps^{1/3})``
-        (1e-4 in float64, 4.9e-3 in float32, where the gradient's rounding would
-        otherwise swamp the displacement), but never below
-        ``10·η·‖G^{1/2}∇L(θ0)‖²``, where one step's noise outweighs the drift the
-        residual gradient at ``θ0`` would cause by sqrt(10). The floor is for
-        non-smooth losses: a ReLU network's training stalls where pre-activations sit
-        at their kinks, ``∇L(θ0)`` does not vanish, and chains that stay within the
-        kinks' reach read the jumps of the gradient, not the Hessian (the 737-parameter
-        digits CNN: −8 ± 24 for a dense count of 53 at ``σ² = 1.2e-10``; 69 ± 5 for 65
-        from ``σ² = 1e-8`` on). ``diagnostics["sigma2"]`` reports the value and
-        ``diagnostics["sigma2_rule"]`` which rule set it.
+        ``"paper"``: Algorithm 1 of Bar et al. -- one chain, ``η = 1e-4``, 15,000 steps,
+        the loss readout of eq. 20 over the last two thirds. ``"default"``: 8 chains in
+        one batch, the virial readout, ``η`` from gradients, ``σ²`` from the scale of
+        ``θ0``, a burn-in rule and the threshold matched to the filter that ran.
+    step_size : float or "auto", optional
+        ``η``, stable while ``η·(μmax(G^{1/2}HG^{1/2}) + γ) < 2``. ``"auto"`` (the
+        default's) measures ``μmax`` by 20 Lanczos steps on gradient differences (40
+        gradients) and takes ``1.5/(μmax + γ)`` (virial) or ``0.1/μmax`` (loss).
+    sigma2 : float or "auto", optional
+        ``σ²``. ``"auto"`` (the default's) keeps each coordinate's random walk at
+        ``max(1e-4, eps^{1/3})`` times the RMS of ``θ0``, and at least
+        ``10·η·‖G^{1/2}∇L(θ0)‖²`` (``diagnostics["sigma2_rule"]`` says which).
     n_steps : int, optional
-        Iterations per chain. Default: ``max_gradients`` (less the 40 of the automatic
-        step and the 1 of ``∇L(θ0)``) divided by ``n_chains``; 15,000 for the paper
-        variant.
+        Steps per chain; by default what ``max_gradients`` leaves, per chain.
     n_average : int, optional
-        Average the last ``n_average`` iterations. Default: the paper's two thirds of
-        the run; for the default variant the MSER burn-in rule (White 1997) on batch
-        means picks the start of the window within the first half of the run.
+        Average the last ``n_average`` steps; by default MSER burn-in (default
+        variant) or the last two thirds (paper).
     n_chains : int, optional
-        Independent chains run as one batch (one batched gradient a step); 8 by
-        default, 1 for the paper variant.
+        Chains run as one batch (one batched gradient a step): 8, or 1 (paper).
     preconditioner : array_like or None, default=None
-        Diagonal of ``G`` (positive, length ``n``); ``None`` is the identity. For a
-        PyTorch model, :func:`matrank.adapters.adam_preconditioner` builds it from an
-        Adam optimizer's state, as in the paper's DnCNN experiment.
+        Positive diagonal of ``G``; see :func:`matrank.adapters.adam_preconditioner`.
     readout : {"loss", "virial"}, optional
-        ``"loss"`` (the paper's): eq. 20, ``4/σ²·(L_k − L0)`` (needs loss values).
-        ``"virial"`` (the default's): ``((2 − ηγ)(θ_k − θ0)ᵀ∇f − η∇fᵀG∇f)/σ²`` from the
-        gradients the chain computes anyway, whose expectation on a quadratic is
-        ``Σ_μ (1 − (1 − ημ)^{2k})`` exactly (``γ = 0``): no ``1/(1 − ημ/2)`` inflation
-        of stiff modes, so η can sit near the stability limit.
+        ``"loss"``: eq. 20, ``4/σ²·(L_k − L0)``. ``"virial"`` (the default's):
+        ``((2 − ηγ)δᵀ∇f − η∇fᵀG∇f)/σ²`` from the gradients alone.
     localization : float, default=0.0
-        ``γ ≥ 0`` (default variant): a restoring drift ``−ηγ(θ − θ0)`` keeps the chains
-        near ``θ0`` in flat directions; the estimate becomes the soft count
-        ``Σ_μ μ/(μ + γ)`` (eigenvalues well below ``γ`` are not counted), reached after
-        ``≈ 1/(ηγ)`` steps. The reported threshold is then ``max(γ, τ)``.
+        ``γ``: a restoring drift ``−ηγ(θ − θ0)``; eigenvalues well below ``γ`` are not
+        counted, and the reported threshold is ``max(γ, τ)``.
     max_gradients : int, default=15000
-        Gradient budget of the default variant (all chains, the automatic step
-        included), used when ``n_steps`` is not given.
+        Gradient budget of the default variant, all chains and the automatic step.
+    threshold : float or None, default=None
+        Count the eigenvalues above this ``τ``: the run is made long enough for its
+        filter to be matched there (``n_steps ≈ e^{−γ_E}/(2ητ)`` with the window's
+        burn-in); ``None`` counts above the ``τ`` the budget reaches.
     rtol : float, optional
-        Adaptive budget (default variant): check at 128, 256, … steps and stop once the
-        standard error and the growth of the estimate since the previous check are both
-        ``≤ rtol·rank``; ``Status.BUDGET_EXHAUSTED`` (with a warning giving the growth
-        per doubling) if ``n_steps`` runs out first -- the filter keeps finding
-        eigenvalues as ``1/(2ηk)`` falls.
+        Stop at a doubling of the run once the stderr and the growth since the last
+        doubling are both ``≤ rtol·rank``; else ``BUDGET_EXHAUSTED``.
 
     Notes
     -----
-    On a quadratic, per eigenvalue ``μ`` of ``M = G^{1/2}HG^{1/2}`` the paper's readout
-    has expectation ``(1 − (1 − ημ)^{2k}) / (1 − ημ/2)`` at step ``k``
-    (:func:`expected_loss_curve`), the virial ``μ/(μ+γ)·(1 − (1 − η(μ+γ))^{2k})``
-    (:func:`expected_virial_curve`), so both estimates' expectations on a known spectrum
-    are exact. The virial's filter is ``P(E < 2kημ)`` for ``E ~ Exp(1)``: the average of
-    the hard count ``N(E/(2ηk))``. The default variant reports as threshold the ``τ``
-    whose hard count its soft count matches: fitting ``R(ℓ) = a + s(1 − e^{−c(ℓ−ℓ_K)})/c``
-    to the readout against ``ℓ = log 2ηk`` over the last ``31/32`` of the run (a power-law
-    density of eigenvalues near ``τ``), ``τ = [Γ(1+c)·mean_k k^{−c}]^{1/c}/(2η)`` over the
-    averaged steps (``c → 0``: ``e^{−γ_E − mean log k}/(2η)``); the fit is in
-    ``diagnostics["threshold_fit"]``. The shape is kept to ``−0.5 ≤ c ≤ 1``, where the
-    matched ``τ`` of one step lies within a factor ``e^{±0.57}`` of the log-flat one:
-    ``c = 1`` is a locally uniform density in ``λ`` (``τ = mean(1/k)/(2η)``); beyond it
-    ``τ`` climbs towards the top of the filter, resting on the power law's extrapolation
-    across the filter's lower tail, which the readings cannot tell from the last few
-    eigenvalues of a spectrum that ends there (on the d = 8 linear nets a fit free up to
-    ``c = 3`` put ``τ`` where the filter is ≈ 0.95, above eigenvalues it counted at
-    0.74–0.91); towards ``c = −1``, ``Γ(1 + c)`` diverges and ``τ`` falls without bound
-    (a spectrum piling up as ``i^{−1.5}``: a fit at ``c = −0.9`` put ``τ`` 3× too low,
-    |z| = 4.6). The paper variant reports ``1/(2ηK)``.
+    On a quadratic, per eigenvalue ``μ`` of ``M = G^{1/2}HG^{1/2}``, the loss readout has
+    expectation ``(1 − (1 − ημ)^{2k})/(1 − ημ/2)`` at step ``k``, the virial
+    ``μ/(μ+γ)·(1 − (1 − η(μ+γ))^{2k})`` (:mod:`matrank.theory`): the virial counts each
+    equilibrated mode exactly once, so ``η`` may sit near the stability limit. Its
+    filter is ``P(E < 2kημ)``, ``E ~ Exp(1)``; the default reports the ``τ`` whose hard
+    count the soft count matches, from a fit ``R(ℓ) = a + s(1 − e^{−c(ℓ−ℓ_K)})/c`` of the
+    readout against ``ℓ = log 2ηk`` (``−0.5 ≤ c ≤ 1``):
+    ``τ = [Γ(1+c)·mean_k k^{−c}]^{1/c}/(2η)`` (:func:`matrank.numerics.readout.
+    matched_threshold`). The paper variant reports ``1/(2ηK)``.
 
-    The standard error is the spread between chains (``n_chains ≥ 2``), else that of 20
-    batch means over time (approximate: successive readings are correlated). In the
-    default variant it also carries the uncertainty of the matched ``τ``: the fit is
-    repeated on 40 resamplings of the chains, and the RMS change of the readings between
-    the step whose filter centres on the fitted ``τ`` and those of the refits' ``τ``
-    (the readings are soft counts, so this is the change of the count that moving
-    ``τ`` makes) is added in quadrature; so is the edge term: a soft count differs from
-    the hard one even at the right ``τ``, since eigenvalues inside the filter's edge count
-    fractionally, with variance ``s·κ`` for ``s`` eigenvalues per e-fold near ``τ`` placed
-    at random (:func:`edge_width`). ``diagnostics["sampling_stderr"]``,
-    ``["threshold_stderr"]`` and ``["edge_stderr"]`` hold the three parts, so that
-    ``rank ± stderr`` is a statement about ``N(τ)`` at the reported ``τ``.
-    The default variant runs the chains on ``L(θ) − ∇L(θ0)ᵀ(θ − θ0)`` -- the same
-    Hessian, with ``θ0`` exactly stationary even where training stopped short (else the
-    residual gradient drives the chains along it); ``diagnostics
-    ["gradient_norm_at_theta0"]`` reports ``‖∇L(θ0)‖``.
+    The stderr is the spread between chains (or of 20 batch means for one chain); the
+    default adds in quadrature the count's change over 40 bootstrap refits of ``τ`` and
+    the soft count's edge term ``sqrt(s·κ)``, so that ``rank ± stderr`` speaks of
+    ``N(τ)`` (``diagnostics`` ``"sampling_stderr"``, ``"threshold_stderr"``,
+    ``"edge_stderr"``). The default runs on ``L(θ) − ∇L(θ0)ᵀ(θ − θ0)``: the same Hessian,
+    ``θ0`` exactly stationary. A diverging chain halves ``η`` and restarts.
 
-    Cost: ``n_chains·n_steps`` gradients (+40 for the automatic step, +1 for ``∇L(θ0)``
-    in the default variant, + those of runs restarted after a divergence), and as many loss evaluations with the loss readout
-    (none with the virial). ``diagnostics["readings"]`` is the readout per step (mean
-    over chains) in rank units.
+    Cost: ``n_chains·n_steps`` gradients (+40 for the automatic step, +1 for ``∇L(θ0)``),
+    and as many loss evaluations with the loss readout. How the defaults were measured:
+    ``benchmarks/README.md`` (Table 1, coverage, the digits CNN).
 
     References
     ----------
@@ -224,6 +167,7 @@ class LangevinRank:
     readout: str | None = None
     localization: float = 0.0
     max_gradients: int = 15000
+    threshold: float | None = None
     rtol: float | None = None
 
     method: ClassVar[str] = "langevin"
@@ -248,6 +192,16 @@ class LangevinRank:
         check_real("localization", self.localization, low=0.0)
         check_int("max_gradients", self.max_gradients, low=1)
         check_real("rtol", self.rtol, low=0.0, closed="neither", allow_none=True)
+        check_real("threshold", self.threshold, low=0.0, closed="neither", allow_none=True)
+        if self.threshold is not None and (self.variant == "paper" or self.n_steps):
+            raise MatrankValueError(
+                message(
+                    "threshold",
+                    "None with variant='paper' or a given n_steps (the run's length "
+                    "is what sets the threshold the filter reaches)",
+                    repr(self.threshold),
+                )
+            )
         check_int("n_steps", self.n_steps, low=1, allow_none=True)
         check_int("n_average", self.n_average, low=1, allow_none=True)
         self.plan()  # the checks that need the variant's defaults
@@ -352,6 +306,7 @@ class LangevinRank:
             eta = float(plan.step_size)
         reductions: list[dict[str, float]] = []
         while True:
+            plan, eta = self._aimed(plan, eta, run)
             try:
                 sigma2, rule = self._noise_variance(run.meter, plan, root, eta, tilt)
                 readings, summary, status = self._chains(
@@ -406,6 +361,38 @@ class LangevinRank:
             status=status,
         )
 
+    def _aimed(
+        self, plan: LangevinPlan, eta: float, run: Run
+    ) -> tuple[LangevinPlan, float]:
+        """The run length and step whose filter is matched at ``threshold``.
+
+        A window over the second half of ``K`` steps is matched at ``τ ≈ 0.763/(2ηK)`` on
+        a log-flat density (``e^{−γ_E − mean log(k/K)}``, ``mean log(k/K) = −0.307``):
+        ``K`` from ``η``, or, for a ``τ`` that fewer than ``_AIMED_MIN_STEPS`` steps would
+        reach, a smaller ``η`` at that many steps.
+        """
+        if self.threshold is None:
+            return plan, eta
+        reach = math.exp(-0.5772156649 + 0.3069) / (2 * self.threshold)
+        steps = math.ceil(reach / eta)
+        if steps < _AIMED_MIN_STEPS:
+            steps, eta = _AIMED_MIN_STEPS, reach / _AIMED_MIN_STEPS
+        budget = self.plan().n_steps
+        if steps > budget:
+            run.close()
+            raise MatrankValueError(
+                message(
+                    "threshold",
+                    f"reachable within max_gradients={self.max_gradients} (τ = "
+                    f"{self.threshold:.3g} at η = {eta:.3g} needs {steps} steps of "
+                    f"{plan.n_chains} chains; {budget} fit): raise max_gradients, or use "
+                    "method='lanczos' where Hessian-vector products exist",
+                    repr(self.threshold),
+                )
+            )
+        run.bar.total = steps
+        return dataclasses.replace(plan, n_steps=steps), eta
+
     def _start(
         self, run: Run, plan: LangevinPlan, root: torch.Tensor | None
     ) -> tuple[float, torch.Tensor | None, float | None]:
@@ -435,8 +422,7 @@ class LangevinRank:
     ) -> tuple[torch.Tensor, dict[str, Any], Status]:
         """The chains from ``θ0``; readings (steps × chains, rank units), summary, status."""
         meter = run.meter
-        n, dtype, device = meter.dim, meter.dtype, meter.device
-        theta0 = meter.theta0
+        n, device = meter.dim, meter.device
         total, chains = plan.n_steps, plan.n_chains
         step = ChainStep(
             eta=eta,
@@ -447,88 +433,33 @@ class LangevinRank:
             squared=None if root is None else root**2,
             width=n if device.type != "cpu" else max(1, _CHUNK_ELEMENTS // chains),
         )
-        readings = torch.empty(total, chains, dtype=torch.float64)
-        # |reading| of a stable chain near a minimum is ≈ rank ± O(sqrt(n)); a
-        # diverging one grows geometrically and passes this within a few dozen steps
-        bound = 1e6 * (n + 1)
-        checks = [total] if self.rtol is None else list(doubling_checks(128, total))
         rounds: list[dict[str, Any]] = []
-        status, done = Status.CONVERGED, total
-        bar = run.bar
-        every = max(1, total // 100)
-        noise = Noise(chains, n, run.generator)
-        delta = torch.zeros(chains, n, dtype=dtype, device=device)
-        first = 0
-        saved = run.restore(key)
-        if saved is not None:
-            delta = saved["delta"].to(device)
-            first = saved["step"]
-            readings[:first] = saved["readings"]
-            rounds, checks = saved["rounds"], saved["checks"]
-            noise.load(saved["noise"])
-        theta = theta0 + delta  # θ0 + δ, updated in place
-        k = first
-        try:
-            for k in range(first, total):
-                gradient = meter.grad(theta)
-                if plan.readout == "loss":
-                    # L_k, before the update, as in the authors' code
-                    excess = meter.loss(theta).double() - loss0
-                    if tilt is not None:
-                        excess = excess - torch.linalg.vecdot(delta, tilt).double()
-                xi = noise.draw().to(
-                    device=device, dtype=torch.float32 if dtype == torch.float64 else dtype
-                )
-                virial = step.advance(delta, theta, theta0, gradient, xi)
-                if plan.readout == "loss":
-                    reading = 4.0 / sigma2 * excess
-                else:
-                    reading = virial.double() / sigma2
-                readings[k] = reading.cpu()
-                if not bool(torch.isfinite(readings[k]).all()) or (
-                    abs(float(readings[k].mean())) > bound
-                ):
-                    raise Diverged(k)
-                if k % every == every - 1:
-                    bar.update(every)
-                    window = readings[k // 2 : k + 1].mean(dim=0)
-                    postfix = {"rank": f"{float(window.mean()):.1f}"}
-                    if chains >= 2:
-                        postfix["stderr"] = f"{float(window.std()) / math.sqrt(chains):.2g}"
-                    bar.set_postfix(postfix)
-                if k + 1 == checks[0] and k + 1 < total:
-                    checks.pop(0)
-                    summary = self._summarize(plan, readings[: k + 1], eta)
-                    rounds.append(
-                        {
-                            "steps": k + 1,
-                            "rank": summary["rank"],
-                            "stderr": summary["stderr"],
-                        }
-                    )
-                    if self._settled(rounds):
-                        status, done = Status.CONVERGED, k + 1
-                        break
-                if run.due():
-                    run.record(
-                        key,
-                        {
-                            "delta": delta,
-                            "step": k + 1,
-                            "readings": readings[: k + 1],
-                            "rounds": rounds,
-                            "checks": checks,
-                            "noise": noise.state(),
-                        },
-                    )
-        except KeyboardInterrupt:
-            # Ctrl-C: the estimate from the steps run so far, flagged as such.
-            if k < 2:
-                raise
-            status, done = Status.INTERRUPTED, k
-        finally:
-            run.close()
-            noise.close()
+
+        def settled(readings: torch.Tensor) -> bool:
+            summary = self._summarize(plan, readings, eta)
+            rounds.append(
+                {
+                    "steps": readings.shape[0],
+                    "rank": summary["rank"],
+                    "stderr": summary["stderr"],
+                }
+            )
+            return self._settled(rounds)
+
+        readings, status = run_chains(
+            run,
+            step,
+            n_steps=total,
+            n_chains=chains,
+            readout=plan.readout,
+            sigma2=sigma2,
+            loss0=loss0,
+            checks=[] if self.rtol is None else list(doubling_checks(128, total))[:-1],
+            settled=settled,
+            extra=rounds,
+            key=key,
+        )
+        done = readings.shape[0]
         readings = readings[:done]
         summary = self._summarize(
             plan, readings, eta, interrupted=status is Status.INTERRUPTED
@@ -593,7 +524,7 @@ class LangevinRank:
         interrupted: bool = False,
     ) -> dict[str, Any]:
         """Estimate, stderr and threshold from ``readings`` (steps × chains)."""
-        steps, chains = readings.shape
+        steps, _chains = readings.shape
         average = plan.n_average or 0
         mean_trace = readings.mean(dim=1).numpy()
         if self.variant == "paper" and not interrupted:
@@ -602,53 +533,16 @@ class LangevinRank:
             begin = steps - average if average < steps else steps // 2
         else:
             begin = mser_start(mean_trace)
-        window = readings[begin:]
-        per_chain = window.mean(dim=0)
-        if chains >= 2:
-            rank, stderr = mean_and_stderr(per_chain)
-        else:
-            parts = np.array_split(window[:, 0].numpy(), min(20, window.shape[0]))
-            _, stderr = mean_and_stderr(
-                torch.tensor([float(p.mean()) for p in parts], dtype=torch.float64)
-            )
-            rank = float(per_chain[0])
+        rank, stderr, per_chain = window_average(readings, begin)
         diagnostics: dict[str, Any] = {
             "n_average": steps - begin,
             "burn_in": begin,
-            "per_chain": per_chain.numpy(),
+            "per_chain": per_chain,
         }
         if self.variant == "paper":
             threshold = 1.0 / (2 * eta * max(steps, 1))
         else:
-            threshold, fit = matched_threshold(mean_trace, eta, begin)
-            # τ is itself estimated: refit on chains resampled with replacement and
-            # read what moving τ to each refit's value changes in the count off the
-            # readings themselves (the soft count at the step whose filter centres on
-            # τ), so that the stderr is that of the estimate *as N(τ)*. A slope times
-            # the spread of log τ would miss it where the fit's shape is undetermined
-            # and its slope at τ ≈ 0 while eigenvalues sit across the τ's it allows.
-            spread = 0.0
-            if chains >= 2:
-                resample = np.random.default_rng(0)
-                refits = [
-                    matched_threshold(
-                        readings[:, resample.integers(0, chains, chains)]
-                        .mean(dim=1)
-                        .numpy(),
-                        eta,
-                        begin,
-                    )[0]
-                    for _ in range(_THRESHOLD_RESAMPLES)
-                ]
-                base = level(mean_trace, eta, threshold, fit["slope"])
-                moved = [level(mean_trace, eta, t, fit["slope"]) - base for t in refits]
-                spread = math.sqrt(float(np.mean(np.square(moved))))
-            # a soft count is not a hard one even at the right τ: eigenvalues inside the
-            # filter's edge count fractionally, by Σ(w(λ) − 1[λ > τ]) whose variance
-            # for eigenvalues spread at the fitted density in log λ is slope·κ
-            edge = math.sqrt(
-                max(fit["slope"], 0.0) * edge_width(eta, threshold, begin, steps)
-            )
+            threshold, fit, spread, edge = matched_threshold_terms(readings, eta, begin)
             diagnostics.update(
                 threshold_fit=fit,
                 sampling_stderr=float(stderr),

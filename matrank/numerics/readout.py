@@ -10,15 +10,21 @@ import itertools
 import math
 
 import numpy as np
+import torch
+
+from .trace import mean_and_stderr
 
 __all__ = [
     "edge_variance",
     "edge_width",
     "level",
     "matched_threshold",
+    "matched_threshold_terms",
     "mser_start",
+    "window_average",
 ]
 
+_THRESHOLD_RESAMPLES = 40
 _SHAPES = np.linspace(-0.5, 1.0, 31)  # c of the counting curve's fit (LangevinRank Notes)
 
 
@@ -124,3 +130,59 @@ def edge_width(step_size: float, threshold: float, begin: int, steps: int) -> fl
     rate = 2 * step_size * threshold * np.exp(ell)
     w = (-np.expm1(-np.outer(rate, k.astype(np.float64)))).mean(axis=1)
     return edge_variance(w, ell)
+
+
+def window_average(readings: torch.Tensor, begin: int) -> tuple[float, float, np.ndarray]:
+    """Mean of ``readings[begin:]`` (steps × chains), its stderr, and each chain's mean.
+
+    The stderr is the spread between chains; with one chain, that of 20 batch means over
+    time (approximate: successive readings are correlated).
+    """
+    window = readings[begin:]
+    per_chain = window.mean(dim=0)
+    if readings.shape[1] >= 2:
+        rank, stderr = mean_and_stderr(per_chain)
+    else:
+        parts = np.array_split(window[:, 0].numpy(), min(20, window.shape[0]))
+        _, stderr = mean_and_stderr(
+            torch.tensor([float(p.mean()) for p in parts], dtype=torch.float64)
+        )
+        rank = float(per_chain[0])
+    return float(rank), float(stderr), per_chain.numpy()
+
+
+def matched_threshold_terms(
+    readings: torch.Tensor, step_size: float, begin: int
+) -> tuple[float, dict[str, float], float, float]:
+    """The matched ``τ``, its fit, and the two stderr terms it adds to the count.
+
+    ``τ`` is itself estimated: it is refitted on chains resampled with replacement, and
+    what moving ``τ`` to each refit's value changes in the count is read off the readings
+    themselves (the soft count at the step whose filter centres on ``τ``), so that the
+    stderr is that of the estimate as ``N(τ)`` -- a slope times the spread of ``log τ``
+    would miss it where the fit's shape is undetermined and its slope at ``τ`` ≈ 0 while
+    eigenvalues sit across the ``τ``'s it allows. The edge term: even at the right ``τ``
+    a soft count differs from the hard one by ``Σ(w(λ) − 1[λ > τ])``, whose variance for
+    eigenvalues spread at the fitted density in ``log λ`` is ``slope·κ``.
+    """
+    steps, chains = readings.shape
+    mean_trace = readings.mean(dim=1).numpy()
+    threshold, fit = matched_threshold(mean_trace, step_size, begin)
+    spread = 0.0
+    if chains >= 2:
+        resample = np.random.default_rng(0)
+        refits = [
+            matched_threshold(
+                readings[:, resample.integers(0, chains, chains)].mean(dim=1).numpy(),
+                step_size,
+                begin,
+            )[0]
+            for _ in range(_THRESHOLD_RESAMPLES)
+        ]
+        base = level(mean_trace, step_size, threshold, fit["slope"])
+        moved = [level(mean_trace, step_size, t, fit["slope"]) - base for t in refits]
+        spread = math.sqrt(float(np.mean(np.square(moved))))
+    edge = math.sqrt(
+        max(fit["slope"], 0.0) * edge_width(step_size, threshold, begin, steps)
+    )
+    return threshold, fit, spread, edge
