@@ -32,6 +32,8 @@ from matrank._validation import (
     message,
 )
 
+from ._data import batch_len, cast, check_data
+
 __all__ = ["TorchLoss", "adam_preconditioner"]
 
 _STOCHASTIC = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
@@ -209,12 +211,12 @@ class TorchLoss:
             self._theta0 = torch.cat([p.detach().reshape(-1).to(dtype) for p in selected])
             selected_names = set(names)
             self._fixed = {
-                name: _cast(t.detach(), dtype)
+                name: cast(t.detach(), dtype)
                 for name, t in [*model.named_parameters(), *model.named_buffers()]
                 if name not in selected_names
             }
-        self._data = _check_data(data, chunk_size)
-        sizes = [_batch_len(batch) for batch in self._chunks()]
+        self._data = check_data(data, chunk_size)
+        sizes = [batch_len(batch) for batch in self._chunks()]
         self._n_samples = sum(sizes)
         if vectorize is None:
             convolutional = any(
@@ -306,7 +308,7 @@ class TorchLoss:
                     theta = self._theta0.detach().clone().requires_grad_(True)
                     value = self._chunk_loss(inputs, targets)(theta)
                     (gradient,) = torch.autograd.grad(value, theta, create_graph=True)
-                    weight = _batch_len((inputs, targets)) / self._n_samples
+                    weight = batch_len((inputs, targets)) / self._n_samples
                     graphs.append((theta, gradient, weight))
             self._graphs = graphs
         total = torch.zeros_like(V)
@@ -371,15 +373,15 @@ class TorchLoss:
     def _chunks(self) -> Iterable[tuple[Any, Any]]:
         for inputs, targets in self._data():
             yield (
-                _cast(inputs, self.dtype, self.device),
-                _cast(targets, self.dtype, self.device),
+                cast(inputs, self.dtype, self.device),
+                cast(targets, self.dtype, self.device),
             )
 
     def _accumulate(self, compute: Callable[[Callable], torch.Tensor]) -> torch.Tensor:
         """``Σ_chunks (m_c/N)·compute(loss of chunk c)``: the full-batch quantity."""
         total = None
         for inputs, targets in self._chunks():
-            weight = _batch_len((inputs, targets)) / self._n_samples
+            weight = batch_len((inputs, targets)) / self._n_samples
             part = compute(self._chunk_loss(inputs, targets)) * weight
             total = part if total is None else total + part
         assert total is not None
@@ -422,74 +424,6 @@ class TorchLoss:
             f"TorchLoss({type(self.model).__name__}, n={self.dim}, "
             f"samples={self._n_samples}, dtype={self.dtype}, device={self.device})"
         )
-
-
-def _cast(value: Any, dtype: torch.dtype, device: torch.device | None = None) -> Any:
-    """Floating tensors to ``dtype`` (integer labels stay), all to ``device``."""
-    if not isinstance(value, torch.Tensor):
-        return value
-    if value.is_floating_point():
-        value = value.to(dtype)
-    return value if device is None else value.to(device)
-
-
-def _batch_len(batch: tuple[Any, Any]) -> int:
-    return int(batch[0].shape[0])
-
-
-def _check_data(data: Any, chunk_size: int) -> Callable[[], Iterable[tuple[Any, Any]]]:
-    """A re-iterable source of ``(inputs, targets)`` chunks, validated once."""
-    if isinstance(data, torch.utils.data.DataLoader):
-        if isinstance(data.sampler, torch.utils.data.RandomSampler):
-            raise MatrankValueError(
-                message(
-                    "data",
-                    "a DataLoader with a fixed order (shuffle=False)",
-                    "a shuffling DataLoader",
-                )
-            )
-
-        def loader() -> Iterable[tuple[Any, Any]]:
-            for batch in data:
-                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                    raise MatrankValueError(
-                        message(
-                            "data", "batches of (inputs, targets)", type(batch).__name__
-                        )
-                    )
-                yield batch[0], batch[1]
-
-        return loader
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise MatrankTypeError(
-            message(
-                "data",
-                "an (inputs, targets) pair of tensors or a DataLoader",
-                repr(type(data)),
-            )
-        )
-    inputs, targets = data
-    for name, tensor in (("inputs", inputs), ("targets", targets)):
-        if not isinstance(tensor, torch.Tensor):
-            raise MatrankTypeError(
-                message(f"data {name}", "a torch.Tensor", type(tensor).__name__)
-            )
-    if inputs.ndim == 0 or targets.ndim == 0 or inputs.shape[0] != targets.shape[0]:
-        raise MatrankValueError(
-            message(
-                "data",
-                "inputs and targets with the same number of samples (first dimension)",
-                f"shapes {tuple(inputs.shape)} and {tuple(targets.shape)}",
-            )
-        )
-    if inputs.shape[0] == 0:
-        raise MatrankValueError(message("data", "at least one sample", "none"))
-
-    def chunks() -> Iterable[tuple[Any, Any]]:
-        for start in range(0, inputs.shape[0], chunk_size):
-            yield inputs[start : start + chunk_size], targets[start : start + chunk_size]
-
-    return chunks
 
 
 @as_oracle.register

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 # Registers the explicit-matrix adapters with as_oracle (adapters import only the
 # protocol, so this is the one place the core reaches into them).
 from . import adapters
-from ._api import AUTO_OPTIONS, ESTIMATORS, auto_method, estimate_rank
+from ._api import ESTIMATORS, auto_method, estimate_rank
 from ._oracle import Capability, Oracle, as_oracle, exact_rank, materialize
 from ._result import CountingCurve, RankResult, Status
 from ._validation import (
@@ -35,7 +35,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
-    "AUTO_OPTIONS",
     "ESTIMATORS",
     "Capability",
     "CountingCurve",

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any
 
-from ._oracle import Capability, Oracle, as_oracle
+import numpy as np
+import torch
+
+from ._oracle import Capability, Oracle, as_oracle, materialize
 from ._result import RankResult
 from ._validation import (
     MatrankTypeError,
@@ -23,8 +27,8 @@ from .estimators import (
 )
 
 __all__ = [
+    "AUTO_DENSE_SECONDS",
     "AUTO_EXACT_MAX_DIM",
-    "AUTO_OPTIONS",
     "ESTIMATORS",
     "auto_method",
     "estimate_rank",
@@ -39,37 +43,103 @@ ESTIMATORS: dict[str, type] = {
     "evolution": EvolutionRank,
 }
 
-#: Hyperparameters ``"auto"`` gives a method it picks beyond the estimator's own defaults
-#: (a user's options override them). Empty: every estimator's default is now the one
-#: ``auto`` wants -- ``LangevinRank()`` runs the virial readout with η from gradients.
-AUTO_OPTIONS: dict[str, dict[str, Any]] = {}
-
-#: Up to this dimension ``"auto"`` runs the dense eigendecomposition: at n = 4096 it takes
-#: a few seconds on two cores and is exact, so nothing iterative can beat it there.
+#: Up to this dimension ``"auto"`` considers the dense eigendecomposition: at n = 4096 it
+#: takes a few seconds on two cores and is exact.
 AUTO_EXACT_MAX_DIM = 4096
+
+#: An operator's dense path (``n`` products and one ``eigvalsh``) is taken by ``"auto"``
+#: when a timing of one product block says it costs at most this many seconds; beyond,
+#: the certified Krylov count, whose cost grows with the rank instead of ``n``.
+AUTO_DENSE_SECONDS = 2.0
+
+_TIMING_COLUMNS = 32
 
 
 def auto_method(oracle: Oracle) -> tuple[str, str]:
-    """The method ``"auto"`` picks for an oracle, and why (a sentence for diagnostics)."""
+    """The method ``"auto"`` picks for an oracle, and why (a sentence for diagnostics).
+
+    For an operator (products with ``H``, the matrix not held) of dimension up to
+    ``AUTO_EXACT_MAX_DIM`` the choice times one block of products (see
+    :func:`estimate_rank`, Notes).
+    """
+    method, _, reason = _auto(oracle)
+    return method, reason
+
+
+def _auto(oracle: Oracle) -> tuple[str, int, str]:
+    """:func:`auto_method`, and the products its timing spent."""
     if Capability.HVP in oracle.capabilities:
-        if oracle.dim <= AUTO_EXACT_MAX_DIM:
-            return "exact", (
-                f"dimension {oracle.dim} <= {AUTO_EXACT_MAX_DIM} with products available: "
-                "a dense eigendecomposition is exact and fast"
+        n = oracle.dim
+        if n > AUTO_EXACT_MAX_DIM:
+            return (
+                "lanczos",
+                0,
+                (
+                    f"dimension {n} > {AUTO_EXACT_MAX_DIM} with products available: "
+                    "block Krylov counting"
+                ),
             )
-        return "lanczos", (
-            f"dimension {oracle.dim} > {AUTO_EXACT_MAX_DIM} with products available: "
-            "block Krylov counting"
+        if materialize.dispatch(type(oracle)) is not materialize.dispatch(object):
+            return (
+                "exact",
+                0,
+                (
+                    f"dimension {n} <= {AUTO_EXACT_MAX_DIM}, an explicit matrix: a dense "
+                    "eigendecomposition is exact and fast"
+                ),
+            )
+        dense = _dense_seconds(oracle)
+        timed = min(_TIMING_COLUMNS, n)
+        if dense <= AUTO_DENSE_SECONDS:
+            return (
+                "exact",
+                timed,
+                (
+                    f"dimension {n} <= {AUTO_EXACT_MAX_DIM}, an operator whose {n} products "
+                    f"and eigendecomposition take about {dense:.2g} s (timed on one block): "
+                    "exact"
+                ),
+            )
+        return (
+            "lanczos",
+            timed,
+            (
+                f"dimension {n}, an operator whose dense path would take about {dense:.2g} s "
+                f"(> {AUTO_DENSE_SECONDS:g} s, timed on one block of products): block "
+                "Krylov counting, whose cost follows the rank"
+            ),
         )
     if Capability.GRAD in oracle.capabilities:
-        return "langevin", (
-            "gradients only: Langevin dynamics with the virial readout and a step size "
-            "from the largest curvature; it counts the eigenvalues above the reported "
-            "threshold"
+        return (
+            "langevin",
+            0,
+            (
+                "gradients only: Langevin dynamics with the virial readout and a step size "
+                "from the largest curvature; it counts the eigenvalues above the reported "
+                "threshold"
+            ),
         )
     if Capability.LOSS in oracle.capabilities and "evolution" in ESTIMATORS:
-        return "evolution", "loss values only: evolution-strategies covariance route"
-    return "exact", "no estimator for this oracle's capabilities; trying the dense path"
+        return "evolution", 0, "loss values only: evolution-strategies covariance route"
+    return "exact", 0, "no estimator for this oracle's capabilities; trying the dense path"
+
+
+def _dense_seconds(oracle: Oracle) -> float:
+    """Seconds of the dense path, from one timed block of products and a small
+    ``eigvalsh`` scaled by ``(n/256)³``."""
+    n = oracle.dim
+    columns = min(_TIMING_COLUMNS, n)
+    block = torch.zeros(n, columns, dtype=oracle.dtype, device=oracle.device)
+    block[:columns] = torch.eye(columns, dtype=oracle.dtype, device=oracle.device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        oracle.hvp(block)
+    products = (time.perf_counter() - start) * n / columns
+    small = np.random.default_rng(0).standard_normal((256, 256))
+    start = time.perf_counter()
+    np.linalg.eigvalsh(small + small.T)
+    eigen = (time.perf_counter() - start) * max(n / 256, 1.0) ** 3
+    return products + eigen
 
 
 def estimate_rank(
@@ -127,10 +197,11 @@ def estimate_rank(
 
     Notes
     -----
-    The ``"auto"`` policy: products with H available and ``n <= 4096`` -> ``"exact"``;
-    larger -> ``"lanczos"``; gradients only -> ``"langevin"`` (its default: virial
-    readout, automatic step size); loss values only ->
-    ``"evolution"``.
+    The ``"auto"`` policy: products with H available and ``n <= 4096`` -> ``"exact"`` for
+    an explicit matrix, and for an operator whose dense path (``n`` products and an
+    ``eigvalsh``, timed on one block of 32 products, counted in ``cost``) takes at most
+    ``AUTO_DENSE_SECONDS``; otherwise ``"lanczos"``; gradients only -> ``"langevin"``;
+    loss values only -> ``"evolution"``.
 
     Examples
     --------
@@ -143,10 +214,11 @@ def estimate_rank(
     check_choice("method", method, ("auto", *ESTIMATORS))
     check_int("seed", seed, low=0, allow_none=True)
     oracle = as_oracle(obj)
-    reason = None
+    reason, probe_matvecs, probe_seconds = None, 0, 0.0
     if method == "auto":
-        method, reason = auto_method(oracle)
-        options = {**AUTO_OPTIONS.get(method, {}), **options}
+        start = time.perf_counter()
+        method, probe_matvecs, reason = _auto(oracle)
+        probe_seconds = time.perf_counter() - start
     cls = ESTIMATORS[method]
     names = [field.name for field in dataclasses.fields(cls)]
     if "threshold" in options and "threshold" not in names:
@@ -178,5 +250,8 @@ def estimate_rank(
     )
     if reason is not None:
         diagnostics = {**result.diagnostics, "auto": reason}
-        result = dataclasses.replace(result, diagnostics=diagnostics)
+        cost = dict(result.cost)
+        cost["matvecs"] += probe_matvecs
+        cost["seconds"] += probe_seconds
+        result = dataclasses.replace(result, diagnostics=diagnostics, cost=cost)
     return result

@@ -28,8 +28,9 @@ class Status(enum.Enum):
         "is not well defined at any threshold; read `result.counts` or pass `threshold=`"
     )
     BUDGET_EXHAUSTED = (
-        "budget exhausted before the count stabilised; raise `max_matvecs` (or the "
-        "estimator's budget option) or pass a larger `threshold=`"
+        "budget exhausted before the count stabilised; raise the method's budget "
+        "(`max_matvecs` for lanczos and polynomial, `max_gradients` for langevin, "
+        "`max_evals` for evolution) or pass a larger `threshold=`"
     )
     INTERRUPTED = "interrupted by the user; the estimate is the best one so far"
 

@@ -180,7 +180,7 @@ def test_budget_exhausted_is_reported_with_remediation():
         seed=0,
     )
     assert result.status is matrank.Status.BUDGET_EXHAUSTED and not result.converged
-    assert "raise `max_matvecs`" in result.status.value
+    assert "`max_matvecs` for lanczos" in result.status.value
 
 
 def test_threshold_override_counts_what_it_is_told():

@@ -348,3 +348,40 @@ def test_langevin_aims_its_run_at_a_given_threshold(aim):
         assert aim / 2 < result.threshold < aim * 2
         truth = (values > result.threshold).sum()
         assert abs(result.rank - truth) < 3 * result.stderr
+
+
+def kronecker_operator(left_rank=7, right_rank=11, size=60, seed=0):
+    """A rank ``left_rank·right_rank`` Kronecker product as a matvec-only operator (one
+    Python call per column: the kind of operator whose products cost, not its size)."""
+    import scipy.sparse.linalg
+
+    left = rotated_spectrum(size, left_rank, seed=seed)
+    right = rotated_spectrum(size, right_rank, seed=seed + 1)
+
+    def matvec(vector):
+        return (right @ vector.reshape(size, size) @ left.T).ravel()
+
+    return scipy.sparse.linalg.LinearOperator(
+        (size * size, size * size), matvec=matvec, rmatvec=matvec, dtype=np.float64
+    )
+
+
+def test_auto_counts_an_expensive_operator_by_krylov_and_says_why():
+    result = matrank.estimate_rank(kronecker_operator(), seed=0)
+    assert result.method == "lanczos" and result.rank == 77
+    reason = result.diagnostics["auto"]
+    assert "timed on one block" in reason and "dense path would take" in reason
+    assert result.cost["matvecs"] < 3600  # the dense path's n products were not spent
+
+
+def test_auto_takes_the_dense_path_of_a_cheap_operator_and_counts_the_timing():
+    import scipy.sparse.linalg
+
+    matrix = rotated_spectrum(200, 20, seed=0)
+    operator = scipy.sparse.linalg.aslinearoperator(matrix)
+    result = matrank.estimate_rank(operator, seed=0)
+    assert result.method == "exact" and result.rank == 20
+    assert "timed on one block" in result.diagnostics["auto"]
+    assert result.cost["matvecs"] == 200 + 32  # the dense path and the timing block
+    explicit = matrank.estimate_rank(matrix, seed=0)
+    assert explicit.method == "exact" and explicit.cost["matvecs"] == 0

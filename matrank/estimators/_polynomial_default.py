@@ -205,7 +205,7 @@ class DefaultFilter(SpectrumCapture):
                 f"the spectrum reaches outside the bounds [{self.low:.6g}, {self.high:.6g}] "
                 f"from the Krylov run (a Chebyshev moment is {excess:.3g}·‖v‖²): the "
                 "operator is probably not symmetric or not deterministic; check it with "
-                "matrank.check_oracle"
+                "matrank.testing.check_oracle"
             )
         return moments
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -13,7 +12,12 @@ from .._result import RankResult, Status
 from .._run import Run
 from .._validation import check_choice, check_int, check_threshold
 from ..numerics.deflation import converged_basis, projected
-from ..numerics.krylov import BlockKrylov, lanczos_quadrature
+from ..numerics.krylov import (
+    BlockKrylov,
+    certified_count,
+    lanczos_quadrature,
+    verification_steps,
+)
 from ..numerics.threshold import (
     ThresholdChoice,
     counting_curve,
@@ -37,31 +41,19 @@ class LanczosRank:
     Parameters
     ----------
     threshold : float, "floor" or None, default=None
-        Eigenvalue threshold ``τ`` (``|λ| > τ`` counts). ``None`` applies the plateau
-        rule of :func:`matrank.numerics.threshold.plateau_threshold` to the Ritz values,
-        above a noise floor ``max(λmax·n·eps, symmetry defect)``, the defect
-        ``max |v_iᵀAv_j − v_jᵀAv_i|`` read off the Gaussian start block (≈ ‖A − Aᵀ‖_F).
-        ``"floor"`` counts everything above that floor: the rank in exact arithmetic
-        when the null space is exactly null, however small (and isolated) the smallest
-        nonzero eigenvalue.
+        Count ``|λ| > τ``. ``None``: the plateau rule on the Ritz values above the noise
+        floor ``max(λmax·n·eps, symmetry defect)``; ``"floor"``: everything above it.
     block_size : int, default=32
-        Columns per block product. At least the largest multiplicity you expect is
-        cheapest; smaller still counts exactly, through random restarts.
+        Columns per block product; at least the largest multiplicity is cheapest.
     max_matvecs : int or None, default=None
-        Budget of Hessian-vector products; ``None`` means ``max(4096, 2·max_basis + 512)``
-        capped at ``4n + 8·block_size``.
+        Budget of products; ``None``: ``max(4096, 2·max_basis + 512)``, at most
+        ``4n + 8·block_size``.
     max_basis : int or None, default=None
-        Largest Krylov basis (columns) before switching to stochastic Lanczos
-        quadrature; ``None`` means ``min(n, 8192, 2 GB / (8n))``, and at most half of
-        ``max_matvecs`` when that is given. Ranks beyond about ``max_basis / 2`` (a
-        projector) to ``max_basis`` (distinct eigenvalues) are estimated, not counted.
+        Largest Krylov basis before the stochastic path; ``None``:
+        ``min(n, 8192, 2 GB / (8n))``, at most half of a given ``max_matvecs``.
     verify_steps : int or None, default=None
-        Block steps after a fresh random block during which the count must not change
-        before it is declared exact. ``None`` chooses from the gap: the fewest steps ``s``
-        with ``g^s ≥ 10·sqrt(n / block_size)``, ``g = τ / (largest uncounted |θ|)``, so
-        that an eigenvalue above ``τ`` hidden from the Krylov sequence, amplified ``g``-fold
-        per step from its random share ``sqrt(block_size / n)``, would surface; between 1
-        and 5.
+        Block steps after a fresh random block that must leave the count unchanged;
+        ``None``: from the gap (Notes), between 1 and 5.
     n_probes : int or None, default=None
         SLQ probes; ``None`` spends the remaining budget on as many as ``slq_steps`` allows.
     slq_steps : int, default=64
@@ -83,6 +75,10 @@ class LanczosRank:
     Blocks double (up to 256 columns) while each step still harvests nearly a block of
     new counted eigenvalues. Cost: about ``r`` to ``2r`` matvecs for rank ``r`` plus a few
     base blocks.
+
+    ``verify_steps=None`` takes the fewest ``s`` with ``g^s ≥ 10·sqrt(n/block_size)``,
+    ``g = τ/(largest uncounted |θ|)``: a hidden eigenvalue above ``τ``, amplified
+    ``g``-fold a step from its random share, would surface.
 
     **Failure modes handled** (see :mod:`matrank.numerics.krylov`): Krylov breakdown at
     exact zeros (random restart), ghost eigenvalues (full reorthogonalization twice),
@@ -237,20 +233,17 @@ class LanczosRank:
                 values, floor, threshold = latest.values, latest.floor, latest.threshold
                 count, certain = latest.counted, latest.certain
                 bar.set_postfix(rank=count, basis=krylov.size, certain=certain)
-                required = self.verify_steps or _verification_steps(
+                required = self.verify_steps or verification_steps(
                     values, threshold, floor, n, block
                 )
                 grown = count - state.last_count
                 if state.update(count, certain, required):
                     status = Status.CONVERGED
                     break
-                # Wide blocks make cheaper columns (a dense 6000² product cost 2.0 ms per
-                # column at 32 columns, 1.25 ms at 128, 1.1 ms at 256 on the 2-core CPU), but
-                # each widening adds random columns whose null-space part the basis must
-                # then carry: while a step harvests nearly a full block of new counted
-                # eigenvalues, double the block up to _WIDEST (128 gave the fastest exact
-                # count in benchmarks/lanczos_speed.py; 256 cost 30 % more); verification
-                # goes back to the base size.
+                # Wide blocks make cheaper columns, but each widening adds random
+                # columns the basis must carry: double the block (up to _WIDEST, the
+                # fastest in benchmarks/lanczos_speed.py) while a step harvests nearly a
+                # block of new counted eigenvalues; verification goes back to the base.
                 if certain:
                     current = block
                 elif grown >= 0.75 * current:
@@ -357,7 +350,7 @@ class LanczosRank:
                 values.abs().numpy(), floor, self.threshold
             )
             if vectors is not None or breakdown:
-                count, certain = _assess(krylov, values, vectors, threshold)
+                count, certain = certified_count(krylov, values, vectors, threshold)
                 break
             count = int((values.abs() > threshold).sum())
             if count != unless_count_differs_from:
@@ -439,47 +432,6 @@ class _Assessment(NamedTuple):
     choice: ThresholdChoice | None
     counted: int
     certain: bool
-
-
-def _verification_steps(values, threshold: float, floor: float, n: int, block: int) -> int:
-    """Verification steps from the gap (see ``verify_steps``)."""
-    magnitudes = values.abs()
-    below = magnitudes[magnitudes <= threshold]
-    largest_below = max(float(below.max()) if below.numel() else 0.0, floor)
-    if threshold <= 0 or largest_below <= 0:
-        return 1
-    gain = threshold / largest_below
-    if gain <= 1.0:
-        return 5
-    target = math.log(10 * math.sqrt(max(n / block, 1.0)))
-    return int(min(5, max(1, math.ceil(target / math.log(gain)))))
-
-
-def _assess(krylov: BlockKrylov, values, vectors, threshold: float) -> tuple[int, bool]:
-    """The count at ``threshold`` and whether the residual bounds make it certain.
-
-    ``vectors=None`` is allowed at a breakdown, where every residual bound is the
-    deflated remainder ``krylov.dropped`` whatever the Ritz vector.
-    """
-    magnitudes = values.abs()
-    above = magnitudes > threshold
-    count = int(above.sum())
-    if count:
-        block = (
-            krylov.dropped
-            if vectors is None
-            else krylov.block_residual_norm(vectors[:, above])
-        )
-        if float(magnitudes[above].min()) - block <= threshold:
-            return count, False
-    below = ~above
-    if below.any():
-        residuals = (
-            krylov.dropped if vectors is None else krylov.residual_norms(vectors[:, below])
-        )
-        if bool((magnitudes[below] + residuals > threshold).any()):
-            return count, False
-    return count, True
 
 
 @dataclasses.dataclass

@@ -24,6 +24,13 @@ from .._validation import (
 from ..numerics.readout import matched_threshold_terms, mser_start, window_average
 from ..theory import expected_loss_curve, expected_virial_curve, stationary_loss
 from ._langevin_chain import ChainStep, Diverged, largest_curvature, run_chains
+from ._langevin_plan import (
+    LangevinPlan,
+    aimed,
+    noise_variance,
+    preconditioner_root,
+    resolve_plan,
+)
 
 __all__ = [
     "LangevinRank",
@@ -33,37 +40,11 @@ __all__ = [
 ]
 
 
-_PAPER = {
-    "step_size": 1e-4,
-    "sigma2": 2e-5,
-    "n_chains": 1,
-    "readout": "loss",
-    "n_steps": 15000,
-}
-_DEFAULT = {"step_size": "auto", "sigma2": "auto", "n_chains": 8, "readout": "virial"}
-_VIRIAL_STEP = 1.5  # η·μmax of the automatic step with the virial readout
-_AUTO_STEP_GRADIENTS = 40  # largest_curvature: 20 Lanczos steps, two gradients each
 _MAX_REDUCTIONS = 6
-# the shortest run aimed at a threshold: the fit of the readout needs a few octaves
-_AIMED_MIN_STEPS = 512
-# σ² ≥ _RESIDUAL_NOISE·η·‖G^{1/2}∇L(θ0)‖²: the noise of one step outweighs the drift the
-# residual gradient would cause by sqrt(10) (benchmarks/README.md, the digits CNN)
-_RESIDUAL_NOISE = 10.0
+_VIRIAL_STEP = 1.5  # η·μmax of the automatic step with the virial readout
 # Elements per chunk of the fused update on a CPU (2 MB of float64 per array): the
 # passes over the chains' state then run in cache (3× faster at d = 256).
 _CHUNK_ELEMENTS = 2**18
-
-
-@dataclasses.dataclass(frozen=True)
-class LangevinPlan:
-    """The options with the variant's defaults filled in, resolved at ``estimate``."""
-
-    step_size: float | str
-    sigma2: float | str
-    n_chains: int
-    readout: str
-    n_steps: int
-    n_average: int | None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -207,60 +188,9 @@ class LangevinRank:
         self.plan()  # the checks that need the variant's defaults
 
     def plan(self) -> LangevinPlan:
-        """The variant's defaults for the options left at ``None`` (never written back:
-        ``dataclasses.replace`` then behaves like a fresh construction)."""
-        paper = self.variant == "paper"
-        fill = _PAPER if paper else _DEFAULT
-        values = {
-            name: fill[name] if getattr(self, name) is None else getattr(self, name)
-            for name in ("step_size", "sigma2", "n_chains", "readout")
-        }
-        n_chains, readout = int(values["n_chains"]), values["readout"]
-        if paper and (self.localization or self.rtol is not None):
-            raise MatrankValueError(
-                message(
-                    "variant='paper'",
-                    "used without localization or rtol (the paper's algorithm has "
-                    "neither; use variant='default')",
-                    f"localization={self.localization}, rtol={self.rtol}",
-                )
-            )
-        if self.localization and readout != "virial":
-            raise MatrankValueError(
-                message(
-                    "localization",
-                    "used with readout='virial' (eq. 20's loss readout has no "
-                    "correction for the restoring drift)",
-                    f"readout={readout!r}",
-                )
-            )
-        n_steps = self.n_steps
-        if n_steps is None and paper:
-            n_steps = int(_PAPER["n_steps"])
-        if n_steps is None:
-            overhead = (_AUTO_STEP_GRADIENTS if values["step_size"] == "auto" else 0) + 1
-            n_steps = (self.max_gradients - overhead) // n_chains
-            if n_steps < 2:
-                raise MatrankValueError(
-                    message(
-                        "max_gradients",
-                        f"enough for two steps of {n_chains} chains after the "
-                        f"{overhead} gradients of ∇f(θ0) and the automatic step",
-                        str(self.max_gradients),
-                    )
-                )
-        n_average = self.n_average
-        if n_average is None and paper:
-            n_average = max(1, 2 * n_steps // 3)
-        check_int("n_average", n_average, low=1, high=n_steps, allow_none=True)
-        return LangevinPlan(
-            step_size=values["step_size"],
-            sigma2=values["sigma2"],
-            n_chains=n_chains,
-            readout=readout,
-            n_steps=n_steps,
-            n_average=n_average,
-        )
+        """The options with the variant's defaults filled in (see
+        :func:`~._langevin_plan.resolve_plan`): what ``estimate`` runs."""
+        return resolve_plan(self)
 
     def estimate(
         self,
@@ -292,7 +222,7 @@ class LangevinRank:
             **checkpointing,
         )
         try:
-            root = self._preconditioner_root(run.meter)
+            root = preconditioner_root(self, run.meter)
         except MatrankValueError:
             run.close()
             raise
@@ -306,9 +236,9 @@ class LangevinRank:
             eta = float(plan.step_size)
         reductions: list[dict[str, float]] = []
         while True:
-            plan, eta = self._aimed(plan, eta, run)
+            plan, eta = aimed(self, plan, eta, run)
             try:
-                sigma2, rule = self._noise_variance(run.meter, plan, root, eta, tilt)
+                sigma2, rule = noise_variance(run.meter, plan, root, eta, tilt)
                 readings, summary, status = self._chains(
                     run, plan, root, eta, sigma2, tilt, loss0, f"chains {len(reductions)}"
                 )
@@ -360,38 +290,6 @@ class LangevinRank:
             diagnostics=diagnostics,
             status=status,
         )
-
-    def _aimed(
-        self, plan: LangevinPlan, eta: float, run: Run
-    ) -> tuple[LangevinPlan, float]:
-        """The run length and step whose filter is matched at ``threshold``.
-
-        A window over the second half of ``K`` steps is matched at ``τ ≈ 0.763/(2ηK)`` on
-        a log-flat density (``e^{−γ_E − mean log(k/K)}``, ``mean log(k/K) = −0.307``):
-        ``K`` from ``η``, or, for a ``τ`` that fewer than ``_AIMED_MIN_STEPS`` steps would
-        reach, a smaller ``η`` at that many steps.
-        """
-        if self.threshold is None:
-            return plan, eta
-        reach = math.exp(-0.5772156649 + 0.3069) / (2 * self.threshold)
-        steps = math.ceil(reach / eta)
-        if steps < _AIMED_MIN_STEPS:
-            steps, eta = _AIMED_MIN_STEPS, reach / _AIMED_MIN_STEPS
-        budget = self.plan().n_steps
-        if steps > budget:
-            run.close()
-            raise MatrankValueError(
-                message(
-                    "threshold",
-                    f"reachable within max_gradients={self.max_gradients} (τ = "
-                    f"{self.threshold:.3g} at η = {eta:.3g} needs {steps} steps of "
-                    f"{plan.n_chains} chains; {budget} fit): raise max_gradients, or use "
-                    "method='lanczos' where Hessian-vector products exist",
-                    repr(self.threshold),
-                )
-            )
-        run.bar.total = steps
-        return dataclasses.replace(plan, n_steps=steps), eta
 
     def _start(
         self, run: Run, plan: LangevinPlan, root: torch.Tensor | None
@@ -485,29 +383,6 @@ class LangevinRank:
             summary["diagnostics"]["rounds"] = rounds
         return readings, summary, status
 
-    def _noise_variance(
-        self,
-        meter: Any,
-        plan: LangevinPlan,
-        root: torch.Tensor | None,
-        eta: float,
-        tilt: torch.Tensor | None,
-    ) -> tuple[float, str]:
-        """``σ²`` and the rule that set it: the option, or for ``"auto"`` the one whose
-        random walk stays small, raised to the residual gradient's floor."""
-        if plan.sigma2 != "auto":
-            return float(plan.sigma2), "given"
-        theta0 = meter.theta0
-        scale = float(theta0.double().pow(2).mean().sqrt()) or 1.0
-        epsilon = max(1e-4, float(torch.finfo(meter.dtype).eps) ** (1 / 3))
-        spread = 1.0 if root is None else float(root.double().pow(2).mean())
-        small = (epsilon * scale) ** 2 / (eta * plan.n_steps * spread)
-        if tilt is None:
-            return small, "random walk"
-        residual = tilt.double() if root is None else (root * tilt).double()
-        floor = _RESIDUAL_NOISE * eta * float(residual.pow(2).sum())
-        return (floor, "residual gradient") if floor > small else (small, "random walk")
-
     def _settled(self, rounds: list[dict[str, Any]]) -> bool:
         if self.rtol is None or len(rounds) < 2:
             return False
@@ -557,18 +432,3 @@ class LangevinRank:
             "threshold": threshold,
             "diagnostics": diagnostics,
         }
-
-    def _preconditioner_root(self, meter: Any) -> torch.Tensor | None:
-        n, dtype, device = meter.dim, meter.dtype, meter.device
-        if self.preconditioner is None:
-            return None
-        diagonal = torch.as_tensor(self.preconditioner, dtype=torch.float64).flatten()
-        if diagonal.numel() != n or not bool((diagonal > 0).all()):
-            raise MatrankValueError(
-                message(
-                    "preconditioner",
-                    f"a positive diagonal of length {n}",
-                    f"{diagonal.numel()} entries, minimum {float(diagonal.min()):.3g}",
-                )
-            )
-        return diagonal.sqrt().to(dtype=dtype, device=device)

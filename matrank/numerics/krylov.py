@@ -30,9 +30,11 @@ import torch
 
 __all__ = [
     "BlockKrylov",
+    "certified_count",
     "lanczos_quadrature",
     "random_block",
     "spectral_bounds",
+    "verification_steps",
 ]
 
 Matmat = Callable[[torch.Tensor], torch.Tensor]
@@ -395,3 +397,47 @@ def lanczos_quadrature(
         vectors[:, 0, :] ** 2 * (norms.to(device="cpu", dtype=torch.float64) ** 2)[:, None]
     )
     return nodes, weights
+
+
+def verification_steps(values, threshold: float, floor: float, n: int, block: int) -> int:
+    """Steps a fresh random block must leave a certain count unchanged: the fewest ``s``
+    with ``g^s ≥ 10·sqrt(n/block)``, ``g = threshold / (largest uncounted |θ|)``, 1 to 5."""
+    magnitudes = values.abs()
+    below = magnitudes[magnitudes <= threshold]
+    largest_below = max(float(below.max()) if below.numel() else 0.0, floor)
+    if threshold <= 0 or largest_below <= 0:
+        return 1
+    gain = threshold / largest_below
+    if gain <= 1.0:
+        return 5
+    target = math.log(10 * math.sqrt(max(n / block, 1.0)))
+    return int(min(5, max(1, math.ceil(target / math.log(gain)))))
+
+
+def certified_count(
+    krylov: BlockKrylov, values, vectors, threshold: float
+) -> tuple[int, bool]:
+    """The count at ``threshold`` and whether the residual bounds make it certain.
+
+    ``vectors=None`` is allowed at a breakdown, where every residual bound is the
+    deflated remainder ``krylov.dropped`` whatever the Ritz vector.
+    """
+    magnitudes = values.abs()
+    above = magnitudes > threshold
+    count = int(above.sum())
+    if count:
+        block = (
+            krylov.dropped
+            if vectors is None
+            else krylov.block_residual_norm(vectors[:, above])
+        )
+        if float(magnitudes[above].min()) - block <= threshold:
+            return count, False
+    below = ~above
+    if below.any():
+        residuals = (
+            krylov.dropped if vectors is None else krylov.residual_norms(vectors[:, below])
+        )
+        if bool((magnitudes[below] + residuals > threshold).any()):
+            return count, False
+    return count, True
