@@ -31,6 +31,11 @@ __all__ = [
 ]
 
 
+# Past these dimensions a method's run on a catalogue case is a benchmark, not a test.
+_EVOLUTION_MAX_N = 64
+_LANGEVIN_MAX_N = 1000
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """A test matrix with its true numerical rank.
@@ -52,6 +57,9 @@ class Case:
     tags : frozenset of str
         For selecting cases: ``"multiplicity"``, ``"noise-band"``, ``"indefinite"``,
         ``"sparse"``, ``"float32"``, ``"large"``, ...
+
+    Which method does not apply to the case, and why, is :meth:`not_for`: data that
+    tests turn into ``pytest.skip`` with the reason.
     """
 
     name: str
@@ -60,6 +68,23 @@ class Case:
     n: int
     gap: float = math.inf
     tags: frozenset[str] = frozenset()
+
+    def not_for(self, method: str) -> str | None:
+        """Why ``method`` does not apply to this case (``None`` when it does)."""
+        if method in ("langevin", "evolution") and "indefinite" in self.tags:
+            return "a saddle: the method needs a minimum (negative curvature drives it away)"
+        if method == "evolution" and self.n > _EVOLUTION_MAX_N:
+            return (
+                f"n = {self.n} > {_EVOLUTION_MAX_N}: a count needs about "
+                "4n/(keep·(1 − c)²) loss evaluations a doubling, minutes here"
+            )
+        if method == "langevin" and "zero" in self.tags:
+            return "no curvature: the automatic step has nothing to scale to (it refuses)"
+        if method == "langevin" and self.n > _LANGEVIN_MAX_N:
+            return f"n = {self.n} > {_LANGEVIN_MAX_N}: 15,000 products of this size"
+        if method in ("exact", "polynomial", "langevin") and "huge" in self.tags:
+            return "n = 200,000: a dense or probe-heavy path of minutes"
+        return None
 
     def matrix(self) -> Any:
         """Build the matrix."""
