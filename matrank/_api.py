@@ -225,7 +225,7 @@ def estimate_rank(
         raise MatrankTypeError(
             message(
                 "threshold",
-                f"left out with method={method!r}: {cls.threshold_unsupported}",
+                f"left out with method={method!r}: {getattr(cls, 'threshold_unsupported', '')}",
                 repr(options["threshold"]),
             )
         )

@@ -24,14 +24,14 @@ __all__ = [
     "resolve_plan",
 ]
 
-_PAPER = {
+_PAPER: dict[str, Any] = {
     "step_size": 1e-4,
     "sigma2": 2e-5,
     "n_chains": 1,
     "readout": "loss",
     "n_steps": 15000,
 }
-_DEFAULT = {"step_size": "auto", "sigma2": "auto", "n_chains": 8, "readout": "virial"}
+_DEFAULT: dict[str, Any] = {"step_size": "auto", "sigma2": "auto", "n_chains": 8, "readout": "virial"}
 _AUTO_STEP_GRADIENTS = 40  # largest_curvature: 20 Lanczos steps, two gradients each
 # the shortest run aimed at a threshold: the fit of the readout needs a few octaves
 _AIMED_MIN_STEPS = 512
@@ -57,7 +57,7 @@ def resolve_plan(options: Any) -> LangevinPlan:
     ``dataclasses.replace`` then behaves like a fresh construction)."""
     paper = options.variant == "paper"
     fill = _PAPER if paper else _DEFAULT
-    values = {
+    values: dict[str, Any] = {
         name: fill[name] if getattr(options, name) is None else getattr(options, name)
         for name in ("step_size", "sigma2", "n_chains", "readout")
     }

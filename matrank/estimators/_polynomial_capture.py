@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._oracle import CostMeter
 from .._run import Run
 from ..numerics.chebyshev import ChebyshevFrame
 from ..numerics.deflation import complement_bound, converged_basis
@@ -40,6 +41,9 @@ class SpectrumCapture:
 
     options: Any
     run: Run
+    meter: CostMeter
+    generator: torch.Generator
+    bar: Any
     n: int
     budget: int
 

@@ -7,6 +7,7 @@ the degree, deflation of a small top subspace, probes on the rest, and the edge 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Any
@@ -103,7 +104,7 @@ class DefaultFilter(SpectrumCapture):
 
         for first in range(0, n, block):
             columns.append(
-                self.run.cached(f"unit {first}", lambda first=first: product(first))
+                self.run.cached(f"unit {first}", functools.partial(product, first))
             )
         matrix = torch.cat(columns, dim=1)
         asymmetry = float((matrix - matrix.T).abs().max())
@@ -185,9 +186,7 @@ class DefaultFilter(SpectrumCapture):
             for begin in range(0, count, chunk):
                 size = min(chunk, count - begin)
                 key = f"moments {self.calls}:{begin}"
-                pieces.append(
-                    self.run.cached(key, lambda size=size, key=key: block(size, key))
-                )
+                pieces.append(self.run.cached(key, functools.partial(block, size, key)))
         except KeyboardInterrupt:
             # the probes measured before this call (the pilot's) carry the estimate
             if not final:

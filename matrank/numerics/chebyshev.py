@@ -9,6 +9,7 @@ spectrum into ``[−1, 1]``; everything else here is arithmetic on that table.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -122,7 +123,7 @@ def chebyshev_moments(
             previous, current = current, advance(current, previous)
             moments.append(dot(probes, current))
             if save is not None:
-                save(lambda step=step: state(step + 1))
+                save(functools.partial(state, step + 1))
         return torch.stack(moments, dim=1)
     t0t0, t1t0 = moments[0], moments[1]
     for k in range(first, steps + 1):
@@ -132,7 +133,7 @@ def chebyshev_moments(
             moments.append(2 * dot(following, current) - t1t0)  # T_{2k+1}
             previous, current = current, following
             if save is not None:
-                save(lambda k=k: state(k + 1))
+                save(functools.partial(state, k + 1))
     return torch.stack(moments, dim=1)
 
 

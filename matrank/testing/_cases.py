@@ -72,7 +72,9 @@ class Case:
     def not_for(self, method: str) -> str | None:
         """Why ``method`` does not apply to this case (``None`` when it does)."""
         if method in ("langevin", "evolution") and "indefinite" in self.tags:
-            return "a saddle: the method needs a minimum (negative curvature drives it away)"
+            return (
+                "a saddle: the method needs a minimum (negative curvature drives it away)"
+            )
         if method == "evolution" and self.n > _EVOLUTION_MAX_N:
             return (
                 f"n = {self.n} > {_EVOLUTION_MAX_N}: a count needs about "
