@@ -67,6 +67,16 @@ class _QuadraticMixin:
         return 0.5 * (self.grad(theta) * theta).sum(dim=1)
 
 
+def _precision(dtype: Any) -> torch.dtype:
+    """The floating precision of entries given in ``dtype`` (numpy or torch): half
+    precisions keep theirs, integers and booleans are exact in float64."""
+    if isinstance(dtype, np.dtype):
+        if dtype == np.float16:
+            return torch.float16
+        return torch.float32 if dtype == np.float32 else torch.float64
+    return dtype if dtype.is_floating_point else torch.float64
+
+
 def _target_dtype(dtype: torch.dtype) -> torch.dtype:
     # float32 and float64 are kept as the user chose them; everything else real (ints,
     # bools, half precision) is computed in float64, the default for matrices.
@@ -112,11 +122,21 @@ class DenseOracle(_QuadraticMixin):
     [1.0, 1.0]
     """
 
-    def __init__(self, matrix: torch.Tensor) -> None:
+    def __init__(
+        self,
+        matrix: torch.Tensor,
+        *,
+        precision: torch.dtype | None = None,
+        magnitude: float | None = None,
+    ) -> None:
         self.matrix = matrix
         self.dim = int(matrix.shape[0])
         self.dtype = matrix.dtype
         self.device = matrix.device
+        # the entries' own precision (float16 computed in float64 keeps float16's eps)
+        # and the largest |entry|: what noise floors and the run's scaling read
+        self.precision = precision or matrix.dtype
+        self.magnitude = magnitude
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -130,7 +150,13 @@ class DenseOracle(_QuadraticMixin):
         return f"DenseOracle(n={self.dim}, dtype={self.dtype}, device={self.device})"
 
 
-def _dense_from_tensor(tensor: torch.Tensor, name: str) -> DenseOracle:
+def _dense_from_tensor(
+    tensor: torch.Tensor, name: str, precision: torch.dtype | None = None
+) -> DenseOracle:
+    if tensor.device.type == "meta":
+        raise MatrankValueError(
+            message(name, "a tensor with data", "a tensor on the meta device")
+        )
     if tensor.is_complex():
         raise MatrankTypeError(message(name, "a real matrix", f"dtype {tensor.dtype}"))
     if tensor.is_sparse or tensor.layout != torch.strided:
@@ -138,6 +164,7 @@ def _dense_from_tensor(tensor: torch.Tensor, name: str) -> DenseOracle:
             message(name, "a strided (dense) torch tensor", f"layout {tensor.layout}")
         )
     _check_square(tuple(tensor.shape), name)
+    precision = _precision(precision or tensor.dtype)
     tensor = tensor.to(_target_dtype(tensor.dtype))
     # One pass, no temporary, for both the scale and finiteness: aminmax propagates NaN
     # and Inf (10× faster than abs().max() at n = 6000).
@@ -149,7 +176,7 @@ def _dense_from_tensor(tensor: torch.Tensor, name: str) -> DenseOracle:
             message(name, "finite (no NaN or Inf)", f"{bad} non-finite entries")
         )
     defect = _max_asymmetry(tensor)
-    tolerance = _symmetry_tolerance(tensor.dtype, scale)
+    tolerance = _symmetry_tolerance(precision, scale)
     if defect > tolerance:
         raise NotSymmetricError(
             message(
@@ -158,7 +185,7 @@ def _dense_from_tensor(tensor: torch.Tensor, name: str) -> DenseOracle:
                 f"max |A − Aᵀ| = {defect:.3g}",
             )
         )
-    return DenseOracle(tensor)
+    return DenseOracle(tensor, precision=precision, magnitude=scale)
 
 
 def _max_asymmetry(tensor: torch.Tensor, tile: int = 512) -> float:
@@ -185,14 +212,24 @@ def _(obj: np.ndarray) -> DenseOracle:
         )
     if np.iscomplexobj(obj):
         raise MatrankTypeError(message(name, "a real matrix", f"dtype {obj.dtype}"))
+    if isinstance(obj, np.ma.MaskedArray):
+        raise MatrankTypeError(
+            message(
+                name,
+                "a plain array (a rank with entries missing is not defined; fill them, "
+                "e.g. obj.filled(0), or drop the rows and columns)",
+                "a numpy masked array",
+            )
+        )
     _check_square(obj.shape, name)
+    precision = _precision(obj.dtype)
     if obj.dtype not in (np.float32, np.float64) or any(s < 0 for s in obj.strides):
         obj = np.ascontiguousarray(obj, dtype=np.float64)
     with warnings.catch_warnings():
         # from_numpy warns on read-only arrays; we never write through the tensor.
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(obj)
-    return _dense_from_tensor(tensor, name)
+    return _dense_from_tensor(tensor, name, precision)
 
 
 @as_oracle.register
@@ -251,6 +288,7 @@ def _sparse_oracle(obj: Any) -> SparseOracle:
     if np.iscomplexobj(obj.data) or obj.dtype == object:
         raise MatrankTypeError(message(name, "a real sparse matrix", f"dtype {obj.dtype}"))
     _check_square(obj.shape, name)
+    precision = _precision(np.dtype(obj.dtype))
     dtype = np.float32 if obj.dtype == np.float32 else np.float64
     csr = scipy.sparse.csr_array(obj, dtype=dtype)
     csr.sum_duplicates()
@@ -262,8 +300,7 @@ def _sparse_oracle(obj: Any) -> SparseOracle:
     scale = float(abs(csr).max()) if csr.nnz else 0.0
     difference = csr - csr.T
     defect = float(abs(difference).max()) if difference.nnz else 0.0
-    torch_dtype = torch.float32 if dtype == np.float32 else torch.float64
-    tolerance = _symmetry_tolerance(torch_dtype, scale)
+    tolerance = _symmetry_tolerance(precision, scale)
     if defect > tolerance:
         raise NotSymmetricError(
             message(
@@ -272,7 +309,9 @@ def _sparse_oracle(obj: Any) -> SparseOracle:
                 f"max |A − Aᵀ| = {defect:.3g}",
             )
         )
-    return SparseOracle(csr)
+    oracle = SparseOracle(csr)
+    oracle.precision, oracle.magnitude = precision, scale
+    return oracle
 
 
 as_oracle.register(scipy.sparse.spmatrix, _sparse_oracle)
@@ -352,7 +391,8 @@ def _(obj: scipy.sparse.linalg.LinearOperator) -> LinearOperatorOracle:
         )
     _check_square(tuple(obj.shape), name)
     oracle = LinearOperatorOracle(obj)
-    check_symmetric_operator(oracle, name)
+    oracle.precision = _precision(dtype)
+    oracle.magnitude = check_symmetric_operator(oracle, name)
     return oracle
 
 

@@ -33,6 +33,8 @@ __all__ = [
     "Oracle",
     "as_oracle",
     "exact_rank",
+    "input_precision",
+    "magnitude",
     "materialize",
     "symmetry_defect",
 ]
@@ -112,19 +114,40 @@ class Oracle(Protocol):
         ...
 
 
-def gradient_precision(oracle: Any) -> torch.dtype:
-    """The dtype ``oracle.grad`` computes in: its ``gradient_dtype`` if it has one (looked
-    up through matrank's wrappers), else its ``dtype``."""
+def _attribute(oracle: Any, name: str) -> Any:
+    """``oracle.name``, looked up through matrank's wrappers; ``None`` if none has it."""
     inner = oracle
     while True:
-        if hasattr(inner, "gradient_dtype"):
-            return cast(torch.dtype, inner.gradient_dtype)
+        if hasattr(inner, name):
+            return getattr(inner, name)
         wrapped = getattr(inner, "oracle", None)
         if wrapped is None:
             wrapped = getattr(inner, "inner", None)
         if wrapped is None or wrapped is inner:
-            return cast(torch.dtype, oracle.dtype)
+            return None
         inner = wrapped
+
+
+def gradient_precision(oracle: Any) -> torch.dtype:
+    """The dtype ``oracle.grad`` computes in: its ``gradient_dtype`` if it has one (looked
+    up through matrank's wrappers), else its ``dtype``."""
+    found = _attribute(oracle, "gradient_dtype")
+    return cast(torch.dtype, oracle.dtype if found is None else found)
+
+
+def input_precision(oracle: Any) -> torch.dtype:
+    """The precision the operator's entries were given in: an oracle's ``precision``
+    attribute (a float16 matrix computed in float64 keeps float16's), else its
+    ``dtype``. Noise floors use this one's ``eps``."""
+    found = _attribute(oracle, "precision")
+    return cast(torch.dtype, oracle.dtype if found is None else found)
+
+
+def magnitude(oracle: Any) -> float | None:
+    """An oracle's ``magnitude`` attribute (the size of its largest entries or
+    products, read at construction), or ``None``: what a run scales by."""
+    found = _attribute(oracle, "magnitude")
+    return None if found is None else float(found)
 
 
 @functools.singledispatch
@@ -206,44 +229,57 @@ def exact_rank(oracle: Any) -> int:
 
 def symmetry_defect(
     hvp: Any, dim: int, dtype: torch.dtype, device: torch.device, *, n_pairs: int = 3
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Randomized symmetry test of an operator: ``max |xᵀAy − yᵀAx|`` and its scale.
 
     Returns the largest defect over ``n_pairs`` random pairs and the scale it should be
-    compared with, ``max ‖Ax‖‖y‖``. Costs ``2·n_pairs`` matvecs in one block. Uses a fixed
-    local generator so the check is reproducible and never touches global seeds.
+    compared with, ``max ‖Ax‖‖y‖``, both divided by the largest entry of the products
+    (so that neither overflows at any scale the dtype holds), and that entry: the
+    operator's magnitude. Costs ``2·n_pairs`` matvecs in one block. Uses a fixed local
+    generator so the check is reproducible and never touches global seeds.
     """
     generator = torch.Generator(device="cpu").manual_seed(0)
     block = torch.randn(dim, 2 * n_pairs, generator=generator, dtype=torch.float64)
     block = block.to(dtype=dtype, device=device)
     image = hvp(block)
+    peak = float(image.abs().max()) if image.numel() else 0.0
+    if not peak > 0 or not math.isfinite(peak):
+        return 0.0, 0.0, peak
+    image = image / peak
     x, y = block[:, :n_pairs], block[:, n_pairs:]
     ax, ay = image[:, :n_pairs], image[:, n_pairs:]
     defect = ((y * ax).sum(0) - (x * ay).sum(0)).abs().max()
     scale = torch.maximum(
         ax.norm(dim=0) * y.norm(dim=0), ay.norm(dim=0) * x.norm(dim=0)
     ).max()
-    return float(defect), float(scale)
+    return float(defect), float(scale), peak
 
 
 def check_symmetric_operator(oracle: Oracle, name: str) -> float:
-    """Raise :class:`NotSymmetricError` if the randomized test fails; return the defect.
+    """Raise :class:`NotSymmetricError` if the randomized test fails; return the
+    operator's magnitude (the largest entry of its products with the test block).
 
     The tolerance is ``sqrt(eps)`` of the dtype relative to ``‖Ax‖‖y‖``: rounding in a
     symmetric operator gives defects near ``eps·sqrt(n)``, a non-symmetric one gives
     defects of the order of the scale itself.
     """
-    defect, scale = symmetry_defect(oracle.hvp, oracle.dim, oracle.dtype, oracle.device)
+    defect, scale, peak = symmetry_defect(
+        oracle.hvp, oracle.dim, oracle.dtype, oracle.device
+    )
+    if not math.isfinite(peak):
+        raise OperatorContractError(
+            message(name, "finite products (no NaN or Inf)", "non-finite entries")
+        )
     tolerance = math.sqrt(torch.finfo(oracle.dtype).eps) * scale
     if defect > tolerance:
         raise NotSymmetricError(
             message(
                 name,
-                f"symmetric (|xᵀAy − yᵀAx| ≤ {tolerance:.3g} for random x, y)",
-                f"a defect of {defect:.3g}",
+                f"symmetric (|xᵀAy − yᵀAx| ≤ {tolerance * peak:.3g} for random x, y)",
+                f"a defect of {defect * peak:.3g}",
             )
         )
-    return defect
+    return peak
 
 
 def check_block_result(result: Any, shape: tuple[int, ...], dtype: torch.dtype, name: str):
@@ -301,7 +337,9 @@ class _CheckedOracle:
         check_block_result(theta0, (dim,), inner.dtype, "oracle.theta0")
         self.inner = inner
         if Capability.HVP in inner.capabilities:
-            check_symmetric_operator(self, "oracle.hvp")
+            peak = check_symmetric_operator(self, "oracle.hvp")
+            if magnitude(inner) is None:
+                self.magnitude = peak
 
     dim = property(lambda self: self.inner.dim)
     dtype = property(lambda self: self.inner.dtype)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import pathlib
 import sys
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._oracle import Capability, CostMeter, Oracle, as_oracle, require
+from ._oracle import Capability, CostMeter, Oracle, as_oracle, magnitude, require
 from ._result import CountingCurve, RankResult, Status
 from ._validation import (
     MatrankTypeError,
@@ -72,6 +73,7 @@ class Run:
     start: float
     seconds_before: float = 0.0
     store: _Store | None = None
+    factor: float = 1.0
 
     @classmethod
     def begin(
@@ -100,7 +102,8 @@ class Run:
             raise MatrankValueError(message("progress", "True or False", repr(progress)))
         seed = None if seed is None else int(seed)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        meter = CostMeter(oracle)
+        factor = _scale_factor(oracle) if Capability.HVP in needs else 1.0
+        meter = CostMeter(oracle if factor == 1.0 else _Scaled(oracle, factor))
         bar = tqdm(
             total=total,
             desc=method,
@@ -110,7 +113,7 @@ class Run:
             dynamic_ncols=True,
             leave=False,
         )
-        run = cls(method, oracle, meter, generator, bar, start)
+        run = cls(method, oracle, meter, generator, bar, start, factor=factor)
         check_real("checkpoint_every", checkpoint_every, low=0.0)
         if not isinstance(keep_checkpoint, bool):
             raise MatrankValueError(
@@ -195,6 +198,10 @@ class Run:
         self.close()
         if self.store is not None and status is not Status.INTERRUPTED:
             self.store.finish()
+        if self.factor != 1.0:
+            threshold, diagnostics, counts = _unscale(
+                self.factor, threshold, diagnostics, counts
+            )
         return RankResult(
             rank=float(rank),
             stderr=None if stderr is None else float(stderr),
@@ -269,6 +276,86 @@ class _Store:
             self.path.unlink(missing_ok=True)
         elif self.journal:
             self.write()
+
+
+# Outside this window of an operator's magnitude, the products are scaled by a power of
+# two (exact in floating point) so that norms, squares and geometric means neither
+# overflow nor underflow; every eigenvalue-valued output is scaled back.
+_SAFE_MAGNITUDE = (2.0**-200, 2.0**200)
+
+
+def _scale_factor(oracle: Oracle) -> float:
+    size = magnitude(oracle)
+    if size is None or not size > 0 or _SAFE_MAGNITUDE[0] <= size <= _SAFE_MAGNITUDE[1]:
+        return 1.0
+    return 2.0 ** -round(math.log2(size))
+
+
+class _Scaled:
+    """``factor·H`` (and ``factor·f``, ``factor·∇f``) for an oracle ``H``."""
+
+    def __init__(self, inner: Oracle, factor: float) -> None:
+        self.inner, self.factor = inner, factor
+
+    dim = property(lambda self: self.inner.dim)
+    dtype = property(lambda self: self.inner.dtype)
+    device = property(lambda self: self.inner.device)
+    theta0 = property(lambda self: self.inner.theta0)
+    capabilities = property(lambda self: self.inner.capabilities)
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        return self.inner.hvp(V) * self.factor
+
+    def grad(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.inner.grad(theta) * self.factor
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.inner.loss(theta) * self.factor
+
+
+# Diagnostics in units of eigenvalues (the density is per unit eigenvalue: inverse)
+_EIGENVALUE_KEYS = (
+    "noise_floor",
+    "numpy_rule",
+    "eigenvalues",
+    "ritz_values",
+    "symmetry_defect",
+    "slq_threshold",
+    "lambda_min",
+    "lambda_max",
+    "deflated_values",
+    "complement_top",
+    "reach",
+    "density_grid",
+)
+
+
+def _unscale(
+    factor: float,
+    threshold: float | None,
+    diagnostics: dict[str, Any],
+    counts: CountingCurve | None,
+) -> tuple[float | None, dict[str, Any], CountingCurve | None]:
+    """Outputs of a run on ``factor·H`` in the units of ``H``."""
+
+    def back(value: Any) -> Any:
+        return value / factor if value is not None else None
+
+    diagnostics = dict(diagnostics)
+    for key in _EIGENVALUE_KEYS:
+        if key in diagnostics:
+            diagnostics[key] = back(diagnostics[key])
+    if "density" in diagnostics:
+        diagnostics["density"] = diagnostics["density"] * factor
+    if "plateau" in diagnostics:
+        plateau = dict(diagnostics["plateau"])
+        for key in ("threshold", "lower", "upper"):
+            plateau[key] = back(plateau[key])
+        diagnostics["plateau"] = plateau
+    diagnostics["scaled_by"] = factor
+    if counts is not None:
+        counts = dataclasses.replace(counts, thresholds=counts.thresholds / factor)
+    return back(threshold), diagnostics, counts
 
 
 def _fingerprint(estimator: Any, oracle: Oracle, seed: int | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .._oracle import Capability, as_oracle, materialize
+from .._oracle import Capability, as_oracle, input_precision, materialize
 from .._result import RankResult, Status
 from .._run import Run
 from .._validation import MatrankValueError, check_int, check_threshold, message
@@ -117,13 +117,15 @@ class ExactRank:
         free = materialize.dispatch(type(oracle)) is not materialize.dispatch(object)
         dense = materialize(oracle) if free else materialize(meter)
         dense = dense.to(torch.float64)
+        if free and run.factor != 1.0:  # (the metered products are scaled already)
+            dense = dense * run.factor
         asymmetry = float(torch.linalg.matrix_norm(dense - dense.T)) if not free else 0.0
         eigenvalues = _eigvalsh(0.5 * (dense + dense.T))
         del dense
 
         magnitudes = np.abs(eigenvalues)
         largest = float(magnitudes.max())
-        numpy_rule = noise_floor(largest, n, float(torch.finfo(oracle.dtype).eps))
+        numpy_rule = noise_floor(largest, n, float(torch.finfo(input_precision(oracle)).eps))
         floor = max(numpy_rule, asymmetry)
         status = Status.CONVERGED
         diagnostics: dict[str, Any] = {"noise_floor": floor, "numpy_rule": numpy_rule}

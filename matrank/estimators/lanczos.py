@@ -7,7 +7,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from .._oracle import Capability, as_oracle
+from .._oracle import Capability, as_oracle, input_precision
 from .._result import RankResult, Status
 from .._run import Run
 from .._validation import check_choice, check_int, check_threshold
@@ -170,7 +170,7 @@ class LanczosRank:
         meter, generator = run.meter, run.generator
         dtype, device = oracle.dtype, oracle.device
         current = block
-        eps = float(torch.finfo(dtype).eps)
+        eps = float(torch.finfo(input_precision(oracle)).eps)
 
         krylov = BlockKrylov(meter.hvp, n, dtype, device, generator)
         diagnostics: dict[str, Any] = {}

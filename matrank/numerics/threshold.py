@@ -135,7 +135,7 @@ def plateau_threshold(
     upper, lower = float(edges[best]), float(edges[best + 1])
     others = np.delete(widths, best)
     return ThresholdChoice(
-        threshold=math.sqrt(upper * lower),
+        threshold=math.sqrt(upper) * math.sqrt(lower),  # no overflow at 1e300
         lower=lower,
         upper=upper,
         decades=float(widths[best]),
@@ -218,7 +218,7 @@ def flat_stretch_threshold(
             float(t[0]), float(t[0]), float(t[0]), 0.0, float(logs[hi] - logs[lo])
         )
     return ThresholdChoice(
-        threshold=math.sqrt(t[lo] * t[hi]),
+        threshold=math.sqrt(t[lo]) * math.sqrt(t[hi]),
         lower=float(t[lo]),
         upper=float(t[hi]),
         decades=float(logs[hi] - logs[lo]),
