@@ -33,6 +33,12 @@ class Status(enum.Enum):
         "`max_evals` for evolution) or pass a larger `threshold=`"
     )
     INTERRUPTED = "interrupted by the user; the estimate is the best one so far"
+    NEGATIVE_CURVATURE = (
+        "the samples found negative curvature: theta0 is a saddle point or a maximum, not "
+        "a minimum, and a count from a sampler around it is meaningless; move theta0 to "
+        "a minimum, or count |λ| with method='lanczos' or 'exact' (Hessian-vector "
+        "products), which report the negative ones in diagnostics['n_negative']"
+    )
 
     @property
     def converged(self) -> bool:

@@ -3,6 +3,7 @@ non-converged status naming the cause, or a MatrankError naming it -- never a co
 wrong number and never a crash from deep inside torch or numpy."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -86,3 +87,99 @@ def test_half_precision_is_counted_with_its_own_eps(method, dtype):
     assert result.rank == 5
     eps = EPS[dtype]
     assert result.diagnostics["noise_floor"] >= 30 * eps * 0.5  # λmax ≥ 0.5
+
+
+def saddle(negative, size=-1e-3, n=30, positive=5, seed=1):
+    basis, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    values = np.r_[
+        np.linspace(1, 0.5, positive),
+        size * np.ones(negative),
+        np.zeros(n - positive - negative),
+    ]
+    return (basis * values) @ basis.T
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_langevin_at_a_saddle_says_so(seed):
+    # 5 eigenvalues in [0.5, 1] and 10 at -1e-3: the chains drift away along those
+    result = matrank.estimate_rank(saddle(10), method="langevin", seed=seed)
+    assert result.status is matrank.Status.NEGATIVE_CURVATURE and not result.converged
+    assert "saddle point" in result.status.value
+    assert result.diagnostics["negative_curvature"] is not None
+
+
+def test_langevin_at_a_minimum_does_not_cry_saddle():
+    for seed in range(5):
+        result = matrank.estimate_rank(A, method="langevin", seed=seed)
+        assert result.status is matrank.Status.CONVERGED
+        assert result.diagnostics["negative_curvature"] is None
+
+
+@pytest.mark.parametrize(
+    "matrix",
+    [-A, saddle(2, size=-0.6)],
+    ids=["negative-definite", "strong-saddle"],
+)
+def test_langevin_refuses_a_maximum_or_strong_saddle_naming_theta0(matrix):
+    # a strong saddle first looks like a step too large: halved six times, then named
+    with (
+        pytest.raises(matrank.MatrankValueError, match="`theta0` must be a minimum"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", matrank.MatrankWarning)
+        matrank.estimate_rank(matrix, method="langevin", seed=0)
+
+
+def test_evolution_at_a_saddle_says_so():
+    matrix = rotated_spectrum(30, 5, cond=2.0, negative=2, seed=0)
+    result = matrank.estimate_rank(matrix, method="evolution", seed=0)
+    assert result.status is matrank.Status.NEGATIVE_CURVATURE
+    assert result.diagnostics["widened_directions"] >= 1
+
+
+@pytest.mark.parametrize(("n", "rank", "basis"), [(30, 5, 16), (30, 5, 4), (600, 60, 20)])
+def test_lanczos_with_a_basis_too_small_estimates_honestly(n, rank, basis):
+    matrix = rotated_spectrum(n, rank, seed=0)
+    for seed in range(4):
+        result = matrank.estimate_rank(matrix, method="lanczos", max_basis=basis, seed=seed)
+        assert result.threshold > 0 and result.diagnostics["path"] == "slq"
+        assert result.stderr > 0.1
+        assert abs(result.rank - rank) < 4 * result.stderr
+
+
+def test_langevin_refuses_a_budget_below_its_burn_in_and_fit():
+    with pytest.raises(matrank.MatrankValueError, match="`max_gradients` must be enough"):
+        matrank.estimate_rank(A, method="langevin", max_gradients=60)
+    with pytest.raises(matrank.MatrankValueError, match="`n_steps` must be at least 64"):
+        matrank.estimate_rank(A, method="langevin", n_steps=20)
+
+
+def test_masked_arrays_are_refused():
+    masked = np.ma.masked_array(A, mask=np.eye(30, dtype=bool))
+    with pytest.raises(matrank.MatrankTypeError, match="masked array"):
+        matrank.estimate_rank(masked)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "polynomial", "langevin", "evolution"])
+def test_numpy_integer_seeds_work_and_huge_ones_are_refused_by_name(method):
+    small = rotated_spectrum(12, 3, cond=2.0, seed=0)
+    first = matrank.estimate_rank(small, method=method, seed=np.int64(3))
+    second = matrank.estimate_rank(small, method=method, seed=3)
+    assert first.rank == second.rank
+    with pytest.raises(matrank.MatrankValueError, match="`seed` must be an int"):
+        matrank.estimate_rank(small, method=method, seed=2**70)
+
+
+def test_cli_names_a_huge_seed(tmp_path, capsys):
+    from matrank.cli import main
+
+    path = tmp_path / "good.npy"
+    np.save(path, A)
+    assert main(["estimate", str(path), "--seed", str(2**70), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "`seed` must be an int" in error and "cannot read" not in error
+
+
+def test_meta_tensors_are_refused():
+    with pytest.raises(matrank.MatrankValueError, match="meta device"):
+        matrank.estimate_rank(torch.empty(30, 30, device="meta"))

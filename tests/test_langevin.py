@@ -94,15 +94,15 @@ def test_divergence_and_bad_hyperparameters_are_reported():
         ).estimate(rotated_spectrum(6, 2, seed=3))
     with pytest.raises(
         matrank.MatrankValueError,
-        match=r"`n_average` must be an int in \[1, 10\] or None; got 20",
+        match=r"`n_average` must be an int in \[1, 100\] or None; got 200",
     ):
-        matrank.LangevinRank(n_steps=10, n_average=20)
+        matrank.LangevinRank(n_steps=100, n_average=200)
     with pytest.raises(
         matrank.MatrankValueError,
         match=r"`preconditioner` must be a positive diagonal of length 3",
     ):
         matrank.LangevinRank(
-            preconditioner=[1.0, -1.0, 1.0], n_steps=5, n_average=2
+            preconditioner=[1.0, -1.0, 1.0], n_steps=100, n_average=2
         ).estimate(np.eye(3))
 
 

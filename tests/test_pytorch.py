@@ -354,8 +354,8 @@ def test_adam_preconditioner_is_the_bias_corrected_second_moment_in_theta_order(
         readout="virial",
         step_size=1e-4,
         sigma2=1e-6,
-        n_steps=20,
-        n_average=10,
+        n_steps=64,
+        n_average=32,
     ).estimate(oracle, seed=0)
     assert np.isfinite(result.rank)
 

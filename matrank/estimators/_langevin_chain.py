@@ -155,15 +155,23 @@ def largest_curvature(
         plus, minus = gradients[: V.shape[1]], gradients[V.shape[1] :]
         return root[:, None] * ((plus - minus).T / (2 * h))
 
-    _, high, _ = spectral_bounds(
+    low, high, _ = spectral_bounds(
         difference, n, steps=steps, generator=generator, dtype=dtype, device=device
     )
-    if not high > 0 or not math.isfinite(high):
+    if not math.isfinite(high) or not math.isfinite(low):
+        raise MatrankValueError(
+            message("theta0", "a point with finite gradients nearby", "non-finite ones")
+        )
+    # the bounds are widened by residuals: a negative low end as large as the top says
+    # that the curvature the chains would see is mostly negative
+    if not high > 1e-6 * abs(low) or -low > high:
         raise MatrankValueError(
             message(
-                "step_size='auto'",
-                "a loss with positive curvature at θ0",
-                f"largest curvature estimate {high:.3g}",
+                "theta0",
+                "a minimum of the loss (Langevin samples around one)",
+                f"a point whose curvature reaches {low:.3g} below against {high:.3g} "
+                "above: a maximum or a saddle; count |λ| with method='lanczos' or "
+                "'exact' (Hessian-vector products)",
             )
         )
     return high

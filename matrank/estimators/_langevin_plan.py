@@ -31,10 +31,17 @@ _PAPER: dict[str, Any] = {
     "readout": "loss",
     "n_steps": 15000,
 }
-_DEFAULT: dict[str, Any] = {"step_size": "auto", "sigma2": "auto", "n_chains": 8, "readout": "virial"}
+_DEFAULT: dict[str, Any] = {
+    "step_size": "auto",
+    "sigma2": "auto",
+    "n_chains": 8,
+    "readout": "virial",
+}
 _AUTO_STEP_GRADIENTS = 40  # largest_curvature: 20 Lanczos steps, two gradients each
 # the shortest run aimed at a threshold: the fit of the readout needs a few octaves
 _AIMED_MIN_STEPS = 512
+# the shortest default run
+_MIN_STEPS = 64
 # σ² ≥ _RESIDUAL_NOISE·η·‖G^{1/2}∇L(θ0)‖²: the noise of one step outweighs the drift the
 # residual gradient would cause by sqrt(10) (benchmarks/README.md, the digits CNN)
 _RESIDUAL_NOISE = 10.0
@@ -83,18 +90,31 @@ def resolve_plan(options: Any) -> LangevinPlan:
     n_steps = options.n_steps
     if n_steps is None and paper:
         n_steps = int(_PAPER["n_steps"])
+    # the default's burn-in rule and threshold fit read a few octaves of the run: fewer
+    # steps give a number that N(τ) at its τ does not back
+    least = 2 if paper else _MIN_STEPS
     if n_steps is None:
         overhead = (_AUTO_STEP_GRADIENTS if values["step_size"] == "auto" else 0) + 1
         n_steps = (options.max_gradients - overhead) // n_chains
-        if n_steps < 2:
+        if n_steps < least:
             raise MatrankValueError(
                 message(
                     "max_gradients",
-                    f"enough for two steps of {n_chains} chains after the "
-                    f"{overhead} gradients of ∇f(θ0) and the automatic step",
+                    f"enough for {least} steps of {n_chains} chains after the "
+                    f"{overhead} gradients of ∇f(θ0) and the automatic step (at least "
+                    f"{least * n_chains + overhead})",
                     str(options.max_gradients),
                 )
             )
+    elif n_steps < least:
+        raise MatrankValueError(
+            message(
+                "n_steps",
+                f"at least {least} with variant='default' (its burn-in rule and "
+                "threshold fit need a few octaves of the run)",
+                str(n_steps),
+            )
+        )
     n_average = options.n_average
     if n_average is None and paper:
         n_average = max(1, 2 * n_steps // 3)

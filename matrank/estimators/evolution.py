@@ -44,6 +44,16 @@ def null_band(dimension: int, kept: int) -> tuple[float, float]:
     return edge, scale
 
 
+def null_band_top(dimension: int, kept: int) -> tuple[float, float]:
+    """Upper edge ``(1 + sqrt(p/N))²`` of the white Wishart's band and the Tracy–Widom
+    scale of its largest eigenvalue, ``(1 + sqrt(q))·(1/sqrt(N) + 1/sqrt(p))^{1/3}/sqrt(N)``
+    (Johnstone 2001)."""
+    p, n = float(dimension), float(kept)
+    root = math.sqrt(p / n)
+    scale = (1 + root) * (1 / math.sqrt(n) + 1 / math.sqrt(p)) ** (1 / 3) / math.sqrt(n)
+    return (1 + root) ** 2, scale
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvolutionRank:
     """Rank from the covariance of the best Gaussian samples around the minimum.
@@ -226,6 +236,8 @@ class EvolutionRank:
                     assessment = self._assess(total / kept, n, kept)
                     history.append((kept, assessment["count"]))
                     bar.set_postfix(rank=assessment["count"], kept=kept)
+                    if assessment["widened"]:
+                        break
                     # stable while N grew 4-fold (the cut's τ fell ≈ 2-fold): a plateau
                     if (
                         len(history) >= 3
@@ -256,7 +268,9 @@ class EvolutionRank:
         beta = soft_mean / (2 * excess / kept) if excess > 0 and soft_mean > 0 else None
         cut = assessment["cut"]
         threshold = (1 - cut) / (beta * scale**2 * cut) if beta and 0 < cut < 1 else None
-        if assessment["margin"] < 2 and not interrupted:
+        if assessment["widened"]:
+            status = Status.NEGATIVE_CURVATURE
+        elif assessment["margin"] < 2 and not interrupted:
             status = Status.BUDGET_EXHAUSTED
             needed = self._evals_to_resolve(assessment["nearest"], n, kept_per_population)
             warnings.warn(
@@ -284,6 +298,7 @@ class EvolutionRank:
             "tilt": beta,
             "history": history,
             "loss0": loss0,
+            "widened_directions": assessment["widened"],
         }
         return run.result(
             assessment["count"],
@@ -298,6 +313,10 @@ class EvolutionRank:
         edge, tw = null_band(n, kept)
         cut = edge - 4 * tw
         count = int((eigenvalues < cut).sum())
+        # selection by the loss widens the samples only along negative curvature: a
+        # variance far above the null band's top is a saddle (a minimum never does it)
+        top, top_scale = null_band_top(n, kept)
+        widened = int((eigenvalues > top + 6 * top_scale).sum())
         distances = np.abs(eigenvalues - cut)
         nearest = int(np.argmin(distances))
         # the null cluster's own smallest eigenvalue sits near the edge, ≥ 4 scales above
@@ -310,6 +329,7 @@ class EvolutionRank:
             "count": count,
             "margin": float(distances[nearest] / tw) if tw > 0 else math.inf,
             "nearest": float(eigenvalues[nearest]),
+            "widened": widened,
         }
 
     def _evals_to_resolve(self, value: float, n: int, kept_per_population: int) -> float:

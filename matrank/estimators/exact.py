@@ -125,7 +125,9 @@ class ExactRank:
 
         magnitudes = np.abs(eigenvalues)
         largest = float(magnitudes.max())
-        numpy_rule = noise_floor(largest, n, float(torch.finfo(input_precision(oracle)).eps))
+        numpy_rule = noise_floor(
+            largest, n, float(torch.finfo(input_precision(oracle)).eps)
+        )
         floor = max(numpy_rule, asymmetry)
         status = Status.CONVERGED
         diagnostics: dict[str, Any] = {"noise_floor": floor, "numpy_rule": numpy_rule}

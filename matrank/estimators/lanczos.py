@@ -152,7 +152,7 @@ class LanczosRank:
             # leave SLQ at least half of a budget the user fixed
             max_basis = min(max_basis, max(self.block_size, self.max_matvecs // 2))
         max_basis = min(max_basis, n)
-        block = min(self.block_size, n)
+        block = min(self.block_size, n, max_basis)
         # 4n + 8 blocks: enough for the symmetry probe and for any n that the basis can
         # span completely, where the count is exact by construction.
         max_matvecs = self.max_matvecs or min(
@@ -308,6 +308,7 @@ class LanczosRank:
                 max_matvecs,
                 generator,
                 diagnostics,
+                eps,
             )
         elif choice is not None and choice.decades < 1.0:
             status = Status.NO_PLATEAU
@@ -362,7 +363,16 @@ class LanczosRank:
         )
 
     def _slq(
-        self, run, krylov, values, vectors, threshold, max_matvecs, generator, diagnostics
+        self,
+        run,
+        krylov,
+        values,
+        vectors,
+        threshold,
+        max_matvecs,
+        generator,
+        diagnostics,
+        eps,
     ):
         """Deflate by the converged Ritz vectors above τ, then SLQ on the complement."""
         meter = run.meter
@@ -403,11 +413,18 @@ class LanczosRank:
             all_nodes.append(nodes)
             all_weights.append(weights)
         nodes, weights = torch.cat(all_nodes), torch.cat(all_weights)
-        if self.threshold is None:
+        # the nodes see the whole spectrum: their top raises a floor that a small basis
+        # (or none) set too low, so that nothing under rounding is ever counted
+        top = float(nodes.abs().max()) if nodes.numel() else 0.0
+        floor = max(diagnostics["noise_floor"], noise_floor(top, n, eps))
+        diagnostics["noise_floor"] = floor
+        if self.threshold == "floor":
+            threshold = floor
+        elif self.threshold is None:
             # Re-read τ from the quadrature nodes that carry real mass (≥ 0.01 eigenvalue
             # per probe); nodes in a spectral gap carry almost none.
             pooled = torch.cat([values.abs(), nodes[weights >= 0.01].abs()]).numpy()
-            threshold, choice = resolve_threshold(pooled, diagnostics["noise_floor"], None)
+            threshold, choice = resolve_threshold(pooled, floor, None)
             diagnostics["plateau"] = dataclasses.asdict(choice)
         samples = (weights * (nodes.abs() > threshold)).sum(dim=1)
         mean, stderr = mean_and_stderr(samples)

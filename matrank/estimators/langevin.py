@@ -21,7 +21,12 @@ from .._validation import (
     check_real,
     message,
 )
-from ..numerics.readout import matched_threshold_terms, mser_start, window_average
+from ..numerics.readout import (
+    matched_threshold_terms,
+    mser_start,
+    runaway,
+    window_average,
+)
 from ..theory import expected_loss_curve, expected_virial_curve, stationary_loss
 from ._langevin_chain import ChainStep, Diverged, largest_curvature, run_chains
 from ._langevin_plan import (
@@ -244,15 +249,28 @@ class LangevinRank:
                 )
                 break
             except Diverged as diverged:
-                if self.variant == "paper" or len(reductions) == _MAX_REDUCTIONS:
+                if self.variant == "paper":
                     run.close()
                     raise MatrankValueError(
                         message(
                             "step_size",
-                            "small enough for a stable chain (η·μmax < 2)",
+                            "small enough for a stable chain (η·μmax < 2), at a minimum",
                             f"{eta:g}, with which the chain diverged at step "
-                            f"{diverged.step}"
-                            + (f" after {len(reductions)} halvings" if reductions else ""),
+                            f"{diverged.step}",
+                        )
+                    ) from None
+                if len(reductions) == _MAX_REDUCTIONS:
+                    # η·μmax ≤ 1.5/64 by now: no instability is left that a smaller
+                    # step would cure, only curvature that is negative
+                    run.close()
+                    raise MatrankValueError(
+                        message(
+                            "theta0",
+                            "a minimum of the loss (chains stable at some step size)",
+                            f"a point where the chains ran away at every step size "
+                            f"tried, down to η = {eta:.3g} (step {diverged.step}): "
+                            "negative curvature, a saddle or a maximum; count |λ| with "
+                            "method='lanczos' or 'exact' (Hessian-vector products)",
                         )
                     ) from None
                 reductions.append({"step_size": eta, "diverged_at": diverged.step})
@@ -264,7 +282,13 @@ class LangevinRank:
                 )
                 eta /= 2
         mean_trace = readings.mean(dim=1).numpy()
+        evidence = None
+        if plan.readout == "virial" and status is not Status.INTERRUPTED:
+            evidence = runaway(readings, summary["diagnostics"]["burn_in"])
+            if evidence is not None:
+                status = Status.NEGATIVE_CURVATURE
         diagnostics: dict[str, Any] = {
+            "negative_curvature": evidence,
             "variant": self.variant,
             "readout": plan.readout,
             "step_size": eta,

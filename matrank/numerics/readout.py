@@ -21,6 +21,7 @@ __all__ = [
     "matched_threshold",
     "matched_threshold_terms",
     "mser_start",
+    "runaway",
     "window_average",
 ]
 
@@ -186,3 +187,31 @@ def matched_threshold_terms(
         max(fit["slope"], 0.0) * edge_width(step_size, threshold, begin, steps)
     )
     return threshold, fit, spread, edge
+
+
+def runaway(readings: torch.Tensor, begin: int) -> dict[str, float] | None:
+    """Evidence that the chains run away along negative curvature, or ``None``.
+
+    At a stable minimum each virial reading of a quadratic is ``≥ 0`` and its
+    expectation never decreases with ``k`` (``Σ_μ 1 − (1 − ημ)^{2k}``); along a negative
+    eigenvalue the term ``1 − (1 + η|μ|)^{2k}`` falls without bound. Flagged when the
+    window's estimate is negative by more than 3 standard errors, or when its last third
+    lies below its middle third by more than 4 standard errors of the chains'
+    differences and by more than half an eigenvalue.
+    """
+    window = readings[begin:]
+    steps, chains = window.shape
+    if chains < 2 or steps < 9:
+        return None
+    mean, stderr = mean_and_stderr(window.mean(dim=0))
+    third = steps // 3
+    drops = window[third : 2 * third].mean(dim=0) - window[2 * third :].mean(dim=0)
+    drop, drop_stderr = mean_and_stderr(drops)
+    if mean < -3 * stderr or (drop > 4 * drop_stderr and drop > 0.5):
+        return {
+            "estimate": mean,
+            "stderr": stderr,
+            "drop": drop,
+            "drop_stderr": drop_stderr,
+        }
+    return None
