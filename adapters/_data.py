@@ -29,12 +29,35 @@ def batch_len(batch: tuple[Any, Any]) -> int:
 def check_data(data: Any, chunk_size: int) -> Callable[[], Iterable[tuple[Any, Any]]]:
     """A re-iterable source of ``(inputs, targets)`` chunks, validated once."""
     if isinstance(data, torch.utils.data.DataLoader):
-        if isinstance(data.sampler, torch.utils.data.RandomSampler):
+        # Only a sequential sampler visits every sample once in a fixed order: random,
+        # weighted and subset samplers give another loss at every call (a Hessian that
+        # moves under the estimator), and drop_last leaves samples out.
+        sampler = data.sampler
+        distributed = getattr(torch.utils.data, "distributed", None)
+        fixed = isinstance(sampler, torch.utils.data.SequentialSampler) or (
+            distributed is not None
+            and isinstance(sampler, distributed.DistributedSampler)
+            and not sampler.shuffle
+        )
+        if data.batch_sampler is not None and not isinstance(
+            data.batch_sampler, torch.utils.data.BatchSampler
+        ):
+            fixed = False  # a custom batch sampler: its order is its own
+        if not fixed:
             raise MatrankValueError(
                 message(
                     "data",
-                    "a DataLoader with a fixed order (shuffle=False)",
-                    "a shuffling DataLoader",
+                    "a DataLoader with a fixed order (shuffle=False and the default "
+                    "sequential sampler)",
+                    f"a DataLoader with a {type(sampler).__name__}",
+                )
+            )
+        if data.drop_last:
+            raise MatrankValueError(
+                message(
+                    "data",
+                    "a DataLoader that visits every sample (drop_last=False)",
+                    "drop_last=True",
                 )
             )
 
@@ -62,6 +85,14 @@ def check_data(data: Any, chunk_size: int) -> Callable[[], Iterable[tuple[Any, A
         if not isinstance(tensor, torch.Tensor):
             raise MatrankTypeError(
                 message(f"data {name}", "a torch.Tensor", type(tensor).__name__)
+            )
+        if tensor.device.type == "meta":
+            raise MatrankValueError(
+                message(f"data {name}", "a tensor with data", "a meta tensor")
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise MatrankValueError(
+                message(f"data {name}", "finite (no NaN or Inf)", "non-finite entries")
             )
     if inputs.ndim == 0 or targets.ndim == 0 or inputs.shape[0] != targets.shape[0]:
         raise MatrankValueError(

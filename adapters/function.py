@@ -98,6 +98,16 @@ class LossFunction:
                     f"{out.numel()} values",
                 )
             )
+        if not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            raise MatrankValueError(
+                message(
+                    "fn",
+                    "finite at the points sampled (a loss that is NaN or infinite "
+                    "there has no Hessian to count; pass a smaller `scale`)",
+                    f"{bad} of {out.numel()} values not finite",
+                )
+            )
         return out
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:

@@ -163,6 +163,10 @@ class TorchLoss:
         self.loss_fn = loss_fn
         self.chunk_size = chunk_size
         named = dict(model.named_parameters())
+        if params is not None and not isinstance(params, str) and len(params) == 0:
+            raise MatrankValueError(
+                message("params", "some parameter names, or None for all", "[]")
+            )
         if params is None:
             names = [name for name, p in named.items() if p.requires_grad]
             if not names:
@@ -202,6 +206,21 @@ class TorchLoss:
             dtype = dtypes.pop()
         if not dtype.is_floating_point:
             raise MatrankTypeError(message("dtype", "a floating dtype", str(dtype)))
+        if dtype in (torch.float16, torch.bfloat16):
+            raise MatrankValueError(
+                message(
+                    "dtype",
+                    "float32 or float64 (half precision has 3 significant digits: a "
+                    "Hessian's small eigenvalues drown in its rounding; pass "
+                    "dtype=torch.float32 to compute in single precision)",
+                    str(dtype),
+                )
+            )
+        meta = [name for name, p in zip(names, selected, strict=True) if p.is_meta]
+        if meta:
+            raise MatrankValueError(
+                message("model", "parameters with data", f"meta tensors {meta[:3]}")
+            )
         self.names = names
         self.shapes = [tuple(p.shape) for p in selected]
         self.dtype = dtype
@@ -209,6 +228,12 @@ class TorchLoss:
         self.dim = sum(p.numel() for p in selected)
         with torch.no_grad():
             self._theta0 = torch.cat([p.detach().reshape(-1).to(dtype) for p in selected])
+        if not bool(torch.isfinite(self._theta0).all()):
+            bad = int((~torch.isfinite(self._theta0)).sum())
+            raise MatrankValueError(
+                message("model", "finite parameters", f"{bad} NaN or Inf entries")
+            )
+        with torch.no_grad():
             selected_names = set(names)
             self._fixed = {
                 name: cast(t.detach(), dtype)
@@ -358,6 +383,15 @@ class TorchLoss:
             parameters = {**self._fixed, **self.unflatten(theta)}
             output = functional_call(self.model, parameters, (inputs,))
             value = self.loss_fn(output, targets)
+            if not isinstance(value, torch.Tensor):
+                raise MatrankTypeError(
+                    message(
+                        "loss_fn",
+                        "a function returning a scalar torch.Tensor (a Python number "
+                        "carries no gradient)",
+                        f"one returning {type(value).__name__}",
+                    )
+                )
             if value.ndim != 0:
                 raise MatrankValueError(
                     message(
@@ -409,6 +443,14 @@ class TorchLoss:
         f = self._chunk_loss(inputs, targets)
         with torch.no_grad():
             first, second = f(self._theta0), f(self._theta0)
+        if not bool(torch.isfinite(first).all()):
+            raise MatrankValueError(
+                message(
+                    "loss_fn",
+                    "finite at the model's parameters",
+                    f"{float(first)} on the first chunk of data",
+                )
+            )
         if not torch.equal(first, second):
             raise MatrankValueError(
                 message(

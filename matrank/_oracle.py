@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import numbers
 from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
@@ -309,7 +310,7 @@ class _CheckedOracle:
 
     def __init__(self, inner: Oracle) -> None:
         dim = inner.dim
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
             raise OperatorContractError(message("oracle.dim", "an int >= 1", repr(dim)))
         if not isinstance(inner.dtype, torch.dtype) or not inner.dtype.is_floating_point:
             raise OperatorContractError(
@@ -334,33 +335,51 @@ class _CheckedOracle:
                     )
                 )
         theta0 = inner.theta0
-        check_block_result(theta0, (dim,), inner.dtype, "oracle.theta0")
+        if isinstance(theta0, torch.Tensor) and theta0.is_meta:
+            raise OperatorContractError(
+                message("oracle.theta0", "a tensor with data", "a meta tensor")
+            )
+        check_block_result(theta0, (int(dim),), inner.dtype, "oracle.theta0")
+        if not bool(torch.isfinite(theta0).all()):
+            raise OperatorContractError(
+                message("oracle.theta0", "finite (no NaN or Inf)", "non-finite entries")
+            )
         self.inner = inner
+        self.dim = int(dim)
+        self.calls = 0
         if Capability.HVP in inner.capabilities:
             peak = check_symmetric_operator(self, "oracle.hvp")
             if magnitude(inner) is None:
                 self.magnitude = peak
 
-    dim = property(lambda self: self.inner.dim)
     dtype = property(lambda self: self.inner.dtype)
     device = property(lambda self: self.inner.device)
     theta0 = property(lambda self: self.inner.theta0)
     capabilities = property(lambda self: self.inner.capabilities)
 
+    def _checked(self, result: Any, shape: tuple[int, ...], call: str) -> torch.Tensor:
+        self.calls += 1
+        name = f"oracle.{call}"
+        check_block_result(result, shape, self.dtype, name)
+        if not bool(torch.isfinite(result).all()):
+            bad = int((~torch.isfinite(result)).sum())
+            raise OperatorContractError(
+                message(
+                    name,
+                    "finite (no NaN or Inf)",
+                    f"{bad} non-finite entries at call {self.calls} to the oracle",
+                )
+            )
+        return result
+
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
-        return check_block_result(
-            self.inner.loss(theta), (theta.shape[0],), self.dtype, "oracle.loss(theta)"
-        )
+        return self._checked(self.inner.loss(theta), (theta.shape[0],), "loss(theta)")
 
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
-        return check_block_result(
-            self.inner.grad(theta), tuple(theta.shape), self.dtype, "oracle.grad(theta)"
-        )
+        return self._checked(self.inner.grad(theta), tuple(theta.shape), "grad(theta)")
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        return check_block_result(
-            self.inner.hvp(V), tuple(V.shape), self.dtype, "oracle.hvp(V)"
-        )
+        return self._checked(self.inner.hvp(V), tuple(V.shape), "hvp(V)")
 
 
 @as_oracle.register

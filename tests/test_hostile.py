@@ -183,3 +183,152 @@ def test_cli_names_a_huge_seed(tmp_path, capsys):
 def test_meta_tensors_are_refused():
     with pytest.raises(matrank.MatrankValueError, match="meta device"):
         matrank.estimate_rank(torch.empty(30, 30, device="meta"))
+
+
+def small_model(dtype=torch.float64):
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)
+    )
+    model = model.to(dtype)
+    inputs = torch.randn(40, 4, generator=generator, dtype=torch.float64).to(dtype)
+    targets = torch.randn(40, 2, generator=generator, dtype=torch.float64).to(dtype)
+    return model, inputs, targets
+
+
+def loss_of(model, inputs, targets, **options):
+    from matrank.adapters import TorchLoss
+
+    return TorchLoss(
+        model, torch.nn.functional.mse_loss, (inputs, targets), gradient_tol=None, **options
+    )
+
+
+@pytest.mark.parametrize(
+    ("sampler", "named"),
+    [
+        ("weighted", "WeightedRandomSampler"),
+        ("subset", "SubsetRandomSampler"),
+        ("drop_last", "drop_last=True"),
+    ],
+)
+def test_random_order_or_dropping_loaders_are_refused(sampler, named):
+    from torch.utils.data import (
+        DataLoader,
+        SubsetRandomSampler,
+        TensorDataset,
+        WeightedRandomSampler,
+    )
+
+    model, inputs, targets = small_model()
+    dataset = TensorDataset(inputs, targets)
+    options = {
+        "weighted": {"sampler": WeightedRandomSampler(torch.ones(40), 40)},
+        "subset": {"sampler": SubsetRandomSampler(range(40))},
+        "drop_last": {"drop_last": True},
+    }[sampler]
+    loader = DataLoader(dataset, batch_size=16, **options)
+    with pytest.raises(matrank.MatrankValueError, match="`data` must be a DataLoader") as e:
+        from matrank.adapters import TorchLoss
+
+        TorchLoss(model, torch.nn.functional.mse_loss, loader)
+    assert named in str(e.value)
+
+
+def test_a_fixed_order_loader_is_accepted():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, inputs, targets = small_model()
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=16)
+    oracle = loss_of(model, inputs, targets)
+    from matrank.adapters import TorchLoss
+
+    batched = TorchLoss(model, torch.nn.functional.mse_loss, loader, gradient_tol=None)
+    point = oracle.theta0[None]
+    assert torch.allclose(batched.loss(point), oracle.loss(point), rtol=1e-12)
+
+
+class NaNOracle:
+    """A quadratic whose products turn NaN from call ``after`` on."""
+
+    def __init__(self, after, where="hvp", theta0_nan=False):
+        self.dim, self.dtype, self.device = 30, torch.float64, torch.device("cpu")
+        self.matrix = torch.as_tensor(A)
+        self.theta0 = torch.zeros(30, dtype=torch.float64)
+        if theta0_nan:
+            self.theta0[3] = math.nan
+        self.capabilities = matrank.Capability.HVP | matrank.Capability.GRAD
+        self.after, self.where, self.calls = after, where, 0
+
+    def _maybe(self, value):
+        self.calls += 1
+        return value * math.nan if self.calls > self.after else value
+
+    def hvp(self, V):
+        value = self.matrix @ V
+        return self._maybe(value) if self.where == "hvp" else value
+
+    def grad(self, theta):
+        value = theta @ self.matrix
+        return self._maybe(value) if self.where == "grad" else value
+
+
+@pytest.mark.parametrize(
+    ("method", "where"), [("lanczos", "hvp"), ("polynomial", "hvp"), ("langevin", "grad")]
+)
+def test_non_finite_oracle_answers_are_named_at_the_boundary(method, where):
+    with pytest.raises(matrank.OperatorContractError, match=r"`oracle\.(hvp|grad)") as e:
+        matrank.estimate_rank(NaNOracle(1, where), method=method, seed=0)
+    assert "non-finite entries at call" in str(e.value)
+    with pytest.raises(
+        matrank.OperatorContractError, match="`oracle.theta0` must be finite"
+    ):
+        matrank.estimate_rank(NaNOracle(10**9, theta0_nan=True), method=method)
+
+
+def test_an_oracle_dim_may_be_any_integer_type():
+    oracle = NaNOracle(10**9)
+    oracle.dim = np.int64(30)
+    assert matrank.estimate_rank(oracle, method="lanczos", seed=0).rank == 5
+
+
+def test_torch_loss_refuses_what_it_cannot_differentiate_clearly():
+    model, inputs, targets = small_model()
+    with pytest.raises(matrank.MatrankTypeError, match="`loss_fn` must be a function"):
+        from matrank.adapters import TorchLoss
+
+        TorchLoss(model, lambda output, target: 1.0, (inputs, targets))
+    with pytest.raises(matrank.MatrankValueError, match="`params` must be some"):
+        loss_of(model, inputs, targets, params=[])
+    for dtype in (torch.float16, torch.bfloat16):
+        half, half_inputs, half_targets = small_model(dtype)
+        with pytest.raises(matrank.MatrankValueError, match="`dtype` must be float32"):
+            loss_of(half, half_inputs, half_targets)
+    with torch.device("meta"):
+        meta = torch.nn.Linear(4, 2)
+    with pytest.raises(matrank.MatrankValueError, match="meta"):
+        loss_of(meta, inputs, targets[:, :2])
+
+
+def test_nan_in_weights_or_data_is_named_as_such():
+    model, inputs, targets = small_model()
+    with torch.no_grad():
+        model[0].weight[0, 0] = math.nan
+    with pytest.raises(matrank.MatrankValueError, match="`model` must be finite param"):
+        loss_of(model, inputs, targets)
+    model, inputs, targets = small_model()
+    inputs[3, 1] = math.nan
+    with pytest.raises(matrank.MatrankValueError, match="`data inputs` must be finite"):
+        loss_of(model, inputs, targets)
+
+
+def test_a_nan_black_box_loss_is_named():
+    from matrank.adapters import LossFunction
+
+    def loss(batch):
+        values = (batch**2).sum(axis=1)
+        values[batch[:, 0] > 0] = np.nan  # half of every population
+        return values
+
+    with pytest.raises(matrank.MatrankValueError, match="`fn` must be finite"):
+        matrank.estimate_rank(LossFunction(loss, np.zeros(6)), method="evolution", seed=0)
