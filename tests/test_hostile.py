@@ -281,7 +281,7 @@ def test_non_finite_oracle_answers_are_named_at_the_boundary(method, where):
         matrank.estimate_rank(NaNOracle(1, where), method=method, seed=0)
     assert "non-finite entries at call" in str(e.value)
     with pytest.raises(
-        matrank.OperatorContractError, match="`oracle.theta0` must be finite"
+        matrank.OperatorContractError, match=r"`oracle\.theta0` must be finite"
     ):
         matrank.estimate_rank(NaNOracle(10**9, theta0_nan=True), method=method)
 
