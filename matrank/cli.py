@@ -59,12 +59,64 @@ def load_matrix(path: str) -> Any:
     if suffix == ".mtx":
         import scipy.io
 
+        _check_matrix_market(path)
         return scipy.io.mmread(path)
     if suffix in (".pt", ".pth"):
+        import pickle
+
         import torch
 
-        return torch.load(path, weights_only=True, map_location="cpu")
+        import re
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # torch's notes on the pickle protocol
+                warnings.simplefilter("ignore")
+                return torch.load(path, weights_only=True, map_location="cpu")
+        except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as error:
+            # torch's own text suggests weights_only=False: unsafe advice for a file
+            # from elsewhere, so only the object it refused is quoted
+            found = re.search(r"GLOBAL ([\w.]+)", str(error))
+            what = f"a Python object ({found.group(1)})" if found else "no tensors"
+            raise MatrankError(
+                f"`{path}` must hold tensors only (it is read without running any code); "
+                f"got a file holding {what}."
+            ) from None
     raise MatrankError(f"`FILE` must end in .npy, .npz, .mtx or .pt; got {path!r}.")
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error's text (library messages can run to many)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_matrix_market(path: str) -> None:
+    """Refuse a header that declares more entries than the file can hold, or a matrix
+    larger than the memory available, before reading any entry."""
+    import os
+
+    import scipy.io
+
+    rows, columns, entries, layout, _, _ = scipy.io.mminfo(path)
+    size = os.path.getsize(path)
+    declared = rows * columns if layout == "array" else entries
+    if declared > size // 2:  # each entry takes at least two bytes ("0\n")
+        raise MatrankError(
+            f"`{path}` must hold the entries its header declares; got a header "
+            f"declaring {declared:,} entries ({rows:,} × {columns:,}, {layout}) in a "
+            f"file of {size:,} bytes."
+        )
+    # the entries, and for any estimate a few dozen vectors of length n (a sparse
+    # matrix's row pointers, probe blocks)
+    needed = (8 if layout == "array" else 24) * declared + 8 * 32 * rows
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > available:
+        raise MatrankError(
+            f"`{path}` must fit in memory; got a {rows:,} × {columns:,} matrix with "
+            f"{declared:,} entries, needing {needed / 2**30:.1f} GiB against "
+            f"{available / 2**30:.1f} GiB available."
+        )
 
 
 def _threshold(text: str) -> float | str:
@@ -161,18 +213,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    if args.command == "methods":
+        for name in ESTIMATORS:
+            print(f"{name:12s} {METHOD_NOTES.get(name, '')}")
+        return 0
+    if args.command == "demo":
+        return _demo(args.n, args.rank, args.seed)
     try:
-        if args.command == "methods":
-            for name in ESTIMATORS:
-                print(f"{name:12s} {METHOD_NOTES.get(name, '')}")
-            return 0
-        if args.command == "demo":
-            return _demo(args.n, args.rank, args.seed)
-        options = dict(args.option)
-        if args.threshold is not None:
-            options["threshold"] = args.threshold
+        matrix = load_matrix(args.file)
+    except (MatrankError, OSError) as error:
+        print(f"matrank: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"matrank: error: {args.file!r} does not fit in memory", file=sys.stderr)
+        return 2
+    except Exception as error:  # a file that cannot be parsed at all
+        print(
+            f"matrank: error: cannot read {args.file!r}: {_one_line(error)}",
+            file=sys.stderr,
+        )
+        return 2
+    options = dict(args.option)
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    try:
         result = estimate_rank(
-            load_matrix(args.file),
+            matrix,
             method=args.method,
             seed=args.seed,
             progress=not args.no_progress,
@@ -182,10 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             **options,
         )
     except (MatrankError, OSError) as error:
-        print(f"matrank: error: {error}", file=sys.stderr)
+        print(f"matrank: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except Exception as error:  # a file that cannot be parsed at all
-        print(f"matrank: error: cannot read {args.file!r}: {error}", file=sys.stderr)
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and "alloc" not in str(error):
+            raise
+        n = getattr(matrix, "shape", ("?",))[0]
+        print(
+            f"matrank: error: out of memory in method={args.method!r} on a {n} × {n} "
+            "matrix; method='lanczos' needs only a basis of the rank's size (pass "
+            "--option max_basis=K to bound it), method='exact' needs 8n² bytes",
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(result.to_dict()) if args.json else str(result))
     if args.plot:

@@ -332,3 +332,47 @@ def test_a_nan_black_box_loss_is_named():
 
     with pytest.raises(matrank.MatrankValueError, match="`fn` must be finite"):
         matrank.estimate_rank(LossFunction(loss, np.zeros(6)), method="evolution", seed=0)
+
+
+def test_cli_refuses_a_matrix_market_header_that_lies_before_reading_it(tmp_path, capsys):
+    from matrank.cli import main
+
+    header = "%%MatrixMarket matrix coordinate real general\n"
+    lying = tmp_path / "lying.mtx"
+    lying.write_text(header + "1000000000 1000000000 1000000000\n1 1 1.0\n")
+    huge = tmp_path / "huge.mtx"
+    huge.write_text(header + "1000000000 1000000000 2\n1 1 1.0\n2 2 1.0\n")
+    assert main(["estimate", str(lying), "--no-progress"]) == 2
+    assert "must hold the entries its header declares" in capsys.readouterr().err
+    assert main(["estimate", str(huge), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "must fit in memory" in error and "GiB" in error
+
+
+def test_cli_refuses_a_pickle_in_one_line_without_unsafe_advice(tmp_path, capsys):
+    import pickle
+
+    from matrank.cli import main
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": slice(1, 2)}, path, pickle_module=pickle)
+    assert main(["estimate", str(path), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "weights_only=False" not in error
+    assert "must hold tensors only" in error
+
+
+def test_cli_reports_running_out_of_memory_as_such(tmp_path, capsys, monkeypatch):
+    from matrank import cli
+
+    path = tmp_path / "a.npy"
+    np.save(path, A)
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "estimate_rank", exhausted)
+    assert cli.main(["estimate", str(path), "--method", "exact", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "out of memory in method='exact' on a 30 × 30 matrix" in error
+    assert "cannot read" not in error
