@@ -308,6 +308,11 @@ class _CheckedOracle:
     here once and the internals trust the result.
     """
 
+    inner: Oracle
+    dim: int
+    calls: int
+    magnitude: float
+
     def __init__(self, inner: Oracle) -> None:
         dim = inner.dim
         if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:

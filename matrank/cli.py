@@ -63,11 +63,10 @@ def load_matrix(path: str) -> Any:
         return scipy.io.mmread(path)
     if suffix in (".pt", ".pth"):
         import pickle
-
-        import torch
-
         import re
         import warnings
+
+        import torch
 
         try:
             with warnings.catch_warnings():  # torch's notes on the pickle protocol
