@@ -21,6 +21,7 @@ set or seed is refused, naming what differs. Files are read with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 import torch
 from tqdm.auto import tqdm
 
@@ -45,11 +47,40 @@ from ._validation import (
     message,
 )
 
-__all__ = ["Run", "doubling_checks"]
+__all__ = ["Run", "doubling_checks", "sized_threads"]
 
 _FORMAT = 1
 # The signature's fixed probe: a seed no estimator draws from.
 _SIGNATURE_SEED = 2**31 - 1
+
+
+# Up to this dimension an estimate runs on one thread: its products are too small for
+# a thread pool to pay, and OpenMP and BLAS workers that spin between tiny operations
+# cost 30-70x on a loaded machine (benchmarks/oversubscription.py).
+SINGLE_THREAD_MAX_DIM = 512
+
+
+def sized_threads(estimate: Callable[..., RankResult]) -> Callable[..., RankResult]:
+    """Run an estimator's ``estimate`` on one thread when the problem is small.
+
+    The object is coerced first (``as_oracle`` returns an oracle unchanged), and the
+    thread counts of torch and of the BLAS and OpenMP pools are restored afterwards.
+    """
+
+    @functools.wraps(estimate)
+    def wrapper(self: Any, obj: Any, **kwargs: Any) -> RankResult:
+        oracle = as_oracle(obj)
+        if oracle.dim > SINGLE_THREAD_MAX_DIM or torch.get_num_threads() == 1:
+            return estimate(self, oracle, **kwargs)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with threadpoolctl.threadpool_limits(1):
+                return estimate(self, oracle, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
 
 
 def doubling_checks(first: int, total: int) -> Iterator[int]:

@@ -376,3 +376,21 @@ def test_cli_reports_running_out_of_memory_as_such(tmp_path, capsys, monkeypatch
     error = capsys.readouterr().err
     assert "out of memory in method='exact' on a 30 × 30 matrix" in error
     assert "cannot read" not in error
+
+
+def test_small_problems_run_on_one_thread_and_restore_the_count():
+    seen = []
+
+    class Watching(NaNOracle):
+        def hvp(self, V):
+            seen.append(torch.get_num_threads())
+            return self.matrix @ V
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        matrank.estimate_rank(Watching(10**9), method="lanczos", seed=0)
+        assert set(seen[1:]) == {1}  # (the first product is the coercion's check)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

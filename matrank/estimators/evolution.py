@@ -12,7 +12,7 @@ import torch
 
 from .._oracle import Capability, CostMeter
 from .._result import RankResult, Status
-from .._run import Run
+from .._run import Run, sized_threads
 from .._validation import (
     MatrankError,
     MatrankValueError,
@@ -144,6 +144,7 @@ class EvolutionRank:
         "'lanczos' (Hessian-vector products) or 'langevin' (gradients)"
     )
 
+    @sized_threads
     def estimate(
         self,
         obj: Any,

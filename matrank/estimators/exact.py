@@ -10,7 +10,7 @@ import torch
 
 from .._oracle import Capability, as_oracle, input_precision, materialize
 from .._result import RankResult, Status
-from .._run import Run
+from .._run import Run, sized_threads
 from .._validation import MatrankValueError, check_int, check_threshold, message
 from ..numerics.threshold import counting_curve, noise_floor, resolve_threshold
 
@@ -78,6 +78,7 @@ class ExactRank:
 
     method: ClassVar[str] = "exact"
 
+    @sized_threads
     def estimate(
         self,
         obj: Any,

@@ -9,7 +9,7 @@ import torch
 
 from .._oracle import Capability, as_oracle, input_precision
 from .._result import RankResult, Status
-from .._run import Run
+from .._run import Run, sized_threads
 from .._validation import check_choice, check_int, check_threshold
 from ..numerics.deflation import converged_basis, projected
 from ..numerics.krylov import (
@@ -130,6 +130,7 @@ class LanczosRank:
 
     method: ClassVar[str] = "lanczos"
 
+    @sized_threads
     def estimate(
         self,
         obj: Any,

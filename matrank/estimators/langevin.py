@@ -12,7 +12,7 @@ import torch
 
 from .._oracle import Capability
 from .._result import RankResult, Status
-from .._run import Run, doubling_checks
+from .._run import Run, doubling_checks, sized_threads
 from .._validation import (
     MatrankValueError,
     MatrankWarning,
@@ -197,6 +197,7 @@ class LangevinRank:
         :func:`~._langevin_plan.resolve_plan`): what ``estimate`` runs."""
         return resolve_plan(self)
 
+    @sized_threads
     def estimate(
         self,
         obj: Any,

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from .._oracle import Capability
 from .._result import RankResult
-from .._run import Run
+from .._run import Run, sized_threads
 from .._validation import (
     MatrankValueError,
     check_choice,
@@ -168,6 +168,7 @@ class PolynomialRank:
 
     method: ClassVar[str] = "polynomial"
 
+    @sized_threads
     def estimate(
         self,
         obj: Any,
