@@ -133,7 +133,8 @@ class Run:
             raise MatrankValueError(message("progress", "True or False", repr(progress)))
         seed = None if seed is None else int(seed)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        factor = _scale_factor(oracle) if Capability.HVP in needs else 1.0
+        products = Capability.HVP | Capability.GRAD
+        factor = _scale_factor(oracle) if needs & products else 1.0
         meter = CostMeter(oracle if factor == 1.0 else _Scaled(oracle, factor))
         bar = tqdm(
             total=total,
@@ -358,6 +359,12 @@ _EIGENVALUE_KEYS = (
     "complement_top",
     "reach",
     "density_grid",
+    "mu_max",
+    # Langevin: σ² and the losses scale with H, the step inversely
+    "sigma2",
+    "loss0",
+    "loss_excess",
+    "gradient_norm_at_theta0",
 )
 
 
@@ -376,8 +383,9 @@ def _unscale(
     for key in _EIGENVALUE_KEYS:
         if key in diagnostics:
             diagnostics[key] = back(diagnostics[key])
-    if "density" in diagnostics:
-        diagnostics["density"] = diagnostics["density"] * factor
+    for key in ("density", "step_size"):  # per unit eigenvalue
+        if diagnostics.get(key) is not None:
+            diagnostics[key] = diagnostics[key] * factor
     if "plateau" in diagnostics:
         plateau = dict(diagnostics["plateau"])
         for key in ("threshold", "lower", "upper"):

@@ -394,3 +394,13 @@ def test_small_problems_run_on_one_thread_and_restore_the_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("method", ["langevin", "evolution"])
+@pytest.mark.parametrize("scale", [1e-300, 1e-150, 1e150, 1e300])
+def test_sampling_methods_see_the_same_rank_at_every_scale(method, scale):
+    reference = matrank.estimate_rank(A, method=method, seed=0)
+    result = matrank.estimate_rank(A * scale, method=method, seed=0)
+    assert result.status is matrank.Status.CONVERGED
+    assert result.rank == pytest.approx(reference.rank, rel=1e-9)
+    assert result.threshold / scale == pytest.approx(reference.threshold, rel=1e-9)
