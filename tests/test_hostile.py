@@ -404,3 +404,12 @@ def test_sampling_methods_see_the_same_rank_at_every_scale(method, scale):
     assert result.status is matrank.Status.CONVERGED
     assert result.rank == pytest.approx(reference.rank, rel=1e-9)
     assert result.threshold / scale == pytest.approx(reference.threshold, rel=1e-9)
+
+
+def test_langevin_on_a_model_far_from_a_minimum_says_so():
+    model, inputs, targets = small_model()  # untrained: a saddle of the loss
+    oracle = loss_of(model, inputs, targets)
+    dense = matrank.estimate_rank(oracle, method="exact")
+    assert dense.diagnostics["n_negative"] > 0  # the ground truth: negative curvature
+    result = matrank.estimate_rank(oracle, method="langevin", seed=0)
+    assert result.status is matrank.Status.NEGATIVE_CURVATURE
