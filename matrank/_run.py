@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import math
 import os
 import pathlib
 import sys
@@ -37,8 +36,9 @@ import threadpoolctl
 import torch
 from tqdm.auto import tqdm
 
-from ._oracle import Capability, CostMeter, Oracle, as_oracle, magnitude, require
+from ._oracle import Capability, CostMeter, Oracle, as_oracle, require
 from ._result import CountingCurve, RankResult, Status
+from ._scaling import Scaled, scale_factor, unscale
 from ._validation import (
     MatrankTypeError,
     MatrankValueError,
@@ -134,8 +134,8 @@ class Run:
         seed = None if seed is None else int(seed)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
         products = Capability.HVP | Capability.GRAD
-        factor = _scale_factor(oracle) if needs & products else 1.0
-        meter = CostMeter(oracle if factor == 1.0 else _Scaled(oracle, factor))
+        factor = scale_factor(oracle) if needs & products else 1.0
+        meter = CostMeter(oracle if factor == 1.0 else Scaled(oracle, factor))
         bar = tqdm(
             total=total,
             desc=method,
@@ -231,7 +231,7 @@ class Run:
         if self.store is not None and status is not Status.INTERRUPTED:
             self.store.finish()
         if self.factor != 1.0:
-            threshold, diagnostics, counts = _unscale(
+            threshold, diagnostics, counts = unscale(
                 self.factor, threshold, diagnostics, counts
             )
         return RankResult(
@@ -308,93 +308,6 @@ class _Store:
             self.path.unlink(missing_ok=True)
         elif self.journal:
             self.write()
-
-
-# Outside this window of an operator's magnitude, the products are scaled by a power of
-# two (exact in floating point) so that norms, squares and geometric means neither
-# overflow nor underflow; every eigenvalue-valued output is scaled back.
-_SAFE_MAGNITUDE = (2.0**-200, 2.0**200)
-
-
-def _scale_factor(oracle: Oracle) -> float:
-    size = magnitude(oracle)
-    if size is None or not size > 0 or _SAFE_MAGNITUDE[0] <= size <= _SAFE_MAGNITUDE[1]:
-        return 1.0
-    return 2.0 ** -round(math.log2(size))
-
-
-class _Scaled:
-    """``factor·H`` (and ``factor·f``, ``factor·∇f``) for an oracle ``H``."""
-
-    def __init__(self, inner: Oracle, factor: float) -> None:
-        self.inner, self.factor = inner, factor
-
-    dim = property(lambda self: self.inner.dim)
-    dtype = property(lambda self: self.inner.dtype)
-    device = property(lambda self: self.inner.device)
-    theta0 = property(lambda self: self.inner.theta0)
-    capabilities = property(lambda self: self.inner.capabilities)
-
-    def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        return self.inner.hvp(V) * self.factor
-
-    def grad(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.inner.grad(theta) * self.factor
-
-    def loss(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.inner.loss(theta) * self.factor
-
-
-# Diagnostics in units of eigenvalues (the density is per unit eigenvalue: inverse)
-_EIGENVALUE_KEYS = (
-    "noise_floor",
-    "numpy_rule",
-    "eigenvalues",
-    "ritz_values",
-    "symmetry_defect",
-    "slq_threshold",
-    "lambda_min",
-    "lambda_max",
-    "deflated_values",
-    "complement_top",
-    "reach",
-    "density_grid",
-    "mu_max",
-    # Langevin: σ² and the losses scale with H, the step inversely
-    "sigma2",
-    "loss0",
-    "loss_excess",
-    "gradient_norm_at_theta0",
-)
-
-
-def _unscale(
-    factor: float,
-    threshold: float | None,
-    diagnostics: dict[str, Any],
-    counts: CountingCurve | None,
-) -> tuple[float | None, dict[str, Any], CountingCurve | None]:
-    """Outputs of a run on ``factor·H`` in the units of ``H``."""
-
-    def back(value: Any) -> Any:
-        return value / factor if value is not None else None
-
-    diagnostics = dict(diagnostics)
-    for key in _EIGENVALUE_KEYS:
-        if key in diagnostics:
-            diagnostics[key] = back(diagnostics[key])
-    for key in ("density", "step_size"):  # per unit eigenvalue
-        if diagnostics.get(key) is not None:
-            diagnostics[key] = diagnostics[key] * factor
-    if "plateau" in diagnostics:
-        plateau = dict(diagnostics["plateau"])
-        for key in ("threshold", "lower", "upper"):
-            plateau[key] = back(plateau[key])
-        diagnostics["plateau"] = plateau
-    diagnostics["scaled_by"] = factor
-    if counts is not None:
-        counts = dataclasses.replace(counts, thresholds=counts.thresholds / factor)
-    return back(threshold), diagnostics, counts
 
 
 def _fingerprint(estimator: Any, oracle: Oracle, seed: int | None) -> dict[str, Any]:
