@@ -307,7 +307,6 @@ class LanczosRank:
                 vectors,
                 threshold,
                 max_matvecs,
-                generator,
                 diagnostics,
                 eps,
             )
@@ -371,12 +370,11 @@ class LanczosRank:
         vectors,
         threshold,
         max_matvecs,
-        generator,
         diagnostics,
         eps,
     ):
         """Deflate by the converged Ritz vectors above τ, then SLQ on the complement."""
-        meter = run.meter
+        meter, generator = run.meter, run.generator
         n, dtype, device = meter.dim, meter.dtype, meter.device
         residuals = krylov.residual_norms(vectors)
         converged = (values.abs() - residuals > threshold) & (
