@@ -270,3 +270,17 @@ def test_floor_threshold_counts_an_isolated_tiny_eigenvalue(isolated_smallest):
     assert plateau.rank == 40 and floor.rank == 41
     assert floor.diagnostics["certified"]
     assert floor.threshold == floor.diagnostics["noise_floor"]
+
+
+def test_a_rank_near_n_switches_to_the_dense_path_within_n_products():
+    import scipy.sparse.linalg
+
+    matrix = rotated_spectrum(600, 480, cond=1e3, seed=0)
+    operator = scipy.sparse.linalg.aslinearoperator(matrix)
+    result = matrank.estimate_rank(operator, method="lanczos", seed=0)
+    assert result.diagnostics["path"] == "dense (switched)"
+    assert result.rank == 480 and result.diagnostics["certified"]
+    assert result.cost["matvecs"] == 600  # the basis's columns count towards n
+    assert 200 <= result.diagnostics["switched_to_dense_at"] < 600
+    kept = matrank.estimate_rank(operator, method="lanczos", seed=0, dense_max=0)
+    assert kept.diagnostics["path"] == "krylov" and kept.rank == 480

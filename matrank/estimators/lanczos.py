@@ -14,6 +14,7 @@ from .._validation import check_choice, check_int, check_threshold
 from ..numerics.deflation import converged_basis, projected
 from ..numerics.krylov import (
     BlockKrylov,
+    CountingState,
     certified_count,
     lanczos_quadrature,
     verification_steps,
@@ -25,6 +26,7 @@ from ..numerics.threshold import (
     resolve_threshold,
 )
 from ..numerics.trace import mean_and_stderr, probe_block
+from ._lanczos_dense import DENSE_MAX, dense_count, worth_switching
 
 __all__ = ["LanczosRank"]
 
@@ -60,6 +62,9 @@ class LanczosRank:
         Lanczos steps per SLQ probe (Gauss quadrature nodes per probe).
     probes : {"sphere", "rademacher", "gaussian"}, default="sphere"
         SLQ probe distribution (the sphere has the smallest variance for counting).
+    dense_max : int, default=8192
+        Largest ``n`` whose count switches to the dense path when the rank proves a
+        large fraction of ``n`` (Notes); 0 never switches.
 
     Notes
     -----
@@ -83,6 +88,12 @@ class LanczosRank:
     **Failure modes handled** (see :mod:`matrank.numerics.krylov`): Krylov breakdown at
     exact zeros (random restart), ghost eigenvalues (full reorthogonalization twice),
     multiplicities above ``block_size`` (restarts find the other copies).
+
+    **Dense switch.** When a third of ``R^n`` has been explored and nine tenths of it
+    counted (``n ≤ dense_max``), the rank is a large fraction of ``n``: the basis is
+    completed to ``[Q, Q⊥]``, ``H·Q⊥`` computed (``n`` products in all) and the
+    eigenvalues of ``[Q, Q⊥]ᵀH[Q, Q⊥]`` counted by the exact rule
+    (``diagnostics["path"] == "dense (switched)"``).
 
     **SLQ path.** When the basis reaches ``max_basis`` before the count is certain, the
     converged Ritz vectors above ``τ`` (``c`` of them) deflate the operator and the rest
@@ -117,6 +128,7 @@ class LanczosRank:
     n_probes: int | None = None
     slq_steps: int = 64
     probes: str = "sphere"
+    dense_max: int = DENSE_MAX
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -127,6 +139,7 @@ class LanczosRank:
         check_int("n_probes", self.n_probes, low=2, allow_none=True)
         check_int("slq_steps", self.slq_steps, low=2)
         check_choice("probes", self.probes, ("sphere", "rademacher", "gaussian"))
+        check_int("dense_max", self.dense_max, low=0)
 
     method: ClassVar[str] = "lanczos"
 
@@ -175,16 +188,16 @@ class LanczosRank:
 
         krylov = BlockKrylov(meter.hvp, n, dtype, device, generator)
         diagnostics: dict[str, Any] = {}
-        state = _Counting()
+        state = CountingState()
         status = Status.BUDGET_EXHAUSTED
         threshold = 0.0
         latest: _Assessment | None = None
-        interrupted = False
+        interrupted, switched = False, False
         bar = run.bar
         saved = run.restore("krylov")
         if saved is not None:
             krylov.load_state_dict(saved["krylov"])
-            state = _Counting(*saved["counting"])
+            state = CountingState(*saved["counting"])
             current = saved["current"]
             latest = self._assess_basis(
                 krylov, n, eps, unless_count_differs_from=saved["assessed_with"]
@@ -251,6 +264,13 @@ class LanczosRank:
                     current = min(2 * current, max(block, _WIDEST), max(1, max_basis // 4))
                 else:  # the harvest slows: carry on with what the Krylov sequence still holds
                     current = max(block, min(current, krylov.next_kept))
+                if (
+                    self.dense_max
+                    and not certain
+                    and worth_switching(n, krylov.size, count, self.dense_max)
+                ):
+                    switched = True
+                    break
                 if max_basis < n and count > max_basis // 2 and not certain:
                     # A certain count needs a basis of r (distinct eigenvalues) to 2r
                     # (multiplicities): past half the budget, stop spending on the basis.
@@ -273,7 +293,14 @@ class LanczosRank:
                 raise
             interrupted, status = True, Status.INTERRUPTED
         finally:
-            run.close()
+            if not switched:
+                run.close()
+        if switched:
+            try:
+                return dense_count(self, run, krylov, block, diagnostics)
+            except KeyboardInterrupt:  # the last assessment stands, as in the loop
+                interrupted, status = True, Status.INTERRUPTED
+                run.close()
 
         # The last assessment stands unless the basis grew after it (an O(k³) solve).
         if not interrupted and (latest is None or latest.size != krylov.size):
@@ -448,36 +475,3 @@ class _Assessment(NamedTuple):
     choice: ThresholdChoice | None
     counted: int
     certain: bool
-
-
-@dataclasses.dataclass
-class _Counting:
-    """Bookkeeping of the stopping rule: certain, then stable after a random block."""
-
-    steps: int = 0
-    assessed_size: int = 0
-    last_count: int = 0
-    inject: bool = False
-    verifying: bool = False
-    verified_count: int = -1
-    steps_since: int = 0
-
-    def begin_verification(self) -> None:
-        self.inject = False
-        self.verifying = True
-        self.steps_since = 0
-
-    def update(self, count: int, certain: bool, verify_steps: int) -> bool:
-        """Record one assessed block step; True when the count is exact."""
-        self.last_count = count
-        if not certain:
-            self.verifying, self.inject = False, False
-            return False
-        if self.verifying and count == self.verified_count:
-            self.steps_since += 1
-            return self.steps_since >= verify_steps
-        # newly certain, or the count moved during verification: start (again)
-        self.verified_count = count
-        self.inject = True
-        self.verifying = False
-        return False

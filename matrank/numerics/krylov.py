@@ -30,6 +30,7 @@ import torch
 
 __all__ = [
     "BlockKrylov",
+    "CountingState",
     "certified_count",
     "lanczos_quadrature",
     "random_block",
@@ -441,3 +442,36 @@ def certified_count(
         if bool((magnitudes[below] + residuals > threshold).any()):
             return count, False
     return count, True
+
+
+@dataclasses.dataclass
+class CountingState:
+    """Bookkeeping of the stopping rule: certain, then stable after a random block."""
+
+    steps: int = 0
+    assessed_size: int = 0
+    last_count: int = 0
+    inject: bool = False
+    verifying: bool = False
+    verified_count: int = -1
+    steps_since: int = 0
+
+    def begin_verification(self) -> None:
+        self.inject = False
+        self.verifying = True
+        self.steps_since = 0
+
+    def update(self, count: int, certain: bool, verify_steps: int) -> bool:
+        """Record one assessed block step; True when the count is exact."""
+        self.last_count = count
+        if not certain:
+            self.verifying, self.inject = False, False
+            return False
+        if self.verifying and count == self.verified_count:
+            self.steps_since += 1
+            return self.steps_since >= verify_steps
+        # newly certain, or the count moved during verification: start (again)
+        self.verified_count = count
+        self.inject = True
+        self.verifying = False
+        return False
