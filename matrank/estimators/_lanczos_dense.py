@@ -9,7 +9,6 @@ products, so ``n`` in all, as materializing ``H`` would take), and the eigenvalu
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -17,10 +16,11 @@ import numpy as np
 import torch
 
 from .._oracle import input_precision
-from .._result import RankResult, Status
+from .._result import RankResult
 from .._run import Run
 from ..numerics.krylov import BlockKrylov
-from ..numerics.threshold import counting_curve, noise_floor, resolve_threshold
+from ..numerics.threshold import noise_floor
+from .exact import count_spectrum
 
 __all__ = ["DENSE_MAX", "dense_count", "worth_switching"]
 
@@ -74,36 +74,15 @@ def dense_count(
     asymmetry = float(torch.linalg.matrix_norm(corner - corner.T))
     del corner
     values = np.linalg.eigvalsh(projected.numpy())[::-1].copy()
-    magnitudes = np.abs(values)
-    largest = float(magnitudes.max()) if magnitudes.size else 0.0
+    largest = float(np.abs(values).max()) if values.size else 0.0
     eps = float(torch.finfo(input_precision(meter)).eps)
     floor = noise_floor(largest, n, eps, max(asymmetry, krylov.symmetry_defect))
-    threshold, choice = resolve_threshold(magnitudes, floor, options.threshold)
-    status = Status.CONVERGED
-    if choice is not None:
-        diagnostics["plateau"] = dataclasses.asdict(choice)
-        if choice.decades < 1.0:
-            status = Status.NO_PLATEAU
-    counted = magnitudes > threshold
     diagnostics.update(
-        noise_floor=floor,
         symmetry_defect=krylov.symmetry_defect,
-        eigenvalues=values,
         ritz_values=values,
         basis_size=n,
         random_columns=krylov.random_columns,
         certified=True,
-        n_negative=int((counted & (values < 0)).sum()),
         path="dense (switched)",
     )
-    counts = counting_curve(
-        magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
-    )
-    return run.result(
-        float(counted.sum()),
-        stderr=None,
-        threshold=threshold,
-        diagnostics=diagnostics,
-        counts=counts,
-        status=status,
-    )
+    return count_spectrum(run, values, floor, options.threshold, diagnostics)

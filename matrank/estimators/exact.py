@@ -130,24 +130,42 @@ class ExactRank:
             largest, n, float(torch.finfo(input_precision(oracle)).eps)
         )
         floor = max(numpy_rule, asymmetry)
-        status = Status.CONVERGED
-        diagnostics: dict[str, Any] = {"noise_floor": floor, "numpy_rule": numpy_rule}
-        threshold, choice = resolve_threshold(magnitudes, floor, self.threshold)
-        if choice is not None:
-            diagnostics["plateau"] = dataclasses.asdict(choice)
-            if choice.decades < 1.0:
-                status = Status.NO_PLATEAU
-        counted = magnitudes > threshold
-        diagnostics["eigenvalues"] = eigenvalues
-        diagnostics["n_negative"] = int((counted & (eigenvalues < 0)).sum())
-        counts = counting_curve(
-            magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
-        )
-        return run.result(
-            float(counted.sum()),
-            stderr=None,
-            threshold=threshold,
-            diagnostics=diagnostics,
-            counts=counts,
-            status=status,
-        )
+        diagnostics: dict[str, Any] = {"numpy_rule": numpy_rule}
+        return count_spectrum(run, eigenvalues, floor, self.threshold, diagnostics)
+
+
+def count_spectrum(
+    run: Run,
+    eigenvalues: np.ndarray,
+    floor: float,
+    threshold: float | str | None,
+    diagnostics: dict[str, Any],
+) -> RankResult:
+    """The exact count of a known spectrum: the threshold rule above ``floor``, the
+    status it implies, the counting curve, and the result (shared by the dense path
+    of the Lanczos count)."""
+    magnitudes = np.abs(eigenvalues)
+    largest = float(magnitudes.max()) if magnitudes.size else 0.0
+    status = Status.CONVERGED
+    cut, choice = resolve_threshold(magnitudes, floor, threshold)
+    if choice is not None:
+        diagnostics["plateau"] = dataclasses.asdict(choice)
+        if choice.decades < 1.0:
+            status = Status.NO_PLATEAU
+    counted = magnitudes > cut
+    diagnostics.update(
+        noise_floor=floor,
+        eigenvalues=eigenvalues,
+        n_negative=int((counted & (eigenvalues < 0)).sum()),
+    )
+    counts = counting_curve(
+        magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
+    )
+    return run.result(
+        float(counted.sum()),
+        stderr=None,
+        threshold=cut,
+        diagnostics=diagnostics,
+        counts=counts,
+        status=status,
+    )
