@@ -130,7 +130,12 @@ class Run:
                 require(oracle, capability, method)
         check_int("seed", seed, low=0, high=2**63 - 1, allow_none=True)
         if not isinstance(progress, bool):
-            raise MatrankValueError(message("progress", "True or False", repr(progress)))
+            raise MatrankTypeError(message("progress", "True or False", repr(progress)))
+        check_real("checkpoint_every", checkpoint_every, low=0.0)
+        if not isinstance(keep_checkpoint, bool):
+            raise MatrankValueError(
+                message("keep_checkpoint", "True or False", repr(keep_checkpoint))
+            )
         seed = None if seed is None else int(seed)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
         products = Capability.HVP | Capability.GRAD
@@ -146,11 +151,6 @@ class Run:
             leave=False,
         )
         run = cls(method, oracle, meter, generator, bar, start, factor=factor)
-        check_real("checkpoint_every", checkpoint_every, low=0.0)
-        if not isinstance(keep_checkpoint, bool):
-            raise MatrankValueError(
-                message("keep_checkpoint", "True or False", repr(keep_checkpoint))
-            )
         if checkpoint is not None:
             if not isinstance(checkpoint, (str, os.PathLike)):
                 raise MatrankTypeError(
