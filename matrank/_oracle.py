@@ -16,6 +16,7 @@ import enum
 import functools
 import math
 import numbers
+import time
 from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
@@ -409,6 +410,10 @@ class CostMeter:
         self.matvecs = 0
         self.grads = 0
         self.loss_evals = 0
+        # seconds in products and the products timed (since this meter was made; a
+        # restored count is not timed): what one more product is expected to cost
+        self.hvp_seconds = 0.0
+        self.timed_matvecs = 0
 
     dim = property(lambda self: self.oracle.dim)
     dtype = property(lambda self: self.oracle.dtype)
@@ -428,8 +433,11 @@ class CostMeter:
         return value
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
         value = self.oracle.hvp(V)
+        self.hvp_seconds += time.perf_counter() - start
         self.matvecs += V.shape[1]
+        self.timed_matvecs += V.shape[1]
         return value
 
     def cost(self, seconds: float) -> dict[str, float]:

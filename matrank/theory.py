@@ -6,16 +6,20 @@ users can read a result against a spectrum they know.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ._result import RankResult
+from ._validation import MatrankValueError, message
 
 __all__ = [
+    "LinearNetworkRanks",
     "expected_count",
     "expected_loss_curve",
     "expected_virial_curve",
+    "linear_network_ranks",
     "stationary_loss",
 ]
 
@@ -103,3 +107,42 @@ def expected_count(result: RankResult, eigenvalues: Any, dim: int | None = None)
         zero = float(np.polynomial.chebyshev.chebval(-center / half, coefficients))
         total += (dim - values.size) * zero
     return total
+
+
+class LinearNetworkRanks(NamedTuple):
+    """Ranks of a deep linear network's loss curvature at a generic point."""
+
+    outer: int  #: the outer-product (Gauss–Newton) part
+    functional: int  #: the functional part
+    hessian: int  #: the loss Hessian
+
+
+def linear_network_ranks(
+    d_in: int, hidden: Sequence[int], d_out: int, *, data_rank: int | None = None
+) -> LinearNetworkRanks:
+    """Singh, Bachmann & Hofmann's (NeurIPS 2021) ranks for a bias-free linear network.
+
+    ``f(x) = W_L⋯W_1 x`` with hidden widths ``M_1 … M_{L−1}``, squared loss, at a
+    generic point (random weights, not a minimum), with inputs spanning ``r`` dimensions
+    (``r = rank(Σ_xx)``, ``data_rank``; ``d_in`` when ``None``). With
+    ``q = min(r, K, M_1, …)`` and ``s = min(r, K)``: the outer-product part has rank
+    ``q(r + K − q)``, the functional part ``2q·ΣM + 2qs − Lq²``, and the Hessian their
+    sum plus ``q(q − 2s)``. For cross-entropy pass ``d_out = K − 1``.
+
+    Examples
+    --------
+    >>> linear_network_ranks(25, [5, 10], 10)   # the authors' notebook case
+    LinearNetworkRanks(outer=150, functional=175, hessian=250)
+    """
+    widths = [int(w) for w in hidden]
+    r = d_in if data_rank is None else min(int(data_rank), d_in)
+    if min([d_in, d_out, r, *widths]) < 1:
+        raise MatrankValueError(
+            message("widths", "positive", f"d_in={d_in}, hidden={widths}, d_out={d_out}")
+        )
+    depth = len(widths) + 1
+    q = min([r, d_out, *widths])
+    s = min(r, d_out)
+    outer = q * (r + d_out - q)
+    functional = 2 * q * sum(widths) + 2 * q * s - depth * q * q
+    return LinearNetworkRanks(outer, functional, outer + functional + q * (q - 2 * s))

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 
 import matrank
-from matrank.numerics.krylov import BlockKrylov, lanczos_quadrature, spectral_bounds
+from matrank.numerics.krylov import BlockKrylov, spectral_bounds
+from matrank.numerics.quadrature import lanczos_quadrature
 from matrank.numerics.trace import mean_and_stderr, probe_block
 from matrank.testing import (
     catalogue,
@@ -218,9 +219,10 @@ def test_auto_uses_lanczos_beyond_the_dense_size():
     result = matrank.estimate_rank(mixed_spectrum_operator(spectrum, seed=0))
     assert result.method == "lanczos" and result.rank == 50 and result.stderr is None
     assert "block Krylov" in result.diagnostics["auto"]
-    # rank 4950 is past the exact reach of a 1024-column basis: SLQ answers
+    # rank 4950 is past the exact reach of a 1024-column basis: without the dense path
+    # (which the pilot would choose, and which is tested in test_lanczos_paths), SLQ
     matrix = laplacian(50, 100, kind="cycle", seed=13)
-    result = matrank.estimate_rank(matrix, seed=0, max_basis=1024)
+    result = matrank.estimate_rank(matrix, seed=0, max_basis=1024, dense_max=0)
     assert result.diagnostics["path"] == "slq"
     assert abs(result.rank - 4950) < 4 * result.stderr
 
@@ -280,7 +282,25 @@ def test_a_rank_near_n_switches_to_the_dense_path_within_n_products():
     result = matrank.estimate_rank(operator, method="lanczos", seed=0)
     assert result.diagnostics["path"] == "dense (switched)"
     assert result.rank == 480 and result.diagnostics["certified"]
-    assert result.cost["matvecs"] == 600  # the basis's columns count towards n
+    # the basis's columns count towards n, unless n more products cost less than
+    # completing the basis (a QR and two n × n × (n − k) products; so here)
+    assert result.diagnostics["dense_restart"] == "identity"
+    assert result.cost["matvecs"] == 600 + result.diagnostics["switched_to_dense_at"]
     assert 200 <= result.diagnostics["switched_to_dense_at"] < 600
     kept = matrank.estimate_rank(operator, method="lanczos", seed=0, dense_max=0)
     assert kept.diagnostics["path"] == "krylov" and kept.rank == 480
+
+
+def test_a_switch_that_completes_the_basis_spends_exactly_n_products(monkeypatch):
+    import scipy.sparse.linalg
+
+    # as if products were dear: the basis is completed rather than thrown away
+    monkeypatch.setattr(
+        "matrank.estimators._lanczos_dense._restart_is_cheaper", lambda *args: False
+    )
+    matrix = rotated_spectrum(600, 480, cond=1e3, seed=0)
+    operator = scipy.sparse.linalg.aslinearoperator(matrix)
+    result = matrank.estimate_rank(operator, method="lanczos", seed=0)
+    assert result.diagnostics["path"] == "dense (switched)"
+    assert "dense_restart" not in result.diagnostics
+    assert result.rank == 480 and result.cost["matvecs"] == 600

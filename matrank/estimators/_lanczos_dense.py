@@ -10,23 +10,73 @@ products, so ``n`` in all, as materializing ``H`` would take), and the eigenvalu
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._oracle import input_precision
+from .._oracle import input_precision, materialize
 from .._result import RankResult
 from .._run import Run
 from ..numerics.krylov import BlockKrylov
 from ..numerics.threshold import noise_floor
 from .exact import count_spectrum
 
-__all__ = ["DENSE_MAX", "dense_count", "worth_switching"]
+__all__ = ["DENSE_MAX", "dense_count", "dense_is_cheaper", "worth_switching"]
 
 #: Largest ``n`` whose count may switch to the dense path (three ``n × n`` float64
 #: matrices in memory: 1.5 GB at 8192).
 DENSE_MAX = 8192
+
+
+@functools.cache
+def _seconds_per_cube() -> tuple[float, float]:
+    """Seconds per ``n³`` of ``eigvalsh`` and of an ``n × n`` matrix product, timed once
+    per process at ``n = 1024`` (0.1 s on the 2-core machine)."""
+    size = 1024
+    matrix = np.random.default_rng(0).standard_normal((size, size))
+    matrix = matrix + matrix.T
+    start = time.perf_counter()
+    np.linalg.eigvalsh(matrix)
+    middle = time.perf_counter()
+    matrix @ matrix
+    end = time.perf_counter()
+    return (middle - start) / size**3, (end - middle) / size**3
+
+
+def dense_is_cheaper(
+    run: Run, n: int, size: int, count: int, floor: float, *, harvesting: bool
+) -> bool:
+    """Whether ``n`` products and one ``eigvalsh`` now cost less than the Krylov count.
+
+    The dense path is timed from this run's own products and a calibrated
+    ``eigvalsh``. Two reasons to switch:
+
+    - the cheapest certified Krylov count still costs more: it needs a basis past
+      ``max(1.15·count, floor)`` (``floor``: the pilot's estimate of the rank), and the
+      work so far extrapolated to that basis -- products linearly, everything else
+      (orthogonalization, Ritz problems) as the square of the basis, an underestimate
+      -- exceeds the dense path;
+    - while the count still grows with the basis (``harvesting``) nothing bounds the
+      basis the count will need: once the Krylov work besides products reaches a
+      quarter of the dense path, the switch caps the whole run at about 1.25 dense
+      paths (the ski-rental rule).
+    """
+    meter = run.meter
+    if meter.timed_matvecs == 0:
+        return False
+    per_product = meter.hvp_seconds / meter.timed_matvecs
+    eig, _ = _seconds_per_cube()
+    dense = n * per_product + eig * n**3
+    other = max(run.seconds() - meter.hvp_seconds, 0.0)
+    if harvesting and other >= 0.25 * dense:
+        return True
+    needed = max(1.15 * count, floor, count + 1.0)
+    if needed <= size:
+        return False
+    krylov_more = per_product * (needed - size) + other * ((needed / size) ** 2 - 1)
+    return krylov_more > dense
 
 
 def worth_switching(n: int, size: int, count: int, limit: int) -> bool:
@@ -43,26 +93,53 @@ def dense_count(
     block: int,
     diagnostics: dict[str, Any],
 ) -> RankResult:
-    """Complete the basis, compute ``H·Q⊥``, and count ``H``'s eigenvalues exactly."""
+    """Complete the basis, compute ``H·Q⊥``, and count ``H``'s eigenvalues exactly.
+
+    From an empty basis (the pilot's choice) ``Q⊥`` is the identity: an explicit
+    matrix is read as it is, anything else costs ``n`` products.
+    """
     meter = run.meter
     basis = krylov.Q
     n, k = basis.shape
     diagnostics["switched_to_dense_at"] = k
-    complement = torch.linalg.qr(basis, mode="complete").Q[:, k:]
+    free = materialize.dispatch(type(run.oracle)) is not materialize.dispatch(object)
+    if k and (free or _restart_is_cheaper(meter, n, k)):
+        diagnostics["dense_restart"] = "identity"
+        basis, k = basis[:, :0], 0
+    if k == 0 and free:
+        run.close()
+        dense = materialize(run.oracle).to("cpu", torch.float64) * run.factor
+        dense = 0.5 * (dense + dense.T)
+        return _count(options, run, krylov, dense, 0.0, diagnostics)
+    complement = None if k == 0 else torch.linalg.qr(basis, mode="complete").Q[:, k:]
+
+    def columns(first: int) -> torch.Tensor:
+        last = min(n, first + block)
+        if complement is not None:
+            return complement[:, first:last]
+        eye = torch.zeros(n, last - first, dtype=meter.dtype, device=meter.device)
+        eye[torch.arange(first, last), torch.arange(last - first)] = 1
+        return eye
 
     def product(first: int) -> torch.Tensor:
-        image = meter.hvp(complement[:, first : first + block])
+        image = meter.hvp(columns(first))
         run.bar.update(image.shape[1])
         return image
 
     image = torch.cat(
         [
-            run.cached(f"dense {first}", functools.partial(product, first)).to(basis.device)
+            run.cached(f"dense {first}", functools.partial(product, first)).to(meter.device)
             for first in range(0, n - k, block)
         ],
         dim=1,
     )
     run.close()
+    if complement is None:  # Q⊥ = I: the image is H itself
+        dense = image.to("cpu", torch.float64)
+        del image
+        asymmetry = float(torch.linalg.matrix_norm(dense - dense.T))
+        dense = 0.5 * (dense + dense.T)
+        return _count(options, run, krylov, dense, asymmetry, diagnostics)
     coupling = (basis.T @ image).to("cpu", torch.float64)
     corner = (complement.T @ image).to("cpu", torch.float64)
     del image
@@ -73,16 +150,41 @@ def dense_count(
     projected[k:, k:] = 0.5 * (corner + corner.T)
     asymmetry = float(torch.linalg.matrix_norm(corner - corner.T))
     del corner
-    values = np.linalg.eigvalsh(projected.numpy())[::-1].copy()
+    return _count(options, run, krylov, projected, asymmetry, diagnostics)
+
+
+def _restart_is_cheaper(meter: Any, n: int, k: int) -> bool:
+    """Completing a basis of ``k`` columns costs a QR and two ``n × n × (n − k)``
+    products; starting again from the identity costs ``k`` more products."""
+    if not meter.timed_matvecs:
+        return False
+    _, product_rate = _seconds_per_cube()
+    per_product = meter.hvp_seconds / meter.timed_matvecs
+    return k * per_product < product_rate * (2 * n**3 + 2 * n * n * k)
+
+
+def _count(
+    options: Any,
+    run: Run,
+    krylov: BlockKrylov,
+    symmetric: torch.Tensor,
+    asymmetry: float,
+    diagnostics: dict[str, Any],
+) -> RankResult:
+    """The exact rule on the eigenvalues of a symmetric ``n × n`` float64 matrix."""
+    n = symmetric.shape[0]
+    values = np.linalg.eigvalsh(symmetric.numpy())[::-1].copy()
+    del symmetric
     largest = float(np.abs(values).max()) if values.size else 0.0
-    eps = float(torch.finfo(input_precision(meter)).eps)
+    eps = float(torch.finfo(input_precision(run.meter)).eps)
     floor = noise_floor(largest, n, eps, max(asymmetry, krylov.symmetry_defect))
     diagnostics.update(
+        orthogonalization_seconds=krylov.orthogonalization_seconds,
         symmetry_defect=krylov.symmetry_defect,
         ritz_values=values,
         basis_size=n,
         random_columns=krylov.random_columns,
         certified=True,
-        path="dense (switched)",
+        path="dense (switched)" if krylov.size else "dense",
     )
     return count_spectrum(run, values, floor, options.threshold, diagnostics)

@@ -11,22 +11,17 @@ from .._oracle import Capability, as_oracle, input_precision
 from .._result import RankResult, Status
 from .._run import Run, sized_threads
 from .._validation import check_choice, check_int, check_threshold
-from ..numerics.deflation import converged_basis, projected
-from ..numerics.krylov import (
-    BlockKrylov,
-    CountingState,
-    certified_count,
-    lanczos_quadrature,
-    verification_steps,
-)
+from ..numerics.counting import CountingState, certified_count, verification_steps
+from ..numerics.krylov import BlockKrylov
 from ..numerics.threshold import (
     ThresholdChoice,
     counting_curve,
     noise_floor,
     resolve_threshold,
 )
-from ..numerics.trace import mean_and_stderr, probe_block
-from ._lanczos_dense import DENSE_MAX, dense_count, worth_switching
+from ._lanczos_dense import DENSE_MAX, dense_count, dense_is_cheaper, worth_switching
+from ._lanczos_pilot import PILOT_MIN_DIM, Pilot, run_pilot
+from ._lanczos_slq import slq_count
 
 __all__ = ["LanczosRank"]
 
@@ -65,6 +60,10 @@ class LanczosRank:
     dense_max : int, default=8192
         Largest ``n`` whose count switches to the dense path when the rank proves a
         large fraction of ``n`` (Notes); 0 never switches.
+    pilot_from : int, default=4096
+        Smallest ``n`` at which a pilot (four SLQ probes) chooses the path first: the
+        dense path, a start from the range of ``H``, or the Krylov count (Notes); a
+        value above ``n`` switches it off.
 
     Notes
     -----
@@ -129,6 +128,7 @@ class LanczosRank:
     slq_steps: int = 64
     probes: str = "sphere"
     dense_max: int = DENSE_MAX
+    pilot_from: int = PILOT_MIN_DIM
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -140,6 +140,7 @@ class LanczosRank:
         check_int("slq_steps", self.slq_steps, low=2)
         check_choice("probes", self.probes, ("sphere", "rademacher", "gaussian"))
         check_int("dense_max", self.dense_max, low=0)
+        check_int("pilot_from", self.pilot_from, low=1)
 
     method: ClassVar[str] = "lanczos"
 
@@ -195,7 +196,44 @@ class LanczosRank:
         interrupted, switched = False, False
         bar = run.bar
         saved = run.restore("krylov")
+        pilot: Pilot | None = None
+        if saved is None and n >= self.pilot_from:
+            pilot = Pilot(
+                *run.cached(
+                    "pilot",
+                    lambda: dataclasses.astuple(
+                        run_pilot(
+                            run,
+                            self.threshold,
+                            eps,
+                            dense_max=self.dense_max,
+                            block=block,
+                            max_basis=max_basis,
+                        )
+                    ),
+                )
+            )
+            diagnostics["pilot"] = dataclasses.asdict(pilot)
+            if pilot.path == "dense":
+                try:
+                    return dense_count(self, run, krylov, block, diagnostics)
+                except KeyboardInterrupt:  # the pilot's estimate is the best so far
+                    run.close()
+                    diagnostics["path"] = "pilot"
+                    return run.result(
+                        pilot.count,
+                        stderr=pilot.stderr,
+                        threshold=pilot.threshold,
+                        diagnostics=diagnostics,
+                        status=Status.INTERRUPTED,
+                    )
+            if pilot.path == "range start":
+                before = meter.matvecs
+                krylov.start_from_range(pilot.start_block)
+                bar.update(meter.matvecs - before)
         if saved is not None:
+            if saved.get("pilot") is not None:
+                diagnostics["pilot"] = saved["pilot"]
             krylov.load_state_dict(saved["krylov"])
             state = CountingState(*saved["counting"])
             current = saved["current"]
@@ -203,8 +241,21 @@ class LanczosRank:
                 krylov, n, eps, unless_count_differs_from=saved["assessed_with"]
             )
             threshold = latest.threshold
+        # after a range start the basis is assessed before any block is added
+        assess_first = krylov.size > 0 and saved is None
         try:
             while True:
+                if assess_first:
+                    assess_first = False
+                    state.steps += 1
+                    latest = self._assess_basis(krylov, n, eps)
+                    threshold = latest.threshold
+                    state.assessed_size = krylov.size
+                    required = self.verify_steps or verification_steps(
+                        latest.values, threshold, latest.floor, n, block
+                    )
+                    state.update(latest.counted, latest.certain, required)
+                    continue
                 extra = 0
                 if state.inject and krylov.next_kept > 0:
                     # A fresh random block: in place of the Krylov continuation when that is
@@ -237,6 +288,7 @@ class LanczosRank:
                     and krylov.size - state.assessed_size < krylov.size // 8
                 ):
                     continue
+                grown_basis = krylov.size - state.assessed_size
                 state.assessed_size = krylov.size
                 # While the count still grows nothing can be certified: the eigenvalues
                 # alone (a third of the cost of eigenpairs at k = 4500) decide that.
@@ -267,7 +319,21 @@ class LanczosRank:
                 if (
                     self.dense_max
                     and not certain
-                    and worth_switching(n, krylov.size, count, self.dense_max)
+                    and (
+                        worth_switching(n, krylov.size, count, self.dense_max)
+                        or (
+                            pilot is not None
+                            and n <= self.dense_max
+                            and dense_is_cheaper(
+                                run,
+                                n,
+                                krylov.size,
+                                count,
+                                pilot.count,
+                                harvesting=grown >= 0.5 * grown_basis,
+                            )
+                        )
+                    )
                 ):
                     switched = True
                     break
@@ -284,6 +350,7 @@ class LanczosRank:
                             "counting": dataclasses.astuple(state),
                             "current": current,
                             "assessed_with": assessed_with,
+                            "pilot": diagnostics.get("pilot"),
                         },
                     )
         except KeyboardInterrupt:
@@ -310,6 +377,7 @@ class LanczosRank:
         floor, threshold, choice = latest.floor, latest.threshold, latest.choice
         count, certain = latest.counted, latest.certain
         diagnostics["symmetry_defect"] = krylov.symmetry_defect
+        diagnostics["orthogonalization_seconds"] = krylov.orthogonalization_seconds
         magnitudes = values.abs().numpy()
         diagnostics.update(
             noise_floor=floor,
@@ -327,7 +395,8 @@ class LanczosRank:
         if status is not Status.CONVERGED and not interrupted:
             if vectors is None:
                 values, vectors = krylov.ritz()
-            rank, stderr, status = self._slq(
+            rank, stderr, status = slq_count(
+                self,
                 run,
                 krylov,
                 values,
@@ -388,81 +457,6 @@ class LanczosRank:
         return _Assessment(
             krylov.size, values, vectors, largest, floor, threshold, choice, count, certain
         )
-
-    def _slq(
-        self,
-        run,
-        krylov,
-        values,
-        vectors,
-        threshold,
-        max_matvecs,
-        diagnostics,
-        eps,
-    ):
-        """Deflate by the converged Ritz vectors above τ, then SLQ on the complement."""
-        meter, generator = run.meter, run.generator
-        n, dtype, device = meter.dim, meter.dtype, meter.device
-        residuals = krylov.residual_norms(vectors)
-        converged = (values.abs() - residuals > threshold) & (
-            residuals <= 1e-3 * values.abs()
-        )
-        captured = converged_basis(krylov, vectors, converged)  # (n, c)
-        deflated = int(captured.shape[1])
-        remaining = max_matvecs - meter.matvecs
-        steps = min(self.slq_steps, n - deflated)
-        n_probes = self.n_probes or remaining // steps
-        if n_probes < 2 or steps < 2:
-            diagnostics.update(path="krylov (budget too small for SLQ)")
-            return float((values.abs() > threshold).sum()), None, Status.BUDGET_EXHAUSTED
-
-        product = projected(meter.hvp, captured)
-
-        probes = probe_block(
-            n,
-            n_probes,
-            kind=self.probes,
-            generator=generator,
-            dtype=dtype,
-            device=device,
-            orthogonal_to=captured,
-        )
-        chunk = max(1, _BASIS_BYTES // (8 * n * steps))
-        samples, all_nodes, all_weights = [], [], []
-        for begin in range(0, n_probes, chunk):
-            nodes, weights = run.cached(
-                f"slq {begin}",
-                lambda begin=begin: lanczos_quadrature(
-                    product, probes[:, begin : begin + chunk], steps
-                ),
-            )
-            all_nodes.append(nodes)
-            all_weights.append(weights)
-        nodes, weights = torch.cat(all_nodes), torch.cat(all_weights)
-        # the nodes see the whole spectrum: their top raises a floor that a small basis
-        # (or none) set too low, so that nothing under rounding is ever counted
-        top = float(nodes.abs().max()) if nodes.numel() else 0.0
-        floor = max(diagnostics["noise_floor"], noise_floor(top, n, eps))
-        diagnostics["noise_floor"] = floor
-        if self.threshold == "floor":
-            threshold = floor
-        elif self.threshold is None:
-            # Re-read τ from the quadrature nodes that carry real mass (≥ 0.01 eigenvalue
-            # per probe); nodes in a spectral gap carry almost none.
-            pooled = torch.cat([values.abs(), nodes[weights >= 0.01].abs()]).numpy()
-            threshold, choice = resolve_threshold(pooled, floor, None)
-            diagnostics["plateau"] = dataclasses.asdict(choice)
-        samples = (weights * (nodes.abs() > threshold)).sum(dim=1)
-        mean, stderr = mean_and_stderr(samples)
-        diagnostics.update(
-            path="slq",
-            deflated=deflated,
-            slq_probes=n_probes,
-            slq_steps=steps,
-            slq_samples=samples.numpy(),
-            slq_threshold=float(threshold),
-        )
-        return deflated + mean, stderr, Status.CONVERGED
 
 
 class _Assessment(NamedTuple):

@@ -1,4 +1,4 @@
-"""Block Krylov subspaces with full reorthogonalization, and Lanczos quadrature.
+"""Block Krylov subspaces with full reorthogonalization, and the certified count.
 
 Pure functions and a small state object on tensors; the operator is any callable
 ``matmat(V) -> A @ V`` on ``(n, b)`` blocks. Nothing here knows about oracles.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -30,12 +31,8 @@ import torch
 
 __all__ = [
     "BlockKrylov",
-    "CountingState",
-    "certified_count",
-    "lanczos_quadrature",
     "random_block",
     "spectral_bounds",
-    "verification_steps",
 ]
 
 Matmat = Callable[[torch.Tensor], torch.Tensor]
@@ -52,18 +49,28 @@ def random_block(
     return block.to(dtype=dtype, device=device)
 
 
-def _project_out(W: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _project_out(
+    W: torch.Tensor,
+    Q: torch.Tensor,
+    negligible: float = 0.0,
+    before: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Classical Gram–Schmidt, twice when needed: ``W − Q(QᵀW)``, and the coefficients.
 
     The second pass runs when some column lost more than ``1 − 1/√2`` of its norm in the
     first (Kahan and Parlett's criterion, "twice is enough"): only then can the first
-    pass's rounding, relative to what is left, spoil orthogonality.
+    pass's rounding, relative to what is left, spoil orthogonality. It is skipped when
+    what is left has Frobenius norm at most ``negligible`` (the caller drops all of it).
+    ``before``: ``W``'s column norms, when the caller has them.
     """
     coefficients = Q.T @ W
-    projected = W - Q @ coefficients
-    before = torch.linalg.vector_norm(W, dim=0)
+    projected = torch.addmm(W, Q, coefficients, alpha=-1)
+    if before is None:
+        before = torch.linalg.vector_norm(W, dim=0)
     after = torch.linalg.vector_norm(projected, dim=0)
     if not bool((after * math.sqrt(2) < before).any()):
+        return projected, coefficients
+    if float(torch.linalg.vector_norm(after)) <= negligible:
         return projected, coefficients
     correction = Q.T @ projected
     return projected - Q @ correction, coefficients + correction
@@ -109,6 +116,10 @@ class BlockKrylov:
     random_columns: int = 0
     _next: torch.Tensor = dataclasses.field(init=False)
     _next_kept: int = 0
+    #: seconds spent orthogonalizing (projections, QR, deflation), not in products
+    orthogonalization_seconds: float = 0.0
+    #: random blocks drawn in single precision (set by a range start)
+    fast_draws: bool = False
 
     def __post_init__(self) -> None:
         # Stored transposed, (capacity, n): the basis Q = _buffer[:k].T is then
@@ -175,9 +186,17 @@ class BlockKrylov:
             return self._start(fill)
         self._append(kept)
         if fill > 0:
-            fresh = random_block(self.n, fill, self.generator, self.dtype, self.device)
+            if self.fast_draws:  # see start_from_range
+                fresh = torch.randn(
+                    self.n, fill, generator=self.generator, dtype=torch.float32
+                )
+                fresh = fresh.to(dtype=self.dtype, device=self.device)
+            else:
+                fresh = random_block(self.n, fill, self.generator, self.dtype, self.device)
+            clock = time.perf_counter()
             fresh, _ = _project_out(fresh, self.Q)
             fresh = torch.linalg.qr(fresh).Q
+            self.orthogonalization_seconds += time.perf_counter() - clock
             self.random_columns += fill
             self._append(fresh)
             kept = self.Q[:, k:]
@@ -200,18 +219,92 @@ class BlockKrylov:
         self.random_columns += b
         cross = V.T @ image
         self.symmetry_defect = float((cross - cross.T).abs().max())
+        clock = time.perf_counter()
         Q, R = torch.linalg.qr(V)
         image = torch.linalg.solve_triangular(R, image, upper=True, left=False)
+        self.orthogonalization_seconds += time.perf_counter() - clock
         self._append(Q)
         return self._absorb(Q, image)
+
+    def start_from_range(self, width: int) -> int:
+        """First block from the range of ``A``: ``Y = AΩ`` for a Gaussian ``(n, width)``
+        ``Ω``, its numerically non-zero directions as the start block, and their image.
+
+        When ``rank(A) < width`` the start block spans ``range(A)`` and its image lies in
+        it: the residual vanishes and the Krylov space is invariant after one step
+        (``width`` + ``rank`` matvecs). The symmetry test reads ``ΩᵀY``, as
+        :meth:`_start` reads ``VᵀAV``. Returns the matvecs spent.
+        """
+        # drawn in float32 (a third of the time of float64 draws; any Gaussian block
+        # will do), on the CPU for results that do not depend on the device; so are
+        # the later random blocks of this basis
+        self.fast_draws = True
+        omega = torch.randn(self.n, width, generator=self.generator, dtype=torch.float32)
+        omega = omega.to(dtype=self.dtype, device=self.device)
+        sketch = self.matmat(omega)
+        self.matvecs += width
+        self.random_columns += width
+        tested = min(width, 32)  # the symmetry test of a 32-column block, as _start
+        cross = omega[:, :tested].T @ sketch[:, :tested]
+        self.symmetry_defect = float((cross - cross.T).abs().max())
+        del omega, cross
+        clock = time.perf_counter()
+        start = self._range_basis(sketch)
+        del sketch
+        self.orthogonalization_seconds += time.perf_counter() - clock
+        if start.shape[1] == 0:  # A is zero to rounding on a random block
+            return width + self._start(min(width, self.n))
+        self._append(start)
+        image = self.matmat(start)
+        self.matvecs += start.shape[1]
+        return width + self._absorb(start, image)
+
+    def _range_basis(self, sketch: torch.Tensor) -> torch.Tensor:
+        """An orthonormal basis of the sketch's directions above ``1e-6`` of its largest
+        (``sqrt(100·eps)`` in single precision), by two Gram-matrix passes (BLAS-3 only;
+        the start block needs no more).
+
+        The first pass (``YᵀY = VΣ²Vᵀ``, ``U = YVΣ⁻¹``) leaves ``U`` orthonormal to
+        about ``eps·10¹²``; a Cholesky QR of ``U`` (condition ``1 + 10⁻⁴`` at most)
+        restores it to rounding. Directions of ``A`` weaker than ``1e-6·‖A‖`` on this
+        sketch are left out of the start block and left to the Krylov continuation.
+        The result is built as rows (``(k, n)``, transposed on return), the layout of
+        the basis buffer.
+        """
+        gram = (sketch.T @ sketch).to("cpu", torch.float64)
+        self.scale = float(gram.diagonal().max().sqrt())  # ‖AΩe_j‖ from the Gram matrix
+        squares, vectors = torch.linalg.eigh(gram)
+        # σ² is accurate to about eps·σmax² in the Gram matrix: keep well above that
+        relative = max(1e-12, 100 * float(torch.finfo(sketch.dtype).eps))
+        keep = squares > max(relative * float(squares.max()), self.deflation_tol**2)
+        if not bool(keep.any()):
+            return sketch[:, :0]
+        mixing = (vectors[:, keep] / squares[keep].sqrt()).to(
+            device=sketch.device, dtype=sketch.dtype
+        )
+        rows = mixing.T @ sketch.T  # (k, n)
+        kept = squares[keep]
+        if float(kept.max() / kept.min()) * float(torch.finfo(sketch.dtype).eps) <= 1e-12:
+            # overlap ≈ eps·κ² ≤ 1e-12 already (κ ≤ 67 in double): no second pass
+            return rows.T
+        gram = (rows @ rows.T).to("cpu", torch.float64)
+        factor, failed = torch.linalg.cholesky_ex(gram)  # rows = L·(orthonormal rows)
+        if failed:  # rounding beyond the first pass's promise: Householder instead
+            return torch.linalg.qr(rows.T).Q
+        inverse = torch.linalg.solve_triangular(
+            factor, torch.eye(factor.shape[0], dtype=torch.float64), upper=False
+        ).to(device=sketch.device, dtype=sketch.dtype)
+        return (inverse @ rows).T
 
     def _absorb(self, kept: torch.Tensor, image: torch.Tensor) -> int:
         """Grow ``T`` by the block ``kept`` (already in the basis) and its image."""
         k = self.size - kept.shape[1]
-        self.scale = max(self.scale, float(torch.linalg.vector_norm(image, dim=0).max()))
+        clock = time.perf_counter()
+        norms = torch.linalg.vector_norm(image, dim=0)
+        self.scale = max(self.scale, float(norms.max()))
         b = kept.shape[1]
         # The first Gram–Schmidt pass computes QᵀAU, which is also T's new columns.
-        residual, coefficients = _project_out(image, self.Q)
+        residual, coefficients = _project_out(image, self.Q, self.deflation_tol, norms)
         T = torch.zeros(k + b, k + b, dtype=torch.float64)
         T[:k, :k] = self.T
         # T and B live on the CPU in float64 (small eigenproblems), whatever the device
@@ -223,6 +316,7 @@ class BlockKrylov:
         self.T = T
         self.last_size = b
         self._split_residual(residual)
+        self.orthogonalization_seconds += time.perf_counter() - clock
         return b
 
     @property
@@ -239,6 +333,12 @@ class BlockKrylov:
 
     def _split_residual(self, residual: torch.Tensor) -> None:
         """``residual = U_next·B + dropped part`` by an SVD with deflation."""
+        whole = float(torch.linalg.vector_norm(residual))
+        if whole <= self.deflation_tol:  # all of it is dropped: no factorization needed
+            self.dropped = math.hypot(self.dropped, whole)
+            self._next = residual[:, :0]
+            self.B = torch.zeros(0, residual.shape[1], dtype=torch.float64)
+            return
         # QR first: the SVD of the small triangular factor is cheaper than a tall SVD.
         factor_q, factor_r = torch.linalg.qr(residual)
         small_u, S, Vh = torch.linalg.svd(factor_r)
@@ -270,7 +370,7 @@ class BlockKrylov:
             "B": self.B,
             "next": self._next,
             "floats": [self.dropped, self.scale, self.symmetry_defect],
-            "ints": [self.matvecs, self.last_size, self.random_columns],
+            "ints": [self.matvecs, self.last_size, self.random_columns, self.fast_draws],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -284,7 +384,8 @@ class BlockKrylov:
         self.T, self.B = state["T"], state["B"]
         self._next = state["next"].to(self.device)
         self.dropped, self.scale, self.symmetry_defect = state["floats"]
-        self.matvecs, self.last_size, self.random_columns = state["ints"]
+        self.matvecs, self.last_size, self.random_columns = state["ints"][:3]
+        self.fast_draws = bool(state["ints"][3]) if len(state["ints"]) > 3 else False
 
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Ritz values (descending by magnitude) and vectors of ``T``, float64."""
@@ -344,134 +445,3 @@ def spectral_bounds(
     low = float((values - residuals).min())
     high = float((values + residuals).max())
     return low, high, krylov.matvecs
-
-
-def lanczos_quadrature(
-    matmat: Matmat, probes: torch.Tensor, steps: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss quadrature nodes and weights of ``vᵀ f(A) v`` for each probe column.
-
-    Runs ``steps`` Lanczos steps on every column of ``probes`` at once (one block product
-    per step), with full reorthogonalization of each column's basis. Returns ``nodes`` and
-    ``weights`` of shape ``(m, steps)``: ``vᵀf(A)v ≈ Σ_j weights[j]·f(nodes[j])``, the
-    weights summing to ``‖v‖²`` (Golub & Meurant; Ubaru, Chen & Saad 2017).
-    """
-    n, m = probes.shape
-    steps = max(1, min(steps, n))
-    norms = torch.linalg.vector_norm(probes, dim=0)
-    basis = torch.zeros(m, steps, n, dtype=probes.dtype, device=probes.device)
-    alpha = torch.zeros(m, steps, dtype=torch.float64)
-    beta = torch.zeros(m, steps, dtype=torch.float64)
-    q = (probes / norms).T  # (m, n)
-    active = steps
-    for j in range(steps):
-        basis[:, j] = q
-        w = matmat(q.T).T  # (m, n)
-        a = (w * q).sum(1)
-        alpha[:, j] = a.to(device="cpu", dtype=torch.float64)
-        w = w - a[:, None] * q
-        if j > 0:
-            w = (
-                w
-                - beta[:, j - 1, None].to(dtype=w.dtype, device=w.device) * basis[:, j - 1]
-            )
-        for _ in range(2):  # full reorthogonalization, twice
-            w = w - torch.einsum(
-                "mk,mkn->mn",
-                torch.einsum("mkn,mn->mk", basis[:, : j + 1], w),
-                basis[:, : j + 1],
-            )
-        b = torch.linalg.vector_norm(w, dim=1)
-        beta[:, j] = b.to(device="cpu", dtype=torch.float64)
-        if j + 1 == steps:
-            break
-        # A column whose Krylov space became invariant stops contributing new nodes: a
-        # zero beta decouples the rest of its tridiagonal matrix, whose nodes then carry
-        # zero weight.
-        safe = torch.where(b > 0, b, torch.ones_like(b))
-        q = torch.where((b > 0)[:, None], w / safe[:, None], torch.zeros_like(w))
-    T = torch.diag_embed(alpha[:, :active])
-    off = beta[:, : active - 1]
-    T = T + torch.diag_embed(off, offset=1) + torch.diag_embed(off, offset=-1)
-    nodes, vectors = torch.linalg.eigh(T)
-    weights = (
-        vectors[:, 0, :] ** 2 * (norms.to(device="cpu", dtype=torch.float64) ** 2)[:, None]
-    )
-    return nodes, weights
-
-
-def verification_steps(values, threshold: float, floor: float, n: int, block: int) -> int:
-    """Steps a fresh random block must leave a certain count unchanged: the fewest ``s``
-    with ``g^s ≥ 10·sqrt(n/block)``, ``g = threshold / (largest uncounted |θ|)``, 1 to 5."""
-    magnitudes = values.abs()
-    below = magnitudes[magnitudes <= threshold]
-    largest_below = max(float(below.max()) if below.numel() else 0.0, floor)
-    if threshold <= 0 or largest_below <= 0:
-        return 1
-    gain = threshold / largest_below
-    if gain <= 1.0:
-        return 5
-    target = math.log(10 * math.sqrt(max(n / block, 1.0)))
-    return int(min(5, max(1, math.ceil(target / math.log(gain)))))
-
-
-def certified_count(
-    krylov: BlockKrylov, values, vectors, threshold: float
-) -> tuple[int, bool]:
-    """The count at ``threshold`` and whether the residual bounds make it certain.
-
-    ``vectors=None`` is allowed at a breakdown, where every residual bound is the
-    deflated remainder ``krylov.dropped`` whatever the Ritz vector.
-    """
-    magnitudes = values.abs()
-    above = magnitudes > threshold
-    count = int(above.sum())
-    if count:
-        block = (
-            krylov.dropped
-            if vectors is None
-            else krylov.block_residual_norm(vectors[:, above])
-        )
-        if float(magnitudes[above].min()) - block <= threshold:
-            return count, False
-    below = ~above
-    if below.any():
-        residuals = (
-            krylov.dropped if vectors is None else krylov.residual_norms(vectors[:, below])
-        )
-        if bool((magnitudes[below] + residuals > threshold).any()):
-            return count, False
-    return count, True
-
-
-@dataclasses.dataclass
-class CountingState:
-    """Bookkeeping of the stopping rule: certain, then stable after a random block."""
-
-    steps: int = 0
-    assessed_size: int = 0
-    last_count: int = 0
-    inject: bool = False
-    verifying: bool = False
-    verified_count: int = -1
-    steps_since: int = 0
-
-    def begin_verification(self) -> None:
-        self.inject = False
-        self.verifying = True
-        self.steps_since = 0
-
-    def update(self, count: int, certain: bool, verify_steps: int) -> bool:
-        """Record one assessed block step; True when the count is exact."""
-        self.last_count = count
-        if not certain:
-            self.verifying, self.inject = False, False
-            return False
-        if self.verifying and count == self.verified_count:
-            self.steps_since += 1
-            return self.steps_since >= verify_steps
-        # newly certain, or the count moved during verification: start (again)
-        self.verified_count = count
-        self.inject = True
-        self.verifying = False
-        return False

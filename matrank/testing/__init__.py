@@ -18,6 +18,7 @@ from ._cases import (
     spectrum_levels,
 )
 from ._contract import check_oracle
+from ._networks import linear_network_loss
 
 __all__ = [
     "Case",
@@ -27,6 +28,7 @@ __all__ = [
     "haar_orthogonal",
     "kronecker",
     "laplacian",
+    "linear_network_loss",
     "mixed_spectrum_operator",
     "outer_products",
     "projector",

@@ -1,0 +1,118 @@
+"""The Lanczos count's pilot: a few SLQ probes that choose the path before any basis.
+
+Four sphere probes of 16 Lanczos steps each (64 products; a Gauss–Radau rule with a
+node at zero, so that exact zeros count as zeros) estimate the count at the threshold
+the run will use, to within ``sqrt(2r(1 − r/n)/4)`` plus the quadrature's bias: eigenvalues
+near zero (an indefinite Hessian) share the zero node at first, so where the dense path
+is possible the steps double (to 128, at most ``n/16`` products) while the count still
+grows by a tenth. That is enough to choose where the work goes:
+
+- **dense**: a rank of at least half of ``n`` (``n ≤ dense_max``) needs a Krylov basis
+  of ``r`` to ``2r`` columns, whose orthogonalization costs more than ``n`` products and
+  one ``eigvalsh``; the count goes straight to the dense path;
+- **range start**: a rank well above the block size, below ``n/8``, is reached in
+  one wide block from the range of ``H`` (``Y = HΩ`` with ``r̂ + p`` columns) instead
+  of a sequence of doubling blocks, each orthogonalized against all before it;
+- otherwise the Krylov count starts from one random block as before.
+
+The pilot only decides the path: the count is certified (or computed densely) as if it
+had not run, so a wrong guess costs time, never the answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from .._run import Run
+from ..numerics.quadrature import lanczos_quadrature
+from ..numerics.threshold import noise_floor, resolve_threshold
+from ..numerics.trace import mean_and_stderr, probe_block
+
+__all__ = ["PILOT_MIN_DIM", "Pilot", "run_pilot"]
+
+#: Smallest ``n`` the pilot runs at (``auto``'s dense limit): below it the dense path
+#: takes seconds and the Krylov count its own switch (a third of ``n`` explored, nine
+#: tenths counted) decides.
+PILOT_MIN_DIM = 4096
+_PROBES, _STEPS, _MOST_STEPS = 4, 16, 128
+#: Fraction of ``n`` from which the pilot's count sends the run to the dense path.
+DENSE_FRACTION = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Pilot:
+    """What the pilot saw and what it chose."""
+
+    count: float  #: estimated count at ``threshold``
+    stderr: float  #: its standard error over the probes
+    threshold: float  #: the threshold its nodes gave
+    matvecs: int
+    path: str  #: "dense", "range start" or "krylov"
+    start_block: int  #: columns of the range start (0 unless that path)
+
+
+def run_pilot(
+    run: Run,
+    threshold: float | str | None,
+    eps: float,
+    *,
+    dense_max: int,
+    block: int,
+    max_basis: int,
+) -> Pilot:
+    """SLQ with four probes, and the path its count chooses (see the module notes)."""
+    meter, generator = run.meter, run.generator
+    n = meter.dim
+    probes = probe_block(
+        n,
+        _PROBES,
+        kind="sphere",
+        generator=generator,
+        dtype=meter.dtype,
+        device=meter.device,
+    )
+    dense_possible = n <= dense_max
+    # Near-zero eigenvalues (an indefinite Hessian) share the zero node's weight at
+    # few steps: the count grows with the steps. Where the dense path is possible the
+    # steps double while the count grows by a tenth, up to 1/16 of n products.
+    most = max(_STEPS, min(_MOST_STEPS, n // (16 * _PROBES))) if dense_possible else _STEPS
+    counts: list[tuple[float, float, float]] = []
+
+    def count_of(nodes: torch.Tensor, weights: torch.Tensor) -> tuple[float, float, float]:
+        magnitudes = nodes.abs()
+        floor = noise_floor(float(magnitudes.max()), n, eps)
+        if isinstance(threshold, (int, float)):
+            cut = float(threshold)
+        else:
+            cut, _ = resolve_threshold(
+                magnitudes[weights >= 0.01].numpy(), floor, threshold
+            )
+        mean, stderr = mean_and_stderr((weights * (magnitudes > cut)).sum(dim=1))
+        return mean, stderr, cut
+
+    def enough(nodes: torch.Tensor, weights: torch.Tensor) -> bool:
+        counts.append(count_of(nodes, weights))
+        grew = len(counts) > 1 and counts[-1][0] > 1.1 * counts[-2][0]
+        return counts[-1][0] >= DENSE_FRACTION * n or (len(counts) > 1 and not grew)
+
+    before = meter.matvecs
+    checks = [steps for steps in (16, 32, 64) if steps < most]
+    nodes, weights = lanczos_quadrature(
+        meter.hvp, probes, most, fixed_node=0.0, enough=enough, checks=checks
+    )
+    spent = meter.matvecs - before
+    run.bar.update(spent)
+    count, stderr, cut = count_of(nodes, weights)
+    path, start = "krylov", 0
+    if n <= dense_max and count >= DENSE_FRACTION * n:
+        path = "dense"
+    else:
+        # oversample by half a block or a twentieth, and two standard errors: an
+        # underestimate only leaves the rest to the Krylov continuation
+        wanted = math.ceil(count + max(block / 2, 0.05 * count) + 2 * stderr)
+        if count >= 2 * block and wanted <= min(max_basis // 2, n // 8):
+            path, start = "range start", wanted
+    return Pilot(count, stderr, cut, spent, path, start)
