@@ -32,9 +32,7 @@ import scipy.sparse.linalg
 import torch
 
 import matrank
-from matrank.adapters import TorchLoss
-from matrank.testing import linear_network_loss, rotated_spectrum
-from matrank.theory import linear_network_ranks
+from matrank.testing import rotated_spectrum
 
 ROW = "{:9s} {:34s} {:>8s} {:>8s} {:>8s} {:>8s} {:>7s}"
 
@@ -116,6 +114,10 @@ def dense_case(n: int, rank: int) -> None:
 
 
 def network_case(d_in: int, width: int, d_out: int, data_rank: int) -> None:
+    from matrank.adapters import TorchLoss
+    from matrank.testing import linear_network_loss
+    from matrank.theory import linear_network_ranks
+
     hidden = [width] * 3
     model, inputs, targets = linear_network_loss(
         d_in, hidden, d_out, n_samples=300, data_rank=data_rank, seed=0

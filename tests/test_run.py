@@ -52,6 +52,10 @@ RESUMABLE = [
 ]
 
 
+# cases whose calls are mostly the pilot's (few wide blocks follow it)
+PILOTED = ("lanczos-dense", "lanczos-range")
+
+
 def method_of(case):
     return case.split("-")[0]
 
@@ -108,11 +112,11 @@ def test_a_crash_resumes_from_the_checkpoint_to_the_uninterrupted_result(case, t
     full = Flaky(matrix)
     reference = matrank.estimate_rank(full, method=method, seed=3, **options)
     path = tmp_path / "run.ckpt"
-    # the range start spends most of its calls (not its products) in the pilot, which
-    # is journalled whole: crash after it, two calls before the end, then (resumed
-    # past the pilot) on the third call
+    # the pilot's paths spend most of their calls (not their products) in the pilot,
+    # which is journalled whole: crash after it, two calls before the end, then
+    # (resumed past the pilot) on the third call
     crashes = [int(fraction * full.answered) for fraction in (0.3, 0.7)]
-    if case == "lanczos-range":
+    if case in PILOTED:
         crashes = [full.answered - 2, 3]
     for calls in crashes:
         crashing = Flaky(matrix, calls=calls)
@@ -143,7 +147,7 @@ def test_ctrl_c_returns_the_best_estimate_so_far(case):
     full = Flaky(matrix)
     reference = matrank.estimate_rank(full, method=method, seed=0, **options)
     calls = int(0.8 * full.answered)
-    if case == "lanczos-range":  # past the pilot (before it ends, Ctrl-C raises)
+    if case in PILOTED:  # past the pilot (before it ends, Ctrl-C raises)
         calls = full.answered - 1
     interrupted = Flaky(matrix, calls=calls, error=KeyboardInterrupt)
     result = matrank.estimate_rank(interrupted, method=method, seed=0, **options)

@@ -28,6 +28,7 @@ __all__ = ["DENSE_MAX", "dense_count", "dense_is_cheaper", "worth_switching"]
 #: Largest ``n`` whose count may switch to the dense path (three ``n × n`` float64
 #: matrices in memory: 1.5 GB at 8192).
 DENSE_MAX = 8192
+_DENSE_BLOCK = 256
 
 
 @functools.cache
@@ -50,16 +51,16 @@ def dense_is_cheaper(
 ) -> bool:
     """Whether ``n`` products and one ``eigvalsh`` now cost less than the Krylov count.
 
-    The dense path is timed from this run's own products and a calibrated
-    ``eigvalsh``. Two reasons to switch:
+    Costs in seconds, from this run's own products and a calibrated ``eigvalsh`` and
+    matrix product (:func:`_seconds_per_cube`). Two reasons to switch:
 
     - the cheapest certified Krylov count still costs more: it needs a basis past
-      ``max(1.15·count, floor)`` (``floor``: the pilot's estimate of the rank), and the
-      work so far extrapolated to that basis -- products linearly, everything else
-      (orthogonalization, Ritz problems) as the square of the basis, an underestimate
-      -- exceeds the dense path;
+      ``K = max(1.15·count, floor)`` (``floor``: the pilot's estimate of the rank), that
+      is ``K − k`` more products, the Gram–Schmidt work of growing the basis from
+      ``k`` to ``K`` (two passes, ``≈ 4n(K² − k²)`` flops) and one Ritz problem with
+      vectors of size ``K`` (about three ``eigvalsh``);
     - while the count still grows with the basis (``harvesting``) nothing bounds the
-      basis the count will need: once the Krylov work besides products reaches a
+      basis the count will need: once the run's time besides products reaches a
       quarter of the dense path, the switch caps the whole run at about 1.25 dense
       paths (the ski-rental rule).
     """
@@ -67,16 +68,20 @@ def dense_is_cheaper(
     if meter.timed_matvecs == 0:
         return False
     per_product = meter.hvp_seconds / meter.timed_matvecs
-    eig, _ = _seconds_per_cube()
+    eig, product = _seconds_per_cube()
     dense = n * per_product + eig * n**3
-    other = max(run.seconds() - meter.hvp_seconds, 0.0)
-    if harvesting and other >= 0.25 * dense:
+    if harvesting and run.seconds() - meter.hvp_seconds >= 0.25 * dense:
         return True
     needed = max(1.15 * count, floor, count + 1.0)
     if needed <= size:
         return False
-    krylov_more = per_product * (needed - size) + other * ((needed / size) ** 2 - 1)
-    return krylov_more > dense
+    # a matrix product of n × n × n (2n³ flops) takes `product`·n³ seconds
+    krylov = (
+        per_product * (needed - size)
+        + product * 2 * n * (needed**2 - size**2)
+        + 3 * eig * needed**3
+    )
+    return krylov > dense
 
 
 def worth_switching(n: int, size: int, count: int, limit: int) -> bool:
@@ -112,6 +117,9 @@ def dense_count(
         dense = 0.5 * (dense + dense.T)
         return _count(options, run, krylov, dense, 0.0, diagnostics)
     complement = None if k == 0 else torch.linalg.qr(basis, mode="complete").Q[:, k:]
+    # wide blocks, as materialize takes them: a narrow one re-reads an explicit
+    # operator's memory once per 32 columns (1.4× the whole dense path at n = 5000)
+    block = max(block, _DENSE_BLOCK)
 
     def columns(first: int) -> torch.Tensor:
         last = min(n, first + block)
