@@ -4,7 +4,8 @@ Importing this package registers the explicit-matrix adapters with
 :func:`matrank.as_oracle`; importing :mod:`matrank` does so too.
 """
 
-from . import dense, function, linear_net, pytorch
+from . import curvature, dense, function, linear_net, pytorch
+from .curvature import TorchGGN
 from .dense import DenseOracle, LinearOperatorOracle, SparseOracle
 from .function import LossFunction
 from .linear_net import LinearNetHessian
@@ -16,8 +17,10 @@ __all__ = [
     "LinearOperatorOracle",
     "LossFunction",
     "SparseOracle",
+    "TorchGGN",
     "TorchLoss",
     "adam_preconditioner",
+    "curvature",
     "dense",
     "function",
     "linear_net",

@@ -4,11 +4,15 @@ import doctest
 
 import pytest
 
+import matrank.adapters.curvature
 import matrank.adapters.dense
 import matrank.adapters.pytorch
 
 
-@pytest.mark.parametrize("module", [matrank.adapters.dense, matrank.adapters.pytorch])
+@pytest.mark.parametrize(
+    "module",
+    [matrank.adapters.curvature, matrank.adapters.dense, matrank.adapters.pytorch],
+)
 def test_adapter_doctests(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
