@@ -10,7 +10,7 @@ which is where a rank of the curvature is asked away from a minimum.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,9 +27,9 @@ __all__ = ["TorchGGN"]
 class TorchGGN(TorchLoss):
     """The generalised Gauss–Newton matrix ``JᵀΛJ`` of a model's loss at its weights.
 
-    Takes the arguments of :class:`TorchLoss` (the same data handling, chunking,
-    eval-mode and determinism checks); ``gradient_tol`` defaults to ``None`` because the
-    GGN is asked for at any point. Its products are ``G·V``, one column at a time in
+    Takes the arguments of :class:`TorchLoss` but ``cache_hvp`` (the same data handling,
+    chunking, eval-mode and determinism checks); ``gradient_tol`` defaults to ``None``
+    because the GGN is asked for at any point. Its products are ``G·V``, one column at a time in
     ``vmap``: ``J v`` by forward mode (``jvp`` of the outputs), ``Λ (J v)`` by a
     pullback through the gradient of the loss in the outputs (exact for any loss,
     squared error and cross-entropy included), and ``Jᵀ`` by the outputs' pullback.
@@ -57,22 +57,12 @@ class TorchGGN(TorchLoss):
         loss_fn: Callable[[Any, Any], torch.Tensor],
         data: Any,
         *,
-        params: Sequence[str] | None = None,
-        dtype: torch.dtype | None = None,
-        chunk_size: int = 1024,
-        vectorize: bool | None = None,
         gradient_tol: float | None = None,
+        **options: Any,
     ) -> None:
+        # no cache of the gradient's graph: the products never use it
         super().__init__(
-            model,
-            loss_fn,
-            data,
-            params=params,
-            dtype=dtype,
-            chunk_size=chunk_size,
-            vectorize=vectorize,
-            cache_hvp=False,
-            gradient_tol=gradient_tol,
+            model, loss_fn, data, cache_hvp=False, gradient_tol=gradient_tol, **options
         )
         self.hvp_mode = "generalised Gauss-Newton (jvp, output Hessian, vjp)"
 

@@ -45,26 +45,35 @@ def test_logistic_regression_ggn_is_xt_diag_p_one_minus_p_x_over_n():
 
 PROFILES = [
     (6, [3, 4], 5, 40, None),
-    (25, [5, 10], 10, 50, None),
+    (25, [5, 10], 10, 50, None),  # the authors' notebook: Hessian rank 250 of 275
     (12, [8, 3, 8], 6, 100, 7),  # bottleneck, inputs of rank 7
     (9, [20], 4, 30, 5),
+    (10, [10, 10], 10, 60, None),  # a full-rank Hessian at a generic point
 ]
 
 
 @pytest.mark.parametrize(("d_in", "hidden", "d_out", "n_samples", "data_rank"), PROFILES)
 @pytest.mark.parametrize("loss", ["mse", "cross-entropy"])
-def test_ggn_rank_is_the_outer_product_rank_of_singh_et_al(
-    d_in, hidden, d_out, n_samples, data_rank, loss
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_ranks_are_singh_bachmann_hofmanns(
+    d_in, hidden, d_out, n_samples, data_rank, loss, curvature
 ):
+    """The Hessian at a generic point, and its outer-product part (the GGN), have the
+    closed-form ranks; cross-entropy's softmax has rank K − 1 in the outputs."""
     model, X, Y = linear_network_loss(
         d_in, hidden, d_out, n_samples=n_samples, data_rank=data_rank, seed=1
     )
     if loss == "mse":
-        oracle, outputs = TorchGGN(model, F.mse_loss, (X, Y)), d_out
-    else:  # cross-entropy: the softmax's Hessian has rank K − 1
+        data, loss_fn, outputs = (X, Y), F.mse_loss, d_out
+    else:
         labels = torch.randint(0, d_out, (n_samples,), generator=torch.Generator())
-        oracle, outputs = TorchGGN(model, F.cross_entropy, (X, labels)), d_out - 1
-    expected = linear_network_ranks(d_in, hidden, outputs, data_rank=data_rank).outer
+        data, loss_fn, outputs = (X, labels), F.cross_entropy, d_out - 1
+    if curvature == "ggn":
+        oracle = TorchGGN(model, loss_fn, data)
+    else:
+        oracle = TorchLoss(model, loss_fn, data, gradient_tol=None)
+    ranks = linear_network_ranks(d_in, hidden, outputs, data_rank=data_rank)
+    expected = ranks.outer if curvature == "ggn" else ranks.hessian
     for method in ("exact", "lanczos"):
         result = matrank.estimate_rank(oracle, method=method, seed=0)
         assert result.rank == expected, method

@@ -127,36 +127,6 @@ def test_single_precision_gradients_leave_the_langevin_estimate_unchanged():
     assert b.threshold == pytest.approx(a.threshold, rel=0.05)
 
 
-@pytest.mark.parametrize(
-    ("d_in", "hidden", "d_out", "n_samples", "data_rank"),
-    [
-        (6, [3, 4], 5, 40, None),
-        (25, [5, 10], 10, 50, None),  # the authors' notebook: rank 250 of 275
-        (12, [8, 3, 8], 6, 100, 7),  # a bottleneck and inputs of rank 7
-        (9, [20], 4, 30, 5),
-        (10, [10, 10], 10, 60, None),  # full rank at a generic point
-    ],
-)
-def test_singh_bachmann_hofmann_ranks_match_the_dense_hessian(
-    d_in, hidden, d_out, n_samples, data_rank
-):
-    import torch
-
-    from matrank.adapters import TorchLoss
-    from matrank.testing import linear_network_loss
-    from matrank.theory import linear_network_ranks
-
-    model, X, Y = linear_network_loss(
-        d_in, hidden, d_out, n_samples=n_samples, data_rank=data_rank, seed=1
-    )
-    oracle = TorchLoss(model, torch.nn.functional.mse_loss, (X, Y), gradient_tol=None)
-    expected = linear_network_ranks(d_in, hidden, d_out, data_rank=data_rank).hessian
-    for method in ("exact", "lanczos"):
-        result = matrank.estimate_rank(oracle, method=method, seed=0)
-        assert result.rank == expected, method
-        assert result.status is matrank.Status.CONVERGED
-
-
 def test_linear_network_ranks_refuses_empty_widths():
     from matrank.theory import linear_network_ranks
 
