@@ -317,8 +317,10 @@ def run_cli(*arguments):
     )
 
 
-# An explicit matrix on the dense path is read, not multiplied: nothing to journal
-@pytest.mark.parametrize("case", [case for case in RESUMABLE if case != "lanczos-dense"])
+# The piloted cases finish within a second or two of wide blocks (an explicit matrix on
+# the dense path is read, not multiplied): too quick to kill reliably between two
+# checkpoint writes; their resume is tested above through a crash
+@pytest.mark.parametrize("case", [case for case in RESUMABLE if case not in PILOTED])
 def test_cli_killed_with_sigkill_resumes_to_the_uninterrupted_json(case, tmp_path, capsys):
     build, options = PROBLEMS[case]
     matrix_path = tmp_path / "big.npy"
