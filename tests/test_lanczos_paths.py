@@ -135,3 +135,18 @@ def test_every_path_agrees_with_the_dense_count(rank, cond, seed):
     truth = matrank.estimate_rank(matrix, method="exact")
     assert result.rank == truth.rank == rank
     assert result.status is matrank.Status.CONVERGED
+
+
+def test_the_dense_path_never_overruns_a_fixed_budget():
+    n = 1200
+    operator = scipy.sparse.linalg.aslinearoperator(rotated_spectrum(n, 1000, seed=5))
+    result = matrank.estimate_rank(
+        operator, method="lanczos", seed=0, max_matvecs=900, **SMALL
+    )
+    assert result.diagnostics["pilot"]["path"] == "dense"  # chosen, but not affordable
+    assert result.diagnostics["path"] != "dense"
+    assert result.cost["matvecs"] <= 900
+    # SLQ answers: its Gauss–Radau node at zero keeps the 200 zeros out of the count
+    # (a Gauss rule smeared them onto a positive node: 1200 ± 7e-13, before)
+    assert result.diagnostics["path"] == "slq"
+    assert abs(result.rank - 1000) <= 4 * result.stderr

@@ -23,7 +23,13 @@ from ..numerics.krylov import BlockKrylov
 from ..numerics.threshold import noise_floor
 from .exact import count_spectrum
 
-__all__ = ["DENSE_MAX", "dense_count", "dense_is_cheaper", "worth_switching"]
+__all__ = [
+    "DENSE_MAX",
+    "affordable",
+    "dense_count",
+    "dense_is_cheaper",
+    "worth_switching",
+]
 
 #: Largest ``n`` whose count may switch to the dense path (three ``n × n`` float64
 #: matrices in memory: 1.5 GB at 8192).
@@ -82,6 +88,14 @@ def dense_is_cheaper(
         + 3 * eig * needed**3
     )
     return krylov > dense
+
+
+def affordable(run: Run, n: int, max_matvecs: int) -> bool:
+    """Whether the dense path fits the product budget: free for an explicit matrix, at
+    most ``n`` more products otherwise (a budget the user fixed is never overrun)."""
+    if materialize.dispatch(type(run.oracle)) is not materialize.dispatch(object):
+        return True
+    return run.meter.matvecs + n <= max_matvecs
 
 
 def worth_switching(n: int, size: int, count: int, limit: int) -> bool:

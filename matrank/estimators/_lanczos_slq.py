@@ -64,7 +64,11 @@ def slq_count(
     all_weights: list[torch.Tensor] = []
     for begin in range(0, n_probes, chunk):
         block = functools.partial(
-            lanczos_quadrature, product, probes[:, begin : begin + chunk], steps
+            lanczos_quadrature,
+            product,
+            probes[:, begin : begin + chunk],
+            steps,
+            fixed_node=0.0,
         )
         nodes, weights = run.cached(f"slq {begin}", block)
         all_nodes.append(nodes)

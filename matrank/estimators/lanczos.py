@@ -19,7 +19,13 @@ from ..numerics.threshold import (
     noise_floor,
     resolve_threshold,
 )
-from ._lanczos_dense import DENSE_MAX, dense_count, dense_is_cheaper, worth_switching
+from ._lanczos_dense import (
+    DENSE_MAX,
+    affordable,
+    dense_count,
+    dense_is_cheaper,
+    worth_switching,
+)
 from ._lanczos_pilot import PILOT_MIN_DIM, Pilot, run_pilot
 from ._lanczos_slq import slq_count
 
@@ -214,7 +220,7 @@ class LanczosRank:
                 )
             )
             diagnostics["pilot"] = dataclasses.asdict(pilot)
-            if pilot.path == "dense":
+            if pilot.path == "dense" and affordable(run, n, max_matvecs):
                 try:
                     return dense_count(self, run, krylov, block, diagnostics)
                 except KeyboardInterrupt:  # the pilot's estimate is the best so far
@@ -319,6 +325,7 @@ class LanczosRank:
                 if (
                     self.dense_max
                     and not certain
+                    and affordable(run, n, max_matvecs)
                     and (
                         worth_switching(n, krylov.size, count, self.dense_max)
                         or (
