@@ -94,11 +94,22 @@ class LanczosRank:
     exact zeros (random restart), ghost eigenvalues (full reorthogonalization twice),
     multiplicities above ``block_size`` (restarts find the other copies).
 
-    **Dense switch.** When a third of ``R^n`` has been explored and nine tenths of it
-    counted (``n ≤ dense_max``), the rank is a large fraction of ``n``: the basis is
-    completed to ``[Q, Q⊥]``, ``H·Q⊥`` computed (``n`` products in all) and the
-    eigenvalues of ``[Q, Q⊥]ᵀH[Q, Q⊥]`` counted by the exact rule
-    (``diagnostics["path"] == "dense (switched)"``).
+    **Pilot and dense path.** From ``n = pilot_from`` four sphere probes of
+    Gauss–Radau quadrature (a node at zero) estimate the count first: at least half of
+    ``n ≤ dense_max`` goes to the dense path at once (``H`` read, or ``n`` products,
+    and the exact rule; ``diagnostics["path"] == "dense"``); a count below ``n/8``
+    starts the basis from the range of ``H`` (``Y = HΩ``, one wide block); otherwise
+    one random block as above (``diagnostics["pilot"]``). While the basis grows
+    (``n ≤ dense_max``), the count switches to the dense path when that, timed from the
+    run's own products and a calibrated ``eigvalsh``, costs less than the cheapest
+    certified Krylov count still could, or (while the count still grows with the
+    basis) once the work besides products reaches a quarter of it; without a pilot,
+    when a third of ``R^n`` has been explored and nine tenths of it counted. The basis
+    is then completed to ``[Q, Q⊥]`` with only ``H·Q⊥`` computed, or ``H`` read again
+    from the identity when that is cheaper (``diagnostics["dense_restart"]``); the
+    eigenvalues are counted by the exact rule (``"dense (switched)"``). The dense path
+    never overruns a ``max_matvecs`` the user fixed. The pilot and the timings choose
+    the path, never the count.
 
     **SLQ path.** When the basis reaches ``max_basis`` before the count is certain, the
     converged Ritz vectors above ``τ`` (``c`` of them) deflate the operator and the rest
