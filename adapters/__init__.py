@@ -5,7 +5,7 @@ Importing this package registers the explicit-matrix adapters with
 """
 
 from . import curvature, dense, function, linear_net, pytorch
-from .curvature import TorchGGN
+from .curvature import TorchFisher, TorchGGN
 from .dense import DenseOracle, LinearOperatorOracle, SparseOracle
 from .function import LossFunction
 from .linear_net import LinearNetHessian
@@ -17,6 +17,7 @@ __all__ = [
     "LinearOperatorOracle",
     "LossFunction",
     "SparseOracle",
+    "TorchFisher",
     "TorchGGN",
     "TorchLoss",
     "adam_preconditioner",

@@ -1,30 +1,178 @@
-"""The generalised Gauss–Newton matrix of a PyTorch model's loss, as an oracle.
+"""The Gauss–Newton and empirical-Fisher curvatures of a PyTorch model's loss, as oracles.
 
-``G = Σ_chunks (m_c/N)·J_cᵀ Λ_c J_c``: ``J_c`` the Jacobian of the model's outputs on
-chunk ``c`` with respect to the selected parameters, ``Λ_c`` the Hessian of the chunk's
-(mean) loss with respect to those outputs. ``G`` is the Hessian with the term that
-carries the model's own curvature left out; it is positive semi-definite wherever the
-loss is convex in the outputs (squared error, cross-entropy), at a minimum or not,
-which is where a rank of the curvature is asked away from a minimum.
+Both are ``Σ_i J_iᵀ W_i J_i``: ``J_i`` the Jacobian of sample ``i``'s outputs with respect
+to the selected parameters, ``W_i`` a positive semi-definite block in the outputs.
+
+- The generalised Gauss–Newton matrix ``G = Σ_chunks (m_c/N)·J_cᵀ Λ_c J_c``, ``Λ_c`` the
+  Hessian of the chunk's (mean) loss with respect to its outputs: the Hessian with the
+  term that carries the model's own curvature left out, PSD wherever the loss is convex
+  in the outputs (squared error, cross-entropy), at a minimum or not.
+- The empirical Fisher ``F = (1/N) Σ_i g_i g_iᵀ``, ``g_i`` the gradient of sample
+  ``i``'s loss: ``W_i = q_i q_iᵀ/N`` with ``q_i`` that loss's gradient in the outputs.
+  Its scale is the mean loss's, so its eigenvalues compare with the Hessian's.
+
+Products go through the outputs (``jvp``, the block, ``vjp``), never a per-sample
+gradient. The rank goes through the dual: with ``W_i = L_iᵀL_i`` the curvature is ``BᵀB``
+with rows ``L_i J_i``, and ``BBᵀ`` is at most (samples × outputs) square -- see
+:func:`matrank.dual_form`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.func import functional_call, grad, jvp, vjp
 
+from matrank._dual import DualForm, DualGram, dual_form
 from matrank._oracle import Capability
+from matrank._validation import MatrankValueError, check_int, message
 
 from ._data import batch_len
+from ._dual_rows import Factors, gram_in_panels, sample_rows
 from .pytorch import TorchLoss
 
-__all__ = ["TorchGGN"]
+__all__ = ["TorchFisher", "TorchGGN"]
 
 
-class TorchGGN(TorchLoss):
+class _OutputCurvature(TorchLoss):
+    """``Σ_i J_iᵀ W_i J_i`` through the outputs; subclasses give ``W``."""
+
+    kind = ""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        data: Any,
+        *,
+        gradient_tol: float | None = None,
+        dual_memory: int = 2**30,
+        **options: Any,
+    ) -> None:
+        check_int("dual_memory", dual_memory, low=1)
+        self.dual_memory = dual_memory
+        # no cache of the gradient's graph: the products never use it
+        super().__init__(
+            model, loss_fn, data, cache_hvp=False, gradient_tol=gradient_tol, **options
+        )
+
+    @property
+    def capabilities(self) -> Capability:
+        return Capability.HVP
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """The curvature times a block ``(n, b) -> (n, b)`` at ``θ0``."""
+        total = torch.zeros_like(V)
+        for inputs, targets in self._chunks():
+            column = self._chunk_product(inputs, targets)
+            if V.shape[1] == 1:
+                total[:, 0] += column(V[:, 0])
+            else:
+                total += self._batched(column, V.T).T
+        return total
+
+    # ------------------------------------------------------------------ pieces
+    def _outputs(self, inputs: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        def outputs(theta: torch.Tensor) -> torch.Tensor:
+            parameters = {**self._fixed, **self.unflatten(theta)}
+            return functional_call(self.model, parameters, (inputs,))
+
+        return outputs
+
+    def _output_loss(self, targets: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda output: self.loss_fn(output, targets)
+
+    def _chunk_product(
+        self, inputs: Any, targets: Any
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``v ↦ Σ_{i in chunk} J_iᵀ W_i J_i v`` (pullbacks built once)."""
+        outputs = self._outputs(inputs)
+        output, pull_outputs = vjp(outputs, self._theta0)
+        block = self._output_block(output, targets, batch_len((inputs, targets)))
+
+        def column(v: torch.Tensor) -> torch.Tensor:
+            along = jvp(outputs, (self._theta0,), (v,))[1]
+            (pulled,) = pull_outputs(block(along))
+            return pulled
+
+        return column
+
+    def _output_block(
+        self, output: torch.Tensor, targets: Any, size: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def _factors(self, output: torch.Tensor, targets: Any, size: int) -> Factors:
+        raise NotImplementedError
+
+    def _rows_per_sample(self, outputs: int) -> int:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the dual
+    def dual(self) -> DualForm:
+        """``BBᵀ`` of the curvature ``BᵀB`` (see :func:`matrank.dual_form`)."""
+        inputs, _ = next(iter(self._chunks()))
+        with torch.no_grad():
+            first = self._outputs(inputs)(self._theta0)
+        per_sample = first[0].numel() if first.ndim > 1 else 1
+        size = self._n_samples * self._rows_per_sample(per_sample)
+        return DualForm(
+            size=size,
+            what=f"{self.kind}: rows L_i J_i, {self._rows_per_sample(per_sample)} per sample",
+            precision=self.dtype,
+            compute=self._dual_gram,
+        )
+
+    def _chunk_factors(self) -> Iterator[tuple[torch.Tensor, Factors]]:
+        for inputs, targets in self._chunks():
+            if not isinstance(inputs, torch.Tensor):
+                raise MatrankValueError(
+                    message(
+                        "data",
+                        "tensor inputs for the dual route (a sample is a slice of them)",
+                        type(inputs).__name__,
+                    )
+                )
+            with torch.no_grad():
+                output = self._outputs(inputs)(self._theta0)
+            yield inputs, self._factors(output, targets, batch_len((inputs, targets)))
+
+    def _dual_gram(self) -> DualGram:
+        start = time.perf_counter()
+        factors = list(self._chunk_factors())
+        total = sum(f.rows for _, f in factors)
+        gram, computed, passes, product_seconds = gram_in_panels(
+            lambda: iter(factors),
+            lambda inputs, f: sample_rows(self, inputs, f),
+            total,
+            self.dim,
+            self._theta0.element_size(),
+            self.dual_memory,
+        )
+        seconds = time.perf_counter() - start
+        return DualGram(
+            gram=gram,
+            rows_computed=computed,
+            gradient_equivalents=computed / self._n_samples,
+            seconds=seconds,
+            details={
+                "rows": total,
+                "passes": passes,
+                "gram_seconds": product_seconds,
+                "rows_seconds": seconds - product_seconds,
+            },
+        )
+
+
+def _is_small(residual: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> bool:
+    eps = torch.finfo(dtype).eps
+    return bool(residual <= 1e3 * eps * scale + torch.finfo(dtype).tiny)
+
+
+class TorchGGN(_OutputCurvature):
     """The generalised Gauss–Newton matrix ``JᵀΛJ`` of a model's loss at its weights.
 
     Takes the arguments of :class:`TorchLoss` but ``cache_hvp`` (the same data handling,
@@ -33,6 +181,14 @@ class TorchGGN(TorchLoss):
     ``vmap``: ``J v`` by forward mode (``jvp`` of the outputs), ``Λ (J v)`` by a
     pullback through the gradient of the loss in the outputs (exact for any loss,
     squared error and cross-entropy included), and ``Jᵀ`` by the outputs' pullback.
+
+    ``dual_memory`` (bytes, default 1 GiB) bounds the rows of ``B = Λ^{1/2}J`` held at
+    once by the dual route (:func:`matrank.dual_form`): ``method="exact"`` and ``"auto"``
+    count the rank on the (samples × outputs) square ``Λ^{1/2}JJᵀΛ^{1/2}`` when it is
+    smaller than ``n``. The dual needs a loss that is a mean of per-sample terms (its
+    ``Λ`` block-diagonal by sample, checked on a random probe) and convex in the
+    outputs at ``θ0`` (``Λ ⪰ 0``, checked); it leaves out each sample's null
+    directions of ``Λ`` (cross-entropy's: ``K − 1`` rows per sample).
 
     The oracle offers products only (``Capability.HVP``): no loss has ``G`` for its
     Hessian, so the gradient-only and loss-only methods (Langevin, evolution) refuse it.
@@ -47,66 +203,181 @@ class TorchGGN(TorchLoss):
     >>> G = TorchGGN(model, torch.nn.functional.mse_loss, (X, y))
     >>> torch.allclose(G.hvp(torch.eye(4, dtype=torch.float64)), 2 * X.T @ X / 3)
     True
-    >>> int(matrank.estimate_rank(G, method="exact").rank)   # three samples
-    3
+    >>> result = matrank.estimate_rank(G, method="exact")   # three samples: a 3 × 3 dual
+    >>> int(result.rank), result.diagnostics["dual"]["rows"]
+    (3, 3)
     """
+
+    kind = "generalised Gauss-Newton"
 
     def __init__(
         self,
         model: torch.nn.Module,
         loss_fn: Callable[[Any, Any], torch.Tensor],
         data: Any,
-        *,
-        gradient_tol: float | None = None,
         **options: Any,
     ) -> None:
-        # no cache of the gradient's graph: the products never use it
-        super().__init__(
-            model, loss_fn, data, cache_hvp=False, gradient_tol=gradient_tol, **options
-        )
+        super().__init__(model, loss_fn, data, **options)
         self.hvp_mode = "generalised Gauss-Newton (jvp, output Hessian, vjp)"
 
-    @property
-    def capabilities(self) -> Capability:
-        return Capability.HVP
-
-    def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """``G V`` at ``θ0`` for a block ``(n, b) -> (n, b)``."""
-        total = torch.zeros_like(V)
-        for inputs, targets in self._chunks():
-            weight = batch_len((inputs, targets)) / self._n_samples
-            column = self._chunk_product(inputs, targets)
-            if V.shape[1] == 1:
-                total[:, 0] += weight * column(V[:, 0])
-            else:
-                total += weight * self._batched(column, V.T).T
-        return total
-
-    def _chunk_product(
-        self, inputs: Any, targets: Any
+    def _output_block(
+        self, output: torch.Tensor, targets: Any, size: int
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``v ↦ J_cᵀ Λ_c J_c v`` on one chunk (its pullbacks built once)."""
-        theta0 = self._theta0
-
-        def outputs(theta: torch.Tensor) -> torch.Tensor:
-            parameters = {**self._fixed, **self.unflatten(theta)}
-            return functional_call(self.model, parameters, (inputs,))
-
-        def output_loss(output: torch.Tensor) -> torch.Tensor:
-            return self.loss_fn(output, targets)
-
-        forward = vjp(outputs, theta0)  # (outputs, their pullback)
-        output, pull_outputs = forward[0], forward[1]
         # Λ is symmetric: its product is the pullback of the gradient in the outputs
-        pull_gradient = vjp(grad(output_loss), output)[1]
+        pull_gradient = vjp(grad(self._output_loss(targets)), output)[1]
+        weight = size / self._n_samples
+        return lambda along: weight * pull_gradient(along)[0]
 
-        def column(v: torch.Tensor) -> torch.Tensor:
-            along = jvp(outputs, (theta0,), (v,))[1]
-            (curved,) = pull_gradient(along)
-            (pulled,) = pull_outputs(curved)
-            return pulled
+    def _rows_per_sample(self, outputs: int) -> int:
+        return outputs
 
-        return column
+    def _factors(self, output: torch.Tensor, targets: Any, size: int) -> Factors:
+        """``L_i`` with ``L_iᵀL_i = (m_c/N)·Λ_i`` from ``Λ``'s products with "combs"
+        (``e_j`` in every sample's outputs at once), valid when ``Λ`` is block-diagonal
+        by sample, which a random probe checks."""
+        m, outputs = output.shape[0], output[0].numel()
+        pull_gradient = vjp(grad(self._output_loss(targets)), output)[1]
+        combs = torch.zeros(outputs, m, outputs, dtype=output.dtype, device=output.device)
+        combs[torch.arange(outputs), :, torch.arange(outputs)] = 1
+        columns = torch.stack(
+            [pull_gradient(c.reshape(output.shape))[0].reshape(m, outputs) for c in combs]
+        )
+        blocks = columns.permute(1, 2, 0)  # blocks[i, a, j] = Λ_i[a, j]
+        generator = torch.Generator(device=output.device).manual_seed(0)
+        probe = torch.randn(m, outputs, generator=generator, device=output.device).to(
+            output.dtype
+        )
+        direct = pull_gradient(probe.reshape(output.shape))[0].reshape(m, outputs)
+        through = torch.einsum("iaj,ij->ia", blocks, probe)
+        scale = torch.linalg.matrix_norm(blocks.reshape(m * outputs, outputs)) * (
+            torch.linalg.vector_norm(probe)
+        )
+        if not _is_small(torch.linalg.vector_norm(direct - through), scale, output.dtype):
+            raise MatrankValueError(
+                message(
+                    "loss_fn",
+                    "a mean of per-sample losses for the dual route (its Hessian in the "
+                    "outputs block-diagonal by sample); use method='lanczos' or "
+                    "ExactRank(dual=False)",
+                    "a loss whose Hessian couples the samples of a chunk",
+                )
+            )
+        weighted = (size / self._n_samples) * 0.5 * (blocks + blocks.transpose(1, 2))
+        values, vectors = torch.linalg.eigh(weighted)
+        top = values.abs().amax(dim=1, keepdim=True)
+        tolerance = 16 * outputs * torch.finfo(output.dtype).eps * top
+        if bool((values < -tolerance).any()):
+            worst = float((values / top.clamp_min(torch.finfo(output.dtype).tiny)).min())
+            raise MatrankValueError(
+                message(
+                    "loss_fn",
+                    "convex in the model's outputs at θ0 for the dual route (Λ ⪰ 0, so "
+                    "that G = BᵀB); use method='lanczos' or ExactRank(dual=False), which "
+                    "count an indefinite G by magnitude",
+                    f"an output Hessian with eigenvalue {worst:.3g} × its largest",
+                )
+            )
+        keep = values > tolerance
+        factor = values.clamp_min(0).sqrt()[:, :, None] * vectors.transpose(1, 2)
+        return Factors(factor, keep)
 
     def __repr__(self) -> str:
-        return "TorchGGN" + super().__repr__()[len("TorchLoss") :]
+        return "TorchGGN" + TorchLoss.__repr__(self)[len("TorchLoss") :]
+
+
+class TorchFisher(_OutputCurvature):
+    """The empirical Fisher ``F = (1/N) Σ_i g_i g_iᵀ`` of a model's loss at its weights.
+
+    ``g_i`` is the gradient of sample ``i``'s loss, ``loss_fn`` applied to that sample
+    alone: ``loss_fn`` must be the mean of per-sample losses (torch's losses with
+    ``reduction="mean"``; checked on the first samples at construction). The scale
+    ``1/N`` is the mean loss's, so ``F``'s eigenvalues compare with the Hessian's and the
+    GGN's. Takes the arguments of :class:`TorchGGN`; ``F`` is PSD at any point, of rank at
+    most ``N``, and its dual (:func:`matrank.dual_form`) is the ``N × N`` Gram matrix of
+    the per-sample gradients.
+
+    Products are ``F·V`` without any per-sample gradient: ``J v`` by ``jvp``, each
+    sample's ``q_iᵀ(J v)_i`` with ``q_i`` its loss's gradient in the outputs, and the
+    outputs' pullback of ``q_i·q_iᵀ(J v)_i / N``.
+
+    Examples
+    --------
+    >>> import torch, matrank
+    >>> from matrank.adapters import TorchFisher
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Linear(6, 1, bias=False).double()
+    >>> X, y = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+    >>> F = TorchFisher(model, torch.nn.functional.mse_loss, (X, y))
+    >>> int(matrank.estimate_rank(F, method="exact").rank)   # four per-sample gradients
+    4
+    """
+
+    kind = "empirical Fisher"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        data: Any,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, loss_fn, data, **options)
+        self.hvp_mode = "empirical Fisher (jvp, per-sample output gradients, vjp)"
+        self._check_per_sample()
+
+    def _output_gradients(
+        self, output: torch.Tensor, targets: Any, size: int
+    ) -> torch.Tensor:
+        """``q_i``, each sample's loss gradient in its outputs, ``(m, C)``: ``m_c`` times
+        the chunk mean's gradient."""
+        q = grad(self._output_loss(targets))(output.detach())
+        return (size * q).reshape(output.shape[0], -1)
+
+    def _check_per_sample(self) -> None:
+        inputs, targets = next(iter(self._chunks()))
+        with torch.no_grad():
+            output = self._outputs(inputs)(self._theta0)
+        size = batch_len((inputs, targets))
+        q = self._output_gradients(output, targets, size)
+        for i in range(min(4, size)):
+            alone = grad(self._output_loss(targets[i : i + 1]))(output[i : i + 1].detach())
+            alone = alone.reshape(-1)
+            scale = torch.linalg.vector_norm(alone) + torch.linalg.vector_norm(q[i])
+            if not _is_small(torch.linalg.vector_norm(q[i] - alone), scale, self.dtype):
+                raise MatrankValueError(
+                    message(
+                        "loss_fn",
+                        "the mean of per-sample losses (reduction='mean'): the empirical "
+                        "Fisher is built from each sample's own gradient",
+                        f"a loss whose gradient for sample {i} differs from the gradient "
+                        "of that sample's loss alone",
+                    )
+                )
+
+    def _output_block(
+        self, output: torch.Tensor, targets: Any, size: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        q = self._output_gradients(output, targets, size)
+        n = self._n_samples
+
+        def block(along: torch.Tensor) -> torch.Tensor:
+            inner = (q * along.reshape(q.shape)).sum(dim=1, keepdim=True)
+            return (q * inner / n).reshape(along.shape)
+
+        return block
+
+    def _rows_per_sample(self, outputs: int) -> int:
+        return 1
+
+    def _factors(self, output: torch.Tensor, targets: Any, size: int) -> Factors:
+        q = self._output_gradients(output, targets, size)
+        factor = (q / self._n_samples**0.5)[:, None, :]
+        return Factors(factor, (q != 0).any(dim=1, keepdim=True))
+
+    def __repr__(self) -> str:
+        return "TorchFisher" + TorchLoss.__repr__(self)[len("TorchLoss") :]
+
+
+@dual_form.register
+def _(oracle: _OutputCurvature) -> DualForm:
+    return oracle.dual()

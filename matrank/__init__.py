@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 # protocol, so this is the one place the core reaches into them).
 from . import adapters
 from ._api import ESTIMATORS, auto_method, estimate_rank
+from ._dual import DualForm, DualGram, dual_form
 from ._oracle import Capability, Oracle, as_oracle, exact_rank, materialize
 from ._result import CountingCurve, RankResult, Status
 from ._validation import (
@@ -38,6 +39,8 @@ __all__ = [
     "ESTIMATORS",
     "Capability",
     "CountingCurve",
+    "DualForm",
+    "DualGram",
     "EvolutionRank",
     "ExactRank",
     "LanczosRank",
@@ -56,6 +59,7 @@ __all__ = [
     "adapters",
     "as_oracle",
     "auto_method",
+    "dual_form",
     "estimate_rank",
     "exact_rank",
     "materialize",

@@ -408,7 +408,8 @@ class CostMeter:
     def __init__(self, oracle: Oracle) -> None:
         self.oracle = oracle
         self.matvecs = 0
-        self.grads = 0
+        # gradients; a dual route adds its per-sample rows as fractions of a gradient
+        self.grads: float = 0
         self.loss_evals = 0
         # seconds in products and the products timed (since this meter was made; a
         # restored count is not timed): what one more product is expected to cost

@@ -122,7 +122,7 @@ def _format_rank(rank: float) -> str:
 
 
 def _format_cost(cost: Mapping[str, float]) -> str:
-    parts = [f"{cost[k]} {k}" for k in ("matvecs", "grads", "loss_evals") if cost.get(k)]
+    parts = [f"{cost[k]:g} {k}" for k in ("matvecs", "grads", "loss_evals") if cost.get(k)]
     parts.append(f"{cost.get('seconds', math.nan):.3g} s")
     return ", ".join(parts)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from .._dual import DualForm, dual_form
 from .._oracle import Capability, as_oracle, input_precision, materialize
 from .._result import RankResult, Status
 from .._run import Run, sized_threads
@@ -42,8 +44,15 @@ class ExactRank:
         the noise floor, and falls back to the floor -- numpy's ``λmax·n·eps`` rule -- when
         no gap spans a decade. ``"floor"`` always counts everything above the floor.
     max_dim : int, default=16384
-        Largest ``n`` accepted: the eigendecomposition needs ``8n²`` bytes and ``O(n³)``
-        time (about 2 GB and a few minutes at the default).
+        Largest matrix eigendecomposed (``n``, or ``m`` for the dual): it needs ``8n²``
+        bytes and ``O(n³)`` time (about 2 GB and a few minutes at the default).
+    dual : bool or None, default=None
+        For a curvature that is a Gram matrix ``H = BᵀB`` with ``B`` of ``m`` rows
+        (:func:`matrank.dual_form`: the Gauss–Newton and empirical-Fisher oracles),
+        eigendecompose ``BBᵀ``, ``m × m``, instead of ``H``: the same nonzero
+        eigenvalues, and the other ``n − m`` are zero. ``None`` uses it when
+        ``m < n``; ``True`` always (an error when the oracle has no dual form);
+        ``False`` never.
 
     Notes
     -----
@@ -71,10 +80,13 @@ class ExactRank:
 
     threshold: float | str | None = None
     max_dim: int = 16384
+    dual: bool | None = None
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
         check_int("max_dim", self.max_dim, low=1)
+        if self.dual is not None and not isinstance(self.dual, bool):
+            raise MatrankValueError(message("dual", "True, False or None", repr(self.dual)))
 
     method: ClassVar[str] = "exact"
 
@@ -100,20 +112,37 @@ class ExactRank:
         """
         oracle = as_oracle(obj)
         n = oracle.dim
-        if n > self.max_dim:
+        form = None if self.dual is False else dual_form(oracle)
+        if self.dual and form is None:
+            raise MatrankValueError(
+                message(
+                    "obj",
+                    "a curvature with a dual form (matrank.dual_form) for dual=True",
+                    type(oracle).__name__,
+                )
+            )
+        if form is not None and not (self.dual or form.size < n):
+            form = None
+        size = n if form is None else form.size
+        if size > self.max_dim:
+            got = f"dimension {n}"
+            if form is not None:
+                got = f"a dual of {form.size} rows of B (dimension {n})"
             raise MatrankValueError(
                 message(
                     "obj",
                     f"of dimension at most max_dim={self.max_dim} for method='exact' (dense "
                     "eigendecomposition: 8n² bytes, O(n³) time); use method='lanczos' or "
                     "raise `max_dim`",
-                    f"dimension {n}",
+                    got,
                 )
             )
         run = Run.begin(
             self, oracle, Capability.HVP, seed=seed, progress=progress, **checkpointing
         )
         run.store = None  # nothing worth saving (see above)
+        if form is not None:
+            return _dual_count(run, form, self.threshold)
         meter = run.meter
         free = materialize.dispatch(type(oracle)) is not materialize.dispatch(object)
         dense = materialize(oracle) if free else materialize(meter)
@@ -132,6 +161,39 @@ class ExactRank:
         floor = max(numpy_rule, asymmetry)
         diagnostics: dict[str, Any] = {"numpy_rule": numpy_rule}
         return count_spectrum(run, eigenvalues, floor, self.threshold, diagnostics)
+
+
+def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> RankResult:
+    """The exact count from the dual ``BBᵀ``: its eigenvalues are ``H``'s nonzero ones.
+
+    The noise floor is numpy's rule on the ``m × m`` matrix eigendecomposed, with the
+    precision ``B`` was computed in. The rows' work is counted in ``cost["grads"]`` as
+    full-batch-gradient equivalents (``N`` per-sample rows are one gradient).
+    """
+    computed = form.compute()
+    start = time.perf_counter()
+    eigenvalues = _eigvalsh(computed.gram) * run.factor
+    if eigenvalues.size == 0:  # no row at all: H = 0 (one of its zeros stands for all)
+        eigenvalues = np.zeros(1)
+    eigh_seconds = time.perf_counter() - start
+    m = computed.gram.shape[0]
+    run.meter.grads += computed.gradient_equivalents
+    largest = float(np.abs(eigenvalues).max()) if m else 0.0
+    numpy_rule = noise_floor(largest, max(m, 1), float(torch.finfo(form.precision).eps))
+    diagnostics: dict[str, Any] = {
+        "numpy_rule": numpy_rule,
+        "dual": {
+            "what": form.what,
+            "size": form.size,
+            "rows": m,
+            "zero_eigenvalues": max(0, run.oracle.dim - m),
+            "rows_computed": computed.rows_computed,
+            "seconds": computed.seconds,
+            "eigh_seconds": eigh_seconds,
+            **computed.details,
+        },
+    }
+    return count_spectrum(run, eigenvalues, numpy_rule, threshold, diagnostics)
 
 
 def count_spectrum(
