@@ -28,7 +28,13 @@ _BLOCK_BYTES = 64 * 2**20
 
 
 class Factors:
-    """Per-sample factors of one data chunk: ``L (m_c, R, C)`` and which rows to keep."""
+    """Per-sample factors of one data chunk: ``L (m_c, R, C)`` and which rows to keep.
+
+    Rows left out (structural zeros of ``W_i``, and the rounding-level negative
+    eigenvalues clamped to make it PSD) are computed all the same: the sum of their
+    squared norms bounds what leaving them out changes in the curvature (Weyl), and
+    raises the noise floor to it.
+    """
 
     def __init__(self, factor: torch.Tensor, keep: torch.Tensor) -> None:
         self.factor, self.keep = factor, keep
@@ -39,7 +45,8 @@ def sample_rows(
     oracle: Any, inputs: torch.Tensor, factors: Factors
 ) -> Iterator[tuple[torch.Tensor, int]]:
     """The kept rows ``L_i J_i`` of a chunk's samples, in blocks ``(k, n)`` in order,
-    each with the number of rows computed for it (the dropped ones included)."""
+    each with the number of rows computed for it (the left-out ones included) and the
+    squared Frobenius norm of the left-out rows."""
     theta0 = oracle._theta0
     width = factors.factor.shape[1]
     per_sample = width * oracle.dim * theta0.element_size()
@@ -56,8 +63,8 @@ def sample_rows(
     for start in range(0, factors.factor.shape[0], step):
         stop = min(factors.factor.shape[0], start + step)
         keep = factors.keep[start:stop]
-        if not bool(keep.any()):
-            continue
+        if not bool(factors.factor[start:stop].any()):
+            continue  # no row at all (a sample the loss does not curve)
         x, factor = inputs[start:stop], factors.factor[start:stop]
         if oracle._vectorized:
             try:
@@ -71,41 +78,47 @@ def sample_rows(
                 )
         else:
             block = torch.stack([rows_of(xi, fi) for xi, fi in zip(x, factor, strict=True)])
-        yield block[keep], block.shape[0] * block.shape[1]
+        left_out = float(block[~keep].double().square().sum())
+        yield block[keep], block.shape[0] * block.shape[1], left_out
 
 
 def gram_in_panels(
     chunks: Callable[[], Iterator[tuple[torch.Tensor, Factors]]],
-    row_blocks: Callable[[torch.Tensor, Factors], Iterator[tuple[torch.Tensor, int]]],
+    row_blocks: Callable[
+        [torch.Tensor, Factors], Iterator[tuple[torch.Tensor, int, float]]
+    ],
     total_rows: int,
     dim: int,
     itemsize: int,
     memory: int,
-) -> tuple[torch.Tensor, int, int, float]:
+) -> tuple[torch.Tensor, int, int, float, float]:
     """``BBᵀ`` (float64, CPU) from the rows of each chunk, in panels of at most
     ``memory / 2`` bytes of rows (the whole of ``B`` in one pass when it fits).
 
     Returns the Gram matrix, the rows computed (recomputations included), the number of
-    passes over the data, and the seconds spent in the Gram products.
+    passes over the data, the seconds spent in the Gram products, and the squared norm
+    of the rows left out.
     """
-    panel = total_rows if total_rows * dim * itemsize <= memory else None
+    panel = max(1, total_rows) if total_rows * dim * itemsize <= memory else None
     if panel is None:
         panel = max(1, memory // (2 * dim * itemsize))
     gram = torch.zeros(total_rows, total_rows, dtype=torch.float64)
-    computed, passes, product_seconds = 0, 0, 0.0
-    for panel_start in range(0, total_rows, panel):
+    computed, passes, product_seconds, left_out = 0, 0, 0.0, 0.0
+    for panel_start in range(0, max(total_rows, 1), panel):  # (one pass when empty)
         panel_stop = min(total_rows, panel_start + panel)
         passes += 1
         held: list[torch.Tensor] = []
         position = 0
         for inputs, factors in chunks():
             chunk_stop = position + factors.rows
-            if chunk_stop <= panel_start:  # wholly before the panel: known by symmetry
+            if passes > 1 and chunk_stop <= panel_start:  # known by symmetry
                 position = chunk_stop
                 continue
-            for block, work in row_blocks(inputs, factors):
+            for block, work, dropped in row_blocks(inputs, factors):
                 first, position = position, position + block.shape[0]
                 computed += work
+                if passes == 1:  # the first pass visits every chunk
+                    left_out += dropped
                 # the part of the block inside the panel joins it
                 inside = block[max(0, panel_start - first) : max(0, panel_stop - first)]
                 if inside.shape[0]:
@@ -123,7 +136,7 @@ def gram_in_panels(
                             cross = panel_rows @ after.T
                             gram[panel_start:panel_stop, panel_stop:position] = cross
                         product_seconds += time.perf_counter() - start
-                elif first >= panel_stop:
+                elif block.shape[0] and first >= panel_stop:
                     start = time.perf_counter()
                     cross = panel_rows @ block.to("cpu", torch.float64).T
                     gram[panel_start:panel_stop, first:position] = cross
@@ -132,4 +145,4 @@ def gram_in_panels(
                     pass  # rows before the panel inside a chunk that reaches it
     upper = torch.triu(gram, diagonal=1)
     gram = torch.triu(gram) + upper.T
-    return gram, computed, passes, product_seconds
+    return gram, computed, passes, product_seconds, left_out

@@ -144,7 +144,7 @@ class _OutputCurvature(TorchLoss):
         start = time.perf_counter()
         factors = list(self._chunk_factors())
         total = sum(f.rows for _, f in factors)
-        gram, computed, passes, product_seconds = gram_in_panels(
+        gram, computed, passes, product_seconds, left_out = gram_in_panels(
             lambda: iter(factors),
             lambda inputs, f: sample_rows(self, inputs, f),
             total,
@@ -158,6 +158,7 @@ class _OutputCurvature(TorchLoss):
             rows_computed=computed,
             gradient_equivalents=computed / self._n_samples,
             seconds=seconds,
+            left_out=left_out,
             details={
                 "rows": total,
                 "passes": passes,
@@ -265,20 +266,12 @@ class TorchGGN(_OutputCurvature):
         weighted = (size / self._n_samples) * 0.5 * (blocks + blocks.transpose(1, 2))
         values, vectors = torch.linalg.eigh(weighted)
         top = values.abs().amax(dim=1, keepdim=True)
-        tolerance = 16 * outputs * torch.finfo(output.dtype).eps * top
-        if bool((values < -tolerance).any()):
-            worst = float((values / top.clamp_min(torch.finfo(output.dtype).tiny)).min())
-            raise MatrankValueError(
-                message(
-                    "loss_fn",
-                    "convex in the model's outputs at θ0 for the dual route (Λ ⪰ 0, so "
-                    "that G = BᵀB); use method='lanczos' or ExactRank(dual=False), which "
-                    "count an indefinite G by magnitude",
-                    f"an output Hessian with eigenvalue {worst:.3g} × its largest",
-                )
-            )
-        keep = values > tolerance
-        factor = values.clamp_min(0).sqrt()[:, :, None] * vectors.transpose(1, 2)
+        # Rounding in Λ is relative to the terms it is built from, not to its largest
+        # eigenvalue (cross-entropy near a one-hot output: −0.04 of it measured), so
+        # negative eigenvalues are clamped; their rows are left out of B and their
+        # weight bounds the change (``left_out``), which the count's floor takes in.
+        keep = values > 64 * outputs * torch.finfo(output.dtype).eps * top
+        factor = values.abs().sqrt()[:, :, None] * vectors.transpose(1, 2)
         return Factors(factor, keep)
 
     def __repr__(self) -> str:

@@ -34,7 +34,9 @@ class DualGram:
     are exactly zero by structure -- cross-entropy's softmax direction -- may be left
     out). ``rows_computed`` counts rows of ``B`` evaluated, recomputations included;
     ``gradient_equivalents`` the same work in full-batch gradients (``N`` per-sample
-    rows are one gradient's worth of backward passes).
+    rows are one gradient's worth of backward passes). ``left_out`` bounds, in the
+    norm, the part of ``H`` not in ``BᵀB`` (rows dropped as zero, and clamped rounding
+    of a loss's Hessian in the outputs): no count goes below it.
     """
 
     gram: torch.Tensor
@@ -42,6 +44,7 @@ class DualGram:
     gradient_equivalents: float
     seconds: float
     details: dict[str, Any]
+    left_out: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -167,7 +167,8 @@ def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> Rank
     """The exact count from the dual ``BBᵀ``: its eigenvalues are ``H``'s nonzero ones.
 
     The noise floor is numpy's rule on the ``m × m`` matrix eigendecomposed, with the
-    precision ``B`` was computed in. The rows' work is counted in ``cost["grads"]`` as
+    precision ``B`` was computed in, raised to the norm bound of what ``B`` leaves out
+    (clamped rounding); a part left out above 1 % of ``λmax`` is refused. The rows' work is counted in ``cost["grads"]`` as
     full-batch-gradient equivalents (``N`` per-sample rows are one gradient).
     """
     computed = form.compute()
@@ -180,6 +181,19 @@ def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> Rank
     run.meter.grads += computed.gradient_equivalents
     largest = float(np.abs(eigenvalues).max()) if m else 0.0
     numpy_rule = noise_floor(largest, max(m, 1), float(torch.finfo(form.precision).eps))
+    left_out = computed.left_out * run.factor
+    if left_out > 1e-2 * largest:
+        raise MatrankValueError(
+            message(
+                "obj",
+                "a curvature that is BᵀB up to rounding for the dual route (for a "
+                "Gauss–Newton matrix: a loss convex in the model's outputs); use "
+                "method='lanczos' or ExactRank(dual=False), which count an indefinite "
+                "matrix by magnitude",
+                f"a part outside BᵀB of norm up to {left_out / max(largest, 1e-300):.3g} "
+                "× the largest eigenvalue (negative curvature in the outputs)",
+            )
+        )
     diagnostics: dict[str, Any] = {
         "numpy_rule": numpy_rule,
         "dual": {
@@ -188,12 +202,14 @@ def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> Rank
             "rows": m,
             "zero_eigenvalues": max(0, run.oracle.dim - m),
             "rows_computed": computed.rows_computed,
+            "left_out": left_out,
             "seconds": computed.seconds,
             "eigh_seconds": eigh_seconds,
             **computed.details,
         },
     }
-    return count_spectrum(run, eigenvalues, numpy_rule, threshold, diagnostics)
+    floor = max(numpy_rule, left_out)
+    return count_spectrum(run, eigenvalues, floor, threshold, diagnostics)
 
 
 def count_spectrum(
