@@ -33,6 +33,11 @@ class Status(enum.Enum):
         "`max_evals` for evolution) or pass a larger `threshold=`"
     )
     INTERRUPTED = "interrupted by the user; the estimate is the best one so far"
+    BELOW_RESOLUTION = (
+        "the threshold is below the smallest eigenvalue the method can vouch for "
+        "(diagnostics['noise_floor']): eigenvalues between the two may be uncounted; pass "
+        "a larger `threshold=`, or count with method='exact'"
+    )
     NEGATIVE_CURVATURE = (
         "the samples found negative curvature: theta0 is a saddle point or a maximum, not "
         "a minimum, and a count from a sampler around it is meaningless; move theta0 to "

@@ -296,3 +296,33 @@ def test_a_rank_near_n_switches_to_the_dense_path(monkeypatch, restart):
     if restart:  # dense_max=0 keeps the Krylov count (once is enough: seconds)
         kept = matrank.estimate_rank(operator, method="lanczos", seed=0, dense_max=0)
         assert kept.diagnostics["path"] == "krylov" and kept.rank == 480
+
+
+def _hidden_operator(n=20000):
+    import scipy.sparse.linalg
+
+    spectrum = np.zeros(n)
+    spectrum[:50] = np.linspace(1.0, 2.0, 50)
+    spectrum[50] = 1e-10  # between numpy's floor (8.9e-12) and the resolution
+    return spectrum, scipy.sparse.linalg.aslinearoperator(scipy.sparse.diags(spectrum))
+
+
+def test_no_certified_count_below_the_resolution_of_a_random_block():
+    """A fresh block of b columns holds ≈ sqrt(b/n) of an eigenvector it must reveal,
+    and an image below the deflation tolerance δ is dropped: the floor is raised to
+    3δ·sqrt((n − k)/b), and a given τ under it is not reported CONVERGED."""
+    spectrum, operator = _hidden_operator()
+    n = spectrum.size
+    given = matrank.LanczosRank(threshold=5e-11).estimate(operator, seed=0)
+    assert given.status is matrank.Status.BELOW_RESOLUTION
+    assert not given.status.converged and "threshold=" in given.status.value
+    floor = given.diagnostics["noise_floor"]
+    # δ is relative to the largest product norm seen, between 1 and ‖A‖ = 2 here
+    delta = 100 * math.sqrt(n) * np.finfo(np.float64).eps
+    k = given.diagnostics["basis_size"]
+    assert 1.0 <= floor / (3 * delta * math.sqrt((n - k) / 32)) <= 2.0
+    assert floor > 40 * n * np.finfo(np.float64).eps * 2.0  # far above numpy's rule
+    for threshold in (None, "floor"):
+        result = matrank.LanczosRank(threshold=threshold).estimate(operator, seed=0)
+        assert result.status is matrank.Status.CONVERGED and result.threshold >= floor
+        assert result.rank == (spectrum > result.threshold).sum() == 50

@@ -87,3 +87,17 @@ def test_langevin_default_covers_the_count_above_its_threshold_trial_by_trial(d)
         counted = int((problem.spectrum() > result.threshold).sum())
         within += abs(result.rank - counted) <= 2 * result.stderr
     assert within >= 17
+
+
+def test_dual_rank_of_a_large_ggn_equals_the_lanczos_count():
+    """The GGN of a 112,810-parameter MLP on 200 digits: the dual's count at the
+    threshold Lanczos reports is Lanczos's count (before the resolution floor, Lanczos
+    reported 660 CONVERGED at 3e-11·λmax, where the dual has 681)."""
+    module = benchmark("curvature_ranks")
+    info = module.compare(samples=200, steps=20, width=300)
+    (_, dual, _), (_, krylov, _), (_, same, _) = info["rows"]
+    assert info["n"] >= 100_000
+    assert dual.diagnostics["dual"]["rows"] <= 200 * 9
+    assert krylov.status.converged and same.status.converged
+    assert same.threshold == krylov.threshold
+    assert same.rank == krylov.rank

@@ -251,7 +251,7 @@ def test_front_door_arguments():
         matrank.estimate_rank(np.eye(2), method=None)
     with pytest.raises(
         MatrankTypeError,
-        match=r"`options` must be hyperparameters of ExactRank \(threshold, max_dim\); got n_probes",
+        match=r"`options` must be hyperparameters of ExactRank \(threshold, max_dim, dual\); got n_probes",
     ):
         matrank.estimate_rank(np.eye(2), method="exact", n_probes=3)
     with pytest.raises(

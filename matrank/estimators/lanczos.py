@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 
@@ -11,13 +11,15 @@ from .._oracle import Capability, as_oracle, input_precision
 from .._result import RankResult, Status
 from .._run import Run, sized_threads
 from .._validation import check_choice, check_int, check_threshold
-from ..numerics.counting import CountingState, certified_count, verification_steps
+from ..numerics.counting import (
+    Assessment,
+    CountingState,
+    assess_basis,
+    verification_steps,
+)
 from ..numerics.krylov import BlockKrylov
 from ..numerics.threshold import (
-    ThresholdChoice,
     counting_curve,
-    noise_floor,
-    resolve_threshold,
 )
 from ._lanczos_dense import (
     DENSE_MAX,
@@ -45,7 +47,8 @@ class LanczosRank:
     ----------
     threshold : float, "floor" or None, default=None
         Count ``|λ| > τ``. ``None``: the plateau rule on the Ritz values above the noise
-        floor ``max(λmax·n·eps, symmetry defect)``; ``"floor"``: everything above it.
+        floor ``max(λmax·n·eps, symmetry defect, resolution)``; ``"floor"``: everything
+        above it. A given ``τ`` under the floor ends ``BELOW_RESOLUTION`` (Notes).
     block_size : int, default=32
         Columns per block product; at least the largest multiplicity is cheapest.
     max_matvecs : int or None, default=None
@@ -85,6 +88,15 @@ class LanczosRank:
     Blocks double (up to 256 columns) while each step still harvests nearly a block of
     new counted eigenvalues. Cost: about ``r`` to ``2r`` matvecs for rank ``r`` plus a few
     base blocks.
+
+    Verification sees an eigenvalue outside the basis only through its share
+    ``≈ sqrt(b/(n − k))`` of a fresh block of ``b`` columns, and an image below the
+    deflation tolerance ``δ = 100·sqrt(n)·eps·‖A‖`` is dropped as rounding: the count
+    vouches only for ``τ`` above the **resolution** ``3δ·sqrt((n − k)/block_size)``,
+    about ``53·n·eps·‖A‖`` at 32 columns -- 53 times numpy's floor. Below it a count
+    can miss eigenvalues and still look certain (at ``n = 112,810``, 660 counted above
+    ``3e-11·λmax`` where 681 lie; ``benchmarks/curvature_ranks.py``), so the floor is
+    raised to it.
 
     ``verify_steps=None`` takes the fewest ``s`` with ``g^s ≥ 10·sqrt(n/block_size)``,
     ``g = τ/(largest uncounted |θ|)``: a hidden eigenvalue above ``τ``, amplified
@@ -209,7 +221,7 @@ class LanczosRank:
         state = CountingState()
         status = Status.BUDGET_EXHAUSTED
         threshold = 0.0
-        latest: _Assessment | None = None
+        latest: Assessment | None = None
         interrupted, switched = False, False
         bar = run.bar
         saved = run.restore("krylov")
@@ -254,8 +266,13 @@ class LanczosRank:
             krylov.load_state_dict(saved["krylov"])
             state = CountingState(*saved["counting"])
             current = saved["current"]
-            latest = self._assess_basis(
-                krylov, n, eps, unless_count_differs_from=saved["assessed_with"]
+            latest = assess_basis(
+                krylov,
+                n,
+                eps,
+                self.block_size,
+                self.threshold,
+                unless_count_differs_from=saved["assessed_with"],
             )
             threshold = latest.threshold
         # after a range start the basis is assessed before any block is added
@@ -265,7 +282,7 @@ class LanczosRank:
                 if assess_first:
                     assess_first = False
                     state.steps += 1
-                    latest = self._assess_basis(krylov, n, eps)
+                    latest = assess_basis(krylov, n, eps, self.block_size, self.threshold)
                     threshold = latest.threshold
                     state.assessed_size = krylov.size
                     required = self.verify_steps or verification_steps(
@@ -310,8 +327,13 @@ class LanczosRank:
                 # While the count still grows nothing can be certified: the eigenvalues
                 # alone (a third of the cost of eigenpairs at k = 4500) decide that.
                 assessed_with = state.last_count
-                latest = self._assess_basis(
-                    krylov, n, eps, unless_count_differs_from=assessed_with
+                latest = assess_basis(
+                    krylov,
+                    n,
+                    eps,
+                    self.block_size,
+                    self.threshold,
+                    unless_count_differs_from=assessed_with,
                 )
                 values, floor, threshold = latest.values, latest.floor, latest.threshold
                 count, certain = latest.counted, latest.certain
@@ -389,7 +411,7 @@ class LanczosRank:
 
         # The last assessment stands unless the basis grew after it (an O(k³) solve).
         if not interrupted and (latest is None or latest.size != krylov.size):
-            latest = self._assess_basis(krylov, n, eps)
+            latest = assess_basis(krylov, n, eps, self.block_size, self.threshold)
         assert latest is not None  # an interrupt before any assessment re-raised
         values, vectors, largest = latest.values, latest.vectors, latest.largest
         floor, threshold, choice = latest.floor, latest.threshold, latest.choice
@@ -426,6 +448,8 @@ class LanczosRank:
             )
         elif choice is not None and choice.decades < 1.0:
             status = Status.NO_PLATEAU
+        elif status is Status.CONVERGED and krylov.size < n and threshold < floor:
+            status = Status.BELOW_RESOLUTION  # a user's τ under resolution(...)
         counts = counting_curve(
             magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
         )
@@ -437,53 +461,3 @@ class LanczosRank:
             counts=counts,
             status=status,
         )
-
-    def _assess_basis(
-        self,
-        krylov: BlockKrylov,
-        n: int,
-        eps: float,
-        *,
-        unless_count_differs_from: int | None = None,
-    ) -> _Assessment:
-        """Ritz pairs of the current basis, τ above its noise floor, and the count at τ.
-
-        With ``unless_count_differs_from``, the Ritz values are computed first and, if
-        the count at τ differs from that number, returned without vectors as uncertain.
-        """
-        # At a breakdown every Ritz residual is the deflated remainder: no vectors needed.
-        breakdown = krylov.B.numel() == 0
-        values, vectors = None, None
-        if breakdown or unless_count_differs_from is not None:
-            values = krylov.ritz_values()
-        while True:
-            if values is None:
-                values, vectors = krylov.ritz()
-            largest = float(values.abs().max()) if values.numel() else 0.0
-            floor = noise_floor(largest, n, eps, krylov.symmetry_defect)
-            threshold, choice = resolve_threshold(
-                values.abs().numpy(), floor, self.threshold
-            )
-            if vectors is not None or breakdown:
-                count, certain = certified_count(krylov, values, vectors, threshold)
-                break
-            count = int((values.abs() > threshold).sum())
-            if count != unless_count_differs_from:
-                certain = False
-                break
-            values = None
-        return _Assessment(
-            krylov.size, values, vectors, largest, floor, threshold, choice, count, certain
-        )
-
-
-class _Assessment(NamedTuple):
-    size: int
-    values: torch.Tensor
-    vectors: torch.Tensor | None  # None: values only (the count was still moving)
-    largest: float
-    floor: float
-    threshold: float
-    choice: ThresholdChoice | None
-    counted: int
-    certain: bool
