@@ -41,6 +41,7 @@ class _OutputCurvature(TorchLoss):
     """``Σ_i J_iᵀ W_i J_i`` through the outputs; subclasses give ``W``."""
 
     kind = ""
+    mode = ""
 
     def __init__(
         self,
@@ -58,6 +59,11 @@ class _OutputCurvature(TorchLoss):
         super().__init__(
             model, loss_fn, data, cache_hvp=False, gradient_tol=gradient_tol, **options
         )
+        self.hvp_mode = self.mode
+        self._check()
+
+    def _check(self) -> None:
+        """What the curvature needs of ``loss_fn`` beyond :class:`TorchLoss`'s checks."""
 
     @property
     def capabilities(self) -> Capability:
@@ -210,16 +216,7 @@ class TorchGGN(_OutputCurvature):
     """
 
     kind = "generalised Gauss-Newton"
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        loss_fn: Callable[[Any, Any], torch.Tensor],
-        data: Any,
-        **options: Any,
-    ) -> None:
-        super().__init__(model, loss_fn, data, **options)
-        self.hvp_mode = "generalised Gauss-Newton (jvp, output Hessian, vjp)"
+    mode = "generalised Gauss-Newton (jvp, output Hessian, vjp)"
 
     def _output_block(
         self, output: torch.Tensor, targets: Any, size: int
@@ -306,17 +303,7 @@ class TorchFisher(_OutputCurvature):
     """
 
     kind = "empirical Fisher"
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        loss_fn: Callable[[Any, Any], torch.Tensor],
-        data: Any,
-        **options: Any,
-    ) -> None:
-        super().__init__(model, loss_fn, data, **options)
-        self.hvp_mode = "empirical Fisher (jvp, per-sample output gradients, vjp)"
-        self._check_per_sample()
+    mode = "empirical Fisher (jvp, per-sample output gradients, vjp)"
 
     def _output_gradients(
         self, output: torch.Tensor, targets: Any, size: int
@@ -326,7 +313,9 @@ class TorchFisher(_OutputCurvature):
         q = grad(self._output_loss(targets))(output.detach())
         return (size * q).reshape(output.shape[0], -1)
 
-    def _check_per_sample(self) -> None:
+    def _check(self) -> None:
+        """``loss_fn`` is a mean of per-sample losses: each sample's gradient in the
+        outputs is its own loss's, on the first samples."""
         inputs, targets = next(iter(self._chunks()))
         with torch.no_grad():
             output = self._outputs(inputs)(self._theta0)
