@@ -1,0 +1,289 @@
+"""How the loss landscape changes as samples are added (Kiselev & Grabovoy, 2024).
+
+With ``L_k = (1/k) Σ_{i≤k} ℓ_i`` the mean loss of the first ``k`` samples and ``θ*`` a
+trained point, the paper bounds ``|L_{k+1}(θ) − L_k(θ)|`` by a loss term and a Hessian
+term, ``‖H_{k+1} − H_k‖₂ = ‖H_{x_{k+1}} − H_k‖₂/(k+1)``, and plots only the loss
+differences. :func:`dataset_size_study` measures both at ``θ*``: the differences
+``Δ_k = |L_{k+1}(θ*) − L_k(θ*)|`` over random orderings of the samples, and, on a log grid
+of ``k``, the Hessian difference's norm, ``λmax(H_k)``, ``tr(H_k)`` and ``rank(H_k)`` at
+one threshold -- every Hessian product through :class:`matrank.adapters.TorchLoss` on the
+first ``k`` samples, never a formed matrix.
+
+Orderings are drawn from ``seed`` over a canonical order of the samples (by a hash of
+each sample's bytes), so the study does not depend on the order the data came in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse.linalg
+import torch
+
+from ._api import estimate_rank
+from ._validation import MatrankTypeError, MatrankValueError, check_int, message
+
+__all__ = ["LandscapeStudy", "dataset_size_study"]
+
+#: Up to this many parameters the trace is read exactly, ``n`` products with the
+#: identity's columns (no standard error); beyond, Hutchinson's estimate.
+EXACT_TRACE_MAX_DIM = 1024
+
+_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+@dataclasses.dataclass(frozen=True)
+class LandscapeStudy:
+    """What :func:`dataset_size_study` measured at ``θ*``.
+
+    Attributes
+    ----------
+    losses : ndarray (N,)
+        Per-sample losses ``ℓ_i(θ*)`` in the canonical sample order.
+    k : ndarray (N − 1,)
+        ``1 … N − 1``.
+    delta_mean, delta_quantiles : ndarray
+        Mean over orderings of ``Δ_k = |L_{k+1}(θ*) − L_k(θ*)|``, and its quantiles
+        (rows: ``quantile_levels``), indexed like ``k``.
+    sizes : ndarray
+        The log grid of ``k`` where the Hessian terms were measured (first ordering).
+    hessian_difference : ndarray
+        ``‖H_{k+1} − H_k‖₂`` at each size.
+    lambda_max, trace, trace_stderr : ndarray
+        ``λmax(H_k)``, ``tr(H_k)`` and its standard error (0 where exact).
+    rank, rank_stderr : ndarray
+        ``rank(H_k)`` at ``threshold``, and its standard error (0 where exact).
+    threshold : float
+        The one threshold of every rank (from ``H_N`` unless given).
+    dim : int
+        Parameters ``n``.
+    """
+
+    losses: np.ndarray
+    k: np.ndarray
+    delta_mean: np.ndarray
+    delta_quantiles: np.ndarray
+    quantile_levels: tuple[float, ...]
+    sizes: np.ndarray
+    hessian_difference: np.ndarray
+    lambda_max: np.ndarray
+    trace: np.ndarray
+    trace_stderr: np.ndarray
+    rank: np.ndarray
+    rank_stderr: np.ndarray
+    threshold: float
+    dim: int
+    orderings: int
+
+
+def canonical_order(inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """Sample indices sorted by a hash of each sample's bytes (ties by the bytes)."""
+    keys = []
+    for i in range(inputs.shape[0]):
+        raw = (
+            inputs[i].detach().cpu().contiguous().numpy().tobytes()
+            + b"|"
+            + targets[i].detach().cpu().contiguous().numpy().tobytes()
+        )
+        keys.append((hashlib.blake2b(raw, digest_size=16).digest(), raw))
+    return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+
+
+def loss_differences(
+    losses: np.ndarray, orderings: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``Δ_k`` for ``k = 1 … N − 1`` over ``orderings`` permutations: ``(orderings, N − 1)``
+    and the permutations ``(orderings, N)``."""
+    n = losses.size
+    permutations = np.stack([rng.permutation(n) for _ in range(orderings)])
+    ordered = losses[permutations]
+    means = np.cumsum(ordered, axis=1) / np.arange(1, n + 1)
+    return np.abs(np.diff(means, axis=1)), permutations
+
+
+def dataset_size_study(
+    model: torch.nn.Module,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    sizes: Sequence[int] | None = None,
+    n_sizes: int = 20,
+    orderings: int = 100,
+    seed: int | None = None,
+    threshold: float | None = None,
+    method: str = "auto",
+    trace_probes: int = 64,
+    dtype: torch.dtype | None = None,
+) -> LandscapeStudy:
+    """Measure the loss and Hessian terms of Kiselev & Grabovoy's bound at a trained point.
+
+    Parameters
+    ----------
+    model, loss_fn
+        As for :class:`matrank.adapters.TorchLoss` (``loss_fn`` the batch mean); the
+        model's current weights are ``θ*``.
+    data : (inputs, targets) tensors
+        The ``N`` samples, in any order.
+    sizes : sequence of int or None
+        The ``k`` (``1 ≤ k < N``) where the Hessian terms are measured; ``None``: about
+        ``n_sizes`` log-spaced values from 1 to ``N − 1``.
+    orderings : int, default=100
+        Random orderings of the samples for ``Δ_k`` (the paper's 100).
+    seed : int or None
+        Seed of the orderings, the eigen-solvers' starts, the trace probes and the
+        rank estimates.
+    threshold : float or None
+        The eigenvalue threshold of every ``rank(H_k)``; ``None`` takes the threshold the
+        rank estimate of ``H_N`` (all the samples) chooses.
+    method : str, default="auto"
+        The rank method (``matrank.estimate_rank``).
+    trace_probes : int, default=64
+        Rademacher probes of ``tr(H_k)`` when ``n > EXACT_TRACE_MAX_DIM``.
+    dtype : torch.dtype or None
+        Compute dtype (``torch.float64`` for reference accuracy).
+
+    Returns
+    -------
+    LandscapeStudy
+    """
+    from .adapters import TorchLoss  # the user-facing layer reaches the adapters
+
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise MatrankTypeError(
+            message("data", "an (inputs, targets) pair of tensors", type(data).__name__)
+        )
+    inputs, targets = data
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise MatrankTypeError(message("data", "tensors", type(inputs).__name__))
+    N = int(inputs.shape[0])
+    if N < 2:
+        raise MatrankValueError(message("data", "at least two samples", N))
+    check_int("orderings", orderings, low=1)
+    check_int("n_sizes", n_sizes, low=1)
+    check_int("trace_probes", trace_probes, low=1)
+    check_int("seed", seed, low=0, allow_none=True)
+    grid = (
+        np.unique(np.round(np.geomspace(1, N - 1, n_sizes)).astype(np.int64))
+        if sizes is None
+        else np.asarray(sizes, dtype=np.int64)
+    )
+    if grid.ndim != 1 or grid.size == 0 or grid.min() < 1 or grid.max() > N - 1:
+        raise MatrankValueError(message("sizes", f"integers in [1, {N - 1}]", sizes))
+
+    order = canonical_order(inputs, targets)
+    inputs, targets = inputs[order], targets[order]
+
+    def oracle(index: np.ndarray) -> Any:
+        chosen = torch.as_tensor(index)
+        return TorchLoss(
+            model,
+            loss_fn,
+            (inputs[chosen], targets[chosen]),
+            dtype=dtype,
+            gradient_tol=None,
+        )
+
+    full = oracle(np.arange(N))
+    losses = np.array(
+        [float(oracle(np.array([i])).loss(full.theta0[None])[0]) for i in range(N)]
+    )
+    rng = np.random.default_rng(seed)
+    deltas, permutations = loss_differences(losses, orderings, rng)
+    first = permutations[0]
+
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    if threshold is None:
+        chosen = estimate_rank(full, method=method, seed=seed).threshold
+        if chosen is None:
+            raise MatrankValueError(
+                message("method", "one that reports a threshold", repr(method))
+            )
+        threshold = float(chosen)
+    n = full.dim
+    columns: dict[str, list[float]] = {
+        key: [] for key in ("difference", "lmax", "trace", "trace_se", "rank", "rank_se")
+    }
+    for k in grid:
+        H_k = oracle(first[:k])
+        H_x = oracle(first[k : k + 1])
+
+        def difference(
+            v: np.ndarray, H_k: Any = H_k, H_x: Any = H_x, k: int = int(k)
+        ) -> np.ndarray:
+            V = torch.as_tensor(v, dtype=full.dtype).reshape(n, -1)
+            with torch.no_grad():
+                product = (H_x.hvp(V) - H_k.hvp(V)) / (k + 1)
+            return product.to(torch.float64).numpy()
+
+        columns["difference"].append(_largest_magnitude(difference, n, generator))
+
+        def product(v: np.ndarray, H_k: Any = H_k) -> np.ndarray:
+            V = torch.as_tensor(v, dtype=full.dtype).reshape(n, -1)
+            with torch.no_grad():
+                return H_k.hvp(V).to(torch.float64).numpy()
+
+        columns["lmax"].append(_largest_magnitude(product, n, generator, which="LA"))
+        trace, trace_se = _trace(H_k, n, trace_probes, generator)
+        columns["trace"].append(trace)
+        columns["trace_se"].append(trace_se)
+        result = estimate_rank(H_k, method=method, seed=seed, threshold=threshold)
+        columns["rank"].append(result.rank)
+        columns["rank_se"].append(result.stderr or 0.0)
+    return LandscapeStudy(
+        losses=losses,
+        k=np.arange(1, N),
+        delta_mean=deltas.mean(axis=0),
+        delta_quantiles=np.quantile(deltas, _QUANTILES, axis=0),
+        quantile_levels=_QUANTILES,
+        sizes=grid,
+        hessian_difference=np.array(columns["difference"]),
+        lambda_max=np.array(columns["lmax"]),
+        trace=np.array(columns["trace"]),
+        trace_stderr=np.array(columns["trace_se"]),
+        rank=np.array(columns["rank"]),
+        rank_stderr=np.array(columns["rank_se"]),
+        threshold=threshold,
+        dim=n,
+        orderings=orderings,
+    )
+
+
+def _largest_magnitude(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    generator: torch.Generator,
+    which: str = "LM",
+) -> float:
+    """The largest ``|λ|`` (``"LM"``) or largest ``λ`` (``"LA"``) of a symmetric operator:
+    dense for ``n ≤ 64``, else ARPACK's Lanczos from a seeded start."""
+    if n <= 64:
+        dense = matvec(np.eye(n))
+        values = np.linalg.eigvalsh(0.5 * (dense + dense.T))
+        return float(np.abs(values).max() if which == "LM" else values.max())
+    operator = scipy.sparse.linalg.LinearOperator(
+        (n, n), matvec=matvec, matmat=matvec, dtype=np.float64
+    )
+    start = torch.randn(n, generator=generator, dtype=torch.float64).numpy()
+    values = scipy.sparse.linalg.eigsh(
+        operator, k=1, which=which, v0=start, tol=1e-12, return_eigenvectors=False
+    )
+    return float(np.abs(values).max() if which == "LM" else values.max())
+
+
+def _trace(
+    oracle: Any, n: int, probes: int, generator: torch.Generator
+) -> tuple[float, float]:
+    """``tr(H)``: exact from ``n`` products up to ``EXACT_TRACE_MAX_DIM``, else the
+    Hutchinson mean of Rademacher probes with its standard error."""
+    if n <= EXACT_TRACE_MAX_DIM:
+        eye = torch.eye(n, dtype=oracle.dtype)
+        with torch.no_grad():
+            return float(torch.diagonal(oracle.hvp(eye)).sum()), 0.0
+    signs = torch.randint(0, 2, (n, probes), generator=generator).to(oracle.dtype) * 2 - 1
+    with torch.no_grad():
+        samples = (signs * oracle.hvp(signs)).sum(dim=0).to(torch.float64)
+    return float(samples.mean()), float(samples.std() / probes**0.5)

@@ -1,0 +1,112 @@
+"""matrank.landscape against closed forms on linear regression, and its invariances."""
+
+import numpy as np
+import pytest
+import torch
+
+import matrank
+from matrank.landscape import dataset_size_study
+
+F = torch.nn.functional
+
+
+def _regression(n_samples=40, d=6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn(n_samples, d, generator=generator, dtype=torch.float64)
+    Y = torch.randn(n_samples, 1, generator=generator, dtype=torch.float64)
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(d, 1, bias=False, dtype=torch.float64)
+    return model, X, Y
+
+
+def test_every_quantity_is_its_closed_form_on_linear_regression():
+    """ℓ_i = (wᵀx_i − y_i)², H_i = 2x_ix_iᵀ: the Hessian terms of the first k samples of
+    the first ordering are dense closed forms (rank min(k, d))."""
+    model, X, Y = _regression()
+    study = dataset_size_study(model, F.mse_loss, (X, Y), orderings=7, seed=3, n_sizes=8)
+    w = model.weight.detach()[0]
+    order = matrank.landscape.canonical_order(X, Y)
+    Xc, Yc = X[order].numpy(), Y[order].numpy()[:, 0]
+    residual = Xc @ w.numpy() - Yc
+    np.testing.assert_allclose(study.losses, residual**2, rtol=1e-10)
+    first = np.random.default_rng(3).permutation(40)
+    for position, k in enumerate(study.sizes):
+        rows = Xc[first[:k]]
+        H_k = 2 * rows.T @ rows / k
+        x = Xc[first[k]]
+        difference = (2 * np.outer(x, x) - H_k) / (k + 1)
+        expected = np.abs(np.linalg.eigvalsh(difference)).max()
+        np.testing.assert_allclose(study.hessian_difference[position], expected, rtol=1e-10)
+        np.testing.assert_allclose(
+            study.lambda_max[position], np.linalg.eigvalsh(H_k).max(), rtol=1e-10
+        )
+        np.testing.assert_allclose(study.trace[position], np.trace(H_k), rtol=1e-10)
+        assert study.trace_stderr[position] == 0.0
+        assert study.rank[position] == min(k, 6)
+    # the loss differences of the first ordering, by hand
+    losses = study.losses[first]
+    means = np.cumsum(losses) / np.arange(1, 41)
+    rng = np.random.default_rng(3)
+    all_orders = np.stack([rng.permutation(40) for _ in range(7)])
+    deltas = np.abs(np.diff(np.cumsum(study.losses[all_orders], axis=1) / np.arange(1, 41)))
+    np.testing.assert_allclose(np.abs(np.diff(means)), deltas[0], rtol=1e-12)
+    np.testing.assert_allclose(study.delta_mean, deltas.mean(axis=0), rtol=1e-12)
+    assert study.delta_quantiles.shape == (5, 39)
+
+
+def test_the_study_does_not_depend_on_the_order_of_the_data():
+    model, X, Y = _regression(n_samples=30, seed=1)
+    shuffled = torch.randperm(30, generator=torch.Generator().manual_seed(9))
+    one = dataset_size_study(model, F.mse_loss, (X, Y), orderings=5, seed=0, n_sizes=4)
+    two = dataset_size_study(
+        model, F.mse_loss, (X[shuffled], Y[shuffled]), orderings=5, seed=0, n_sizes=4
+    )
+    np.testing.assert_array_equal(one.delta_mean, two.delta_mean)
+    np.testing.assert_array_equal(one.hessian_difference, two.hessian_difference)
+    np.testing.assert_array_equal(one.rank, two.rank)
+
+
+def test_bad_arguments_are_refused():
+    model, X, Y = _regression(n_samples=5)
+    with pytest.raises(matrank.MatrankValueError, match="sizes"):
+        dataset_size_study(model, F.mse_loss, (X, Y), sizes=[0, 2])
+    with pytest.raises(matrank.MatrankValueError, match="sizes"):
+        dataset_size_study(model, F.mse_loss, (X, Y), sizes=[5])
+    with pytest.raises(matrank.MatrankValueError, match="two samples"):
+        dataset_size_study(model, F.mse_loss, (X[:1], Y[:1]))
+    with pytest.raises(matrank.MatrankTypeError, match="data"):
+        dataset_size_study(model, F.mse_loss, X)
+
+
+def test_the_difference_operator_is_the_dense_difference_on_an_mlp():
+    """n = 97 > 64: ARPACK on products against the dense Hessians of the first k and
+    the (k+1)-th samples (torch.func.hessian)."""
+    from matrank.adapters import TorchLoss
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 12), torch.nn.Tanh(), torch.nn.Linear(12, 1)
+    ).double()
+    X = torch.randn(25, 5, dtype=torch.float64)
+    Y = torch.randn(25, 1, dtype=torch.float64)
+    study = dataset_size_study(
+        model, F.mse_loss, (X, Y), sizes=[3, 10], orderings=2, seed=4
+    )
+    order = matrank.landscape.canonical_order(X, Y)
+    Xc, Yc = X[order], Y[order]
+    first = np.random.default_rng(4).permutation(25)
+    for position, k in enumerate((3, 10)):
+        index = torch.as_tensor(first[: k + 1])
+        dense = [
+            TorchLoss(model, F.mse_loss, (Xc[i], Yc[i]), gradient_tol=None).dense_hessian()
+            for i in (index[:k], index[k : k + 1])
+        ]
+        expected = torch.linalg.eigvalsh((dense[1] - dense[0]) / (k + 1)).abs().max()
+        np.testing.assert_allclose(
+            study.hessian_difference[position], float(expected), rtol=1e-8
+        )
+        top = torch.linalg.eigvalsh(dense[0]).max()
+        np.testing.assert_allclose(study.lambda_max[position], float(top), rtol=1e-8)
+        np.testing.assert_allclose(
+            study.trace[position], float(torch.trace(dense[0])), rtol=1e-10
+        )
