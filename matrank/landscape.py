@@ -27,7 +27,7 @@ import torch
 from ._api import estimate_rank
 from ._validation import MatrankTypeError, MatrankValueError, check_int, message
 
-__all__ = ["LandscapeStudy", "dataset_size_study"]
+__all__ = ["LandscapeStudy", "dataset_size_study", "theorem_constant"]
 
 #: Up to this many parameters the trace is read exactly, ``n`` products with the
 #: identity's columns (no standard error); beyond, Hutchinson's estimate.
@@ -61,6 +61,15 @@ class LandscapeStudy:
         The one threshold of every rank (from ``H_N`` unless given).
     dim : int
         Parameters ``n``.
+    radii, measured, bound, theorem_bound, violations
+        The quadratic term: at ``θ* + δ`` for random directions of length
+        ``radius·‖θ*‖``, the largest ``|L_{k+1} − L_k|`` over the directions
+        (``measured``, shape ``(sizes, radii)``); the paper's right-hand side with the
+        measured Hessian difference, ``Δ_k(θ*) + ‖δ‖²·‖H_{k+1} − H_k‖₂`` (``bound``); the
+        same with the theorem's constant ``2·C_H/(k + 1)`` for ``‖H_{x} − H_k‖₂``, where
+        ``C_H = L√2·M_x²·M_W^{2L} + √2·M_W²(M_W^{2L} − 1)/(M_W² − 1)`` for a bias-free
+        ReLU ``Sequential`` (NaN for other models); and where ``measured > bound``
+        (the second-order expansion does not hold there).
     """
 
     losses: np.ndarray
@@ -78,6 +87,11 @@ class LandscapeStudy:
     threshold: float
     dim: int
     orderings: int
+    radii: np.ndarray
+    measured: np.ndarray
+    bound: np.ndarray
+    theorem_bound: np.ndarray
+    violations: np.ndarray
 
 
 def canonical_order(inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
@@ -117,6 +131,8 @@ def dataset_size_study(
     threshold: float | None = None,
     method: str = "auto",
     trace_probes: int = 64,
+    radii: Sequence[float] = (1e-3, 1e-2, 1e-1),
+    directions: int = 4,
     dtype: torch.dtype | None = None,
 ) -> LandscapeStudy:
     """Measure the loss and Hessian terms of Kiselev & Grabovoy's bound at a trained point.
@@ -143,6 +159,10 @@ def dataset_size_study(
         The rank method (``matrank.estimate_rank``).
     trace_probes : int, default=64
         Rademacher probes of ``tr(H_k)`` when ``n > EXACT_TRACE_MAX_DIM``.
+    radii : sequence of float, default=(1e-3, 1e-2, 1e-1)
+        Lengths of the displacements ``δ`` of the quadratic term, relative to ``‖θ*‖``.
+    directions : int, default=4
+        Random directions per radius.
     dtype : torch.dtype or None
         Compute dtype (``torch.float64`` for reference accuracy).
 
@@ -165,6 +185,10 @@ def dataset_size_study(
     check_int("orderings", orderings, low=1)
     check_int("n_sizes", n_sizes, low=1)
     check_int("trace_probes", trace_probes, low=1)
+    check_int("directions", directions, low=1)
+    radii_array = np.asarray(radii, dtype=np.float64)
+    if radii_array.ndim != 1 or radii_array.size == 0 or not (radii_array > 0).all():
+        raise MatrankValueError(message("radii", "positive numbers", radii))
     check_int("seed", seed, low=0, allow_none=True)
     grid = (
         np.unique(np.round(np.geomspace(1, N - 1, n_sizes)).astype(np.int64))
@@ -207,6 +231,13 @@ def dataset_size_study(
     columns: dict[str, list[float]] = {
         key: [] for key in ("difference", "lmax", "trace", "trace_se", "rank", "rank_se")
     }
+    scale = float(torch.linalg.vector_norm(full.theta0)) or 1.0
+    unit = torch.randn(directions, n, generator=generator, dtype=torch.float64)
+    unit = unit / torch.linalg.vector_norm(unit, dim=1, keepdim=True)
+    constant = theorem_constant(model, inputs)
+    measured: list[list[float]] = []
+    bounds: list[np.ndarray] = []
+    theorem: list[np.ndarray] = []
     for k in grid:
         H_k = oracle(first[:k])
         H_x = oracle(first[k : k + 1])
@@ -233,6 +264,18 @@ def dataset_size_study(
         result = estimate_rank(H_k, method=method, seed=seed, threshold=threshold)
         columns["rank"].append(result.rank)
         columns["rank_se"].append(result.stderr or 0.0)
+        loss_delta = abs(losses[first[k]] - losses[first[:k]].mean()) / (k + 1)
+        worst = []
+        for length in radii_array * scale:
+            steps = length * unit
+            points = full.theta0[None] + steps.to(full.dtype)
+            with torch.no_grad():
+                change = (H_x.loss(points) - H_k.loss(points)) / (k + 1)
+            worst.append(float(change.abs().max()))
+        measured.append(worst)
+        squares = (radii_array * scale) ** 2
+        bounds.append(loss_delta + squares * columns["difference"][-1])
+        theorem.append(loss_delta + squares * 2 * constant / (k + 1))
     return LandscapeStudy(
         losses=losses,
         k=np.arange(1, N),
@@ -249,7 +292,38 @@ def dataset_size_study(
         threshold=threshold,
         dim=n,
         orderings=orderings,
+        radii=radii_array,
+        measured=np.array(measured),
+        bound=np.array(bounds),
+        theorem_bound=np.array(theorem),
+        violations=np.array(measured) > np.array(bounds) * (1 + 1e-9),
     )
+
+
+def theorem_constant(model: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """Kiselev & Grabovoy's bound on a sample's ``‖H_i‖₂`` for a bias-free ReLU network
+    (a ``Sequential`` of bias-free ``Linear`` and ``ReLU`` layers) with cross-entropy:
+    ``L√2·M_x²·M_W^{2L} + √2·M_W²(M_W^{2L} − 1)/(M_W² − 1)``, ``M_W`` the largest
+    spectral norm of the ``L`` weight matrices and ``M_x`` the largest ``‖x_i‖``; NaN for
+    any other model."""
+    layers = list(model.children()) if isinstance(model, torch.nn.Sequential) else []
+    linear = [m for m in layers if isinstance(m, torch.nn.Linear)]
+    plain = all(isinstance(m, (torch.nn.Linear, torch.nn.ReLU)) for m in layers)
+    if not linear or not plain or any(m.bias is not None for m in linear):
+        return float("nan")
+    depth = len(linear)
+    with torch.no_grad():
+        m_w = max(float(torch.linalg.matrix_norm(m.weight.double(), ord=2)) for m in linear)
+        m_x = float(
+            torch.linalg.vector_norm(inputs.double().reshape(len(inputs), -1), dim=1).max()
+        )
+    power = m_w ** (2 * depth)
+    tail = (
+        2**0.5 * depth
+        if abs(m_w**2 - 1) < 1e-12
+        else 2**0.5 * m_w**2 * (power - 1) / (m_w**2 - 1)
+    )
+    return depth * 2**0.5 * m_x**2 * power + tail
 
 
 def _largest_magnitude(

@@ -110,3 +110,58 @@ def test_the_difference_operator_is_the_dense_difference_on_an_mlp():
         np.testing.assert_allclose(
             study.trace[position], float(torch.trace(dense[0])), rtol=1e-10
         )
+
+
+def test_the_quadratic_term_is_its_closed_form_and_the_bound_holds_at_a_fit():
+    """On linear regression L_{k+1}(θ) − L_k(θ) = (ℓ_{k+1}(θ) − L_k(θ))/(k+1) exactly; at
+    an interpolating θ* (every ℓ_i = 0, a minimum of every L_k) it is the quadratic
+    ½δᵀ(H_{x_{k+1}} − H_k)δ/(k+1), within the bound with room of a factor two."""
+    model, X, _ = _regression(n_samples=30, seed=2)
+    Y = model(X).detach()  # an exact fit
+    study = dataset_size_study(model, F.mse_loss, (X, Y), orderings=3, seed=5, n_sizes=5)
+    assert not study.violations.any()
+    assert (study.measured <= 0.5 * study.bound * (1 + 1e-9)).all()
+    assert (study.measured > 0).all()
+    assert np.isnan(study.theorem_bound).all()  # a linear model with MSE: no constant
+
+    model, X, Y = _regression(n_samples=30, seed=2)  # not a fit
+    study = dataset_size_study(
+        model, F.mse_loss, (X, Y), orderings=3, seed=5, sizes=[4, 11]
+    )
+    w = model.weight.detach()[0].numpy()
+    order = matrank.landscape.canonical_order(X, Y)
+    Xc, Yc = X[order].numpy(), Y[order].numpy()[:, 0]
+    first = np.random.default_rng(5).permutation(30)
+    unit = torch.randn(
+        4, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    )
+    unit = (unit / unit.norm(dim=1, keepdim=True)).numpy()
+    for position, k in enumerate((4, 11)):
+        for column, radius in enumerate(study.radii):
+            points = w + radius * np.linalg.norm(w) * unit
+            per_sample = (points @ Xc.T - Yc) ** 2  # (directions, samples)
+            change = (per_sample[:, first[k]] - per_sample[:, first[:k]].mean(axis=1)) / (
+                k + 1
+            )
+            np.testing.assert_allclose(
+                study.measured[position, column], np.abs(change).max(), rtol=1e-10
+            )
+
+
+def test_the_theorem_constant_of_a_bias_free_relu_network():
+    torch.manual_seed(0)
+    layers = [
+        torch.nn.Linear(4, 5, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(5, 3, bias=False),
+    ]
+    model = torch.nn.Sequential(*layers).double()
+    X = torch.randn(7, 4, dtype=torch.float64)
+    m_w = max(torch.linalg.matrix_norm(m.weight, ord=2) for m in model[::2]).item()
+    m_x = X.norm(dim=1).max().item()
+    expected = 2 * 2**0.5 * m_x**2 * m_w**4 + 2**0.5 * m_w**2 * (m_w**4 - 1) / (m_w**2 - 1)
+    assert matrank.landscape.theorem_constant(model, X) == pytest.approx(
+        expected, rel=1e-12
+    )
+    with_bias = torch.nn.Sequential(torch.nn.Linear(4, 3)).double()
+    assert np.isnan(matrank.landscape.theorem_constant(with_bias, X))
