@@ -7,6 +7,7 @@ panels that fit a result to a file, which is what ``matrank estimate --plot`` do
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,13 @@ import numpy as np
 from ._result import RankResult
 from ._validation import MatrankError, MatrankValueError, message
 
-__all__ = ["plot_counts", "plot_density", "plot_loss_trace", "save_figure"]
+__all__ = [
+    "plot_counts",
+    "plot_density",
+    "plot_landscape",
+    "plot_loss_trace",
+    "save_figure",
+]
 
 
 def _pyplot() -> Any:
@@ -193,3 +200,60 @@ def save_figure(result: RankResult, path: str) -> list[str]:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     return [name for name, _ in panels]
+
+
+def plot_landscape(studies: Mapping[str, Any], path: str | None = None) -> Any:
+    """The figure of :func:`matrank.landscape.dataset_size_study`, one curve per model.
+
+    Six panels on log axes against ``k``: the mean ``Δ_k = |L_{k+1} − L_k|`` over the
+    orderings with its 25–75 % band and a ``1/k`` guide; ``‖H_{k+1} − H_k‖₂``;
+    ``λmax(H_k)``; ``tr(H_k)/n``; ``rank(H_k)/n``; and the measured quadratic term over
+    the paper's bound (middle radius; above 1 the expansion fails). ``studies`` maps a
+    label to a study; the figure is saved to ``path`` when given, and returned.
+    """
+    if not studies:
+        raise MatrankValueError(message("studies", "at least one study", "none"))
+    plt = _pyplot()
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    panels = axes.ravel()
+    for label, study in studies.items():
+        line = panels[0].plot(study.k, study.delta_mean, label=label)[0]
+        low, high = study.delta_quantiles[1], study.delta_quantiles[3]
+        panels[0].fill_between(study.k, low, high, color=line.get_color(), alpha=0.15)
+        color = line.get_color()
+        sizes = study.sizes
+        panels[1].plot(sizes, study.hessian_difference, "o-", color=color, label=label)
+        panels[2].plot(sizes, study.lambda_max, "o-", color=color, label=label)
+        panels[3].plot(sizes, study.trace / study.dim, "o-", color=color, label=label)
+        panels[4].plot(sizes, study.rank / study.dim, "o-", color=color, label=label)
+        middle = study.radii.size // 2
+        ratio = study.measured[:, middle] / study.bound[:, middle]
+        panels[5].plot(sizes, ratio, "o-", color=color, label=label)
+    first = next(iter(studies.values()))
+    anchor = first.delta_mean[0] if first.delta_mean[0] > 0 else 1.0
+    panels[0].plot(first.k, anchor / first.k, "k--", linewidth=1, label="1/k")
+    panels[5].axhline(1.0, color="black", linestyle=":", linewidth=1, label="the bound")
+    titles = [
+        ("|L_{k+1} − L_k| at θ* (mean, 25–75 %)", "Δ_k"),
+        ("‖H_{k+1} − H_k‖₂", "spectral norm"),
+        ("λmax(H_k)", "largest eigenvalue"),
+        ("tr(H_k) / n", "mean eigenvalue"),
+        (
+            f"rank(H_k) / n at τ = {first.threshold:.2g}"
+            if len({study.threshold for study in studies.values()}) == 1
+            else "rank(H_k) / n at each model's τ (from H_N)",
+            "fraction of n",
+        ),
+        ("quadratic term / bound (middle radius)", "ratio"),
+    ]
+    for ax, (title, ylabel) in zip(panels, titles, strict=True):
+        ax.set_xscale("log")
+        ax.set_yscale("log" if ax is not panels[4] else "linear")
+        ax.set_xlabel("samples k")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize="small")
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure

@@ -84,3 +84,33 @@ def test_save_figure_and_the_cli_flag(tmp_path, capsys):
     bad = tmp_path / "missing-dir" / "x.png"
     assert main(["estimate", str(matrix), "--plot", str(bad)]) == 2
     assert "matrank: error:" in capsys.readouterr().err
+
+
+def test_landscape_figure_has_log_axes_labels_and_one_curve_per_model(tmp_path):
+    import torch
+
+    from matrank.landscape import dataset_size_study
+    from matrank.plot import plot_landscape
+
+    studies = {}
+    for width in (3, 6):
+        torch.manual_seed(width)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(4, width, bias=False),
+            torch.nn.ReLU(),
+            torch.nn.Linear(width, 3, bias=False),
+        ).double()
+        X = torch.randn(20, 4, dtype=torch.float64)
+        y = torch.randint(0, 3, (20,), generator=torch.Generator().manual_seed(0))
+        studies[f"width {width}"] = dataset_size_study(
+            model, torch.nn.functional.cross_entropy, (X, y), orderings=5, seed=0, n_sizes=4
+        )
+    path = tmp_path / "landscape.png"
+    figure = plot_landscape(studies, path=str(path))
+    assert path.stat().st_size > 10_000
+    panels = figure.axes
+    assert len(panels) == 6 and all(ax.get_xscale() == "log" for ax in panels)
+    assert panels[0].get_yscale() == "log" and panels[0].get_xlabel() == "samples k"
+    labels = [t.get_text() for t in panels[0].get_legend().get_texts()]
+    assert labels == ["width 3", "width 6", "1/k"]
+    assert np.isfinite(studies["width 3"].theorem_bound).all()  # bias-free ReLU
