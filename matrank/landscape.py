@@ -107,6 +107,25 @@ def canonical_order(inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
 
 
+def per_sample_losses(oracle: Any) -> np.ndarray:
+    """``ℓ_i(θ0)``, ``loss_fn`` on each sample alone, for a
+    :class:`~matrank.adapters.TorchLoss`: one forward pass per chunk, then the loss of
+    each output row (a model's output for a sample does not depend on the others in
+    eval mode)."""
+    from torch.func import functional_call
+
+    parameters = {**oracle._fixed, **oracle.unflatten(oracle.theta0)}
+    values: list[float] = []
+    with torch.no_grad():
+        for inputs, targets in oracle._chunks():
+            output = functional_call(oracle.model, parameters, (inputs,))
+            values.extend(
+                float(oracle.loss_fn(output[i : i + 1], targets[i : i + 1]))
+                for i in range(output.shape[0])
+            )
+    return np.array(values)
+
+
 def loss_differences(
     losses: np.ndarray, orderings: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -212,9 +231,7 @@ def dataset_size_study(
         )
 
     full = oracle(np.arange(N))
-    losses = np.array(
-        [float(oracle(np.array([i])).loss(full.theta0[None])[0]) for i in range(N)]
-    )
+    losses = per_sample_losses(full)
     rng = np.random.default_rng(seed)
     deltas, permutations = loss_differences(losses, orderings, rng)
     first = permutations[0]
