@@ -26,6 +26,7 @@ import torch
 
 from ._api import estimate_rank
 from ._validation import MatrankTypeError, MatrankValueError, check_int, message
+from .numerics.trace import mean_and_stderr, probe_block
 
 __all__ = ["LandscapeStudy", "dataset_size_study", "theorem_constant"]
 
@@ -260,21 +261,12 @@ def dataset_size_study(
         H_x = oracle(first[k : k + 1])
 
         def difference(
-            v: np.ndarray, H_k: Any = H_k, H_x: Any = H_x, k: int = int(k)
-        ) -> np.ndarray:
-            V = torch.as_tensor(v, dtype=full.dtype).reshape(n, -1)
-            with torch.no_grad():
-                product = (H_x.hvp(V) - H_k.hvp(V)) / (k + 1)
-            return product.to(torch.float64).numpy()
+            V: torch.Tensor, H_k: Any = H_k, H_x: Any = H_x, k: int = int(k)
+        ) -> torch.Tensor:
+            return (H_x.hvp(V) - H_k.hvp(V)) / (k + 1)
 
-        columns["difference"].append(_largest_magnitude(difference, n, generator))
-
-        def product(v: np.ndarray, H_k: Any = H_k) -> np.ndarray:
-            V = torch.as_tensor(v, dtype=full.dtype).reshape(n, -1)
-            with torch.no_grad():
-                return H_k.hvp(V).to(torch.float64).numpy()
-
-        columns["lmax"].append(_largest_magnitude(product, n, generator, which="LA"))
+        columns["difference"].append(_largest(difference, full, generator))
+        columns["lmax"].append(_largest(H_k.hvp, full, generator, which="LA"))
         trace, trace_se = _trace(H_k, n, trace_probes, generator)
         columns["trace"].append(trace)
         columns["trace_se"].append(trace_se)
@@ -343,25 +335,33 @@ def theorem_constant(model: torch.nn.Module, inputs: torch.Tensor) -> float:
     return depth * 2**0.5 * m_x**2 * power + tail
 
 
-def _largest_magnitude(
-    matvec: Callable[[np.ndarray], np.ndarray],
-    n: int,
+def _largest(
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    oracle: Any,
     generator: torch.Generator,
     which: str = "LM",
 ) -> float:
-    """The largest ``|λ|`` (``"LM"``) or largest ``λ`` (``"LA"``) of a symmetric operator:
-    dense for ``n ≤ 64``, else ARPACK's Lanczos from a seeded start."""
+    """The largest ``|λ|`` (``"LM"``) or largest ``λ`` (``"LA"``) of the symmetric
+    operator ``apply`` (blocks ``(n, b)`` in the oracle's dtype): dense for ``n ≤ 64``,
+    else ARPACK's Lanczos from a seeded start."""
+    n = oracle.dim
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        V = torch.as_tensor(v, dtype=oracle.dtype).reshape(n, -1)
+        with torch.no_grad():
+            return apply(V).to(torch.float64).numpy()
+
     if n <= 64:
         dense = matvec(np.eye(n))
         values = np.linalg.eigvalsh(0.5 * (dense + dense.T))
-        return float(np.abs(values).max() if which == "LM" else values.max())
-    operator = scipy.sparse.linalg.LinearOperator(
-        (n, n), matvec=matvec, matmat=matvec, dtype=np.float64
-    )
-    start = torch.randn(n, generator=generator, dtype=torch.float64).numpy()
-    values = scipy.sparse.linalg.eigsh(
-        operator, k=1, which=which, v0=start, tol=1e-12, return_eigenvectors=False
-    )
+    else:
+        operator = scipy.sparse.linalg.LinearOperator(
+            (n, n), matvec=matvec, matmat=matvec, dtype=np.float64
+        )
+        start = torch.randn(n, generator=generator, dtype=torch.float64).numpy()
+        values = scipy.sparse.linalg.eigsh(
+            operator, k=1, which=which, v0=start, tol=1e-12, return_eigenvectors=False
+        )
     return float(np.abs(values).max() if which == "LM" else values.max())
 
 
@@ -374,7 +374,13 @@ def _trace(
         eye = torch.eye(n, dtype=oracle.dtype)
         with torch.no_grad():
             return float(torch.diagonal(oracle.hvp(eye)).sum()), 0.0
-    signs = torch.randint(0, 2, (n, probes), generator=generator).to(oracle.dtype) * 2 - 1
+    signs = probe_block(
+        n,
+        probes,
+        kind="rademacher",
+        generator=generator,
+        dtype=oracle.dtype,
+        device=oracle.device,
+    )
     with torch.no_grad():
-        samples = (signs * oracle.hvp(signs)).sum(dim=0).to(torch.float64)
-    return float(samples.mean()), float(samples.std() / probes**0.5)
+        return mean_and_stderr((signs * oracle.hvp(signs)).sum(dim=0))

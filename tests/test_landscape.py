@@ -165,3 +165,16 @@ def test_the_theorem_constant_of_a_bias_free_relu_network():
     )
     with_bias = torch.nn.Sequential(torch.nn.Linear(4, 3)).double()
     assert np.isnan(matrank.landscape.theorem_constant(with_bias, X))
+
+
+def test_hutchinson_trace_beyond_the_exact_size_is_within_its_stderr():
+    """n = 1100 > EXACT_TRACE_MAX_DIM: Rademacher probes, tr(2XᵀX/k) inside 4 stderr."""
+    model, X, Y = _regression(n_samples=12, d=1100, seed=3)
+    study = dataset_size_study(
+        model, F.mse_loss, (X, Y), sizes=[5], orderings=2, seed=1, trace_probes=64
+    )
+    order = matrank.landscape.canonical_order(X, Y)
+    rows = X[order].numpy()[np.random.default_rng(1).permutation(12)[:5]]
+    exact = 2 * np.square(rows).sum() / 5
+    assert 0 < study.trace_stderr[0] < 0.2 * exact
+    assert abs(study.trace[0] - exact) <= 4 * study.trace_stderr[0]
