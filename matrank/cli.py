@@ -202,7 +202,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rank", type=int, default=150, help="true rank (default 150)")
     demo.add_argument("--seed", type=int, default=0)
     commands.add_parser("methods", help="the available methods and when to use them")
+    _landscape_parser(commands)
     return parser
+
+
+def _landscape_parser(commands: Any) -> None:
+    from ._cli_landscape import add_parser
+
+    add_parser(commands)
+
+
+def _landscape(args: argparse.Namespace) -> int:
+    from ._cli_landscape import run
+
+    return run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "demo":
         return _demo(args.n, args.rank, args.seed)
+    if args.command == "landscape":
+        return _landscape(args)
     try:
         matrix = load_matrix(args.file)
     except (MatrankError, OSError) as error:

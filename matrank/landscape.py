@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,9 +31,11 @@ from .numerics.trace import mean_and_stderr, probe_block
 
 __all__ = ["LandscapeStudy", "dataset_size_study", "theorem_constant"]
 
-#: Up to this many parameters the trace is read exactly, ``n`` products with the
-#: identity's columns (no standard error); beyond, Hutchinson's estimate.
-EXACT_TRACE_MAX_DIM = 1024
+#: Up to this many parameters each ``H_k`` (and the added sample's Hessian) is formed from
+#: ``n`` products with the identity's columns, and its norm, trace and rank are read off
+#: the dense matrix (exact, no standard error); beyond, ARPACK's Lanczos on products,
+#: Hutchinson's trace and the rank method on the operator.
+DENSE_MAX_DIM = 1024
 
 _QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -71,6 +74,12 @@ class LandscapeStudy:
         ``C_H = L√2·M_x²·M_W^{2L} + √2·M_W²(M_W^{2L} − 1)/(M_W² − 1)`` for a bias-free
         ReLU ``Sequential`` (NaN for other models); and where ``measured > bound``
         (the second-order expansion does not hold there).
+    constant : float
+        The theorem's ``C_H`` (NaN where it does not apply); its bound on
+        ``‖H_{k+1} − H_k‖₂`` is ``2·C_H/(k + 1)``.
+    seconds : dict
+        Wall time by part: ``"threshold"`` (choosing it from ``H_N``), ``"hessian"``
+        (norms and traces), ``"rank"`` and ``"quadratic"``.
     """
 
     losses: np.ndarray
@@ -93,6 +102,25 @@ class LandscapeStudy:
     bound: np.ndarray
     theorem_bound: np.ndarray
     violations: np.ndarray
+    constant: float = float("nan")
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, numbers and strings (``json.dumps`` takes it)."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                # NaN (no theorem constant) is not JSON: None instead
+                if value.dtype.kind == "f":
+                    value = value.astype(object)
+                    value[np.isnan(value.astype(np.float64))] = None
+                value = value.tolist()
+            out[field.name] = value
+        out["quantile_levels"] = list(self.quantile_levels)
+        out["threshold"] = float(self.threshold)
+        out["constant"] = None if np.isnan(self.constant) else self.constant
+        return out
 
 
 def canonical_order(inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
@@ -149,11 +177,13 @@ def dataset_size_study(
     orderings: int = 100,
     seed: int | None = None,
     threshold: float | None = None,
+    relative_threshold: float | None = None,
     method: str = "auto",
     trace_probes: int = 64,
     radii: Sequence[float] = (1e-3, 1e-2, 1e-1),
     directions: int = 4,
     dtype: torch.dtype | None = None,
+    on_size: Callable[[int], None] | None = None,
 ) -> LandscapeStudy:
     """Measure the loss and Hessian terms of Kiselev & Grabovoy's bound at a trained point.
 
@@ -173,18 +203,23 @@ def dataset_size_study(
         Seed of the orderings, the eigen-solvers' starts, the trace probes and the
         rank estimates.
     threshold : float or None
-        The eigenvalue threshold of every ``rank(H_k)``; ``None`` takes the threshold the
-        rank estimate of ``H_N`` (all the samples) chooses.
+        The eigenvalue threshold of every ``rank(H_k)`` (eigenvalues count by their
+        magnitude: ``θ*`` need not be a minimum); ``None`` takes the threshold the rank
+        estimate of ``H_N`` (all the samples) chooses, or ``relative_threshold``.
+    relative_threshold : float or None
+        With ``threshold=None``: the threshold is this fraction of ``λmax(H_N)``.
     method : str, default="auto"
         The rank method (``matrank.estimate_rank``).
     trace_probes : int, default=64
-        Rademacher probes of ``tr(H_k)`` when ``n > EXACT_TRACE_MAX_DIM``.
+        Rademacher probes of ``tr(H_k)`` when ``n > DENSE_MAX_DIM``.
     radii : sequence of float, default=(1e-3, 1e-2, 1e-1)
         Lengths of the displacements ``δ`` of the quadratic term, relative to ``‖θ*‖``.
     directions : int, default=4
         Random directions per radius.
     dtype : torch.dtype or None
         Compute dtype (``torch.float64`` for reference accuracy).
+    on_size : callable or None
+        Called with each ``k`` once its terms are measured (a progress bar's hook).
 
     Returns
     -------
@@ -210,6 +245,16 @@ def dataset_size_study(
     if radii_array.ndim != 1 or radii_array.size == 0 or not (radii_array > 0).all():
         raise MatrankValueError(message("radii", "positive numbers", radii))
     check_int("seed", seed, low=0, allow_none=True)
+    if relative_threshold is not None and (
+        threshold is not None or not 0 < relative_threshold < 1
+    ):
+        raise MatrankValueError(
+            message(
+                "relative_threshold",
+                "a fraction in (0, 1), with threshold=None",
+                relative_threshold,
+            )
+        )
     grid = (
         np.unique(np.round(np.geomspace(1, N - 1, n_sizes)).astype(np.int64))
         if sizes is None
@@ -238,14 +283,24 @@ def dataset_size_study(
     first = permutations[0]
 
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    if threshold is None:
-        chosen = estimate_rank(full, method=method, seed=seed).threshold
-        if chosen is None:
-            raise MatrankValueError(
-                message("method", "one that reports a threshold", repr(method))
-            )
-        threshold = float(chosen)
     n = full.dim
+    clock = time.perf_counter()
+    if threshold is None:
+        if relative_threshold is not None:
+            top = (
+                _dense_spectrum(full).max()
+                if n <= DENSE_MAX_DIM
+                else _largest(full.hvp, full, generator, which="LA")
+            )
+            threshold = relative_threshold * float(top)
+        else:
+            chosen = estimate_rank(full, method=method, seed=seed).threshold
+            if chosen is None:
+                raise MatrankValueError(
+                    message("method", "one that reports a threshold", repr(method))
+                )
+            threshold = float(chosen)
+    seconds = {"threshold": time.perf_counter() - clock}
     columns: dict[str, list[float]] = {
         key: [] for key in ("difference", "lmax", "trace", "trace_se", "rank", "rank_se")
     }
@@ -256,23 +311,40 @@ def dataset_size_study(
     measured: list[list[float]] = []
     bounds: list[np.ndarray] = []
     theorem: list[np.ndarray] = []
+    for key in ("hessian", "rank", "quadratic"):
+        seconds[key] = 0.0
     for k in grid:
+        clock = time.perf_counter()
         H_k = oracle(first[:k])
         H_x = oracle(first[k : k + 1])
+        ranked: Any = H_k
+        if n <= DENSE_MAX_DIM:
+            ranked = _dense(H_k)
+            added = _dense(H_x)
+            difference = np.linalg.eigvalsh((added - ranked) / (k + 1))
+            columns["difference"].append(float(np.abs(difference).max()))
+            columns["lmax"].append(float(np.linalg.eigvalsh(ranked).max()))
+            columns["trace"].append(float(np.trace(ranked)))
+            columns["trace_se"].append(0.0)
+        else:
 
-        def difference(
-            V: torch.Tensor, H_k: Any = H_k, H_x: Any = H_x, k: int = int(k)
-        ) -> torch.Tensor:
-            return (H_x.hvp(V) - H_k.hvp(V)) / (k + 1)
+            def apply(
+                V: torch.Tensor, H_k: Any = H_k, H_x: Any = H_x, k: int = int(k)
+            ) -> torch.Tensor:
+                return (H_x.hvp(V) - H_k.hvp(V)) / (k + 1)
 
-        columns["difference"].append(_largest(difference, full, generator))
-        columns["lmax"].append(_largest(H_k.hvp, full, generator, which="LA"))
-        trace, trace_se = _trace(H_k, n, trace_probes, generator)
-        columns["trace"].append(trace)
-        columns["trace_se"].append(trace_se)
-        result = estimate_rank(H_k, method=method, seed=seed, threshold=threshold)
+            columns["difference"].append(_largest(apply, full, generator))
+            columns["lmax"].append(_largest(H_k.hvp, full, generator, which="LA"))
+            trace, trace_se = _trace(H_k, trace_probes, generator)
+            columns["trace"].append(trace)
+            columns["trace_se"].append(trace_se)
+        seconds["hessian"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        result = estimate_rank(ranked, method=method, seed=seed, threshold=threshold)
         columns["rank"].append(result.rank)
         columns["rank_se"].append(result.stderr or 0.0)
+        seconds["rank"] += time.perf_counter() - clock
+        clock = time.perf_counter()
         loss_delta = abs(losses[first[k]] - losses[first[:k]].mean()) / (k + 1)
         worst = []
         for length in radii_array * scale:
@@ -285,6 +357,9 @@ def dataset_size_study(
         squares = (radii_array * scale) ** 2
         bounds.append(loss_delta + squares * columns["difference"][-1])
         theorem.append(loss_delta + squares * 2 * constant / (k + 1))
+        seconds["quadratic"] += time.perf_counter() - clock
+        if on_size is not None:
+            on_size(int(k))
     return LandscapeStudy(
         losses=losses,
         k=np.arange(1, N),
@@ -306,6 +381,8 @@ def dataset_size_study(
         bound=np.array(bounds),
         theorem_bound=np.array(theorem),
         violations=np.array(measured) > np.array(bounds) * (1 + 1e-9),
+        constant=constant,
+        seconds=seconds,
     )
 
 
@@ -335,6 +412,24 @@ def theorem_constant(model: torch.nn.Module, inputs: torch.Tensor) -> float:
     return depth * 2**0.5 * m_x**2 * power + tail
 
 
+def _dense(oracle: Any, block: int = 256) -> np.ndarray:
+    """``H`` in float64 from products with the identity's columns, ``block`` at a time,
+    symmetrized (the products are symmetric to rounding)."""
+    n = oracle.dim
+    eye = torch.eye(n, dtype=oracle.dtype, device=oracle.device)
+    with torch.no_grad():
+        columns = [
+            oracle.hvp(eye[:, j : j + block]).to(torch.float64).cpu()
+            for j in range(0, n, block)
+        ]
+    dense = torch.cat(columns, dim=1).numpy()
+    return 0.5 * (dense + dense.T)
+
+
+def _dense_spectrum(oracle: Any) -> np.ndarray:
+    return np.linalg.eigvalsh(_dense(oracle))
+
+
 def _largest(
     apply: Callable[[torch.Tensor], torch.Tensor],
     oracle: Any,
@@ -342,8 +437,8 @@ def _largest(
     which: str = "LM",
 ) -> float:
     """The largest ``|λ|`` (``"LM"``) or largest ``λ`` (``"LA"``) of the symmetric
-    operator ``apply`` (blocks ``(n, b)`` in the oracle's dtype): dense for ``n ≤ 64``,
-    else ARPACK's Lanczos from a seeded start."""
+    operator ``apply`` (blocks ``(n, b)`` in the oracle's dtype), by ARPACK's Lanczos
+    from a seeded start."""
     n = oracle.dim
 
     def matvec(v: np.ndarray) -> np.ndarray:
@@ -351,31 +446,20 @@ def _largest(
         with torch.no_grad():
             return apply(V).to(torch.float64).numpy()
 
-    if n <= 64:
-        dense = matvec(np.eye(n))
-        values = np.linalg.eigvalsh(0.5 * (dense + dense.T))
-    else:
-        operator = scipy.sparse.linalg.LinearOperator(
-            (n, n), matvec=matvec, matmat=matvec, dtype=np.float64
-        )
-        start = torch.randn(n, generator=generator, dtype=torch.float64).numpy()
-        values = scipy.sparse.linalg.eigsh(
-            operator, k=1, which=which, v0=start, tol=1e-12, return_eigenvectors=False
-        )
+    operator = scipy.sparse.linalg.LinearOperator(
+        (n, n), matvec=matvec, matmat=matvec, dtype=np.float64
+    )
+    start = torch.randn(n, generator=generator, dtype=torch.float64).numpy()
+    values = scipy.sparse.linalg.eigsh(
+        operator, k=1, which=which, v0=start, tol=1e-12, return_eigenvectors=False
+    )
     return float(np.abs(values).max() if which == "LM" else values.max())
 
 
-def _trace(
-    oracle: Any, n: int, probes: int, generator: torch.Generator
-) -> tuple[float, float]:
-    """``tr(H)``: exact from ``n`` products up to ``EXACT_TRACE_MAX_DIM``, else the
-    Hutchinson mean of Rademacher probes with its standard error."""
-    if n <= EXACT_TRACE_MAX_DIM:
-        eye = torch.eye(n, dtype=oracle.dtype)
-        with torch.no_grad():
-            return float(torch.diagonal(oracle.hvp(eye)).sum()), 0.0
+def _trace(oracle: Any, probes: int, generator: torch.Generator) -> tuple[float, float]:
+    """``tr(H)`` by the Hutchinson mean of Rademacher probes, with its standard error."""
     signs = probe_block(
-        n,
+        oracle.dim,
         probes,
         kind="rademacher",
         generator=generator,

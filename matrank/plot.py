@@ -202,14 +202,17 @@ def save_figure(result: RankResult, path: str) -> list[str]:
     return [name for name, _ in panels]
 
 
-def plot_landscape(studies: Mapping[str, Any], path: str | None = None) -> Any:
+def plot_landscape(
+    studies: Mapping[str, Any], path: str | None = None, *, title: str | None = None
+) -> Any:
     """The figure of :func:`matrank.landscape.dataset_size_study`, one curve per model.
 
     Six panels on log axes against ``k``: the mean ``Δ_k = |L_{k+1} − L_k|`` over the
     orderings with its 25–75 % band and a ``1/k`` guide; ``‖H_{k+1} − H_k‖₂``;
     ``λmax(H_k)``; ``tr(H_k)/n``; ``rank(H_k)/n``; and the measured quadratic term over
-    the paper's bound (middle radius; above 1 the expansion fails). ``studies`` maps a
-    label to a study; the figure is saved to ``path`` when given, and returned.
+    the paper's bound at the largest radius (above 1 the expansion fails). ``studies`` maps a
+    label to a study; the figure (with ``title`` above it) is saved to ``path`` when
+    given, and returned.
     """
     if not studies:
         raise MatrankValueError(message("studies", "at least one study", "none"))
@@ -226,8 +229,7 @@ def plot_landscape(studies: Mapping[str, Any], path: str | None = None) -> Any:
         panels[2].plot(sizes, study.lambda_max, "o-", color=color, label=label)
         panels[3].plot(sizes, study.trace / study.dim, "o-", color=color, label=label)
         panels[4].plot(sizes, study.rank / study.dim, "o-", color=color, label=label)
-        middle = study.radii.size // 2
-        ratio = study.measured[:, middle] / study.bound[:, middle]
+        ratio = study.measured[:, -1] / study.bound[:, -1]
         panels[5].plot(sizes, ratio, "o-", color=color, label=label)
     first = next(iter(studies.values()))
     anchor = first.delta_mean[0] if first.delta_mean[0] > 0 else 1.0
@@ -241,18 +243,24 @@ def plot_landscape(studies: Mapping[str, Any], path: str | None = None) -> Any:
         (
             f"rank(H_k) / n at τ = {first.threshold:.2g}"
             if len({study.threshold for study in studies.values()}) == 1
-            else "rank(H_k) / n at each model's τ (from H_N)",
+            else "rank(H_k) / n at each model's τ",
             "fraction of n",
         ),
-        ("quadratic term / bound (middle radius)", "ratio"),
+        (
+            f"quadratic term / bound at ‖δ‖ = {first.radii[-1]:g}·‖θ*‖",
+            "ratio (above 1: the expansion fails)",
+        ),
     ]
-    for ax, (title, ylabel) in zip(panels, titles, strict=True):
+    for ax, (heading, ylabel) in zip(panels, titles, strict=True):
         ax.set_xscale("log")
-        ax.set_yscale("log" if ax is not panels[4] else "linear")
+        positive = all((study.rank > 0).all() for study in studies.values())
+        ax.set_yscale("log" if ax is not panels[4] or positive else "linear")
         ax.set_xlabel("samples k")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_title(heading)
         ax.legend(fontsize="small")
+    if title is not None:
+        figure.suptitle(title)
     figure.tight_layout()
     if path is not None:
         figure.savefig(path, dpi=120)

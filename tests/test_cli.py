@@ -116,3 +116,32 @@ def test_threshold_floor_from_the_command_line(files, capsys):
     assert capsys.readouterr().out.startswith("rank ")
     assert main(["estimate", str(files["npy"]), "--threshold", "high"]) == 2
     assert "expected a number or 'floor'; got 'high'" in capsys.readouterr().err
+
+
+def test_landscape_writes_a_json_and_two_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    figure = tmp_path / "out.png"
+    record = tmp_path / "out.json"
+    argv = ["landscape", "--widths", "4", "--depths", "1", "--samples", "150"]
+    argv += ["--orderings", "4", "--sizes", "3", "--max-epochs", "5", "--no-progress"]
+    assert main([*argv, "--json", str(record), "--figure", str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert "width 4, depth 5" in out and "width 16, depth 1" in out and "slope" in out
+    payload = json.loads(record.read_text())
+    labels = [m["label"] for m in payload["models"]]
+    assert labels == ["width 4, depth 5", "width 16, depth 1"]
+    first = payload["models"][0]
+    assert first["training"]["epochs"] <= 5 and first["sweeps"] == ["width"]
+    assert len(first["study"]["k"]) == 149 and len(first["study"]["sizes"]) == 3
+    assert payload["options"]["samples"] == 150
+    for sweep in ("widths", "depths"):
+        assert (tmp_path / f"out-{sweep}.png").stat().st_size > 10_000
+
+
+def test_landscape_refuses_bad_options(tmp_path, capsys):
+    argv = ["landscape", "--widths", "--depths", "--no-progress", "--figure", ""]
+    assert main([*argv, "--json", str(tmp_path / "x.json")]) == 2
+    assert "at least one model" in capsys.readouterr().err
+    argv = ["landscape", "--widths", "4", "--depths", "--samples", "2", "--figure", ""]
+    assert main([*argv, "--no-progress"]) == 2
+    assert "samples" in capsys.readouterr().err
