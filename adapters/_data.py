@@ -3,14 +3,14 @@ whose order is fixed, visited in chunks of at most ``chunk_size`` samples."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 
 from matrank._validation import MatrankTypeError, MatrankValueError, message
 
-__all__ = ["batch_len", "cast", "check_data"]
+__all__ = ["batch_len", "cast", "check_data", "select_parameters"]
 
 
 def cast(value: Any, dtype: torch.dtype, device: torch.device | None = None) -> Any:
@@ -50,6 +50,21 @@ def check_data(data: Any, chunk_size: int) -> Callable[[], Iterable[tuple[Any, A
                     "a DataLoader with a fixed order (shuffle=False and the default "
                     "sequential sampler)",
                     f"a DataLoader with a {type(sampler).__name__}",
+                )
+            )
+        size = getattr(sampler, "total_size", None)
+        if fixed and size is not None and size != len(sampler.dataset):
+            # DistributedSampler evens the shards: it repeats samples (drop_last=False)
+            # or leaves the tail out (drop_last=True); either weighs some samples wrong
+            raise MatrankValueError(
+                message(
+                    "data",
+                    "a DistributedSampler whose shards cover the dataset exactly once "
+                    f"(a dataset size divisible by num_replicas={sampler.num_replicas}, "
+                    "or uneven shards of your own as tensors)",
+                    f"{len(sampler.dataset)} samples made into {size} "
+                    f"({'repeated' if size > len(sampler.dataset) else 'dropped'} to "
+                    "even the shards)",
                 )
             )
         if data.drop_last:
@@ -110,3 +125,70 @@ def check_data(data: Any, chunk_size: int) -> Callable[[], Iterable[tuple[Any, A
             yield inputs[start : start + chunk_size], targets[start : start + chunk_size]
 
     return chunks
+
+
+def select_parameters(
+    model: torch.nn.Module, params: Sequence[str] | str | None, dtype: torch.dtype | None
+) -> tuple[list[str], list[torch.nn.Parameter], torch.dtype]:
+    """The names and tensors of the parameters ``θ`` (model order) and the compute dtype,
+    validated: known, trainable, one dtype unless given, float32 or float64, not meta."""
+    named = dict(model.named_parameters())
+    if params is not None and not isinstance(params, str) and len(params) == 0:
+        raise MatrankValueError(
+            message("params", "some parameter names, or None for all", "[]")
+        )
+    if params is None:
+        names = [name for name, p in named.items() if p.requires_grad]
+        if not names:
+            raise MatrankValueError(
+                message("model", "some parameter that requires grad", "none")
+            )
+    else:
+        if isinstance(params, str):
+            params = [params]
+        names = list(params)
+        unknown = [name for name in names if name not in named]
+        if unknown:
+            raise MatrankValueError(
+                message(
+                    "params",
+                    f"names from model.named_parameters() ({', '.join(named)})",
+                    repr(unknown),
+                )
+            )
+        frozen = [name for name in names if not named[name].requires_grad]
+        if frozen:
+            raise MatrankValueError(
+                message("params", "parameters that require grad", f"frozen {frozen}")
+            )
+        names = [name for name in named if name in set(names)]  # model order
+    selected = [named[name] for name in names]
+    dtypes = {p.dtype for p in selected}
+    if dtype is None:
+        if len(dtypes) != 1:
+            raise MatrankValueError(
+                message(
+                    "params",
+                    "one dtype (or pass dtype=)",
+                    str(sorted(map(str, dtypes))),
+                )
+            )
+        dtype = dtypes.pop()
+    if not dtype.is_floating_point:
+        raise MatrankTypeError(message("dtype", "a floating dtype", str(dtype)))
+    if dtype in (torch.float16, torch.bfloat16):
+        raise MatrankValueError(
+            message(
+                "dtype",
+                "float32 or float64 (half precision has 3 significant digits: a "
+                "Hessian's small eigenvalues drown in its rounding; pass "
+                "dtype=torch.float32 to compute in single precision)",
+                str(dtype),
+            )
+        )
+    meta = [name for name, p in zip(names, selected, strict=True) if p.is_meta]
+    if meta:
+        raise MatrankValueError(
+            message("model", "parameters with data", f"meta tensors {meta[:3]}")
+        )
+    return names, selected, dtype

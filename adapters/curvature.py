@@ -54,6 +54,15 @@ class _OutputCurvature(TorchLoss):
         **options: Any,
     ) -> None:
         check_int("dual_memory", dual_memory, low=1)
+        if options.get("distributed"):
+            raise MatrankValueError(
+                message(
+                    "distributed",
+                    f"False for {type(self).__name__} (its products and dual rows are "
+                    "per process; TorchLoss is the data-parallel oracle)",
+                    "True",
+                )
+            )
         self.dual_memory = dual_memory
         # no cache of the gradient's graph: the products never use it
         super().__init__(

@@ -24,6 +24,7 @@ from torch.func import functional_call, grad, hessian, jvp, vjp, vmap
 
 from matrank._oracle import Capability, as_oracle
 from matrank._validation import (
+    MatrankError,
     MatrankTypeError,
     MatrankValueError,
     MatrankWarning,
@@ -32,7 +33,8 @@ from matrank._validation import (
     message,
 )
 
-from ._data import batch_len, cast, check_data
+from ._data import batch_len, cast, check_data, select_parameters
+from ._distributed import Collective
 from .adam import adam_preconditioner
 
 __all__ = ["TorchLoss", "adam_preconditioner"]
@@ -86,6 +88,16 @@ class TorchLoss:
         Warn (``MatrankWarning``) when ``‖∇L(θ0)‖`` exceeds it: rank estimates near a
         point that is not stationary are estimates of something else (Langevin's theory
         assumes a minimum). ``None`` skips the check and its gradient pass.
+    distributed : bool, default=False
+        Data-parallel: ``data`` is this process's shard, and every loss, gradient and
+        HVP is the full-batch one over all the shards of ``process_group`` -- local sums
+        (chunk means times their sizes over the global sample count, summed once at
+        construction) combined by one ``torch.distributed.all_reduce`` per call, so
+        uneven shards weigh exactly as in one process. Every rank must build the oracle
+        and then call the same estimator with the same seed (SPMD); a check that fails
+        on one rank raises on all of them. See "Past one machine" in the README.
+    process_group : ProcessGroup or None, default=None
+        The group to reduce over (``None``: the default group).
 
     Raises
     ------
@@ -129,6 +141,8 @@ class TorchLoss:
         vectorize: bool | None = None,
         cache_hvp: bool | None = None,
         gradient_tol: float | None = 1e-3,
+        distributed: bool = False,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise MatrankTypeError(
@@ -146,6 +160,47 @@ class TorchLoss:
                 message("cache_hvp", "True, False or None", repr(cache_hvp))
             )
         check_real("gradient_tol", gradient_tol, low=0.0, allow_none=True)
+        if not isinstance(distributed, bool):
+            raise MatrankTypeError(
+                message("distributed", "True or False", repr(distributed))
+            )
+        self._collective = Collective(process_group) if distributed else None
+        try:
+            self._setup(
+                model, loss_fn, data, params, dtype, chunk_size, vectorize, cache_hvp
+            )
+        except MatrankError as error:
+            if self._collective is None:
+                raise
+            self._collective.together(error)
+        if self._collective is not None:
+            self._collective.together(None)
+            local = torch.tensor([self._n_samples], dtype=torch.int64)
+            self._n_samples = int(self._collective.sum(local)[0])
+        if gradient_tol is not None:
+            norm = float(torch.linalg.vector_norm(self.grad(self._theta0[None])))
+            if norm > gradient_tol:
+                warnings.warn(
+                    f"‖∇L(θ0)‖ = {norm:.3g} > gradient_tol = {gradient_tol:g}: θ0 is not "
+                    "a stationary point, so the Hessian there is not the Hessian at a "
+                    "minimum (train further, or pass gradient_tol=None to silence this).",
+                    MatrankWarning,
+                    stacklevel=2,
+                )
+
+    def _setup(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        data: Any,
+        params: Sequence[str] | None,
+        dtype: torch.dtype | None,
+        chunk_size: int,
+        vectorize: bool | None,
+        cache_hvp: bool | None,
+    ) -> None:
+        """Everything that reads the model and this process's data (a distributed
+        oracle's ranks agree on whether it failed, see ``__init__``)."""
         if model.training:
             stochastic = sorted(
                 {type(m).__name__ for m in model.modules() if isinstance(m, _STOCHASTIC)}
@@ -163,65 +218,7 @@ class TorchLoss:
         self.model = model
         self.loss_fn = loss_fn
         self.chunk_size = chunk_size
-        named = dict(model.named_parameters())
-        if params is not None and not isinstance(params, str) and len(params) == 0:
-            raise MatrankValueError(
-                message("params", "some parameter names, or None for all", "[]")
-            )
-        if params is None:
-            names = [name for name, p in named.items() if p.requires_grad]
-            if not names:
-                raise MatrankValueError(
-                    message("model", "some parameter that requires grad", "none")
-                )
-        else:
-            if isinstance(params, str):
-                params = [params]
-            names = list(params)
-            unknown = [name for name in names if name not in named]
-            if unknown:
-                raise MatrankValueError(
-                    message(
-                        "params",
-                        f"names from model.named_parameters() ({', '.join(named)})",
-                        repr(unknown),
-                    )
-                )
-            frozen = [name for name in names if not named[name].requires_grad]
-            if frozen:
-                raise MatrankValueError(
-                    message("params", "parameters that require grad", f"frozen {frozen}")
-                )
-            names = [name for name in named if name in set(names)]  # model order
-        selected = [named[name] for name in names]
-        dtypes = {p.dtype for p in selected}
-        if dtype is None:
-            if len(dtypes) != 1:
-                raise MatrankValueError(
-                    message(
-                        "params",
-                        "one dtype (or pass dtype=)",
-                        str(sorted(map(str, dtypes))),
-                    )
-                )
-            dtype = dtypes.pop()
-        if not dtype.is_floating_point:
-            raise MatrankTypeError(message("dtype", "a floating dtype", str(dtype)))
-        if dtype in (torch.float16, torch.bfloat16):
-            raise MatrankValueError(
-                message(
-                    "dtype",
-                    "float32 or float64 (half precision has 3 significant digits: a "
-                    "Hessian's small eigenvalues drown in its rounding; pass "
-                    "dtype=torch.float32 to compute in single precision)",
-                    str(dtype),
-                )
-            )
-        meta = [name for name, p in zip(names, selected, strict=True) if p.is_meta]
-        if meta:
-            raise MatrankValueError(
-                message("model", "parameters with data", f"meta tensors {meta[:3]}")
-            )
+        names, selected, dtype = select_parameters(model, params, dtype)
         self.names = names
         self.shapes = [tuple(p.shape) for p in selected]
         self.dtype = dtype
@@ -244,6 +241,8 @@ class TorchLoss:
         self._data = check_data(data, chunk_size)
         sizes = [batch_len(batch) for batch in self._chunks()]
         self._n_samples = sum(sizes)
+        if self._n_samples == 0:
+            raise MatrankValueError(message("data", "at least one sample", "none"))
         if vectorize is None:
             convolutional = any(
                 isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules()
@@ -259,16 +258,6 @@ class TorchLoss:
             "cached reverse-over-reverse" if self._cache_hvp else "forward-over-reverse"
         )
         self._check_deterministic()
-        if gradient_tol is not None:
-            norm = float(torch.linalg.vector_norm(self.grad(self._theta0[None])))
-            if norm > gradient_tol:
-                warnings.warn(
-                    f"‖∇L(θ0)‖ = {norm:.3g} > gradient_tol = {gradient_tol:g}: θ0 is not "
-                    "a stationary point, so the Hessian there is not the Hessian at a "
-                    "minimum (train further, or pass gradient_tol=None to silence this).",
-                    MatrankWarning,
-                    stacklevel=2,
-                )
 
     # ----------------------------------------------------------------- the protocol
     @property
@@ -361,7 +350,25 @@ class TorchLoss:
                         materialize_grads=True,
                     )
                     total[:, j] += weight * part
-        return total
+        return total if self._collective is None else self._collective.sum(total)
+
+    @property
+    def collective(self) -> Collective | None:
+        """The process group's wrapper of a distributed oracle (``None`` otherwise)."""
+        return self._collective
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a kept autograd graph cannot be pickled (joblib workers rebuild it); a process
+        # group belongs to its process
+        if self._collective is not None:
+            raise MatrankValueError(
+                message(
+                    "oracle",
+                    "a TorchLoss that can move to another process (n_jobs, estimate_many)",
+                    "a distributed one: run one estimate per rank instead",
+                )
+            )
+        return {**self.__dict__, "_graphs": None}
 
     # ------------------------------------------------------------------- helpers
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -420,7 +427,7 @@ class TorchLoss:
             part = compute(self._chunk_loss(inputs, targets)) * weight
             total = part if total is None else total + part
         assert total is not None
-        return total
+        return total if self._collective is None else self._collective.sum(total)
 
     def _batched(self, function: Callable, rows: torch.Tensor) -> torch.Tensor:
         """``function`` on each row, by ``vmap`` or, for models vmap cannot trace, a loop."""

@@ -398,6 +398,26 @@ def _(oracle: _CheckedOracle) -> int:
     return exact_rank(oracle.inner)
 
 
+def collective(oracle: Any) -> Any:
+    """The ``collective`` of a data-parallel oracle (``TorchLoss(distributed=True)``),
+    looked up through the wrappers (checked, metered, scaled); ``None`` for any other."""
+    for _ in range(8):
+        if oracle is None:
+            return None
+        found = getattr(oracle, "collective", None)
+        if found is not None:
+            return found
+        oracle = getattr(oracle, "inner", None) or getattr(oracle, "oracle", None)
+    return None
+
+
+def agree(oracle: Any, value: Any) -> Any:
+    """``value`` as rank 0 of a data-parallel oracle has it (every rank takes the same
+    branch of a decision read off a clock); ``value`` itself for any other oracle."""
+    found = collective(oracle)
+    return value if found is None else found.agree(value)
+
+
 class CostMeter:
     """Wraps an oracle and counts what an estimator spends.
 

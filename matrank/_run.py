@@ -36,7 +36,7 @@ import threadpoolctl
 import torch
 from tqdm.auto import tqdm
 
-from ._oracle import Capability, CostMeter, Oracle, as_oracle, require
+from ._oracle import Capability, CostMeter, Oracle, as_oracle, collective, require
 from ._result import CountingCurve, RankResult, Status
 from ._scaling import Scaled, scale_factor, unscale
 from ._validation import (
@@ -141,17 +141,28 @@ class Run:
         products = Capability.HVP | Capability.GRAD
         factor = scale_factor(oracle) if needs & products else 1.0
         meter = CostMeter(oracle if factor == 1.0 else Scaled(oracle, factor))
+        group = collective(oracle)
         bar = tqdm(
             total=total,
             desc=method,
             unit=unit,
-            disable=not progress,
+            # a data-parallel oracle's ranks run the same estimate: rank 0 shows it
+            disable=not progress or (group is not None and group.rank != 0),
             file=sys.stderr,
             dynamic_ncols=True,
             leave=False,
         )
         run = cls(method, oracle, meter, generator, bar, start, factor=factor)
         if checkpoint is not None:
+            if group is not None:
+                raise MatrankValueError(
+                    message(
+                        "checkpoint",
+                        "None with a distributed oracle (the ranks would write when "
+                        "their own clocks say, and resume from different steps)",
+                        repr(checkpoint),
+                    )
+                )
             if not isinstance(checkpoint, (str, os.PathLike)):
                 raise MatrankTypeError(
                     message("checkpoint", "a path or None", type(checkpoint).__name__)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._oracle import input_precision, materialize
+from .._oracle import agree, input_precision, materialize
 from .._result import RankResult
 from .._run import Run
 from ..numerics.krylov import BlockKrylov
@@ -73,10 +73,13 @@ def dense_is_cheaper(
     meter = run.meter
     if meter.timed_matvecs == 0:
         return False
-    per_product = meter.hvp_seconds / meter.timed_matvecs
-    eig, product = _seconds_per_cube()
+    # clocks differ between the ranks of a data-parallel oracle: rank 0's decide
+    per_product, elapsed = agree(
+        meter, (meter.hvp_seconds / meter.timed_matvecs, run.seconds() - meter.hvp_seconds)
+    )
+    eig, product = agree(meter, _seconds_per_cube())
     dense = n * per_product + eig * n**3
-    if harvesting and run.seconds() - meter.hvp_seconds >= 0.25 * dense:
+    if harvesting and elapsed >= 0.25 * dense:
         return True
     needed = max(1.15 * count, floor, count + 1.0)
     if needed <= size:

@@ -1,0 +1,106 @@
+"""One rank of the 2-process gloo check (tests/test_distributed.py runs it by torchrun).
+
+Each rank holds an uneven shard (37 and 60 of 97 samples, chunks of 16: an uneven last
+chunk on both) and compares the data-parallel TorchLoss with the single-process one on
+all the data: loss, gradient and HVP, then the ranks of exact and lanczos. It writes what
+it saw to OUT/rank<r>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import matrank
+from matrank.adapters import TorchLoss
+
+F = torch.nn.functional
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def main(out: Path) -> None:
+    dist.init_process_group("gloo")
+    rank, size = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3)
+    ).double()
+    X = torch.randn(97, 6, generator=generator, dtype=torch.float64)
+    Y = torch.randint(0, 3, (97,), generator=generator)
+    bounds = [0, 37, 97]
+    shard = (X[bounds[rank] : bounds[rank + 1]], Y[bounds[rank] : bounds[rank + 1]])
+    options = {"chunk_size": 16, "gradient_tol": None}
+    parallel = TorchLoss(model, F.cross_entropy, shard, distributed=True, **options)
+    single = TorchLoss(model, F.cross_entropy, (X, Y), **options)
+    n = single.dim
+    theta = single.theta0 + 0.05 * torch.randn(
+        3, n, generator=generator, dtype=torch.float64
+    )
+    V = torch.randn(n, 5, generator=generator, dtype=torch.float64)
+    record = {
+        "rank": rank,
+        "size": size,
+        "samples": parallel._n_samples,
+        "errors": {
+            "loss": relative(parallel.loss(theta), single.loss(theta)),
+            "grad": relative(parallel.grad(theta), single.grad(theta)),
+            "hvp": relative(parallel.hvp(V), single.hvp(V)),
+            "hvp one column": relative(parallel.hvp(V[:, :1]), single.hvp(V[:, :1])),
+        },
+        "estimates": {},
+    }
+    for method in ("exact", "lanczos", "auto"):
+        for name, oracle in (("parallel", parallel), ("single", single)):
+            result = matrank.estimate_rank(oracle, method=method, seed=0)
+            record["estimates"][f"{method} {name}"] = {
+                "rank": result.rank,
+                "threshold": result.threshold,
+                "status": result.status.name,
+                "method": result.method,
+                "matvecs": result.cost["matvecs"],
+            }
+    # the stochastic methods at a minimum: a bias-free linear net fitted exactly (MSE)
+    linear = torch.nn.Sequential(
+        torch.nn.Linear(6, 4, bias=False), torch.nn.Linear(4, 3, bias=False)
+    ).double()
+    with torch.no_grad():
+        fitted = linear(X)
+    pieces = (X[bounds[rank] : bounds[rank + 1]], fitted[bounds[rank] : bounds[rank + 1]])
+    parallel = TorchLoss(linear, F.mse_loss, pieces, distributed=True, **options)
+    single = TorchLoss(linear, F.mse_loss, (X, fitted), **options)
+    budgets = {"langevin": {"max_gradients": 2000}, "polynomial": {}, "evolution": {}}
+    for method, budget in budgets.items():
+        for name, oracle in (("parallel", parallel), ("single", single)):
+            result = matrank.estimate_rank(oracle, method=method, seed=0, **budget)
+            record["estimates"][f"{method} {name}"] = {
+                "rank": result.rank,
+                "stderr": result.stderr,
+                "threshold": result.threshold,
+                "status": result.status.name,
+                "method": result.method,
+                "cost": {k: v for k, v in result.cost.items() if k != "seconds"},
+            }
+    # a shard that fails its checks on rank 1 only: both ranks raise, with its message
+    bad = (shard[0].clone(), shard[1])
+    if rank == 1:
+        bad[0][0, 0] = float("nan")
+    try:
+        TorchLoss(model, F.cross_entropy, bad, distributed=True, **options)
+        record["failure"] = None
+    except matrank.MatrankError as error:
+        record["failure"] = [type(error).__name__, str(error)]
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
