@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import adapters
 from ._api import ESTIMATORS, auto_method, estimate_rank
 from ._dual import DualForm, DualGram, dual_form
+from ._many import EstimateFailure, estimate_many, item_seed
 from ._oracle import Capability, Oracle, as_oracle, exact_rank, materialize
 from ._result import CountingCurve, RankResult, Status
 from ._validation import (
@@ -41,6 +42,7 @@ __all__ = [
     "CountingCurve",
     "DualForm",
     "DualGram",
+    "EstimateFailure",
     "EvolutionRank",
     "ExactRank",
     "LanczosRank",
@@ -60,7 +62,9 @@ __all__ = [
     "as_oracle",
     "auto_method",
     "dual_form",
+    "estimate_many",
     "estimate_rank",
     "exact_rank",
+    "item_seed",
     "materialize",
 ]

@@ -20,7 +20,14 @@ from .._run import Run
 from .._validation import MatrankValueError, message
 from ..numerics.krylov import spectral_bounds
 
-__all__ = ["ChainStep", "Diverged", "Noise", "largest_curvature", "run_chains"]
+__all__ = [
+    "ChainStep",
+    "Diverged",
+    "Noise",
+    "chain_reading",
+    "largest_curvature",
+    "run_chains",
+]
 
 # From this many normals a step, the noise comes in four parts from four generators
 # seeded by the estimator's, drawn on up to four threads: torch's CPU normal_ runs on
@@ -177,6 +184,32 @@ def largest_curvature(
     return high
 
 
+def chain_reading(
+    meter: Any,
+    step: ChainStep,
+    theta: torch.Tensor,
+    delta: torch.Tensor,
+    noise: Noise,
+    readout: str,
+    sigma2: float,
+    loss0: float,
+) -> torch.Tensor:
+    """One step of every chain (``theta`` and ``delta`` in place) and its reading in
+    rank units (float64, on the CPU)."""
+    gradient = meter.grad(theta)
+    if readout == "loss":
+        # L_k, before the update, as in the authors' code
+        excess = meter.loss(theta).double() - loss0
+        if step.tilt is not None:
+            excess = excess - torch.linalg.vecdot(delta, step.tilt).double()
+    noise_dtype = torch.float32 if meter.dtype == torch.float64 else meter.dtype
+    xi = noise.draw().to(device=meter.device, dtype=noise_dtype)
+    virial = step.advance(delta, theta, meter.theta0, gradient, xi)
+    if readout == "loss":
+        return (4.0 / sigma2 * excess).cpu()
+    return (virial.double() / sigma2).cpu()
+
+
 def run_chains(
     run: Run,
     step: ChainStep,
@@ -201,7 +234,7 @@ def run_chains(
     """
     meter = run.meter
     n, dtype, device = meter.dim, meter.dtype, meter.device
-    theta0, tilt = meter.theta0, step.tilt
+    theta0 = meter.theta0
     readings = torch.empty(n_steps, n_chains, dtype=torch.float64)
     # |reading| of a stable chain near a minimum is ≈ rank ± O(sqrt(n)); a diverging
     # one grows geometrically and passes this within a few dozen steps
@@ -220,23 +253,12 @@ def run_chains(
         extra[:], checks = saved["extra"], saved["checks"]
         noise.load(saved["noise"])
     theta = theta0 + delta  # θ0 + δ, updated in place
-    noise_dtype = torch.float32 if dtype == torch.float64 else dtype
     k = first
     try:
         for k in range(first, n_steps):
-            gradient = meter.grad(theta)
-            if readout == "loss":
-                # L_k, before the update, as in the authors' code
-                excess = meter.loss(theta).double() - loss0
-                if tilt is not None:
-                    excess = excess - torch.linalg.vecdot(delta, tilt).double()
-            xi = noise.draw().to(device=device, dtype=noise_dtype)
-            virial = step.advance(delta, theta, theta0, gradient, xi)
-            if readout == "loss":
-                reading = 4.0 / sigma2 * excess
-            else:
-                reading = virial.double() / sigma2
-            readings[k] = reading.cpu()
+            readings[k] = chain_reading(
+                meter, step, theta, delta, noise, readout, sigma2, loss0
+            )
             if not bool(torch.isfinite(readings[k]).all()) or (
                 abs(float(readings[k].mean())) > bound
             ):

@@ -16,7 +16,7 @@ import torch
 
 from .._oracle import CostMeter, input_precision
 from .._run import Run
-from ..numerics.chebyshev import ChebyshevFrame
+from ..numerics.chebyshev import ChebyshevFrame, jackson_damping, kpm_density
 from ..numerics.deflation import complement_bound, converged_basis
 from ..numerics.krylov import BlockKrylov
 from ..numerics.threshold import noise_floor
@@ -161,3 +161,41 @@ class SpectrumCapture:
             generator=self.generator,
             callback=self.bar.update,
         )
+
+    # -- read off the probes (DefaultFilter) -------------------------------------------
+
+    def _edge(
+        self, moments: np.ndarray, c: np.ndarray, degree: int, t: float, grid: np.ndarray
+    ) -> float:
+        """The edge term: the soft count's spread about ``N(τ)`` at the right ``τ``.
+
+        Eigenvalues inside the filter's transition count fractionally. Placed at random
+        with ``s`` per e-fold of ``λ`` near ``τ`` (the probes' counting curve over the
+        e-fold above ``τ``; deflated eigenvalues count hard and are left out), the soft
+        count minus ``N(τ)`` has variance ``s·κ``, ``κ = ∫(p(τe^ℓ) − 1[ℓ > 0])² dℓ`` for
+        the filter ``p`` that ran. Zero inside a plateau, where ``s = 0``.
+        """
+        low = max(t, float(grid[0]))
+        high = min(math.e * low, float(grid[-1]))
+        if not high > low:
+            return 0.0
+        damping = jackson_damping(degree)
+        ends = np.stack([self.frame.step(x, degree, damping) for x in (low, high)], axis=1)
+        soft = (moments[:, : degree + 1] @ ends).mean(axis=0)
+        slope = max(float(soft[0] - soft[1]) / math.log(high / low), 0.0)
+        ell = np.linspace(-8.0, min(8.0, math.log(max(self.high, t) / t)), 2001)
+        p = np.polynomial.chebyshev.chebval(self.frame.x(t * np.exp(ell)), c)
+        kappa = float(np.trapezoid((p - (ell > 0)) ** 2, ell))
+        return math.sqrt(slope * kappa)
+
+    def _density(self, moments: np.ndarray, degree: int) -> dict[str, Any]:
+        """Eigenvalues per unit λ on a grid: the probes' moments plus the deflated θ's."""
+        m = moments[:, : degree + 1]
+        weight = self.n - self.captured.shape[1]
+        mean = m.mean(axis=0) / np.maximum(m[:, :1].mean(), 1e-300) * weight
+        k = np.arange(degree + 1)
+        angles = np.arccos(np.clip(self.frame.x(self.deflated_values), -1, 1))
+        mean = mean + np.cos(np.outer(angles, k)).sum(axis=0)
+        x = np.cos(np.linspace(math.pi, 0, self.options.n_points + 2)[1:-1])
+        density = kpm_density(mean, jackson_damping(degree), x) / self.frame.half
+        return {"density_grid": self.frame.center + self.frame.half * x, "density": density}

@@ -27,7 +27,6 @@ from ..numerics.chebyshev import (
     chebyshev_moments,
     gaussian_damping,
     jackson_damping,
-    kpm_density,
     step_coefficients,
 )
 from ..numerics.threshold import (
@@ -37,6 +36,7 @@ from ..numerics.threshold import (
     resolve_threshold,
 )
 from ..numerics.trace import mean_and_stderr, probe_block
+from ._parallel import PROBE_BLOCK, probe_moments
 from ._polynomial_capture import (
     BASIS_BYTES,
     COMPLEMENT_STEPS,
@@ -149,10 +149,11 @@ class DefaultFilter(SpectrumCapture):
         if count == 0:
             return np.zeros((0, 2 * steps + 1))
         chunk = max(1, _BLOCK_BYTES // (32 * n))
+        jobs = self.options.n_jobs
         pieces: list[np.ndarray] = []
 
-        def block(size: int, key: str) -> np.ndarray:
-            probes = probe_block(
+        def draw(size: int) -> torch.Tensor:
+            return probe_block(
                 n,
                 size,
                 kind="sphere",
@@ -161,6 +162,9 @@ class DefaultFilter(SpectrumCapture):
                 device=meter.device,
                 orthogonal_to=self.captured,
             )
+
+        def block(size: int, key: str) -> np.ndarray:
+            probes = draw(size)
             partial = key + " partial"
 
             def save(state: Any) -> None:
@@ -182,8 +186,23 @@ class DefaultFilter(SpectrumCapture):
                 .numpy()
             )
 
+        starts = range(0, count, chunk)
         try:
-            for begin in range(0, count, chunk):
+            if jobs is not None:  # the serial path's probes, in tasks of PROBE_BLOCK
+                drawn = torch.cat([draw(min(chunk, count - b)) for b in starts], dim=1)
+                blocks = [
+                    (f"moments {self.calls}:{b}", drawn[:, b : b + PROBE_BLOCK])
+                    for b in range(0, count, PROBE_BLOCK)
+                ]
+                pieces = probe_moments(
+                    self.run,
+                    blocks,
+                    steps,
+                    center=self.frame.center,
+                    half_width=self.frame.half,
+                    n_jobs=jobs,
+                )
+            for begin in starts if jobs is None else ():
                 size = min(chunk, count - begin)
                 key = f"moments {self.calls}:{begin}"
                 pieces.append(self.run.cached(key, functools.partial(block, size, key)))
@@ -400,30 +419,6 @@ class DefaultFilter(SpectrumCapture):
         diagnostics.update(self._density(moments, degree))
         return self._result(mean, stderr, threshold, status, diagnostics, counts)
 
-    def _edge(
-        self, moments: np.ndarray, c: np.ndarray, degree: int, t: float, grid: np.ndarray
-    ) -> float:
-        """The edge term: the soft count's spread about ``N(τ)`` at the right ``τ``.
-
-        Eigenvalues inside the filter's transition count fractionally. Placed at random
-        with ``s`` per e-fold of ``λ`` near ``τ`` (the probes' counting curve over the
-        e-fold above ``τ``; deflated eigenvalues count hard and are left out), the soft
-        count minus ``N(τ)`` has variance ``s·κ``, ``κ = ∫(p(τe^ℓ) − 1[ℓ > 0])² dℓ`` for
-        the filter ``p`` that ran. Zero inside a plateau, where ``s = 0``.
-        """
-        low = max(t, float(grid[0]))
-        high = min(math.e * low, float(grid[-1]))
-        if not high > low:
-            return 0.0
-        damping = jackson_damping(degree)
-        ends = np.stack([self.frame.step(x, degree, damping) for x in (low, high)], axis=1)
-        soft = (moments[:, : degree + 1] @ ends).mean(axis=0)
-        slope = max(float(soft[0] - soft[1]) / math.log(high / low), 0.0)
-        ell = np.linspace(-8.0, min(8.0, math.log(max(self.high, t) / t)), 2001)
-        p = np.polynomial.chebyshev.chebval(self.frame.x(t * np.exp(ell)), c)
-        kappa = float(np.trapezoid((p - (ell > 0)) ** 2, ell))
-        return math.sqrt(slope * kappa)
-
     def _path(self, threshold: float) -> str:
         if self.exact_path:
             return "deflated (exact)"
@@ -441,18 +436,6 @@ class DefaultFilter(SpectrumCapture):
                 )
             )
         return count
-
-    def _density(self, moments: np.ndarray, degree: int) -> dict[str, Any]:
-        """Eigenvalues per unit λ on a grid: the probes' moments plus the deflated θ's."""
-        m = moments[:, : degree + 1]
-        weight = self.n - self.captured.shape[1]
-        mean = m.mean(axis=0) / np.maximum(m[:, :1].mean(), 1e-300) * weight
-        k = np.arange(degree + 1)
-        angles = np.arccos(np.clip(self.frame.x(self.deflated_values), -1, 1))
-        mean = mean + np.cos(np.outer(angles, k)).sum(axis=0)
-        x = np.cos(np.linspace(math.pi, 0, self.options.n_points + 2)[1:-1])
-        density = kpm_density(mean, jackson_damping(degree), x) / self.frame.half
-        return {"density_grid": self.frame.center + self.frame.half * x, "density": density}
 
     def _result(
         self,

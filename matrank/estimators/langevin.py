@@ -36,6 +36,7 @@ from ._langevin_plan import (
     preconditioner_root,
     resolve_plan,
 )
+from ._parallel import chain_groups, check_jobs
 
 __all__ = [
     "LangevinRank",
@@ -95,6 +96,12 @@ class LangevinRank:
     rtol : float, optional
         Stop at a doubling of the run once the stderr and the growth since the last
         doubling are both ``≤ rtol·rank``; else ``BUDGET_EXHAUSTED``.
+    n_jobs : int, optional
+        Run the chains in up to 4 groups on joblib workers (``joblib.Parallel``'s
+        ``n_jobs``; the backend is the caller's, loky by default). Each group draws its
+        noise from a generator seeded by the run's seed and the group's index, so the
+        estimate is the same for every ``n_jobs`` and backend (but not the one of
+        ``n_jobs=None``, whose chains share one stream). The oracle must pickle.
 
     Notes
     -----
@@ -155,6 +162,7 @@ class LangevinRank:
     max_gradients: int = 15000
     threshold: float | None = None
     rtol: float | None = None
+    n_jobs: int | None = None
 
     method: ClassVar[str] = "langevin"
 
@@ -190,6 +198,7 @@ class LangevinRank:
             )
         check_int("n_steps", self.n_steps, low=1, allow_none=True)
         check_int("n_average", self.n_average, low=1, allow_none=True)
+        check_jobs(self.n_jobs)
         self.plan()  # the checks that need the variant's defaults
 
     def plan(self) -> LangevinPlan:
@@ -246,7 +255,7 @@ class LangevinRank:
             try:
                 sigma2, rule = noise_variance(run.meter, plan, root, eta, tilt)
                 readings, summary, status = self._chains(
-                    run, plan, root, eta, sigma2, tilt, loss0, f"chains {len(reductions)}"
+                    run, plan, root, eta, sigma2, tilt, loss0, len(reductions)
                 )
                 break
             except Diverged as diverged:
@@ -341,7 +350,7 @@ class LangevinRank:
         sigma2: float,
         tilt: torch.Tensor | None,
         loss0: float,
-        key: str,
+        attempt: int,
     ) -> tuple[torch.Tensor, dict[str, Any], Status]:
         """The chains from ``θ0``; readings (steps × chains, rank units), summary, status."""
         meter = run.meter
@@ -369,19 +378,35 @@ class LangevinRank:
             )
             return self._settled(rounds)
 
-        readings, status = run_chains(
-            run,
-            step,
-            n_steps=total,
-            n_chains=chains,
-            readout=plan.readout,
-            sigma2=sigma2,
-            loss0=loss0,
-            checks=[] if self.rtol is None else list(doubling_checks(128, total))[:-1],
-            settled=settled,
-            extra=rounds,
-            key=key,
-        )
+        checks = [] if self.rtol is None else list(doubling_checks(128, total))[:-1]
+        if self.n_jobs is not None:
+            readings, status = chain_groups(
+                run,
+                step,
+                n_steps=total,
+                n_chains=chains,
+                readout=plan.readout,
+                sigma2=sigma2,
+                loss0=loss0,
+                checks=checks,
+                settled=settled,
+                n_jobs=self.n_jobs,
+                attempt=attempt,
+            )
+        else:
+            readings, status = run_chains(
+                run,
+                step,
+                n_steps=total,
+                n_chains=chains,
+                readout=plan.readout,
+                sigma2=sigma2,
+                loss0=loss0,
+                checks=checks,
+                settled=settled,
+                extra=rounds,
+                key=f"chains {attempt}",
+            )
         done = readings.shape[0]
         readings = readings[:done]
         summary = self._summarize(

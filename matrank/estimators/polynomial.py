@@ -16,6 +16,7 @@ from .._validation import (
     message,
 )
 from ..theory import expected_count
+from ._parallel import check_jobs
 from ._polynomial_default import DEFAULT_BUDGET, DefaultFilter
 from .ubaru_saad import ubaru_saad_estimate, ubaru_saad_gap
 
@@ -60,6 +61,13 @@ class PolynomialRank:
     lanczos_steps : int, default=30
         Lanczos steps for the spectral bounds when there is no deflation basis to read
         them from.
+    n_jobs : int, optional
+        Compute the probes' moments on joblib workers (``joblib.Parallel``'s ``n_jobs``;
+        the caller's backend, loky by default), in blocks of at most 8 of the probes
+        ``n_jobs=None`` draws: the estimate is the same for every ``n_jobs`` and
+        backend, and equal to ``n_jobs=None``'s to rounding (a product of a block of 8
+        columns need not round like one of 40). The default variant; the oracle must
+        pickle.
 
     Notes
     -----
@@ -145,6 +153,7 @@ class PolynomialRank:
     deflate: int | None = None
     n_points: int = 100
     lanczos_steps: int = 30
+    n_jobs: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("variant", self.variant, ("default", "ubaru-saad"))
@@ -155,13 +164,15 @@ class PolynomialRank:
         check_int("deflate", self.deflate, low=0, allow_none=True)
         check_int("n_points", self.n_points, low=8)
         check_int("lanczos_steps", self.lanczos_steps, low=2)
+        check_jobs(self.n_jobs)
         if self.variant == "ubaru-saad":
-            for name in ("max_matvecs", "deflate"):
+            for name in ("max_matvecs", "deflate", "n_jobs"):
                 if getattr(self, name) is not None:
                     raise MatrankValueError(
                         message(
                             name,
-                            "None with variant='ubaru-saad' (its cost is degree·n_probes)",
+                            "None with variant='ubaru-saad' (its cost is degree·n_probes, "
+                            "in one process)",
                             repr(getattr(self, name)),
                         )
                     )

@@ -1,0 +1,136 @@
+"""Independent work on joblib: chain groups, probe blocks and estimate_many, on loky and
+on a local Dask cluster (two worker processes), against the serial results."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+import torch
+
+import matrank
+from matrank.testing import rotated_spectrum
+
+A = rotated_spectrum(60, 12, cond=10.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def _on_dask(function):
+    with joblib.parallel_config(backend="dask"):
+        return function()
+
+
+def _same(one, two):
+    assert one.rank == two.rank
+    assert one.stderr == two.stderr
+    assert one.threshold == two.threshold
+    assert {k: v for k, v in one.cost.items() if k != "seconds"} == {
+        k: v for k, v in two.cost.items() if k != "seconds"
+    }
+
+
+def _torch_oracle():
+    from matrank.adapters import TorchLoss
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 4, bias=False), torch.nn.Linear(4, 2, bias=False)
+    ).double()
+    X = torch.randn(40, 5, dtype=torch.float64)
+    with torch.no_grad():
+        Y = model(X)
+    return TorchLoss(model, torch.nn.functional.mse_loss, (X, Y))
+
+
+@pytest.mark.parametrize("rtol", [None, 0.05])
+def test_langevin_chains_give_one_estimate_for_any_n_jobs(dask_client, rtol):
+    def run(n_jobs):
+        estimator = matrank.LangevinRank(n_jobs=n_jobs, max_gradients=3000, rtol=rtol)
+        return estimator.estimate(A, seed=5)
+
+    serial = run(1)
+    _same(serial, run(2))
+    _same(serial, _on_dask(lambda: run(2)))
+    assert abs(serial.rank - 12) < 4 * serial.stderr + 0.5
+    assert serial.cost["grads"] == run(None).cost["grads"]
+
+
+def test_langevin_chains_of_a_torch_model_on_workers(dask_client):
+    oracle = _torch_oracle()
+    serial = matrank.LangevinRank(n_jobs=1, max_gradients=2000).estimate(oracle, seed=1)
+    _same(
+        serial, matrank.LangevinRank(n_jobs=2, max_gradients=2000).estimate(oracle, seed=1)
+    )
+    exact = matrank.estimate_rank(oracle, method="exact")
+    assert abs(serial.rank - exact.rank) < 4 * serial.stderr + 1
+
+
+def test_polynomial_probes_give_one_estimate_for_any_n_jobs(dask_client):
+    B = rotated_spectrum(400, 60, cond=1e3, seed=0)
+
+    def run(n_jobs):
+        options = {"max_matvecs": 3000, "deflate": 0, "n_jobs": n_jobs}
+        return matrank.PolynomialRank(**options).estimate(B, seed=3)
+
+    serial = run(1)
+    assert serial.diagnostics["path"] == "probes" and serial.diagnostics["n_probes"] > 8
+    _same(serial, run(2))
+    _same(serial, _on_dask(lambda: run(2)))
+    alone = run(None)  # the same probes in larger blocks: equal to rounding
+    assert serial.rank == pytest.approx(alone.rank, rel=1e-12)
+    assert serial.stderr == pytest.approx(alone.stderr, rel=1e-9)
+
+
+def test_bad_n_jobs_are_refused():
+    with pytest.raises(matrank.MatrankValueError, match="n_jobs"):
+        matrank.LangevinRank(n_jobs=0)
+    with pytest.raises(matrank.MatrankValueError, match="n_jobs"):
+        matrank.PolynomialRank(variant="ubaru-saad", n_jobs=2)
+    with pytest.raises(matrank.MatrankTypeError, match="n_jobs"):
+        matrank.PolynomialRank(n_jobs=1.5)
+
+
+def test_estimate_many_on_dask_equals_the_serial_sweep(dask_client):
+    objs = [rotated_spectrum(40, r, cond=100.0, seed=r) for r in range(2, 11)]
+    broken = np.arange(16.0).reshape(4, 4)  # not symmetric: this item fails alone
+    objs.insert(3, broken)
+    options = {"method": "polynomial", "seed": 7, "max_matvecs": 400}
+    serial = matrank.estimate_many(objs, n_jobs=1, **options)
+    on_dask = _on_dask(lambda: matrank.estimate_many(objs, n_jobs=2, **options))
+    assert len(serial) == len(on_dask) == 10
+    failure = on_dask[3]
+    assert isinstance(failure, matrank.EstimateFailure) and not failure
+    assert failure.index == 3 and failure.kind == "NotSymmetricError"
+    assert isinstance(failure.error, matrank.NotSymmetricError)
+    expected = [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    results = [r for r in on_dask if r]
+    assert [round(r.rank) for r in results] == expected
+    for one, two in zip([r for r in serial if r], results, strict=True):
+        _same(one, two)
+    # item i runs with item_seed(seed, i), whatever runs it
+    again = matrank.estimate_rank(
+        objs[5], method="polynomial", seed=matrank.item_seed(7, 5), max_matvecs=400
+    )
+    _same(again, on_dask[5])
+
+
+def test_estimate_many_on_loky_and_its_refusals():
+    objs = [rotated_spectrum(30, r, seed=r) for r in (3, 5)]
+    results = matrank.estimate_many(objs, method="exact", n_jobs=2)
+    assert [int(r.rank) for r in results] == [3, 5]
+    with pytest.raises(matrank.MatrankTypeError, match="objs"):
+        matrank.estimate_many(A)
+    with pytest.raises(matrank.MatrankValueError, match="n_jobs"):
+        matrank.estimate_many([A], n_jobs=0)
+    assert matrank.item_seed(None, 2) == matrank.item_seed(0, 2) != matrank.item_seed(0, 3)
