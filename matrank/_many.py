@@ -95,12 +95,13 @@ def estimate_many(
 
     if isinstance(objs, (str, bytes)) or not isinstance(objs, Iterable):
         raise MatrankTypeError(message("objs", "an iterable of objects", repr(objs)))
-    if getattr(objs, "ndim", 3) <= 2:  # one matrix iterates over its rows
+    ndim = getattr(objs, "ndim", None)
+    if ndim is not None and ndim <= 2:  # one matrix iterates over its rows
         raise MatrankTypeError(
             message(
                 "objs",
                 "an iterable of objects (a list of matrices; a stack of shape (k, n, n))",
-                f"one {objs.ndim}-D {type(objs).__name__}: pass [matrix]",
+                f"one {ndim}-D {type(objs).__name__}: pass [matrix]",
             )
         )
     items: Sequence[Any] = list(objs)
