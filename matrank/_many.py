@@ -120,12 +120,24 @@ def estimate_many(
         joblib.delayed(_one)(obj, method, s, options)
         for obj, s in zip(items, seeds, strict=True)
     )
-    runner = joblib.Parallel(n_jobs=n_jobs, return_as="generator")
-    outputs = []
+    outputs: list[Any] = []
     with tqdm(total=len(items), desc="estimates", disable=not progress) as bar:
-        for output in runner(tasks):
-            outputs.append(output)
-            bar.update(1)
+        try:  # results as they come, for the bar
+            runner = joblib.Parallel(
+                n_jobs=n_jobs, return_as="generator" if progress else "list"
+            )
+            for output in runner(tasks):
+                outputs.append(output)
+                bar.update(1)
+        except ValueError as error:  # a backend without generators (Ray's)
+            if "return_as" not in str(error) or outputs:
+                raise
+            tasks = (
+                joblib.delayed(_one)(obj, method, s, options)
+                for obj, s in zip(items, seeds, strict=True)
+            )
+            outputs = joblib.Parallel(n_jobs=n_jobs)(tasks)
+            bar.update(len(outputs))
     return [
         EstimateFailure(index, s, type(output).__name__, str(output), output)
         if isinstance(output, BaseException)

@@ -127,10 +127,36 @@ def test_estimate_many_on_dask_equals_the_serial_sweep(dask_client):
 
 def test_estimate_many_on_loky_and_its_refusals():
     objs = [rotated_spectrum(30, r, seed=r) for r in (3, 5)]
-    results = matrank.estimate_many(objs, method="exact", n_jobs=2)
+    results = matrank.estimate_many(objs, method="exact", n_jobs=2, progress=True)
     assert [int(r.rank) for r in results] == [3, 5]
     with pytest.raises(matrank.MatrankTypeError, match="objs"):
         matrank.estimate_many(A)
     with pytest.raises(matrank.MatrankValueError, match="n_jobs"):
         matrank.estimate_many([A], n_jobs=0)
     assert matrank.item_seed(None, 2) == matrank.item_seed(0, 2) != matrank.item_seed(0, 3)
+
+
+def test_the_ray_backend_gives_the_serial_estimates():
+    """Ray is an optional extra (``pip install "matrank[ray]"``): skipped without it."""
+    ray = pytest.importorskip("ray")
+    from ray.util.joblib import register_ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        register_ray()
+
+        def run(n_jobs):
+            return matrank.LangevinRank(n_jobs=n_jobs, max_gradients=2000).estimate(
+                A, seed=2
+            )
+
+        serial = run(1)
+        with joblib.parallel_config(backend="ray"):
+            _same(serial, run(2))
+            objs = [rotated_spectrum(30, r, seed=r) for r in (3, 5, 7)]
+            results = matrank.estimate_many(objs, method="polynomial", seed=1, n_jobs=2)
+        again = matrank.estimate_many(objs, method="polynomial", seed=1, n_jobs=1)
+        for one, two in zip(results, again, strict=True):
+            _same(one, two)
+    finally:
+        ray.shutdown()
