@@ -1,17 +1,17 @@
 """One process against several for a data-parallel TorchLoss (torch.distributed).
 
 Run: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/distributed_scaling.py
-     [--processes 2] [--samples 8192] [--width 512] [--backend gloo|nccl] [--repeat 3]
+     [--processes 2] [--samples 4096] [--width 256] [--backend gloo|nccl] [--repeat 3]
 
 The model is a bias-free linear network 64-W-W-1 (n = 64W + W² + W) at an exact fit
 (MSE against its own outputs) on the digits' inputs, repeated with noise to
-``--samples``: its Hessian has rank 61 (Singh et al., the inputs' rank), so a whole
+``--samples``: its Hessian has rank 64 (the inputs' rank, Singh et al.), so a whole
 Lanczos count is a few hundred products and the work is the products over the data. The
 script starts itself under ``torch.distributed.run`` with 1 and with ``--processes``
 processes (each process one thread on the CPU: a core each), then once more with one
 process of ``--processes`` threads (the same cores without torch.distributed). Each
 run times, as the median of ``--repeat``: one HVP block of 16 columns, one gradient of
-16 points, and one ``LanczosRank`` estimate, and the share of those seconds spent in
+16 points, and (once) one ``LanczosRank`` estimate, and the share of those seconds spent in
 the oracle's ``all_reduce`` calls. On GPUs: ``--backend nccl`` on one node with N GPUs
 (``--processes N``, one GPU per rank); on several nodes start the worker part yourself
 with ``torchrun --nnodes=M --nproc_per_node=N --rdzv_backend=c10d
@@ -97,9 +97,9 @@ def worker(args) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def clock(call):
+    def clock(call, repeat=args.repeat):
         times, shares = [], []
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             reduce_seconds[0] = 0.0
             sync()
             start = time.perf_counter()
@@ -115,7 +115,7 @@ def worker(args) -> None:
     record["hvp"] = clock(lambda: oracle.hvp(V))[:2]
     record["grad"] = clock(lambda: oracle.grad(points))[:2]
     seconds, share, result = clock(
-        lambda: matrank.estimate_rank(oracle, method="lanczos", seed=0)
+        lambda: matrank.estimate_rank(oracle, method="lanczos", seed=0), repeat=1
     )
     record["lanczos"] = (seconds, share)
     record["rank"] = result.rank
@@ -164,8 +164,8 @@ def launch(args, processes: int, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=8192)
-    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)

@@ -379,33 +379,22 @@ class LangevinRank:
             return self._settled(rounds)
 
         checks = [] if self.rtol is None else list(doubling_checks(128, total))[:-1]
+        common: dict[str, Any] = {
+            "n_steps": total,
+            "n_chains": chains,
+            "readout": plan.readout,
+            "sigma2": sigma2,
+            "loss0": loss0,
+            "checks": checks,
+            "settled": settled,
+        }
         if self.n_jobs is not None:
             readings, status = chain_groups(
-                run,
-                step,
-                n_steps=total,
-                n_chains=chains,
-                readout=plan.readout,
-                sigma2=sigma2,
-                loss0=loss0,
-                checks=checks,
-                settled=settled,
-                n_jobs=self.n_jobs,
-                attempt=attempt,
+                run, step, n_jobs=self.n_jobs, attempt=attempt, **common
             )
         else:
             readings, status = run_chains(
-                run,
-                step,
-                n_steps=total,
-                n_chains=chains,
-                readout=plan.readout,
-                sigma2=sigma2,
-                loss0=loss0,
-                checks=checks,
-                settled=settled,
-                extra=rounds,
-                key=f"chains {attempt}",
+                run, step, extra=rounds, key=f"chains {attempt}", **common
             )
         done = readings.shape[0]
         readings = readings[:done]
