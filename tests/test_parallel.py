@@ -3,6 +3,8 @@ on a local Dask cluster (two worker processes), against the serial results."""
 
 from __future__ import annotations
 
+import os
+
 import joblib
 import numpy as np
 import pytest
@@ -17,13 +19,21 @@ A = rotated_spectrum(60, 12, cond=10.0, seed=0)
 @pytest.fixture(scope="module")
 def dask_client():
     distributed = pytest.importorskip("distributed")
+    environ = dict(os.environ)
     cluster = distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     )
+    # LocalCluster leaves OMP_NUM_THREADS=1 (and MKL_, OPENBLAS_, PYTHONHASHSEED) in
+    # this process's environment for its workers: every subprocess a later test starts
+    # would inherit it
+    os.environ.clear()
+    os.environ.update(environ)
     client = distributed.Client(cluster)
     yield client
     client.close()
     cluster.close()
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def _on_dask(function):

@@ -73,11 +73,12 @@ def dense_is_cheaper(
     meter = run.meter
     if meter.timed_matvecs == 0:
         return False
-    # clocks differ between the ranks of a data-parallel oracle: rank 0's decide
+    # clocks differ between the ranks of a data-parallel oracle: rank 0's decide (the
+    # run's seconds are read after the one-off calibration, which they include)
+    eig, product = agree(meter, _seconds_per_cube())
     per_product, elapsed = agree(
         meter, (meter.hvp_seconds / meter.timed_matvecs, run.seconds() - meter.hvp_seconds)
     )
-    eig, product = agree(meter, _seconds_per_cube())
     dense = n * per_product + eig * n**3
     if harvesting and elapsed >= 0.25 * dense:
         return True
