@@ -102,7 +102,11 @@ def test_polynomial_probes_give_one_estimate_for_any_n_jobs(dask_client):
     assert serial.stderr == pytest.approx(alone.stderr, rel=1e-9)
 
 
-def test_bad_n_jobs_are_refused():
+def test_bad_n_jobs_are_refused(tmp_path):
+    with pytest.raises(matrank.MatrankValueError, match="checkpoint"):
+        matrank.LangevinRank(n_jobs=1, max_gradients=1000).estimate(
+            A, seed=0, checkpoint=tmp_path / "c.ckpt"
+        )
     with pytest.raises(matrank.MatrankValueError, match="n_jobs"):
         matrank.LangevinRank(n_jobs=0)
     with pytest.raises(matrank.MatrankValueError, match="n_jobs"):

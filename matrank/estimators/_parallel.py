@@ -108,6 +108,16 @@ def chain_groups(
     ``settled`` may stop the run) and at ``n_steps``."""
     import joblib
 
+    if run.store is not None:
+        run.close()
+        raise MatrankValueError(
+            message(
+                "checkpoint",
+                "None with n_jobs for Langevin (the chain groups' states live in the "
+                "workers between checks and are not journalled)",
+                "a path",
+            )
+        )
     meter = run.meter
     n = meter.dim
     groups = np.array_split(np.arange(n_chains), min(CHAIN_GROUPS, n_chains))
