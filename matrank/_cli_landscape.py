@@ -124,12 +124,11 @@ def run(args: argparse.Namespace) -> int:
             )
             chosen = {m.label: m.study for m in members}
             if chosen:
-                figure = plot_landscape(
+                plot_landscape(
                     chosen,
                     path=str(path),
                     title=f"bias-free ReLU MLPs on digits: the {sweep} sweep",
                 )
-                del figure
                 print(f"wrote {path}", file=sys.stderr)
     return 0
 

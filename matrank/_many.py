@@ -18,6 +18,7 @@ import numpy as np
 
 from ._result import RankResult
 from ._validation import MatrankTypeError, MatrankValueError, check_int, message
+from .estimators._parallel import check_jobs
 
 __all__ = ["EstimateFailure", "estimate_many", "item_seed"]
 
@@ -106,9 +107,7 @@ def estimate_many(
         )
     items: Sequence[Any] = list(objs)
     check_int("seed", seed, low=0, allow_none=True)
-    check_int("n_jobs", n_jobs, allow_none=True)
-    if n_jobs == 0:
-        raise MatrankValueError(message("n_jobs", "a nonzero int or None", 0))
+    check_jobs(n_jobs)
     if not isinstance(progress, bool):
         raise MatrankTypeError(message("progress", "True or False", repr(progress)))
     if "progress" in options or "checkpoint" in options:
