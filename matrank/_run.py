@@ -26,7 +26,6 @@ import hashlib
 import os
 import pathlib
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,6 +35,7 @@ import threadpoolctl
 import torch
 from tqdm.auto import tqdm
 
+from . import _clock
 from ._oracle import Capability, CostMeter, Oracle, as_oracle, collective, require
 from ._result import CountingCurve, RankResult, Status
 from ._scaling import Scaled, scale_factor, unscale
@@ -122,7 +122,7 @@ class Run:
         keep_checkpoint: bool = False,
     ) -> Run:
         """Coerce ``obj``, refuse what it cannot compute, seed, meter, open the store."""
-        start = time.perf_counter()
+        start = _clock.now()
         method = estimator.method
         oracle = as_oracle(obj)
         for capability in (Capability.HVP, Capability.GRAD, Capability.LOSS):
@@ -185,7 +185,9 @@ class Run:
         entry = self.store.journal[key]
         self.generator.set_state(entry["generator"])
         self.meter.matvecs, self.meter.grads, self.meter.loss_evals = entry["counts"]
-        self.seconds_before = entry["seconds"] - (time.perf_counter() - self.start)
+        # the timed decisions (the Lanczos dense switch) read these: as they were then
+        self.meter.hvp_seconds, self.meter.timed_matvecs = entry["timing"]
+        self.seconds_before = entry["seconds"] - (_clock.now() - self.start)
         self.bar.update(entry["progress"] - self.bar.n)
         return _unpack(entry["state"])
 
@@ -207,6 +209,7 @@ class Run:
             "state": _pack(state),
             "generator": self.generator.get_state(),
             "counts": [self.meter.matvecs, self.meter.grads, self.meter.loss_evals],
+            "timing": [self.meter.hvp_seconds, self.meter.timed_matvecs],
             "seconds": self.seconds(),
             "progress": float(self.bar.n),
         }
@@ -224,7 +227,7 @@ class Run:
     # -- the result ----------------------------------------------------------------------
 
     def seconds(self) -> float:
-        return self.seconds_before + time.perf_counter() - self.start
+        return self.seconds_before + _clock.now() - self.start
 
     def result(
         self,
@@ -267,7 +270,7 @@ class _Store:
     every: float
     keep: bool
     journal: dict[str, Any] = dataclasses.field(default_factory=dict)
-    last_write: float = dataclasses.field(default_factory=time.monotonic)
+    last_write: float = dataclasses.field(default_factory=_clock.now)
 
     def __post_init__(self) -> None:
         if not self.path.exists():
@@ -304,7 +307,7 @@ class _Store:
         self.journal = saved["journal"]
 
     def due(self) -> bool:
-        return time.monotonic() - self.last_write >= self.every
+        return _clock.now() - self.last_write >= self.every
 
     def write(self) -> None:
         temporary = self.path.with_name(self.path.name + ".tmp")
@@ -312,7 +315,7 @@ class _Store:
         payload["journal"] = self.journal
         torch.save(payload, temporary)
         os.replace(temporary, self.path)
-        self.last_write = time.monotonic()
+        self.last_write = _clock.now()
 
     def finish(self) -> None:
         if not self.keep:
@@ -322,8 +325,8 @@ class _Store:
 
 
 def _fingerprint(estimator: Any, oracle: Oracle, seed: int | None) -> dict[str, Any]:
-    """What a checkpoint must agree on: method, options, seed, n, dtype, and a signature
-    of the operator itself (see :func:`_signature`)."""
+    """What a checkpoint must agree on: method, options, seed, n, dtype, the thread
+    counts, and a signature of the operator itself (see :func:`_signature`)."""
     options = {
         field.name: _describe(getattr(estimator, field.name))
         for field in dataclasses.fields(estimator)
@@ -334,8 +337,22 @@ def _fingerprint(estimator: Any, oracle: Oracle, seed: int | None) -> dict[str, 
         "seed": seed,
         "n": oracle.dim,
         "dtype": str(oracle.dtype),
+        "threads": _threads(),
         "signature": _signature(oracle),
     }
+
+
+def _threads() -> str:
+    """torch's and the BLAS libraries' thread counts: a sum split over other threads
+    rounds otherwise, so a resume on other counts could not be bit-identical."""
+    blas = sorted(
+        {
+            pool["num_threads"]
+            for pool in threadpoolctl.threadpool_info()
+            if pool["user_api"] == "blas"
+        }
+    )
+    return f"torch {torch.get_num_threads()}, BLAS {'/'.join(map(str, blas)) or '-'}"
 
 
 def _describe(value: Any) -> str:
@@ -380,6 +397,12 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     for key in ("method", "seed", "n", "dtype"):
         if saved.get(key) != current[key]:
             found.append(f"{key} was {saved.get(key)!r} (here {current[key]!r})")
+    if saved.get("threads") != current["threads"]:
+        found.append(
+            f"thread counts were {saved.get('threads')} (here {current['threads']}; set "
+            "them alike with OMP_NUM_THREADS or torch.set_num_threads, since sums split "
+            "over other threads round otherwise)"
+        )
     old_options, new_options = saved.get("options", {}), current["options"]
     for name in sorted(set(old_options) | set(new_options)):
         if old_options.get(name) != new_options.get(name):

@@ -1,4 +1,4 @@
-"""Shared test configuration: deterministic hypothesis profile, numpy error settings."""
+"""Shared test configuration: deterministic hypothesis profile, a deterministic clock."""
 
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from matrank.testing import haar_orthogonal
+from matrank.testing import haar_orthogonal, stepping_clock
 
 # CI profile (scipy's): reproducible, no example database, no deadline on a shared box.
 settings.register_profile(
@@ -31,3 +31,18 @@ def isolated_smallest():
     spectrum[rank] = 1e-10
     basis = haar_orthogonal(n, np.random.default_rng(5))
     return (basis * spectrum) @ basis.T
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _deterministic_time():
+    """Every test runs on a clock that advances a fixed step per read, so that no path a
+    timing chooses (auto's dense rule, the Lanczos dense switch, checkpoint cadence)
+    depends on how fast or busy the machine is (matrank.testing.stepping_clock)."""
+    with stepping_clock() as clock:
+        yield clock
+
+
+@pytest.fixture
+def clock(_deterministic_time):
+    """The suite's clock: ``clock.advance(s)`` lets a test's operator cost ``s`` seconds."""
+    return _deterministic_time

@@ -22,18 +22,27 @@ def gloo_run(tmp_path_factory):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not built in")
     out = tmp_path_factory.mktemp("gloo")
+    logs = out / "logs"
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        "--standalone",  # its own rendezvous store on a port the system picks
         "--nproc_per_node=2",
+        f"--log-dir={logs}",
+        "--redirects=3",  # each rank's stdout and stderr in a file of its own
         str(WORKER),
         str(out),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-4000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    # the timeout only guards against a hang: a run takes seconds
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        ranks = "".join(
+            f"\n--- {path.relative_to(logs)} ---\n{path.read_text()[-3000:]}"
+            for path in sorted(logs.rglob("*.log")) + sorted(out.glob("*.error"))
+        )
+        pytest.fail(f"torchrun exited {done.returncode}: {done.stderr[-2000:]}{ranks}")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

@@ -4,10 +4,10 @@ and frozen options that ``dataclasses.replace`` treats like a fresh construction
 import dataclasses
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -253,6 +253,38 @@ def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(
     assert named in str(error.value)
 
 
+def test_a_checkpoint_from_other_thread_counts_is_refused_naming_them(tmp_path):
+    import threadpoolctl
+
+    # n > 512 runs on the caller's threads (smaller problems always run on one)
+    matrix = rotated_spectrum(1500, 300, cond=1e3, seed=0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            path = written_checkpoint(tmp_path, matrix, block_size=4)
+            # on the same counts it resumes (and the crash tests show: bit-identically)
+            resumed = matrank.estimate_rank(
+                matrix,
+                method="lanczos",
+                seed=0,
+                block_size=4,
+                checkpoint=path,
+                keep_checkpoint=True,
+            )
+            assert resumed.rank == 300
+        torch.set_num_threads(1)
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            with pytest.raises(matrank.MatrankValueError, match="thread counts") as error:
+                matrank.estimate_rank(
+                    matrix, method="lanczos", seed=0, block_size=4, checkpoint=path
+                )
+    finally:
+        torch.set_num_threads(before)
+    assert "were torch 2, BLAS 2 (here torch 1, BLAS 1;" in str(error.value)
+    assert "OMP_NUM_THREADS" in str(error.value)
+
+
 def test_a_file_that_is_not_a_checkpoint_is_refused_without_running_it(tmp_path):
     import pickle
 
@@ -303,25 +335,49 @@ def test_langevin_defaults_follow_the_fields_they_derive_from():
     assert (paper.step_size, paper.n_chains, paper.readout) == (1e-4, 1, "loss")
 
 
-def run_cli(*arguments):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from matrank.cli import main; sys.exit(main())",
-            *list(arguments),
-        ],
-        stdout=subprocess.PIPE,
+CHILD = pathlib.Path(__file__).parent / "cli_child.py"
+
+
+def killed_after_write(halt_after, arguments):
+    """Run the CLI in a child that stops after its ``halt_after``-th checkpoint write,
+    wait for its word on a pipe, and SIGKILL it there (see tests/cli_child.py)."""
+    read, write = os.pipe()
+    threads = str(torch.get_num_threads())
+    process = subprocess.Popen(
+        [sys.executable, str(CHILD), threads, str(halt_after), str(write), *arguments],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
     )
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        word = pipe.read(1)  # b"" if the child ended without halting
+    if word:
+        process.send_signal(signal.SIGKILL)
+    _, errors = process.communicate()
+    assert word == b"w", f"the child ended before write {halt_after}: {errors[-2000:]!r}"
+    assert process.returncode == -signal.SIGKILL
 
 
-# The piloted cases finish within a second or two of wide blocks (an explicit matrix on
-# the dense path is read, not multiplied): too quick to kill reliably between two
-# checkpoint writes; their resume is tested above through a crash
-@pytest.mark.parametrize("case", [case for case in RESUMABLE if case not in PILOTED])
-def test_cli_killed_with_sigkill_resumes_to_the_uninterrupted_json(case, tmp_path, capsys):
+def counting_writes(monkeypatch):
+    """Count the checkpoint writes of the in-process runs that follow."""
+    from matrank import _run
+
+    writes = []
+    original = _run._Store.write
+
+    def counted(store):
+        original(store)
+        writes.append(store.path)
+
+    monkeypatch.setattr(_run._Store, "write", counted)
+    return writes
+
+
+@pytest.mark.parametrize("case", RESUMABLE)
+def test_cli_killed_with_sigkill_resumes_to_the_uninterrupted_json(
+    case, tmp_path, capsys, monkeypatch
+):
     build, options = PROBLEMS[case]
     matrix_path = tmp_path / "big.npy"
     np.save(matrix_path, build())
@@ -340,18 +396,19 @@ def test_cli_killed_with_sigkill_resumes_to_the_uninterrupted_json(case, tmp_pat
     assert main(common) == 0
     reference = json.loads(capsys.readouterr().out)
     checkpoint = tmp_path / "c.ckpt"
-    resumable = [*common, "--checkpoint", str(checkpoint), "--checkpoint-every", "0.2"]
-    process = run_cli(*resumable)
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists() and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "finished before the kill: too small"
+    resumable = [*common, "--checkpoint", str(checkpoint), "--checkpoint-every", "0"]
+    # the uninterrupted checkpointed run: the same JSON, and how many writes it makes
+    writes = counting_writes(monkeypatch)
+    assert main(resumable) == 0
+    assert json.loads(capsys.readouterr().out)["rank"] == reference["rank"]
+    total = len(writes)
+    assert total >= 1 and not checkpoint.exists()
+    # an explicit matrix on the piloted dense path writes once: after its pilot
+    killed_after_write(max(1, total // 2), resumable)
     assert checkpoint.exists()
     assert main(resumable) == 0
     resumed = json.loads(capsys.readouterr().out)
+    assert len(writes) - total < max(total, 1)  # the rerun went on from the kill's write
     assert resumed["cost"].pop("seconds") > 0
     reference["cost"].pop("seconds")
     for result in (resumed, reference):  # a timing
@@ -386,15 +443,16 @@ def test_langevin_aims_its_run_at_a_given_threshold(aim):
         assert abs(result.rank - truth) < 3 * result.stderr
 
 
-def kronecker_operator(left_rank=7, right_rank=11, size=60, seed=0):
-    """A rank ``left_rank·right_rank`` Kronecker product as a matvec-only operator (one
-    Python call per column: the kind of operator whose products cost, not its size)."""
+def kronecker_operator(clock, left_rank=7, right_rank=11, size=60, seed=0):
+    """A rank ``left_rank·right_rank`` Kronecker product as a matvec-only operator whose
+    products cost, not its size: 1 ms each on the suite's clock (3.6 s for all n)."""
     import scipy.sparse.linalg
 
     left = rotated_spectrum(size, left_rank, seed=seed)
     right = rotated_spectrum(size, right_rank, seed=seed + 1)
 
     def matvec(vector):
+        clock.advance(1e-3)
         return (right @ vector.reshape(size, size) @ left.T).ravel()
 
     return scipy.sparse.linalg.LinearOperator(
@@ -402,8 +460,8 @@ def kronecker_operator(left_rank=7, right_rank=11, size=60, seed=0):
     )
 
 
-def test_auto_counts_an_expensive_operator_by_krylov_and_says_why():
-    result = matrank.estimate_rank(kronecker_operator(), seed=0)
+def test_auto_counts_an_expensive_operator_by_krylov_and_says_why(clock):
+    result = matrank.estimate_rank(kronecker_operator(clock), seed=0)
     assert result.method == "lanczos" and result.rank == 77
     reason = result.diagnostics["auto"]
     assert "timed on one block" in reason and "dense path would take" in reason
@@ -413,6 +471,7 @@ def test_auto_counts_an_expensive_operator_by_krylov_and_says_why():
 def test_auto_takes_the_dense_path_of_a_cheap_operator_and_counts_the_timing():
     import scipy.sparse.linalg
 
+    # its products cost nothing on the suite's clock: the choice is the same on any machine
     matrix = rotated_spectrum(200, 20, seed=0)
     operator = scipy.sparse.linalg.aslinearoperator(matrix)
     result = matrank.estimate_rank(operator, seed=0)

@@ -1,4 +1,5 @@
-"""Test support shipped with the package: known-rank cases and the oracle contract check.
+"""Test support shipped with the package: known-rank cases, the oracle contract check,
+and a deterministic clock for code whose path a timing chooses.
 
 ``matrank.testing.strategies`` (hypothesis strategies) needs the ``test`` extra and is
 imported on demand.
@@ -17,6 +18,7 @@ from ._cases import (
     rotated_spectrum,
     spectrum_levels,
 )
+from ._clock import stepping_clock
 from ._contract import check_oracle
 from ._networks import linear_network_loss
 
@@ -34,4 +36,5 @@ __all__ = [
     "projector",
     "rotated_spectrum",
     "spectrum_levels",
+    "stepping_clock",
 ]

@@ -3,13 +3,21 @@
 Each rank holds an uneven shard (37 and 60 of 97 samples, chunks of 16: an uneven last
 chunk on both) and compares the data-parallel TorchLoss with the single-process one on
 all the data: loss, gradient and HVP, then the ranks of exact and lanczos. It writes what
-it saw to OUT/rank<r>.json.
+it saw to OUT/rank<r>.json, or the traceback of what it raised to OUT/rank<r>.error.
+
+It runs on the suite's deterministic clock: each rank times its single-process
+estimates alone (only a distributed oracle's ranks agree on rank 0's timing), so on a
+loaded machine the two ranks' ``auto`` could otherwise take different paths. Every way
+out destroys the process group, after a barrier when both ranks succeeded; a failing
+rank leaves its traceback in a file, which the test shows.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -17,6 +25,7 @@ import torch.distributed as dist
 
 import matrank
 from matrank.adapters import TorchLoss
+from matrank.testing import stepping_clock
 
 F = torch.nn.functional
 
@@ -26,8 +35,24 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main(out: Path) -> None:
+    faulthandler.enable()  # an abort prints every thread's Python stack
     dist.init_process_group("gloo")
-    rank, size = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
+    try:
+        with stepping_clock():
+            record = compare(rank, dist.get_world_size())
+        (out / f"rank{rank}.json").write_text(json.dumps(record))
+        dist.barrier()  # both ranks are done with the group before either tears it down
+    except BaseException:
+        # no barrier here: it could pair with a collective the peer is still in
+        (out / f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def compare(rank: int, size: int) -> dict:
+    """What this rank saw: the products' errors, the estimates, the shared failure."""
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -98,8 +123,7 @@ def main(out: Path) -> None:
         record["failure"] = None
     except matrank.MatrankError as error:
         record["failure"] = [type(error).__name__, str(error)]
-    (out / f"rank{rank}.json").write_text(json.dumps(record))
-    dist.destroy_process_group()
+    return record
 
 
 if __name__ == "__main__":
