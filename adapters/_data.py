@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_leaves, tree_map
 
 from matrank._validation import MatrankTypeError, MatrankValueError, message
 
@@ -14,16 +15,37 @@ __all__ = ["batch_len", "cast", "check_data", "select_parameters"]
 
 
 def cast(value: Any, dtype: torch.dtype, device: torch.device | None = None) -> Any:
-    """Floating tensors to ``dtype`` (integer labels stay), all to ``device``."""
-    if not isinstance(value, torch.Tensor):
-        return value
-    if value.is_floating_point():
-        value = value.to(dtype)
-    return value if device is None else value.to(device)
+    """Floating tensors to ``dtype`` (integer labels stay), all to ``device``; inside
+    tuples, lists and dicts too."""
+
+    def one(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        if leaf.is_floating_point():
+            leaf = leaf.to(dtype)
+        return leaf if device is None else leaf.to(device)
+
+    return tree_map(one, value)
 
 
 def batch_len(batch: tuple[Any, Any]) -> int:
-    return int(batch[0].shape[0])
+    """The samples in a batch: the first dimension of its inputs' tensors (a tensor, or
+    tuples, lists and dicts of them, which must agree)."""
+    sizes = {
+        int(leaf.shape[0])
+        for leaf in tree_leaves(batch[0])
+        if isinstance(leaf, torch.Tensor) and leaf.ndim > 0
+    }
+    if len(sizes) != 1:
+        raise MatrankValueError(
+            message(
+                "data inputs",
+                "a tensor, or a tuple, list or dict of tensors with one first dimension "
+                "(the samples)",
+                f"{type(batch[0]).__name__} with first dimensions {sorted(sizes) or 'none'}",
+            )
+        )
+    return sizes.pop()
 
 
 def check_data(data: Any, chunk_size: int) -> Callable[[], Iterable[tuple[Any, Any]]]:

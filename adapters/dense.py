@@ -21,7 +21,9 @@ from matrank._oracle import (
     Capability,
     as_oracle,
     check_symmetric_operator,
+    content_digest,
     materialize,
+    sha256_of,
 )
 from matrank._validation import (
     MatrankTypeError,
@@ -247,6 +249,11 @@ def _(oracle: DenseOracle) -> torch.Tensor:
     return oracle.matrix
 
 
+@content_digest.register
+def _(oracle: DenseOracle) -> str:
+    return sha256_of(oracle.matrix)
+
+
 class SparseOracle(_QuadraticMixin):
     """The quadratic of a scipy sparse symmetric matrix, computed as a torch CSR tensor.
 
@@ -285,7 +292,7 @@ class SparseOracle(_QuadraticMixin):
 
 def _sparse_oracle(obj: Any) -> SparseOracle:
     name = "obj"
-    if np.iscomplexobj(obj.data) or obj.dtype == object:
+    if np.iscomplexobj(obj) or obj.dtype == object:  # any format (dok has no .data)
         raise MatrankTypeError(message(name, "a real sparse matrix", f"dtype {obj.dtype}"))
     _check_square(obj.shape, name)
     precision = _precision(np.dtype(obj.dtype))
@@ -327,6 +334,12 @@ def _(obj: SparseOracle) -> SparseOracle:
 @materialize.register
 def _(oracle: SparseOracle) -> torch.Tensor:
     return oracle.matrix.to_dense()
+
+
+@content_digest.register
+def _(oracle: SparseOracle) -> str:
+    csr = oracle.matrix
+    return sha256_of(csr.crow_indices(), csr.col_indices(), csr.values())
 
 
 class LinearOperatorOracle(_QuadraticMixin):

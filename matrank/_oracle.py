@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import math
 import numbers
 from typing import Any, Protocol, cast, runtime_checkable
 
+import numpy as np
 import torch
 
 from . import _clock
@@ -34,7 +36,9 @@ __all__ = [
     "CostMeter",
     "Oracle",
     "as_oracle",
+    "content_digest",
     "exact_rank",
+    "input_eps",
     "input_precision",
     "magnitude",
     "materialize",
@@ -145,6 +149,20 @@ def input_precision(oracle: Any) -> torch.dtype:
     return cast(torch.dtype, oracle.dtype if found is None else found)
 
 
+def input_eps(oracle: Any) -> float:
+    """The relative precision of the operator's entries: its precision's ``eps``, or
+    coarser where the entries are subnormal. Below the smallest normal number a float
+    keeps a fixed spacing (``2^-1074`` in float64), so entries of size ``m`` carry a
+    relative precision of only ``spacing / m`` (a few bits at ``1e-320``)."""
+    info = torch.finfo(input_precision(oracle))
+    eps = float(info.eps)
+    size = magnitude(oracle)
+    spacing = float(info.smallest_normal) * eps
+    if size is not None and 0 < size < float(info.smallest_normal):
+        eps = max(eps, spacing / size)
+    return eps
+
+
 def magnitude(oracle: Any) -> float | None:
     """An oracle's ``magnitude`` attribute (the size of its largest entries or
     products, read at construction), or ``None``: what a run scales by."""
@@ -214,6 +232,29 @@ def materialize(oracle: Any) -> torch.Tensor:
         eye[torch.arange(start, stop), torch.arange(stop - start)] = 1
         columns.append(oracle.hvp(eye))
     return torch.cat(columns, dim=1)
+
+
+@functools.singledispatch
+def content_digest(oracle: Any) -> str | None:
+    """A digest of the operator's entries (SHA-256 of the bytes an explicit matrix
+    holds), or ``None`` where the operator is known only by its products.
+
+    A checkpoint records it: resuming with a matrix that differs in one entry is then
+    refused. Adapters that hold their matrix register an implementation.
+    """
+    return None
+
+
+def sha256_of(*arrays: Any) -> str:
+    """SHA-256 over arrays' dtypes, shapes and bytes (numpy arrays or torch tensors)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)  # contiguous: its buffer, not a copy
+    return digest.hexdigest()
 
 
 @functools.singledispatch

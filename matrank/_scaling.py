@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._oracle import Oracle, magnitude
@@ -26,10 +27,13 @@ _SAFE_MAGNITUDE = (2.0**-200, 2.0**200)
 
 
 def scale_factor(oracle: Oracle) -> float:
+    """The power of two that brings the operator's magnitude near 1 (1 inside the
+    safe window). The exponent stays in float64's range: a subnormal magnitude
+    (below 2^-1022) is brought up by 2^1023, into the window all the same."""
     size = magnitude(oracle)
     if size is None or not size > 0 or _SAFE_MAGNITUDE[0] <= size <= _SAFE_MAGNITUDE[1]:
         return 1.0
-    return 2.0 ** -round(math.log2(size))
+    return 2.0 ** min(-round(math.log2(size)), 1023)
 
 
 class Scaled:
@@ -94,7 +98,9 @@ def unscale(
             diagnostics[key] = back(diagnostics[key])
     for key in ("density", "step_size"):  # per unit eigenvalue
         if diagnostics.get(key) is not None:
-            diagnostics[key] = diagnostics[key] * factor
+            # a density of a spectrum at 1e-320 is past float64's range: inf, silently
+            with np.errstate(over="ignore"):
+                diagnostics[key] = diagnostics[key] * factor
     if "plateau" in diagnostics:
         plateau = dict(diagnostics["plateau"])
         for key in ("threshold", "lower", "upper"):

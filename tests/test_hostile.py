@@ -423,3 +423,142 @@ def test_langevin_on_a_model_far_from_a_minimum_says_so():
             assert "`theta0` must be a minimum" in str(error)
         else:
             assert result.status is matrank.Status.NEGATIVE_CURVATURE
+
+
+SPARSE_FORMATS = ["csr", "csc", "coo", "dok", "lil", "bsr", "dia"]
+
+
+def _count_at(matrix, threshold):
+    """The dense count of |λ| above ``threshold``: the input's own eigenvalues, each
+    scaled by a power of two first (exact, even for subnormal entries)."""
+    dense = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+    peak = np.abs(dense).max()
+    if peak == 0:
+        return 0
+    shift = -math.floor(math.log2(peak))
+    values = np.abs(np.linalg.eigvalsh(dense * 2.0**shift))
+    return int((values > threshold * 2.0**shift).sum())
+
+
+@given(
+    layout=st.sampled_from(["dense", *SPARSE_FORMATS]),
+    exponent=st.integers(-320, 300),
+    rank=st.integers(0, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_no_negative_rank_and_converged_only_at_the_dense_count(
+    layout, exponent, rank, seed
+):
+    import scipy.sparse
+
+    matrix = rotated_spectrum(12, rank, cond=3.0, seed=seed) * 10.0**exponent
+    if layout != "dense":
+        matrix = scipy.sparse.csr_array(matrix).asformat(layout)
+    for method in COUNTING:
+        result = matrank.estimate_rank(matrix, method=method, seed=0)
+        assert result.rank >= 0 and math.isfinite(result.threshold), method
+        if result.status is matrank.Status.CONVERGED:
+            expected = _count_at(matrix, result.threshold)
+            if result.stderr:
+                assert abs(result.rank - expected) <= 3 * result.stderr, method
+            else:
+                assert result.rank == expected, (method, exponent)
+
+
+def test_a_dataloader_of_mappings_is_read_from_its_first_tensor():
+    from torch.utils.data import DataLoader, Dataset
+
+    from matrank.adapters import TorchLoss
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 3, dtype=torch.float64, generator=generator)
+    y = torch.randn(20, 1, dtype=torch.float64, generator=generator)
+
+    class Pairs(Dataset):
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            return {"a": x[i], "b": (x[i], x[i])}, y[i]
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 1).double()
+
+        def forward(self, batch):
+            return self.linear(batch["a"])
+
+    loss = torch.nn.functional.mse_loss
+    model = Model()
+    mapped = TorchLoss(model, loss, DataLoader(Pairs(), batch_size=8), gradient_tol=None)
+    plain = TorchLoss(model.linear, loss, (x, y), gradient_tol=None)
+    assert "samples=20" in repr(mapped)
+    V = torch.eye(4, dtype=torch.float64)
+    assert torch.allclose(mapped.hvp(V), plain.hvp(V), atol=1e-14)
+    assert matrank.estimate_rank(mapped, method="exact").rank == 4
+
+    class Uneven(Pairs):
+        def __getitem__(self, i):
+            return {"a": x[i]}, y[i]
+
+    def collate(items):  # a batch whose tensors disagree on the sample count
+        return {"a": torch.stack([i[0]["a"] for i in items]), "b": x[:1]}, torch.stack(
+            [i[1] for i in items]
+        )
+
+    with pytest.raises(matrank.MatrankValueError, match="one first dimension"):
+        TorchLoss(model, loss, DataLoader(Uneven(), batch_size=8, collate_fn=collate))
+
+
+def _off_minimum_oracle():
+    """An 8-4-1 tanh net's loss against targets moved by 5: far from any minimum."""
+    from matrank.adapters import TorchLoss
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(64, 8, generator=generator, dtype=torch.float64)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+    ).double()
+    with torch.no_grad():
+        targets = net(inputs) + 5
+    return TorchLoss(
+        net, torch.nn.functional.mse_loss, (inputs, targets), gradient_tol=None
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_rank_is_never_negative(seed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", matrank.MatrankWarning)
+        result = matrank.estimate_rank(_off_minimum_oracle(), method="langevin", seed=seed)
+    # the readout fell far under zero (-47 and -57): no rank, and the cause named
+    assert math.isnan(result.rank) and result.stderr is None
+    assert result.status is matrank.Status.NEGATIVE_CURVATURE and not result.converged
+    assert result.diagnostics["negative_estimate"] < -10
+
+
+def test_a_soft_count_a_little_under_zero_is_an_empty_count():
+    from matrank._result import Status
+    from matrank._run import _negative
+
+    assert _negative(-0.3, 0.2, Status.CONVERGED, {})[:3] == (0.0, 0.2, Status.CONVERGED)
+    rank, stderr, status, diagnostics = _negative(-173.6, 96.9, Status.CONVERGED, {})
+    assert stderr is None
+    assert math.isnan(rank) and status is Status.NEGATIVE_CURVATURE
+    assert diagnostics == {"negative_estimate": -173.6}
+    # a status that already says what went wrong keeps its cause
+    assert _negative(-3.0, None, Status.BUDGET_EXHAUSTED, {})[2] is Status.BUDGET_EXHAUSTED
+
+
+def test_the_faithful_ubaru_saad_port_refuses_an_indefinite_matrix():
+    M = rotated_spectrum(300, 40, cond=10.0, seed=0)
+    null = np.linalg.eigh(M)[1][:, :5]  # five directions of the null space
+    saddle = M - 0.5 * null @ null.T  # 40 positive and 5 negative eigenvalues
+    for matrix in (saddle, -M):
+        with pytest.raises(matrank.MatrankValueError, match="positive semi-definite"):
+            matrank.estimate_rank(matrix, method="polynomial", variant="ubaru-saad")
+    # the default variant counts |λ|, negative ones included
+    assert matrank.estimate_rank(saddle, method="polynomial", seed=0).rank == 45
+    assert matrank.estimate_rank(M, method="polynomial", variant="ubaru-saad").rank > 0

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import _clock
-from .._oracle import agree, input_precision, materialize
+from .._oracle import agree, input_eps, materialize
 from .._result import RankResult
 from .._run import Run
 from ..numerics.krylov import BlockKrylov
@@ -202,7 +202,7 @@ def _count(
     values = np.linalg.eigvalsh(symmetric.numpy())[::-1].copy()
     del symmetric
     largest = float(np.abs(values).max()) if values.size else 0.0
-    eps = float(torch.finfo(input_precision(run.meter)).eps)
+    eps = input_eps(run.meter)
     floor = noise_floor(largest, n, eps, max(asymmetry, krylov.symmetry_defect))
     diagnostics.update(
         orthogonalization_seconds=krylov.orthogonalization_seconds,

@@ -245,7 +245,15 @@ def run_chains(
     noise = Noise(n_chains, n, run.generator)
     delta = torch.zeros(n_chains, n, dtype=dtype, device=device)
     first = 0
-    saved = run.restore(key)
+    saved = run.restore(
+        key,
+        expect=lambda state: (
+            tuple(state["delta"].shape) == (n_chains, n)
+            and 0 < state["step"] <= n_steps
+            and tuple(state["readings"].shape) == (state["step"], n_chains)
+            and len(state["extra"]) == len(extra)
+        ),
+    )
     if saved is not None:
         delta = saved["delta"].to(device)
         first = saved["step"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._oracle import CostMeter, input_precision
+from .._oracle import CostMeter, input_eps
 from .._run import Run
 from ..numerics.chebyshev import ChebyshevFrame, jackson_damping, kpm_density
 from ..numerics.deflation import complement_bound, converged_basis
@@ -59,7 +59,7 @@ class SpectrumCapture:
                 break
         values, vectors = krylov.ritz()
         residuals = krylov.residual_norms(vectors)
-        eps = float(torch.finfo(input_precision(meter)).eps)
+        eps = input_eps(meter)
         largest = float(values.abs().max()) if values.numel() else 0.0
         self.floor = noise_floor(largest, n, eps, krylov.symmetry_defect)
         high = float((values + residuals).max())

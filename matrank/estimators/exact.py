@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .._dual import DualForm, dual_form
-from .._oracle import Capability, as_oracle, input_precision, materialize
+from .._oracle import Capability, as_oracle, input_eps, materialize
 from .._result import RankResult, Status
 from .._run import Run, sized_threads
 from .._validation import MatrankValueError, check_int, check_threshold, message
@@ -155,9 +155,7 @@ class ExactRank:
 
         magnitudes = np.abs(eigenvalues)
         largest = float(magnitudes.max())
-        numpy_rule = noise_floor(
-            largest, n, float(torch.finfo(input_precision(oracle)).eps)
-        )
+        numpy_rule = noise_floor(largest, n, input_eps(oracle))
         floor = max(numpy_rule, asymmetry)
         diagnostics: dict[str, Any] = {"numpy_rule": numpy_rule}
         return count_spectrum(run, eigenvalues, floor, self.threshold, diagnostics)

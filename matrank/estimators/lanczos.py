@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-import torch
-
-from .._oracle import Capability, as_oracle, input_precision
+from .._oracle import Capability, as_oracle, input_eps
 from .._result import RankResult, Status
 from .._run import Run, sized_threads
 from .._validation import check_choice, check_int, check_threshold
@@ -214,7 +212,7 @@ class LanczosRank:
         meter, generator = run.meter, run.generator
         dtype, device = oracle.dtype, oracle.device
         current = block
-        eps = float(torch.finfo(input_precision(oracle)).eps)
+        eps = input_eps(oracle)
 
         krylov = BlockKrylov(meter.hvp, n, dtype, device, generator)
         diagnostics: dict[str, Any] = {}

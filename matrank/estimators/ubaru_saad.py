@@ -16,6 +16,7 @@ import torch
 
 from .._result import RankResult
 from .._run import Run
+from .._validation import MatrankValueError, message
 from ..numerics.chebyshev import (
     chebyshev_moments,
     kpm_density,
@@ -36,7 +37,7 @@ def ubaru_saad_estimate(options: Any, run: Run) -> RankResult:
     n, dtype, device = meter.dim, meter.dtype, meter.device
     degree = options.degree or 50
     n_probes = options.n_probes or 300
-    _, largest, _ = spectral_bounds(
+    smallest, largest, _ = spectral_bounds(
         meter.hvp,
         n,
         steps=options.lanczos_steps,
@@ -44,6 +45,19 @@ def ubaru_saad_estimate(options: Any, run: Run) -> RankResult:
         dtype=dtype,
         device=device,
     )
+    # Their λmin = 0 puts a negative eigenvalue outside [-1, 1], where the Chebyshev
+    # series grows without bound (5.7e13 for 5 of 45 eigenvalues negative): refused.
+    if smallest < -1e-2 * max(abs(largest), abs(smallest)):
+        raise MatrankValueError(
+            message(
+                "obj",
+                "positive semi-definite for variant='ubaru-saad' (it sets λmin = 0, as "
+                "their code does); use the default variant or method='lanczos', which "
+                "count |λ| and report the negative eigenvalues",
+                f"an operator with an eigenvalue near {smallest:.3g} (λmax ≈ "
+                f"{largest:.3g})",
+            )
+        )
     # U&S: λmin is not computed but set to 0; both ends padded by 1e-5 (absolute).
     low, high = -1e-5, largest + 1e-5
     center, half_width = (high + low) / 2, (high - low) / 2
