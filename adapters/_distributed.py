@@ -73,6 +73,33 @@ class Collective:
                 kind, text = failed
                 raise kind(f"on rank {rank} of {self.size}: {text}")
 
+    def same(self, record: dict[str, Any]) -> None:
+        """Refuse, on every rank, a run whose ``record`` (method, options, seed, ``n``,
+        dtype, a digest of ``θ0``) differs between ranks: SPMD estimates must run the
+        same code on the same point, or their collectives pair up wrongly (other sizes
+        abort gloo; equal sizes give a confident wrong answer). One ``all_gather``."""
+        records: list[Any] = [None] * self.size
+        self.dist.all_gather_object(records, record, group=self.group)
+        first = records[0]
+        differences = [
+            f"rank {rank} has {key} {theirs.get(key)!r} where rank 0 has {first.get(key)!r}"
+            for rank, theirs in enumerate(records[1:], start=1)
+            for key in sorted(set(first) | set(theirs))
+            if theirs.get(key) != first.get(key)
+        ]
+        if differences:
+            raise MatrankValueError(
+                message(
+                    "distributed",
+                    "the same estimate on every rank (method, options, seed, parameter "
+                    "count, dtype and θ0)",
+                    "; ".join(differences[:4])
+                    + (
+                        f"; and {len(differences) - 4} more" if len(differences) > 4 else ""
+                    ),
+                )
+            )
+
     def _global(self, rank: int) -> int:
         if self.group is None:
             return rank

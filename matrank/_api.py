@@ -11,8 +11,9 @@ import torch
 
 from . import _clock
 from ._dual import dual_form
-from ._oracle import Capability, Oracle, agree, as_oracle, materialize
+from ._oracle import Capability, Oracle, agree, as_oracle, collective, materialize
 from ._result import RankResult
+from ._run import run_identity
 from ._validation import (
     MatrankTypeError,
     check_choice,
@@ -244,6 +245,10 @@ def estimate_rank(
     check_choice("method", method, ("auto", *ESTIMATORS))
     check_int("seed", seed, low=0, allow_none=True)
     oracle = as_oracle(obj)
+    group = collective(oracle)
+    if group is not None:  # before auto's timing block, the first collective
+        described = {name: repr(value) for name, value in sorted(options.items())}
+        group.same(run_identity(method, described, seed, oracle))
     reason, probe_matvecs, probe_seconds = None, 0, 0.0
     if method == "auto":
         start = _clock.now()

@@ -58,6 +58,28 @@ def _one(obj: Any, method: str, seed: int, options: dict[str, Any]) -> Any:
         return error
 
 
+def _unsendable(items: Sequence[Any], n_jobs: int | None) -> dict[int, BaseException]:
+    """The items a process backend cannot pickle, with the error pickling raised (a
+    distributed ``TorchLoss`` refuses with matrank's own message); none where the work
+    stays in this process (one job, or threads)."""
+    import joblib
+    from joblib.externals.loky.backend.reduction import dumps  # loky's pickler
+
+    backend, default_jobs = joblib.parallel.get_active_backend()
+    jobs = default_jobs if n_jobs is None else n_jobs
+    if jobs == 1 or isinstance(
+        backend, (joblib.parallel.ThreadingBackend, joblib.parallel.SequentialBackend)
+    ):
+        return {}
+    failed: dict[int, BaseException] = {}
+    for index, obj in enumerate(items):
+        try:
+            dumps(obj)
+        except Exception as error:
+            failed[index] = error
+    return failed
+
+
 def estimate_many(
     objs: Iterable[Any],
     method: str = "auto",
@@ -115,10 +137,10 @@ def estimate_many(
             message("options", "no per-item progress or checkpoint", sorted(options))
         )
     seeds = [item_seed(seed, index) for index in range(len(items))]
-    tasks = (
-        joblib.delayed(_one)(obj, method, s, options)
-        for obj, s in zip(items, seeds, strict=True)
-    )
+    # an item a process backend cannot send fails in its place, not the whole sweep
+    unsendable = _unsendable(items, n_jobs)
+    sent = [index for index in range(len(items)) if index not in unsendable]
+    tasks = (joblib.delayed(_one)(items[i], method, seeds[i], options) for i in sent)
     outputs: list[Any] = []
     with tqdm(total=len(items), desc="estimates", disable=not progress) as bar:
         try:  # results as they come, for the bar
@@ -132,11 +154,12 @@ def estimate_many(
             if "return_as" not in str(error) or outputs:
                 raise
             tasks = (
-                joblib.delayed(_one)(obj, method, s, options)
-                for obj, s in zip(items, seeds, strict=True)
+                joblib.delayed(_one)(items[i], method, seeds[i], options) for i in sent
             )
             outputs = joblib.Parallel(n_jobs=n_jobs)(tasks)
             bar.update(len(outputs))
+    returned = dict(zip(sent, outputs, strict=True))
+    outputs = [returned.get(index, unsendable.get(index)) for index in range(len(items))]
     return [
         EstimateFailure(index, s, type(output).__name__, str(output), output)
         if isinstance(output, BaseException)

@@ -59,7 +59,7 @@ from ._validation import (
     message,
 )
 
-__all__ = ["Run", "doubling_checks", "sized_threads"]
+__all__ = ["Run", "doubling_checks", "run_identity", "sized_threads"]
 
 try:
     import fcntl
@@ -158,6 +158,8 @@ class Run:
         factor = scale_factor(oracle) if needs & products else 1.0
         meter = CostMeter(oracle if factor == 1.0 else Scaled(oracle, factor))
         group = collective(oracle)
+        if group is not None:
+            group.same(run_identity(method, _options(estimator), seed, oracle))
         bar = tqdm(
             total=total,
             desc=method,
@@ -551,16 +553,34 @@ def _non_finite(value: Any) -> str | None:
     return None
 
 
-def _fingerprint(estimator: Any, oracle: Oracle, seed: int | None) -> dict[str, Any]:
-    """What a checkpoint must agree on: method, options, seed, n, dtype, the thread
-    counts, and a signature of the operator itself (see :func:`_signature`)."""
-    options = {
+def run_identity(
+    method: str, options: dict[str, str], seed: int | None, oracle: Oracle
+) -> dict[str, Any]:
+    """What every rank of a data-parallel estimate must share (compared by
+    ``Collective.same`` before any product): a rank that differs is refused by name."""
+    return {
+        "method": method,
+        "options": options,
+        "seed": seed,
+        "n": oracle.dim,
+        "dtype": str(oracle.dtype),
+        "theta0": sha256_of(oracle.theta0)[:16],
+    }
+
+
+def _options(estimator: Any) -> dict[str, str]:
+    return {
         field.name: _describe(getattr(estimator, field.name))
         for field in dataclasses.fields(estimator)
     }
+
+
+def _fingerprint(estimator: Any, oracle: Oracle, seed: int | None) -> dict[str, Any]:
+    """What a checkpoint must agree on: method, options, seed, n, dtype, the thread
+    counts, and a signature of the operator itself (see :func:`_signature`)."""
     return {
         "method": estimator.method,
-        "options": options,
+        "options": _options(estimator),
         "seed": seed,
         "n": oracle.dim,
         "dtype": str(oracle.dtype),

@@ -84,6 +84,46 @@ def load_matrix(path: str) -> Any:
     raise MatrankError(f"`FILE` must end in .npy, .npz, .mtx or .pt; got {path!r}.")
 
 
+# estimate_rank's own arguments: the command line sets them with flags
+_OWN_ARGUMENTS = {
+    "obj": "FILE",
+    "method": "--method",
+    "seed": "--seed",
+    "progress": "--no-progress",
+    "checkpoint": "--checkpoint",
+    "checkpoint_every": "--checkpoint-every",
+    "keep_checkpoint": "--keep-checkpoint",
+}
+
+
+def _unexpected(error: BaseException) -> int:
+    """An error no check named (a bad option's type deep in torch, a bug of ours): one
+    line and exit 2, as for every other error; the Python API shows the traceback."""
+    print(
+        f"matrank: error: {type(error).__name__}: {_one_line(error)} (call "
+        "matrank.estimate_rank from Python for the traceback)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _plot_problem(path: str) -> str | None:
+    """Why a figure cannot be saved at ``path`` (checked before the estimate), or None."""
+    target = pathlib.Path(path)
+    if target.is_dir():
+        return f"a file, not the folder {path!r}"
+    if not target.parent.is_dir():
+        return f"in a folder that exists; got {path!r}"
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "left out: matplotlib is not installed (pip install 'matrank[plot]')"
+    formats = Figure().canvas.get_supported_filetypes()
+    if target.suffix.lower().lstrip(".") not in formats:
+        return f"a file name ending in one of .{', .'.join(sorted(formats))}; got {path!r}"
+    return None
+
+
 def _one_line(error: BaseException) -> str:
     """The first line of an error's text (library messages can run to many)."""
     lines = str(error).strip().splitlines()
@@ -248,8 +288,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     options = dict(args.option)
+    flags = sorted(set(options) & set(_OWN_ARGUMENTS))
+    if flags:
+        print(
+            f"matrank: error: `--option {flags[0]}` names an argument of the command "
+            f"itself, not a hyperparameter: use {_OWN_ARGUMENTS[flags[0]]}",
+            file=sys.stderr,
+        )
+        return 2
     if args.threshold is not None:
         options["threshold"] = args.threshold
+    if args.plot:
+        problem = _plot_problem(args.plot)
+        if problem:
+            print(f"matrank: error: `--plot` must be {problem}", file=sys.stderr)
+            return 2
     try:
         result = estimate_rank(
             matrix,
@@ -266,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (MemoryError, RuntimeError) as error:
         if not isinstance(error, MemoryError) and "alloc" not in str(error):
-            raise
+            return _unexpected(error)
         n = getattr(matrix, "shape", ("?",))[0]
         print(
             f"matrank: error: out of memory in method={args.method!r} on a {n} × {n} "
@@ -275,14 +328,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except Exception as error:
+        return _unexpected(error)
     print(json.dumps(result.to_dict()) if args.json else str(result))
     if args.plot:
         try:
             from .plot import save_figure
 
             panels = save_figure(result, args.plot)
-        except (MatrankError, OSError) as error:
-            print(f"matrank: error: {error}", file=sys.stderr)
+        except (MatrankError, OSError, ValueError) as error:
+            print(f"matrank: error: {_one_line(error)}", file=sys.stderr)
             return 2
         print(f"saved {', '.join(panels)} to {args.plot}", file=sys.stderr)
     return 0 if result.converged else 1

@@ -57,15 +57,35 @@ def test_estimate_prints_a_readable_line(files, capsys):
         (["estimate", "matrix.csv"], "must end in .npy, .npz, .mtx or .pt"),
         (["estimate", "{npy}", "--threshold", "-1"], "`threshold` must be a real number"),
         (["estimate", "{bad}"], "must be symmetric"),
+        # estimate_rank's own arguments are flags, not hyperparameters
+        (["estimate", "{npy}", "--option", "seed=1"], "use --seed"),
+        (["estimate", "{npy}", "--option", "method=exact"], "use --method"),
+        (["estimate", "{npy}", "--option", "progress=false"], "use --no-progress"),
+        (["estimate", "{npy}", "--option", "checkpoint=x"], "use --checkpoint"),
+        (["estimate", "{npy}", "--option", "keep_checkpoint=true"], "--keep-checkpoint"),
+        (["estimate", "{npy}", "--option", "checkpoint_every=1"], "--checkpoint-every"),
+        (["estimate", "{npy}", "--option", "obj=1"], "use FILE"),
+        (
+            ["estimate", "{npy}", "--method", "langevin", "--option", 'preconditioner="a"'],
+            "`preconditioner` must be a positive diagonal",
+        ),
+        # a figure that cannot be saved is refused before the estimate
+        (["estimate", "{npy}", "--plot", "{tmp}/out.txt"], "a file name ending in"),
+        (["estimate", "{npy}", "--plot", "{tmp}/no/x.png"], "in a folder that exists"),
+        (["estimate", "{npy}", "--plot", "{tmp}"], "not the folder"),
+        (["estimate", "{npy}", "--checkpoint", "{tmp}/no/c.ckpt"], "does not exist"),
+        (["estimate", "{npy}", "--checkpoint", "{tmp}"], "which is a folder"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, argv, message):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.triu(np.ones((4, 4))))
-    argv = [a.format(npy=files["npy"], bad=bad) for a in argv]
+    argv = [a.format(npy=files["npy"], bad=bad, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert captured.out == ""  # nothing was estimated
 
 
 def test_usage_errors_exit_2(capsys):

@@ -79,6 +79,21 @@ def test_a_check_failing_on_one_rank_raises_on_every_rank(gloo_run):
     assert text.startswith("on rank 1 of 2:") and "finite" in text
 
 
+def test_ranks_that_disagree_are_refused_on_every_rank_naming_it(gloo_run):
+    first, second = gloo_run
+    assert first["disagreements"] == second["disagreements"]  # the same refusal
+    for name, named in (
+        ("seed", "rank 1 has seed 1 where rank 0 has 0"),
+        ("method", "rank 1 has method 'lanczos' where rank 0 has 'exact'"),
+        ("theta0", "rank 1 has theta0"),
+        ("n", "rank 1 has n 45 where rank 0 has 36"),
+        ("dtype", "rank 1 has dtype 'torch.float32' where rank 0 has 'torch.float64'"),
+    ):
+        kind, text = first["disagreements"][name]
+        assert kind == "MatrankValueError" and text.startswith("`distributed` must be")
+        assert named in text, (name, text)
+
+
 def test_distributed_needs_a_process_group():
     model = torch.nn.Linear(3, 1)
     data = (torch.randn(5, 3), torch.randn(5, 1))

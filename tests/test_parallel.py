@@ -148,6 +148,45 @@ def test_estimate_many_on_loky_and_its_refusals():
     with pytest.raises(matrank.MatrankValueError, match="n_jobs"):
         matrank.estimate_many([A], n_jobs=0)
     assert matrank.item_seed(None, 2) == matrank.item_seed(0, 2) != matrank.item_seed(0, 3)
+    for jobs in (10**6, -(os.cpu_count() or 1) - 1):  # joblib's raw ValueError before
+        with pytest.raises(matrank.MatrankValueError, match="n_jobs"):
+            matrank.estimate_many([A], n_jobs=jobs)
+
+
+def test_an_item_that_cannot_travel_fails_in_its_place(tmp_path):
+    import threading
+
+    import scipy.sparse.linalg
+    import torch.distributed as dist
+
+    from matrank.adapters import TorchLoss
+
+    matrix = rotated_spectrum(30, 3, seed=0)
+    locked = scipy.sparse.linalg.aslinearoperator(matrix)
+    locked.lock = threading.Lock()  # pickles nowhere
+    results = matrank.estimate_many([matrix, locked, matrix], method="exact", n_jobs=2)
+    assert [bool(r) for r in results] == [True, False, True]
+    assert results[1].index == 1 and "pickle" in results[1].message
+    assert results[0].rank == results[2].rank == 3
+    # in this process (one job) the same operator is fine
+    assert matrank.estimate_many([locked], method="exact", n_jobs=1)[0].rank == 3
+    # a distributed oracle says why it cannot go, in its own words
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(3, 1).double()
+        data = (
+            torch.randn(8, 3, dtype=torch.float64),
+            torch.randn(8, 1, dtype=torch.float64),
+        )
+        oracle = TorchLoss(
+            model, torch.nn.functional.mse_loss, data, distributed=True, gradient_tol=None
+        )
+        (failure,) = matrank.estimate_many([oracle], method="exact", n_jobs=2)
+    finally:
+        dist.destroy_process_group()
+    assert not failure and failure.kind == "MatrankValueError"
+    assert "distributed" in failure.message
 
 
 def test_the_ray_backend_gives_the_serial_estimates():

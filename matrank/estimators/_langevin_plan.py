@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .._run import Run
-from .._validation import MatrankValueError, check_int, message
+from .._validation import MatrankTypeError, MatrankValueError, check_int, message
 
 __all__ = [
     "LangevinPlan",
@@ -189,13 +189,27 @@ def preconditioner_root(options: Any, meter: Any) -> torch.Tensor | None:
     n, dtype, device = meter.dim, meter.dtype, meter.device
     if options.preconditioner is None:
         return None
-    diagonal = torch.as_tensor(options.preconditioner, dtype=torch.float64).flatten()
-    if diagonal.numel() != n or not bool((diagonal > 0).all()):
+    try:
+        diagonal = torch.as_tensor(options.preconditioner, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise MatrankTypeError(
+            message(
+                "preconditioner",
+                f"a positive diagonal of length {n} (array_like of numbers)",
+                repr(options.preconditioner)[:80],
+            )
+        ) from None
+    if (
+        diagonal.numel() != n
+        or not bool(torch.isfinite(diagonal).all())
+        or not bool((diagonal > 0).all())
+    ):
         raise MatrankValueError(
             message(
                 "preconditioner",
                 f"a positive diagonal of length {n}",
-                f"{diagonal.numel()} entries, minimum {float(diagonal.min()):.3g}",
+                f"{diagonal.numel()} entries"
+                + (f", minimum {float(diagonal.min()):.3g}" if diagonal.numel() else ""),
             )
         )
     return diagonal.sqrt().to(dtype=dtype, device=device)

@@ -12,6 +12,7 @@ estimate is the same for every ``n_jobs`` and backend.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -217,6 +218,8 @@ def probe_moments(
 
 
 def check_jobs(n_jobs: Any) -> None:
-    check_int("n_jobs", n_jobs, allow_none=True)
+    """joblib's ``n_jobs``: ``-k`` is all cores but ``k − 1``, so ``k`` up to the cores;
+    at most 1024 workers (joblib's own limit refuses far more with a raw ``ValueError``)."""
+    check_int("n_jobs", n_jobs, low=-(os.cpu_count() or 1), high=1024, allow_none=True)
     if n_jobs == 0:
         raise MatrankValueError(message("n_jobs", "a nonzero int or None", 0))

@@ -114,6 +114,41 @@ def compare(rank: int, size: int) -> dict:
                 "method": result.method,
                 "cost": {k: v for k, v in result.cost.items() if k != "seconds"},
             }
+    # ranks that disagree are refused on every rank before any product, naming what
+    # differs: another seed, method, point (θ0), parameter count or dtype
+    record["disagreements"] = {}
+    wider = torch.nn.Sequential(
+        torch.nn.Linear(6, 4 + rank, bias=False), torch.nn.Linear(4 + rank, 3, bias=False)
+    ).double()
+    moved = torch.nn.Sequential(
+        torch.nn.Linear(6, 4, bias=False), torch.nn.Linear(4, 3, bias=False)
+    ).double()
+    moved.load_state_dict(linear.state_dict())
+    with torch.no_grad():
+        moved[0].weight[0, 0] += 1e-3 * rank
+    cases = {
+        "seed": (parallel, {"method": "exact", "seed": rank}),
+        "method": (parallel, {"method": ("exact", "lanczos")[rank], "seed": 0}),
+        "theta0": (moved, {"method": "exact", "seed": 0}),
+        "n": (wider, {"method": "auto", "seed": 0}),
+        "dtype": (
+            linear,
+            {"method": "exact", "seed": 0, "dtype": (None, torch.float32)[rank]},
+        ),
+    }
+    for name, (subject, arguments) in cases.items():
+        if isinstance(subject, torch.nn.Module):
+            dtype = arguments.pop("dtype", None)
+            subject = TorchLoss(
+                subject, F.mse_loss, pieces, distributed=True, dtype=dtype, **options
+            )
+        else:
+            arguments.pop("dtype", None)
+        try:
+            matrank.estimate_rank(subject, **arguments)
+            record["disagreements"][name] = None
+        except matrank.MatrankError as error:
+            record["disagreements"][name] = [type(error).__name__, str(error)]
     # a shard that fails its checks on rank 1 only: both ranks raise, with its message
     bad = (shard[0].clone(), shard[1])
     if rank == 1:
