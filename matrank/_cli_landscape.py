@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,39 @@ def figure_paths(figure: str) -> dict[str, Path]:
     }
 
 
+def _output_problem(flag: str, path: Path, *, figure: bool = False) -> str | None:
+    """Why ``path`` cannot be written (as ``flag``'s output), or ``None``."""
+    if path.is_dir():
+        return f"`{flag}` must be a file; got the folder {str(path)!r}"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"`{flag}` must be in a folder that exists; got {str(path)!r}"
+    if not os.access(folder, os.W_OK):
+        return f"`{flag}` must be in a folder that can be written; got {str(path)!r}"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"`{flag}` must be a file that can be written; got {str(path)!r}"
+    if figure:
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            return None  # refused next, with how to install it
+        formats = Figure().canvas.get_supported_filetypes()
+        if path.suffix.lower().lstrip(".") not in formats:
+            return f"`{flag}` must end in one of .{', .'.join(sorted(formats))}; got {str(path)!r}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from . import landscape_experiment as experiment
 
     paths = figure_paths(args.figure) if args.figure else {}
+    # every output is checked before the work (minutes): a bad path fails now
+    problems = [_output_problem("--json", Path(args.json))]
+    problems += [_output_problem("--figure", path, figure=True) for path in paths.values()]
+    problem = next((p for p in problems if p), None)
+    if problem:
+        print(f"matrank: error: {problem}", file=sys.stderr)
+        return 2
     try:
         if args.figure:
             from .plot import _pyplot
@@ -112,7 +142,13 @@ def run(args: argparse.Namespace) -> int:
         },
         "models": [model.to_dict() for model in models],
     }
-    Path(args.json).write_text(json.dumps(record, allow_nan=False))
+    try:
+        Path(args.json).write_text(json.dumps(record, allow_nan=False))
+    except OSError as error:  # the folder changed during the work
+        print(
+            f"matrank: error: cannot write {args.json!r}: {error.strerror}", file=sys.stderr
+        )
+        return 2
     print(table(models))
     print(f"wrote {args.json}", file=sys.stderr)
     if args.figure:

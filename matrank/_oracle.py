@@ -498,6 +498,19 @@ class CostMeter:
         start = _clock.now()
         value = self.oracle.hvp(V)
         self.hvp_seconds += _clock.now() - start
+        # the built-in adapters' products too (a user's are checked on the way in): a
+        # NaN at θ0 otherwise surfaces as an SVD or eigensolver failure far from here
+        if not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise OperatorContractError(
+                message(
+                    "oracle.hvp",
+                    "finite (no NaN or Inf)",
+                    f"{bad} non-finite entries in a block of {V.shape[1]} products "
+                    f"after {self.matvecs} (a model whose derivatives are not finite "
+                    "at theta0?)",
+                )
+            )
         self.matvecs += V.shape[1]
         self.timed_matvecs += V.shape[1]
         return value

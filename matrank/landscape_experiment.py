@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import MatrankValueError, check_int, message
+from ._validation import MatrankValueError, check_int, check_real, message
 from .landscape import LandscapeStudy, dataset_size_study
 
 __all__ = [
@@ -210,10 +210,32 @@ def run(
 
     if not widths and not depths:
         raise MatrankValueError(message("widths, depths", "at least one model", "none"))
+    # every option is checked before the first model trains (seconds to minutes)
+    for name, values in (("widths", widths), ("depths", depths)):
+        for value in values:
+            check_int(name, value, low=1)
+    check_int("orderings", orderings, low=1)
+    check_int("n_sizes", n_sizes, low=1)
+    check_int("seed", seed, low=0)
+    check_int("max_epochs", max_epochs, low=1)
+    check_real("target_loss", target_loss, low=0.0)
+    if not isinstance(relative_threshold, (int, float)) or not 0 < relative_threshold < 1:
+        raise MatrankValueError(
+            message("relative_threshold", "a fraction in (0, 1)", relative_threshold)
+        )
+    radii_array = np.asarray(radii, dtype=np.float64)
+    if radii_array.ndim != 1 or radii_array.size == 0 or not (radii_array > 0).all():
+        raise MatrankValueError(message("radii", "positive numbers", radii))
     X, Y = digits()
     if samples is not None:
         check_int("samples", samples, low=3, high=len(X))
         X, Y = X[:samples], Y[:samples]
+    if sizes is not None:
+        grid = np.asarray(sizes)
+        if grid.ndim != 1 or grid.size == 0 or not ((grid >= 1) & (grid < len(X))).all():
+            raise MatrankValueError(
+                message("sizes", f"integers in [1, {len(X) - 1}]", sizes)
+            )
     models = sweep(widths, depths)
     per_model = n_sizes if sizes is None else len(sizes)
     steps = len(models) * (per_model + 1)

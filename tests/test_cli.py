@@ -165,3 +165,35 @@ def test_landscape_refuses_bad_options(tmp_path, capsys):
     argv = ["landscape", "--widths", "4", "--depths", "--samples", "2", "--figure", ""]
     assert main([*argv, "--no-progress"]) == 2
     assert "samples" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--orderings", "0"], "`orderings` must be"),
+        (["--sizes", "0"], "`n_sizes` must be"),
+        (["--relative-threshold", "2"], "`relative_threshold` must be"),
+        (["--seed", "-1"], "`seed` must be"),
+        (["--max-epochs", "0"], "`max_epochs` must be"),
+        (["--target-loss", "-1"], "`target_loss` must be"),
+        (["--widths", "0"], "`widths` must be"),
+        (["--json", "{tmp}/missing/x.json"], "`--json` must be in a folder that exists"),
+        (["--json", "{tmp}"], "`--json` must be a file"),
+        (["--figure", "{tmp}/x.txt"], "`--figure` must end in one of"),
+        (["--figure", "{tmp}/missing/f.png"], "`--figure` must be in a folder"),
+    ],
+)
+def test_landscape_checks_options_and_outputs_before_training(
+    tmp_path, capsys, monkeypatch, argv, named
+):
+    import matrank.landscape_experiment as experiment
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was trained before the options were checked")
+
+    monkeypatch.setattr(experiment, "train", never)
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    defaults = ["--json", str(tmp_path / "out.json"), "--figure", str(tmp_path / "f.png")]
+    assert main(["landscape", "--no-progress", *defaults, *argv]) == 2
+    err = capsys.readouterr().err
+    assert named in err and err.count("\n") == 1 and "Traceback" not in err

@@ -562,3 +562,30 @@ def test_the_faithful_ubaru_saad_port_refuses_an_indefinite_matrix():
     # the default variant counts |λ|, negative ones included
     assert matrank.estimate_rank(saddle, method="polynomial", seed=0).rank == 45
     assert matrank.estimate_rank(M, method="polynomial", variant="ubaru-saad").rank > 0
+
+
+def test_a_built_in_adapter_with_non_finite_products_is_refused_by_every_method():
+    from matrank.adapters import TorchFisher
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(11, 3, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 2, (11,), generator=generator)
+
+    class Net(torch.nn.Module):  # sqrt at 0: forward-mode derivatives are NaN
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2).double()
+
+        def forward(self, x):
+            return torch.sqrt(torch.relu(self.linear(x)))
+
+    torch.manual_seed(0)
+    oracle = TorchFisher(Net(), torch.nn.functional.cross_entropy, (inputs, labels))
+    for options in (
+        {"method": "lanczos"},
+        {"method": "exact", "dual": False},
+        {"method": "polynomial"},
+        {"method": "auto"},
+    ):
+        with pytest.raises(matrank.OperatorContractError, match="`oracle.hvp` must be"):
+            matrank.estimate_rank(oracle, seed=0, **options)
