@@ -219,6 +219,51 @@ def test_a_langevin_state_of_the_wrong_shape_is_refused(tmp_path):
     one_line_refusal(lambda: resume("langevin", path), "does not fit this run")
 
 
+def _reshaped(key, shrink):
+    def edit(entry):
+        state = entry["state"]
+        return {**entry, "state": shrink(state)} if key(state) else entry
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "shrink"),
+    [
+        (
+            "lanczos",
+            lambda state: isinstance(state, dict) and "krylov" in state,
+            lambda state: {
+                **state,
+                "krylov": {**state["krylov"], "basis": state["krylov"]["basis"][:, :7]},
+            },
+        ),
+        (
+            "lanczos",
+            lambda state: isinstance(state, dict) and "krylov" in state,
+            lambda state: {
+                **state,
+                "krylov": {**state["krylov"], "T": state["krylov"]["T"][:1]},
+            },
+        ),
+        (
+            "evolution",
+            lambda state: (
+                isinstance(state, dict)
+                and isinstance(state.get("__tuple__", [None])[0], torch.Tensor)
+            ),
+            lambda state: {
+                "__tuple__": [state["__tuple__"][0][:3, :3]] + state["__tuple__"][1:]
+            },
+        ),
+    ],
+)
+def test_a_state_of_another_shape_is_refused(tmp_path, method, key, shrink):
+    _, path = kept(tmp_path, method)
+    rewrite(path, _entries(_reshaped(key, shrink)))
+    one_line_refusal(lambda: resume(method, path), "does not fit this run")
+
+
 def test_another_matrix_is_refused_by_its_digest(tmp_path):
     _, path = kept(tmp_path, "lanczos")
     v = np.random.default_rng(1).standard_normal(300)

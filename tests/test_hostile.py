@@ -587,5 +587,5 @@ def test_a_built_in_adapter_with_non_finite_products_is_refused_by_every_method(
         {"method": "polynomial"},
         {"method": "auto"},
     ):
-        with pytest.raises(matrank.OperatorContractError, match="`oracle.hvp` must be"):
+        with pytest.raises(matrank.OperatorContractError, match=r"`oracle\.hvp` must be"):
             matrank.estimate_rank(oracle, seed=0, **options)

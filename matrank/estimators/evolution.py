@@ -205,7 +205,9 @@ class EvolutionRank:
         # first look when the null band is (1 ± 1/4)²: deficits under 0.44 are invisible
         # before that, and no count can be trusted
         next_check = max(16 * n, 64)
-        saved = run.restore("sampling")
+        saved = run.restore(
+            "sampling", expect=lambda state: tuple(state[0].shape) == (n, n)
+        )
         if saved is not None:
             total, kept, populations, soft, excess, history, next_check = saved
         status = Status.BUDGET_EXHAUSTED

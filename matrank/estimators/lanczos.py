@@ -222,7 +222,7 @@ class LanczosRank:
         latest: Assessment | None = None
         interrupted, switched = False, False
         bar = run.bar
-        saved = run.restore("krylov")
+        saved = run.restore("krylov", expect=lambda state: krylov.fits(state["krylov"]))
         pilot: Pilot | None = None
         if saved is None and n >= self.pilot_from:
             pilot = Pilot(

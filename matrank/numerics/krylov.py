@@ -373,6 +373,22 @@ class BlockKrylov:
             "ints": [self.matvecs, self.last_size, self.random_columns, self.fast_draws],
         }
 
+    def fits(self, state: dict) -> bool:
+        """Whether ``state`` is a :meth:`state_dict` of a basis in ``R^n`` like this one:
+        ``k ≤ capacity ≤ n`` rows, a ``k × k`` projection and a next block in ``R^n``."""
+        basis, T = state["basis"], state["T"]
+        k = int(basis.shape[0])
+        return bool(
+            basis.ndim == 2
+            and basis.shape[1] == self.n
+            and k <= int(state["capacity"]) <= self.n
+            and tuple(T.shape) == (k, k)
+            and state["next"].ndim == 2
+            and state["next"].shape[0] == self.n
+            and len(state["floats"]) == 3
+            and len(state["ints"]) == 4
+        )
+
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` (tensors go to this basis's device)."""
         basis = state["basis"]
