@@ -253,7 +253,7 @@ def _reshaped(key, shrink):
                 and isinstance(state.get("__tuple__", [None])[0], torch.Tensor)
             ),
             lambda state: {
-                "__tuple__": [state["__tuple__"][0][:3, :3]] + state["__tuple__"][1:]
+                "__tuple__": [state["__tuple__"][0][:3, :3], *state["__tuple__"][1:]]
             },
         ),
     ],
