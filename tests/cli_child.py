@@ -18,16 +18,16 @@ import threading
 def main(argv: list[str]) -> int:
     import torch
 
-    from matrank import _run
+    from matrank import _checkpoint
     from matrank.cli import main as cli
     from matrank.testing import stepping_clock
 
     threads, halt_after, fd = (int(value) for value in argv[:3])
     torch.set_num_threads(threads)
-    write = _run._Store.write
+    write = _checkpoint.Store.write
     writes = 0
 
-    def halting_write(store: _run._Store) -> None:
+    def halting_write(store: _checkpoint.Store) -> None:
         nonlocal writes
         write(store)
         writes += 1
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
             os.write(fd, b"w")
             threading.Event().wait()  # until the parent's SIGKILL
 
-    _run._Store.write = halting_write  # type: ignore[method-assign]
+    _checkpoint.Store.write = halting_write  # type: ignore[method-assign]
     with stepping_clock():
         return cli(argv[3:])
 

@@ -15,7 +15,7 @@ import scipy.sparse.linalg
 import torch
 
 import matrank
-from matrank import _run
+from matrank import _checkpoint
 from matrank.testing import rotated_spectrum
 
 M = rotated_spectrum(300, 40, cond=10.0, seed=0)
@@ -56,13 +56,15 @@ def rewrite(path, edit):
     """Apply ``edit`` to the saved payload and write it back in the checkpoint format,
     with a valid digest: what a deliberate edit (not damage) looks like."""
     data = path.read_bytes()
-    head = len(_run._MAGIC)
+    head = len(_checkpoint._MAGIC)
     payload = torch.load(io.BytesIO(data[head + 65 :]), weights_only=True)
     payload = edit(payload)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     body = buffer.getvalue()
-    path.write_bytes(_run._MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+    path.write_bytes(
+        _checkpoint._MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    )
 
 
 def one_line_refusal(call, match):
@@ -115,7 +117,7 @@ def test_byte_flip_scan_of_every_resumable_method(tmp_path, method):
 def test_the_digest_covers_the_header_too(tmp_path):
     _, path = kept(tmp_path, "lanczos")
     data = path.read_bytes()
-    head = len(_run._MAGIC)
+    head = len(_checkpoint._MAGIC)
     for damaged in (
         data[:-1],  # truncated
         data[: head + 64] + b" " + data[head + 65 :],  # the separator
@@ -328,8 +330,8 @@ def test_a_checkpoint_another_live_run_holds_is_refused_naming_it(tmp_path):
         [
             sys.executable,
             "-c",
-            "import pathlib, sys; from matrank import _run; "
-            f"lock = _run._Lock.take(pathlib.Path({str(path)!r})); "
+            "import pathlib, sys; from matrank import _checkpoint; "
+            f"lock = _checkpoint._Lock.take(pathlib.Path({str(path)!r})); "
             "print('held', flush=True); sys.stdin.read()",
         ],
         stdin=subprocess.PIPE,

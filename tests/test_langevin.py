@@ -1,5 +1,7 @@
 """LangevinRank, both variants: the discrete chain's exact expectation on quadratics."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -520,8 +522,11 @@ def test_automatic_noise_outweighs_the_jumps_of_a_kinked_loss():
     walk = (1e-4) ** 2 / (eta * info["steps_done"])  # the rule without the floor
     small = matrank.LangevinRank(step_size=eta, sigma2=walk).estimate(Kinked(), seed=0)
     assert small.diagnostics["sigma2_rule"] == "given"
-    assert small.stderr > 100 * result.stderr
-    assert abs(small.rank - rank) > 10
+    # the jumps swamp so small a noise: the readout falls far under zero, and a rank
+    # is never negative (NaN, the raw value kept, the status naming the cause)
+    assert math.isnan(small.rank) and small.stderr is None
+    assert small.status is matrank.Status.NEGATIVE_CURVATURE
+    assert small.diagnostics["negative_estimate"] < -10
 
 
 @pytest.mark.parametrize("preconditioned", [False, True])

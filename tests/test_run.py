@@ -361,16 +361,16 @@ def killed_after_write(halt_after, arguments):
 
 def counting_writes(monkeypatch):
     """Count the checkpoint writes of the in-process runs that follow."""
-    from matrank import _run
+    from matrank import _checkpoint
 
     writes = []
-    original = _run._Store.write
+    original = _checkpoint.Store.write
 
     def counted(store):
         original(store)
         writes.append(store.path)
 
-    monkeypatch.setattr(_run._Store, "write", counted)
+    monkeypatch.setattr(_checkpoint.Store, "write", counted)
     return writes
 
 
