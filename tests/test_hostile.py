@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import matrank
@@ -463,6 +463,30 @@ def test_no_negative_rank_and_converged_only_at_the_dense_count(
                 assert abs(result.rank - expected) <= 3 * result.stderr, method
             else:
                 assert result.rank == expected, (method, exponent)
+
+
+@given(
+    layout=st.sampled_from(["dense", *SPARSE_FORMATS]),
+    exponent=st.integers(-300, 300),
+    rank=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=12)
+def test_the_sampling_methods_are_never_negative_and_within_their_stderr(
+    layout, exponent, rank, seed
+):
+    import scipy.sparse
+
+    matrix = rotated_spectrum(12, rank, cond=3.0, seed=seed) * 10.0**exponent
+    if layout != "dense":
+        matrix = scipy.sparse.csr_array(matrix).asformat(layout)
+    for method in ("langevin", "evolution"):
+        result = matrank.estimate_rank(matrix, method=method, seed=0)
+        assert result.rank >= 0, method
+        if result.status is matrank.Status.CONVERGED:
+            expected = _count_at(matrix, result.threshold)
+            spread = 3 * result.stderr if result.stderr else 0
+            assert abs(result.rank - expected) <= spread, (method, exponent)
 
 
 def test_a_dataloader_of_mappings_is_read_from_its_first_tensor():
