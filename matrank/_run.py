@@ -149,8 +149,9 @@ class Run:
             )
         seed = None if seed is None else int(seed)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        products = Capability.HVP | Capability.GRAD
-        factor = scale_factor(oracle) if needs & products else 1.0
+        # loss values too: evolution's loss differences at 1e-308 are subnormal, and its
+        # threshold underflowed to 0 (an oracle with no known magnitude keeps factor 1)
+        factor = scale_factor(oracle)
         meter = CostMeter(oracle if factor == 1.0 else Scaled(oracle, factor))
         group = collective(oracle)
         if group is not None:

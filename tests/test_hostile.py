@@ -436,8 +436,10 @@ def _count_at(matrix, threshold):
     if peak == 0:
         return 0
     shift = -math.floor(math.log2(peak))
-    values = np.abs(np.linalg.eigvalsh(dense * 2.0**shift))
-    return int((values > threshold * 2.0**shift).sum())
+    half = 2.0 ** (shift // 2)  # two steps: 2^shift alone overflows past 2^1023
+    rest = 2.0 ** (shift - shift // 2)
+    values = np.abs(np.linalg.eigvalsh(dense * half * rest))
+    return int((values > threshold * half * rest).sum())
 
 
 @given(
@@ -467,7 +469,7 @@ def test_no_negative_rank_and_converged_only_at_the_dense_count(
 
 @given(
     layout=st.sampled_from(["dense", *SPARSE_FORMATS]),
-    exponent=st.integers(-300, 300),
+    exponent=st.integers(-320, 300),
     rank=st.integers(1, 12),
     seed=st.integers(0, 2**16),
 )
@@ -481,8 +483,14 @@ def test_the_sampling_methods_are_never_negative_and_within_their_stderr(
     if layout != "dense":
         matrix = scipy.sparse.csr_array(matrix).asformat(layout)
     for method in ("langevin", "evolution"):
-        result = matrank.estimate_rank(matrix, method=method, seed=0)
-        assert result.rank >= 0, method
+        try:
+            result = matrank.estimate_rank(matrix, method=method, seed=0)
+        except matrank.MatrankValueError as error:
+            # subnormal entries keep a few bits: rounding makes the matrix indefinite
+            # at 1e-2 of its size, and Langevin says theta0 is then no minimum
+            assert exponent < -307 and "`theta0` must be a minimum" in str(error)
+            continue
+        assert result.rank >= 0 or math.isnan(result.rank), method
         if result.status is matrank.Status.CONVERGED:
             expected = _count_at(matrix, result.threshold)
             spread = 3 * result.stderr if result.stderr else 0
