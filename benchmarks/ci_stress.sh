@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/ci_stress.sh            # 5 idle + OMP 1 + OMP 2 + 5 busy = 12 runs
 #   RUNS=2 BUSY_RUNS=2 bash benchmarks/ci_stress.sh
+#   RUNS=0 OMP=0 BUSY_RUNS=5 bash benchmarks/ci_stress.sh   # the loaded runs alone
 set -uo pipefail
 cd "$(dirname "$0")/.."
 make --quiet .venv/.matrank-installed >/dev/null || exit 2
@@ -25,8 +26,10 @@ suite() {  # NAME [ENV=VALUE ...]: one default run, its closing line and wall ti
 }
 
 for i in $(seq 1 "$runs"); do suite "idle-$i"; done
-suite omp-1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-suite omp-2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
+if [ "${OMP:-1}" != 0 ]; then
+  suite omp-1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+  suite omp-2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
+fi
 busy=()
 for _ in 1 2; do
   (while :; do :; done) &
