@@ -202,8 +202,8 @@ class Run:
         if self.store is None or key not in self.store.journal:
             return None
         entry = self.store.journal[key]
+        state = unpack(entry["state"])
         if expect is not None:
-            state = unpack(entry["state"])
             try:
                 fits = bool(expect(state))
             except (KeyError, IndexError, TypeError, ValueError, AttributeError):
@@ -216,7 +216,7 @@ class Run:
         self.meter.hvp_seconds, self.meter.timed_matvecs = entry["timing"]
         self.seconds_before = entry["seconds"] - (_clock.now() - self.start)
         self.bar.update(entry["progress"] - self.bar.n)
-        return unpack(entry["state"])
+        return state
 
     def due(self) -> bool:
         """Whether a checkpoint should be written now (one is open and
