@@ -3,6 +3,7 @@ whose order is fixed, visited in chunks of at most ``chunk_size`` samples."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from matrank._validation import MatrankTypeError, MatrankValueError, message
 
-__all__ = ["batch_len", "cast", "check_data", "select_parameters"]
+__all__ = ["batch_len", "cast", "check_data", "check_loss_contract", "select_parameters"]
 
 
 def cast(value: Any, dtype: torch.dtype, device: torch.device | None = None) -> Any:
@@ -214,3 +215,69 @@ def select_parameters(
             message("model", "parameters with data", f"meta tensors {meta[:3]}")
         )
     return names, selected, dtype
+
+
+def check_loss_contract(
+    forward: Callable[[Any], Any],
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    inputs: Any,
+    targets: Any,
+) -> None:
+    """Refuse, in one line each, the three mistakes that give a silently wrong oracle:
+    inputs the model does not take, targets that broadcast against the outputs (MSE on
+    ``(N, 1)`` outputs and ``(N,)`` targets compares every sample with every target), and
+    a loss that is a sum rather than the batch mean (it doubles when the batch does)."""
+    few = tree_map(lambda leaf: leaf[:64] if _batched(leaf) else leaf, (inputs, targets))
+    try:
+        with torch.no_grad():
+            output = forward(few[0])
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise MatrankValueError(
+            message(
+                "data inputs",
+                "inputs the model accepts",
+                f"model(inputs) on the first chunk failed: {first}",
+            )
+        ) from None
+    target = few[1]
+    if (
+        isinstance(output, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and target.is_floating_point()
+        and output.shape != target.shape
+    ):
+        try:
+            shape = torch.broadcast_shapes(output.shape, target.shape)
+        except RuntimeError:
+            shape = output.shape
+        if math.prod(shape) > max(output.numel(), target.numel()):
+            raise MatrankValueError(
+                message(
+                    "data targets",
+                    "shaped like the model's outputs for an elementwise loss",
+                    f"outputs {tuple(output.shape)} against targets "
+                    f"{tuple(target.shape)}, which broadcast to {tuple(shape)} (reshape "
+                    "the targets, e.g. y[:, None], or the outputs)",
+                )
+            )
+    twice = tree_map(lambda leaf: torch.cat([leaf, leaf]) if _batched(leaf) else leaf, few)
+    with torch.no_grad():
+        once = loss_fn(output, target)
+        doubled = loss_fn(forward(twice[0]), twice[1])
+    if not isinstance(once, torch.Tensor) or once.ndim != 0:
+        return  # the chunk loss refuses these with its own message
+    ratio = float(doubled) / float(once) if float(once) != 0 else 1.0
+    if abs(ratio - 1.0) > 1e-3:
+        raise MatrankValueError(
+            message(
+                "loss_fn",
+                "the mean over the batch (reduction='mean')",
+                f"a loss that is {ratio:.3g}× larger on the first chunk repeated twice "
+                "(reduction='sum'?)",
+            )
+        )
+
+
+def _batched(leaf: Any) -> bool:
+    return isinstance(leaf, torch.Tensor) and leaf.ndim > 0

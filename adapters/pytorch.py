@@ -33,7 +33,13 @@ from matrank._validation import (
     message,
 )
 
-from ._data import batch_len, cast, check_data, select_parameters
+from ._data import (
+    batch_len,
+    cast,
+    check_data,
+    check_loss_contract,
+    select_parameters,
+)
 from ._distributed import Collective
 from .adam import adam_preconditioner
 
@@ -448,6 +454,13 @@ class TorchLoss:
 
     def _check_deterministic(self) -> None:
         inputs, targets = next(iter(self._chunks()))
+        parameters = {**self._fixed, **self.unflatten(self._theta0)}
+        check_loss_contract(
+            lambda x: functional_call(self.model, parameters, (x,)),
+            self.loss_fn,
+            inputs,
+            targets,
+        )
         f = self._chunk_loss(inputs, targets)
         with torch.no_grad():
             first, second = f(self._theta0), f(self._theta0)

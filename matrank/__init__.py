@@ -22,6 +22,7 @@ from ._validation import (
     MatrankWarning,
     NotSymmetricError,
     OperatorContractError,
+    relative,
 )
 from .estimators import (
     EvolutionRank,
@@ -67,4 +68,5 @@ __all__ = [
     "exact_rank",
     "item_seed",
     "materialize",
+    "relative",
 ]

@@ -16,6 +16,8 @@ from ._result import RankResult
 from ._run import run_identity
 from ._validation import (
     MatrankTypeError,
+    MatrankValueError,
+    RelativeThreshold,
     check_choice,
     check_int,
     message,
@@ -192,7 +194,9 @@ def estimate_rank(
         records its reason in ``result.diagnostics["auto"]``.
     seed : int or None, default=None
         Seed of the estimator's own random generator; the same integer gives a
-        bit-identical result on the CPU. Global seeds are never read or set.
+        bit-identical result on the CPU. ``None`` is seed 0: every run is reproducible
+        by default, and independent draws need distinct seeds. Global seeds are never
+        read or set.
     progress : bool, default=False
         Show a tqdm progress bar with the running estimate (``lanczos``, ``langevin``).
         Ctrl-C then returns the best estimate so far, its ``status`` ``INTERRUPTED``.
@@ -209,7 +213,9 @@ def estimate_rank(
     keep_checkpoint : bool, default=False
         Keep the checkpoint after a finished run (rerunning then returns at once).
     **options
-        Hyperparameters of the chosen estimator class (for example ``threshold=``).
+        Hyperparameters of the chosen estimator class (for example ``threshold=``;
+        ``threshold=matrank.relative(f)`` counts above ``f·‖H‖₂`` with every method,
+        given Hessian-vector products).
 
     Returns
     -------
@@ -275,6 +281,11 @@ def estimate_rank(
         )
     if not isinstance(progress, bool):
         raise MatrankTypeError(message("progress", "True or False", repr(progress)))
+    relative = options.get("threshold")
+    norm_matvecs, norm = 0, None
+    if isinstance(relative, RelativeThreshold):
+        norm, norm_matvecs = _spectral_norm(oracle, seed)
+        options["threshold"] = relative.fraction * norm
     result = cls(**options).estimate(
         oracle,
         seed=seed,
@@ -289,4 +300,45 @@ def estimate_rank(
         cost["matvecs"] += probe_matvecs
         cost["seconds"] += probe_seconds
         result = dataclasses.replace(result, diagnostics=diagnostics, cost=cost)
+    if norm is not None:
+        assert isinstance(relative, RelativeThreshold)
+        diagnostics = {
+            **result.diagnostics,
+            "relative_threshold": {
+                "fraction": relative.fraction,
+                "norm": norm,
+                "matvecs": norm_matvecs,
+            },
+        }
+        cost = dict(result.cost)
+        cost["matvecs"] += norm_matvecs
+        result = dataclasses.replace(result, diagnostics=diagnostics, cost=cost)
     return result
+
+
+def _spectral_norm(oracle: Oracle, seed: int | None) -> tuple[float, int]:
+    """``‖H‖₂`` for a relative threshold: the largest ``|θ|`` of a Lanczos run of up to
+    64 steps (exact for ``n ≤ 64``; the extreme Ritz values converge first)."""
+    if not oracle.capabilities & Capability.HVP:
+        raise MatrankValueError(
+            message(
+                "threshold",
+                "an absolute threshold for an oracle without Hessian-vector products "
+                "(a relative one needs them to find ‖H‖₂)",
+                "relative(...)",
+            )
+        )
+    from .numerics.krylov import BlockKrylov
+
+    generator = torch.Generator(device=oracle.device).manual_seed(seed or 0)
+    krylov = BlockKrylov(oracle.hvp, oracle.dim, oracle.dtype, oracle.device, generator)
+    for _ in range(min(64, oracle.dim)):
+        if not krylov.extend(1):
+            break
+    values = torch.linalg.eigvalsh(krylov.T) if krylov.size else torch.zeros(1)
+    norm = float(values.abs().max())
+    if not norm > 0:
+        raise MatrankValueError(
+            message("threshold", "relative to a non-zero ‖H‖₂", "a zero operator")
+        )
+    return norm, krylov.matvecs

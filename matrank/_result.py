@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .numerics.threshold import CountingCurve
+from .numerics.threshold import CountingCurve, ThresholdChoice
 
 __all__ = ["CountingCurve", "RankResult", "Status"]
 
@@ -32,6 +32,12 @@ class Status(enum.Enum):
         "(`max_matvecs` for lanczos and polynomial, `max_gradients` for langevin, "
         "`max_evals` for evolution) or pass a larger `threshold=`"
     )
+    AMBIGUOUS_PLATEAU = (
+        "two plateaus of the counting curve N(τ) compete (the other is at least half as "
+        "wide): the count at the wider one is reported and diagnostics['plateau'] names "
+        "the other (runner_up_count, runner_up_threshold); neither is the rank on its own "
+        "-- pass the `threshold=` your problem calls for"
+    )
     INTERRUPTED = "interrupted by the user; the estimate is the best one so far"
     BELOW_RESOLUTION = (
         "the threshold is below the smallest eigenvalue the method can vouch for "
@@ -48,7 +54,16 @@ class Status(enum.Enum):
     @property
     def converged(self) -> bool:
         """Whether the estimate means what it claims (a plateau-less curve still does)."""
-        return self in (Status.CONVERGED, Status.NO_PLATEAU)
+        return self in (Status.CONVERGED, Status.NO_PLATEAU, Status.AMBIGUOUS_PLATEAU)
+
+    @classmethod
+    def of_choice(cls, choice: ThresholdChoice | None) -> Status:
+        """What a plateau choice implies: no plateau, two competing ones, or a rank."""
+        if choice is None:
+            return cls.CONVERGED
+        if choice.decades < 1.0:
+            return cls.NO_PLATEAU
+        return cls.AMBIGUOUS_PLATEAU if choice.ambiguous else cls.CONVERGED
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -90,16 +105,57 @@ class RankResult:
         """Whether the estimator reached its stopping rule (see :class:`Status`)."""
         return self.status.converged
 
+    @property
+    def n_negative(self) -> int | None:
+        """``N⁻``: how many of the counted eigenvalues are negative (``None`` where the
+        method sees no signs: the samplers, the polynomial filter)."""
+        value = self.diagnostics.get("n_negative")
+        return None if value is None or math.isnan(self.rank) else int(value)
+
+    @property
+    def n_positive(self) -> int | None:
+        """``N⁺ = rank − N⁻``: how many of the counted eigenvalues are positive."""
+        negative = self.n_negative
+        return None if negative is None else round(self.rank) - negative
+
     def __int__(self) -> int:
         return round(self.rank)
+
+    def __repr__(self) -> str:
+        uncertainty = "" if self.stderr is None else f", stderr={self.stderr:.3g}"
+        threshold = "None" if self.threshold is None else f"{self.threshold:.3g}"
+        return (
+            f"RankResult(rank={_format_rank(self.rank)}{uncertainty}, "
+            f"threshold={threshold}, method={self.method!r}, "
+            f"status={self.status.name}, cost={{{_format_cost(self.cost)}}})"
+        )
 
     def __str__(self) -> str:
         uncertainty = "" if self.stderr is None else f" ± {self.stderr:.3g}"
         threshold = "None" if self.threshold is None else f"{self.threshold:.3g}"
-        text = f"rank {_format_rank(self.rank)}{uncertainty} (method={self.method}, "
-        text += f"threshold={threshold}, {_format_cost(self.cost)})"
+        text = f"rank {_format_rank(self.rank)}{uncertainty}"
+        negative = self.n_negative
+        if negative:
+            text += f" = {self.n_positive} positive + {negative} negative"
+        text += f" (method={self.method}, threshold={threshold}, "
+        text += f"{_format_cost(self.cost)})"
+        if negative:
+            text += (
+                f"\n  note: {negative} of the counted eigenvalues are negative: the "
+                "matrix is indefinite (at a saddle point, not a minimum) and the rank "
+                "counts |λ| > threshold"
+            )
         if self.status is not Status.CONVERGED:
             text += f"\n  status: {self.status.value}"
+        plateau = self.diagnostics.get("plateau") or {}
+        if self.status is Status.AMBIGUOUS_PLATEAU and plateau.get("runner_up_count"):
+            text += (
+                f"\n  candidates: {_format_rank(self.rank)} at threshold "
+                f"{threshold} ({plateau['decades']:.2f} decades), "
+                f"{_format_rank(round(plateau['runner_up_count'], 2))} at threshold "
+                f"{plateau['runner_up_threshold']:.3g} "
+                f"({plateau['runner_up_decades']:.2f} decades)"
+            )
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +168,8 @@ class RankResult:
             "cost": dict(self.cost),
             "status": self.status.name.lower(),
             "converged": self.converged,
+            "n_positive": self.n_positive,
+            "n_negative": self.n_negative,
         }
         if self.counts is not None:
             out["counts"] = {

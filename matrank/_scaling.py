@@ -103,8 +103,8 @@ def unscale(
                 diagnostics[key] = diagnostics[key] * factor
     if "plateau" in diagnostics:
         plateau = dict(diagnostics["plateau"])
-        for key in ("threshold", "lower", "upper"):
-            plateau[key] = back(plateau[key])
+        for key in ("threshold", "lower", "upper", "runner_up_threshold"):
+            plateau[key] = back(plateau.get(key))
         diagnostics["plateau"] = plateau
     diagnostics["scaled_by"] = factor
     if counts is not None:

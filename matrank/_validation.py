@@ -9,6 +9,7 @@ and what was received -- "`max_matvecs` must be an int in [1, inf); got 0."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Iterable
@@ -21,10 +22,12 @@ __all__ = [
     "MatrankWarning",
     "NotSymmetricError",
     "OperatorContractError",
+    "RelativeThreshold",
     "check_choice",
     "check_int",
     "check_real",
     "message",
+    "relative",
 ]
 
 
@@ -116,6 +119,38 @@ def check_real(
     if not math.isfinite(value) or not low_ok or not high_ok:
         raise MatrankValueError(message(name, rule, repr(value)))
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class RelativeThreshold:
+    """A threshold given as a fraction of the spectral norm: ``τ = fraction·‖H‖₂``.
+
+    Made by :func:`relative`; :func:`matrank.estimate_rank` turns it into an absolute
+    ``τ`` before the estimator runs, from the largest Ritz value of a short Lanczos run
+    (its products are counted in ``cost`` and the norm is kept in
+    ``diagnostics["relative_threshold"]``).
+    """
+
+    fraction: float
+
+    def __repr__(self) -> str:
+        return f"relative({self.fraction!r})"
+
+
+def relative(fraction: float) -> RelativeThreshold:
+    """``threshold=matrank.relative(1e-6)``: count the eigenvalues above ``1e-6·‖H‖₂``.
+
+    The landscape study's ``relative_threshold``, for every method whose oracle has
+    Hessian-vector products (``‖H‖₂`` is found with them). ``fraction`` is in ``(0, 1)``.
+
+    >>> import numpy as np, matrank
+    >>> result = matrank.estimate_rank(np.diag([4.0, 1.0, 1e-3, 0.0]),
+    ...                                threshold=matrank.relative(1e-2))
+    >>> int(result), round(result.threshold, 12)
+    (2, 0.04)
+    """
+    check_real("fraction", fraction, low=0.0, high=1.0, closed="neither")
+    return RelativeThreshold(float(fraction))
 
 
 def check_threshold(value: Any) -> float | str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._api import ESTIMATORS, estimate_rank
-from ._validation import MatrankError
+from ._validation import MatrankError, relative
 
 __all__ = ["main"]
 
@@ -169,6 +170,16 @@ def _threshold(text: str) -> float | str:
         ) from None
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
+    return value
+
+
 def _option(text: str) -> tuple[str, Any]:
     name, equals, value = text.partition("=")
     if not equals or not name.isidentifier():
@@ -188,15 +199,35 @@ def _parser() -> argparse.ArgumentParser:
         "estimate", help="estimate the rank of a matrix in a file"
     )
     estimate.add_argument("file", help=".npy, .npz (dense or scipy sparse), .mtx or .pt")
-    estimate.add_argument("--method", default="auto", choices=["auto", *ESTIMATORS])
     estimate.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", *ESTIMATORS],
+        help="the estimator (default: auto, which picks by size and what the input "
+        "offers and says why; `matrank methods` lists them)",
+    )
+    thresholds = estimate.add_mutually_exclusive_group()
+    thresholds.add_argument(
         "--threshold",
         type=_threshold,
         default=None,
         help="eigenvalue threshold τ, or 'floor' to count everything above the noise "
         "floor (default: the widest-plateau rule)",
     )
-    estimate.add_argument("--seed", type=int, default=None)
+    thresholds.add_argument(
+        "--relative-threshold",
+        type=_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="τ = FRACTION·‖H‖₂, the norm from a short Lanczos run (e.g. 1e-6)",
+    )
+    estimate.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the estimator's random generator (default: 0); the same seed "
+        "gives the same answer",
+    )
     estimate.add_argument("--json", action="store_true", help="print the result as JSON")
     estimate.add_argument(
         "--no-progress",
@@ -298,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threshold is not None:
         options["threshold"] = args.threshold
+    if args.relative_threshold is not None:
+        options["threshold"] = relative(args.relative_threshold)
     if args.plot:
         problem = _plot_problem(args.plot)
         if problem:

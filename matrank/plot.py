@@ -61,8 +61,17 @@ def plot_counts(result: RankResult, ax: Any = None) -> Any:
             color="black",
             label="±2 stderr",
         )
+    signed = result.diagnostics.get("eigenvalues")
+    if signed is None:
+        signed = result.diagnostics.get("ritz_values")
+    if signed is not None and np.any(np.asarray(signed) < 0):
+        values = np.asarray(signed)
+        for sign, label, color in ((1, "N⁺(τ) = #{λ > τ}", "C2"), (-1, "N⁻(τ)", "C1")):
+            side = np.sort(sign * values[sign * values > 0])
+            counted = side.size - np.searchsorted(side, curve.thresholds, side="right")
+            ax.step(curve.thresholds, counted, where="post", color=color, label=label)
     plateau = result.diagnostics.get("plateau")
-    if plateau:
+    if plateau and plateau["decades"] >= 1.0:  # no band where there is no plateau
         ax.axvspan(
             max(plateau["lower"], curve.thresholds[0]),
             plateau["upper"],
@@ -79,7 +88,7 @@ def plot_counts(result: RankResult, ax: Any = None) -> Any:
     ax.set_xscale("log")
     ax.set_xlabel("threshold τ (eigenvalue magnitude)")
     ax.set_ylabel("N(τ) = #{|λ| > τ}")
-    ax.set_title(f"{result.method}: rank {result.rank:g}")
+    ax.set_title(f"{result.method}: rank {result.rank:g} ({result.status.name.lower()})")
     ax.legend(fontsize=8)
     return ax
 
@@ -258,10 +267,15 @@ def plot_landscape(
         ax.set_xlabel("samples k")
         ax.set_ylabel(ylabel)
         ax.set_title(heading)
-        ax.legend(fontsize="small")
+    # one legend for the figure: the models share colours across panels, and the two
+    # guides (1/k, the bound) are named once beside them
+    handles, labels = panels[0].get_legend_handles_labels()
+    guide = panels[5].get_legend_handles_labels()
+    handles, labels = handles + guide[0][-1:], labels + guide[1][-1:]
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6))
     if title is not None:
         figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     if path is not None:
         figure.savefig(path, dpi=120)
     return figure

@@ -138,6 +138,25 @@ def test_threshold_floor_from_the_command_line(files, capsys):
     assert "expected a number or 'floor'; got 'high'" in capsys.readouterr().err
 
 
+def test_relative_threshold_and_signed_counts_from_the_command_line(tmp_path, capsys):
+    path = tmp_path / "indefinite.npy"
+    np.save(path, np.diag([4.0, -1.0, 2e-2, 1e-3, 0.0]))
+    assert main(["estimate", str(path), "--relative-threshold", "1e-2", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["threshold"] == pytest.approx(0.04)
+    assert (payload["rank"], payload["n_positive"], payload["n_negative"]) == (2, 1, 1)
+    assert payload["diagnostics"]["relative_threshold"]["norm"] == pytest.approx(4.0)
+    assert main(["estimate", str(path), "--relative-threshold", "1e-2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rank 2 = 1 positive + 1 negative (")
+    assert "1 of the counted eigenvalues are negative" in out
+    assert main(["estimate", str(path), "--relative-threshold", "2"]) == 2
+    assert "expected a number in (0, 1); got '2'" in capsys.readouterr().err
+    argv = ["estimate", str(path), "--relative-threshold", "0.1", "--threshold", "1"]
+    assert main(argv) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_landscape_writes_a_json_and_two_figures(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     figure = tmp_path / "out.png"

@@ -31,7 +31,25 @@ def test_counting_curve_marks_threshold_plateau_and_floor():
     assert any(label.startswith("plateau (") for label in labels)
     assert any(label.startswith("τ = ") for label in labels)
     assert any(label.startswith("noise floor") for label in labels)
-    assert ax.get_title() == "exact: rank 20"
+    assert ax.get_title() == "exact: rank 20 (converged)"
+
+
+def test_counting_curve_is_signed_and_draws_no_band_without_a_plateau():
+    spectrum = np.concatenate([np.linspace(1.0, 2.0, 10), -np.linspace(0.5, 1.0, 4)])
+    result = matrank.estimate_rank(np.diag(spectrum), method="exact")
+    ax = plot_counts(result)
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "N⁺(τ) = #{λ > τ}" in labels and "N⁻(τ)" in labels
+    positive = ax.get_lines()[1].get_ydata()
+    negative = ax.get_lines()[2].get_ydata()
+    assert positive[0] == 10 and negative[0] == 4  # at the lowest τ, the full split
+    # a continuum: no plateau of a decade, no band, the status in the title
+    flat = matrank.estimate_rank(np.diag(np.geomspace(1e-13, 1.0, 80)), method="exact")
+    ax = plot_counts(flat)
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert flat.status.name == "NO_PLATEAU"
+    assert not any(label.startswith("plateau (") for label in labels)
+    assert ax.get_title().endswith("(no_plateau)")
 
 
 def test_density_and_loss_trace_panels():
@@ -111,6 +129,9 @@ def test_landscape_figure_has_log_axes_labels_and_one_curve_per_model(tmp_path):
     panels = figure.axes
     assert len(panels) == 6 and all(ax.get_xscale() == "log" for ax in panels)
     assert panels[0].get_yscale() == "log" and panels[0].get_xlabel() == "samples k"
-    labels = [t.get_text() for t in panels[0].get_legend().get_texts()]
-    assert labels == ["width 3", "width 6", "1/k"]
+    # one legend for the figure, each model and guide named once
+    assert all(ax.get_legend() is None for ax in panels)
+    (legend,) = figure.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["width 3", "width 6", "1/k", "the bound"]
     assert np.isfinite(studies["width 3"].theorem_bound).all()  # bias-free ReLU

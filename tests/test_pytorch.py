@@ -287,6 +287,38 @@ def test_bad_input_is_refused_with_a_message(kwargs, error, match):
         TorchLoss(**arguments)
 
 
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("vector targets", r"outputs \(30, 1\) against targets \(30,\), which broadcast"),
+        ("sum", r"`loss_fn` must be the mean over the batch .*2× larger .*'sum'"),
+        ("wide inputs", r"`data inputs` must be inputs the model accepts; got model"),
+    ],
+)
+def test_first_try_mistakes_are_refused_in_one_line(case, match):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+    ).double()
+    X = torch.randn(30, 3, dtype=torch.float64)
+    y = torch.randn(30, dtype=torch.float64)
+    loss, data = torch.nn.functional.mse_loss, (X, y[:, None])
+    if case == "vector targets":
+        data = (X, y)
+    elif case == "sum":
+        loss = torch.nn.MSELoss(reduction="sum")
+    else:
+        data = (torch.randn(30, 5, dtype=torch.float64), y[:, None])
+    with pytest.raises(matrank.MatrankValueError, match=match) as caught:
+        TorchLoss(model, loss, data, gradient_tol=None)
+    assert "\n" not in str(caught.value)
+    # the right shapes and the mean pass; class targets against (N, C) logits too
+    TorchLoss(model, torch.nn.functional.mse_loss, (X, y[:, None]), gradient_tol=None)
+    logits = torch.nn.Linear(3, 3).double()
+    labels = torch.randint(0, 3, (30,))
+    TorchLoss(logits, torch.nn.functional.cross_entropy, (X, labels), gradient_tol=None)
+
+
 def test_frozen_parameters_are_left_out_or_refused_by_name():
     model, X, Y = mlp()
     model[0].weight.requires_grad_(False)

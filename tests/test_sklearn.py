@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import sklearn.datasets
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_val_score
@@ -86,3 +87,53 @@ def test_ranksvd_in_a_digits_pipeline_and_grid_search():
     assert len(search.cv_results_["params"]) == 2
     best = search.best_estimator_.named_steps["ranksvd"]
     assert best.threshold == search.best_params_["ranksvd__threshold"]
+
+
+def _expected_status(eigenvalues, floor):
+    """The plateau verdict from first principles: the log-gaps of |λ| above the floor."""
+    above = np.sort(np.abs(eigenvalues))[::-1]
+    above = above[above > floor]
+    widths = np.sort(np.log10(np.append(above, floor)[:-1] / np.append(above, floor)[1:]))
+    widest, second = widths[-1], (widths[-2] if widths.size > 1 else 0.0)
+    if widest < 1:
+        return "NO_PLATEAU"
+    return "AMBIGUOUS_PLATEAU" if second >= max(1.0, 0.5 * widest) else "CONVERGED"
+
+
+@pytest.mark.parametrize(
+    "load", ["iris", "diabetes", "digits", "linnerud", "wine", "breast_cancer"]
+)
+@pytest.mark.parametrize("standardise", [False, True])
+def test_bundled_datasets_count_right_and_never_converge_on_a_contested_plateau(
+    load, standardise
+):
+    X = getattr(sklearn.datasets, f"load_{load}")().data.astype(np.float64)
+    if standardise:
+        X = StandardScaler().fit_transform(X)
+    estimator = RankEstimator().fit(X)
+    result = estimator.result_
+    covariance = np.cov(X, rowvar=False)
+    eigenvalues = np.linalg.eigvalsh(covariance)
+    # numpy's count at the reported threshold (no eigenvalue sits within 1e-6 of it)
+    assert np.abs(np.abs(eigenvalues) - result.threshold).min() > 1e-6 * result.threshold
+    assert result.rank == np.sum(np.abs(eigenvalues) > result.threshold)
+    floor = result.diagnostics["noise_floor"]
+    assert result.status.name == _expected_status(eigenvalues, floor)
+    if result.status.name == "AMBIGUOUS_PLATEAU":  # both candidates named, both right
+        plateau = result.diagnostics["plateau"]
+        other = plateau["runner_up_threshold"]
+        assert plateau["runner_up_count"] == np.sum(np.abs(eigenvalues) > other)
+        assert "candidates:" in str(result)
+
+
+def test_raw_breast_cancer_is_full_rank_and_says_a_second_plateau_competes():
+    result = RankEstimator().fit(sklearn.datasets.load_breast_cancer().data).result_
+    assert (
+        result.rank
+        == 30
+        == np.linalg.matrix_rank(
+            np.cov(sklearn.datasets.load_breast_cancer().data, rowvar=False)
+        )
+    )
+    assert result.status is matrank.Status.AMBIGUOUS_PLATEAU
+    assert result.diagnostics["plateau"]["runner_up_count"] == 1

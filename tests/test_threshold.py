@@ -27,20 +27,44 @@ def test_full_rank_is_visible():
     assert choice.upper == 0.8
 
 
-def test_the_higher_of_two_comparable_plateaus_wins():
+def test_two_comparable_plateaus_are_ambiguous_and_the_wider_wins():
     # a band 4 decades under the signal and 5 decades above the floor
     spectrum = np.array([1.0, 0.5, 1e-4, 5e-5, 1e-5])
     choice = plateau_threshold(spectrum, floor=1e-10)
-    assert choice.upper == 0.5 and choice.lower == 1e-4
-    assert choice.runner_up_decades == pytest.approx(5.0)
-    # a cluster 1 decade under the signal is part of it: the floor plateau wins
+    assert choice.upper == 1e-5 and choice.lower == 1e-10
+    assert choice.ambiguous
+    assert choice.runner_up_decades == pytest.approx(math.log10(0.5 / 1e-4))
+    assert choice.runner_up_count == 2.0
+    assert 1e-4 < choice.runner_up_threshold < 0.5
+    # a cluster 1 decade under the signal is part of it: one plateau, not ambiguous
     choice = plateau_threshold(np.array([1.0, 0.1, 0.05]), floor=1e-14)
-    assert choice.upper == 0.05
+    assert choice.upper == 0.05 and not choice.ambiguous
+    # a competitor under a decade, or under half the chosen width, does not compete
+    assert not plateau_threshold(np.array([1.0, 0.2, 1e-9]), floor=1e-13).ambiguous
+    assert not plateau_threshold(np.array([1.0, 1e-3, 1e-10]), floor=1e-13).ambiguous
 
 
-def test_preference_one_is_the_plain_widest_gap():
+def test_preference_below_one_takes_the_higher_of_comparable_plateaus():
     spectrum = np.array([1.0, 0.5, 1e-4, 5e-5, 1e-5])
-    assert plateau_threshold(spectrum, floor=1e-10, preference=1.0).upper == 1e-5
+    choice = plateau_threshold(spectrum, floor=1e-10, preference=0.5)
+    assert choice.upper == 0.5 and choice.ambiguous and choice.runner_up_count == 5.0
+
+
+@pytest.mark.parametrize(
+    ("spectrum", "status"),
+    [
+        ([1.0, 0.5, 1e-7, 5e-8, 0.0], "AMBIGUOUS_PLATEAU"),
+        ([1.0, 0.5, 1e-6, 0.0], "AMBIGUOUS_PLATEAU"),
+        ([1.0, 0.5, 1e-2, 0.0], "CONVERGED"),
+    ],
+)
+def test_competing_plateaus_are_never_converged(spectrum, status):
+    matrix = np.diag(spectrum)
+    for method in ("exact", "lanczos"):
+        result = matrank.estimate_rank(matrix, method=method, seed=0)
+        assert result.status.name == status
+        truth = int((np.abs(spectrum) > result.threshold).sum())
+        assert result.rank == truth  # the count at the reported τ is right regardless
 
 
 def test_zero_spectrum():
@@ -105,8 +129,46 @@ def test_estimated_curve_refuses_a_gap_over_a_continuum_that_runs_off_its_end():
     assert choice.decades == 0.0
     assert choice.runner_up_decades > 0.9  # the outlier's gap, seen and set aside
     # the same outlier over a continuum that ends inside the curve, flat beneath it:
-    # the plateau rule stands (the higher of two comparable plateaus)
+    # the plateau rule stands: the flat bottom and the outlier's gap compete
     ending = np.concatenate([[170.0], 10 ** rng.uniform(-1, 1.2, 600)])
     kept = flat_stretch_threshold(grid, curve_samples(ending, grid))
-    assert kept.lower > 10 and kept.upper == pytest.approx(170, rel=0.02)
-    assert kept.decades > 0.9
+    assert kept.upper < 0.1 and kept.decades > 1.0
+    assert kept.ambiguous and kept.runner_up_count == pytest.approx(1.0, abs=0.5)
+    assert 10 < kept.runner_up_threshold < 170
+
+
+@pytest.mark.parametrize("method", ["exact", "lanczos", "polynomial"])
+def test_a_relative_threshold_is_a_fraction_of_the_spectral_norm(method):
+    spectrum = np.concatenate([[8.0], np.linspace(1.0, 2.0, 9), [1e-3] * 5, np.zeros(45)])
+    result = matrank.estimate_rank(
+        np.diag(spectrum), method=method, seed=0, threshold=matrank.relative(1e-2)
+    )
+    assert result.threshold == pytest.approx(0.08, rel=1e-6)
+    assert round(result.rank) == 10
+    assert result.diagnostics["relative_threshold"]["fraction"] == 1e-2
+    spent = result.diagnostics["relative_threshold"]["matvecs"]
+    assert 0 < spent <= 64 and result.cost["matvecs"] >= spent
+
+
+def test_a_relative_threshold_is_refused_where_it_cannot_be_resolved():
+    with pytest.raises(
+        matrank.MatrankValueError, match=r"`fraction` must be a real number in \(0, 1\)"
+    ):
+        matrank.relative(1.5)
+    with pytest.raises(matrank.MatrankValueError, match="relative to a non-zero"):
+        matrank.estimate_rank(np.zeros((4, 4)), threshold=matrank.relative(0.1))
+    losses_only = matrank.adapters.LossFunction(lambda X: (X**2).sum(axis=1), np.zeros(3))
+    with pytest.raises(matrank.MatrankTypeError, match="left out with method='evol"):
+        matrank.estimate_rank(losses_only, threshold=matrank.relative(0.1))
+    with pytest.raises(matrank.MatrankValueError, match="needs them to find"):
+        matrank._api._spectral_norm(matrank.as_oracle(losses_only), seed=0)
+
+
+def test_signed_counts_in_str_json_and_a_compact_repr():
+    result = matrank.estimate_rank(np.diag([3.0, 2.0, -1.0, 0.0]), method="exact")
+    assert (result.n_positive, result.n_negative) == (2, 1)
+    assert str(result).startswith("rank 3 = 2 positive + 1 negative (method=exact")
+    assert result.to_dict()["n_negative"] == 1
+    assert len(repr(result)) < 200 and repr(result).startswith("RankResult(rank=3")
+    definite = matrank.estimate_rank(np.diag([3.0, 2.0, 0.0]), method="exact")
+    assert definite.n_negative == 0 and "positive" not in str(definite)

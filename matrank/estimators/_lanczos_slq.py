@@ -79,6 +79,7 @@ def slq_count(
     top = float(nodes.abs().max()) if nodes.numel() else 0.0
     floor = max(diagnostics["noise_floor"], noise_floor(top, n, eps))
     diagnostics["noise_floor"] = floor
+    choice = None
     if options.threshold == "floor":
         threshold = floor
     elif options.threshold is None:
@@ -87,6 +88,11 @@ def slq_count(
         pooled = torch.cat([values.abs(), nodes[weights >= 0.01].abs()]).numpy()
         threshold, choice = resolve_threshold(pooled, floor, None)
         assert choice is not None  # the plateau rule always reports its choice
+        if choice.runner_up_threshold is not None:  # a count of nodes: read it as one
+            other = choice.runner_up_threshold
+            kept = int((values[converged].abs() > other).sum())
+            rest = (weights * (nodes.abs() > other)).sum(dim=1).mean()
+            choice = dataclasses.replace(choice, runner_up_count=kept + float(rest))
         diagnostics["plateau"] = dataclasses.asdict(choice)
     samples = (weights * (nodes.abs() > threshold)).sum(dim=1)
     mean, stderr = mean_and_stderr(samples)
@@ -98,4 +104,4 @@ def slq_count(
         slq_samples=samples.numpy(),
         slq_threshold=float(threshold),
     )
-    return deflated + mean, stderr, Status.CONVERGED
+    return deflated + mean, stderr, Status.of_choice(choice)

@@ -117,7 +117,7 @@ class DefaultFilter(SpectrumCapture):
         threshold, choice = resolve_threshold(magnitudes, self.floor, None)
         assert choice is not None
         self.exact_path, self.complement_top = True, 0.0
-        status = Status.CONVERGED if choice.decades >= 1 else Status.NO_PLATEAU
+        status = Status.of_choice(choice)
         degree = _WHOLE_SPACE_DENSITY_DEGREE
         diagnostics: dict[str, Any] = {
             "degree": 0,
@@ -298,6 +298,7 @@ class DefaultFilter(SpectrumCapture):
             pilot = self.moments(pilot_count, pilot_steps)
             grid = self.grid(pilot_degree)
             choice = flat_stretch_threshold(grid, self.curve(pilot, pilot_degree, grid))
+            status = Status.of_choice(choice)
             if choice.decades >= 1.0:
                 # The edge at the plateau's angular midpoint, where a degree separates
                 # the two sides best; a plateau reaching the grid's bottom reaches zero
@@ -312,7 +313,6 @@ class DefaultFilter(SpectrumCapture):
                 width = max(separation / _GAUSS_EDGE, _GAUSS_TAIL / degree)
                 damping, kernel = gaussian_damping(degree, width), "gaussian"
             else:
-                status = Status.NO_PLATEAU
                 degree = pilot_degree
                 threshold = self.reach(degree)
                 damping = jackson_damping(degree)
@@ -361,7 +361,7 @@ class DefaultFilter(SpectrumCapture):
                     np.abs(self.deflated_values), self.floor, None
                 )
                 assert choice is not None
-                status = Status.CONVERGED if choice.decades >= 1 else Status.NO_PLATEAU
+                status = Status.of_choice(choice)
                 self.exact_path = True
         else:
             if options.n_probes:

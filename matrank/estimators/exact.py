@@ -226,8 +226,7 @@ def count_spectrum(
     cut, choice = resolve_threshold(magnitudes, floor, threshold)
     if choice is not None:
         diagnostics["plateau"] = dataclasses.asdict(choice)
-        if choice.decades < 1.0:
-            status = Status.NO_PLATEAU
+        status = Status.of_choice(choice)
     counted = magnitudes > cut
     diagnostics.update(
         noise_floor=floor,

@@ -3,9 +3,11 @@
 The counting curve ``N(τ) = #{i : |λ_i| > τ}`` is a staircase. A numerical rank is
 well defined when the staircase has a long flat step: a range of thresholds, spanning
 decades, over which the count does not change. We choose ``τ`` at the geometric centre of
-the widest such step above the operator's noise floor (research notes, algorithms §1.3),
-preferring the higher of two comparable steps, and report the step's width, so that a
-user can see how much the answer depends on it.
+the widest such step above the operator's noise floor (research notes, algorithms §1.3)
+and report the step's width, so that a user can see how much the answer depends on it.
+When a second step is at least half as wide (and a decade or more), the rank is ambiguous:
+the choice names that step's count and threshold too, and estimators report
+``Status.AMBIGUOUS_PLATEAU`` instead of a confident answer.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class ThresholdChoice:
         Width of the plateau, ``log10(upper / lower)``.
     runner_up_decades : float
         Width of the second-widest plateau; close to ``decades`` means an ambiguous rank.
+    runner_up_threshold, runner_up_count : float or None
+        The centre of that plateau and the count there, when it competes: at least
+        ``COMPETING`` times as wide as the chosen one and a decade or more.
     """
 
     threshold: float
@@ -78,10 +83,25 @@ class ThresholdChoice:
     upper: float
     decades: float
     runner_up_decades: float
+    runner_up_threshold: float | None = None
+    runner_up_count: float | None = None
+
+    @property
+    def ambiguous(self) -> bool:
+        """Whether a second plateau competes with the chosen one (see ``COMPETING``)."""
+        return self.decades >= 1.0 and self.runner_up_threshold is not None
+
+
+#: A plateau at least this fraction of the chosen one's width (and ≥ 1 decade) competes.
+COMPETING = 0.5
+
+
+def _competes(width: float, chosen: float) -> bool:
+    return width >= 1.0 and width >= COMPETING * chosen
 
 
 def plateau_threshold(
-    magnitudes: np.ndarray, floor: float, *, preference: float = 0.5
+    magnitudes: np.ndarray, floor: float, *, preference: float = 1.0
 ) -> ThresholdChoice:
     """Choose ``τ`` at the centre of a wide plateau of ``N(τ)`` above ``floor``.
 
@@ -92,9 +112,9 @@ def plateau_threshold(
     floor : float
         Noise floor: magnitudes at or below it are indistinguishable from zero. Must be
         positive unless every magnitude is zero.
-    preference : float, default=0.5
+    preference : float, default=1.0
         Among plateaus at least ``preference`` times as wide as the widest one (in
-        decades), the highest wins.
+        decades), the highest wins; 1 takes the widest.
 
     Returns
     -------
@@ -106,21 +126,21 @@ def plateau_threshold(
     between the smallest of them and the floor itself (the plateau that makes a full rank
     visible). Widths are measured in decades, because Hessian spectra span many.
 
-    The highest of the comparable plateaus wins because the floor plateau's width is
-    only as good as the floor estimate: a band of small eigenvalues that sits decades
-    under the signal but far above rounding (an approximate minimum, a float32 operator)
-    is noise to a user, although the gap beneath it may be a little wider than the gap
-    above it.
+    The widest plateau wins. A band of small eigenvalues decades under the signal but
+    far above rounding (an approximate minimum, a float32 operator, features on other
+    scales) makes two plateaus of similar width; then neither count is the rank, and the
+    choice says so (``ambiguous``, with the other plateau's count and threshold), so that
+    the caller reports both instead of a confident number.
 
     Examples
     --------
     >>> choice = plateau_threshold(np.array([1.0, 0.5, 1e-3, 1e-15]), floor=1e-13)
-    >>> round(math.log10(choice.threshold), 1), round(choice.decades, 1)
-    (-8.0, 10.0)
-    >>> # a band 4 decades under the signal, 5 decades above the floor: the band is noise
-    >>> noisy = plateau_threshold(np.array([1.0, 1e-4, 5e-5, 1e-5]), floor=1e-10)
-    >>> round(math.log10(noisy.threshold), 1)
-    -2.0
+    >>> round(math.log10(choice.threshold), 1), round(choice.decades, 1), choice.ambiguous
+    (-8.0, 10.0, False)
+    >>> # a band 4 decades under the signal, 5 decades above the floor: two ranks compete
+    >>> band = plateau_threshold(np.array([1.0, 1e-4, 5e-5, 1e-5]), floor=1e-10)
+    >>> round(math.log10(band.threshold), 1), band.ambiguous, band.runner_up_count
+    (-7.5, True, 1.0)
     """
     values = np.sort(np.abs(np.asarray(magnitudes, dtype=np.float64)))[::-1]
     above = values[values > floor]
@@ -133,18 +153,25 @@ def plateau_threshold(
     # edges descend, so the first comparable plateau is the highest one
     best = int(np.flatnonzero(widths >= preference * widest)[0])
     upper, lower = float(edges[best]), float(edges[best + 1])
-    others = np.delete(widths, best)
+    others = np.where(np.arange(widths.size) == best, -np.inf, widths)
+    second = int(np.argmax(others)) if widths.size > 1 else -1
+    runner_up = float(widths[second]) if second >= 0 else 0.0
+    competing = second >= 0 and _competes(runner_up, float(widths[best]))
     return ThresholdChoice(
         threshold=math.sqrt(upper) * math.sqrt(lower),  # no overflow at 1e300
         lower=lower,
         upper=upper,
         decades=float(widths[best]),
-        runner_up_decades=float(others.max()) if others.size else 0.0,
+        runner_up_decades=runner_up,
+        runner_up_threshold=(
+            math.sqrt(edges[second]) * math.sqrt(edges[second + 1]) if competing else None
+        ),
+        runner_up_count=float(second + 1) if competing else None,
     )
 
 
 def flat_stretch_threshold(
-    thresholds: np.ndarray, samples: np.ndarray, *, preference: float = 0.5
+    thresholds: np.ndarray, samples: np.ndarray, *, preference: float = 1.0
 ) -> ThresholdChoice:
     """The plateau rule for an estimated counting curve: the widest flat stretch.
 
@@ -155,7 +182,7 @@ def flat_stretch_threshold(
     samples : array_like
         ``(m, G)`` per-probe estimates of ``N(t)`` at each threshold (``m ≥ 2``), as a
         stochastic estimator makes them: their mean is the counting curve.
-    preference : float, default=0.5
+    preference : float, default=1.0
         As in :func:`plateau_threshold`: among disjoint stretches at least ``preference``
         times as wide as the widest, the highest wins.
 
@@ -171,8 +198,8 @@ def flat_stretch_threshold(
     the per-probe spread (the curves at ``t_a`` and ``t_b`` share probes, so the
     difference is far more precise than either end). This is the rule of
     :func:`plateau_threshold` read off a curve instead of a list of eigenvalues: the
-    flat stretch is the plateau, its width in decades decides, and the same preference
-    for the higher of two comparable plateaus applies.
+    flat stretch is the plateau, its width in decades decides, and a second stretch at
+    least half as wide makes the choice ambiguous.
 
     Unlike a full spectrum, the curve ends at its lowest threshold. A stretch with more
     decades of rising curve beneath it than its own width, still rising at the bottom
@@ -208,7 +235,8 @@ def flat_stretch_threshold(
     widest = logs[stretches[0][1]] - logs[stretches[0][0]]
     comparable = [s for s in stretches if logs[s[1]] - logs[s[0]] >= preference * widest]
     lo, hi = max(comparable, key=lambda s: s[0])
-    others = [logs[b] - logs[a] for a, b in stretches if (a, b) != (lo, hi)]
+    others = [(logs[b] - logs[a], a, b) for a, b in stretches if (a, b) != (lo, hi)]
+    runner_up = max(others, default=(0.0, 0, 0))
     # A gap with a continuum beneath it, wider than the gap and still rising where the
     # curve ends, separates a few large eigenvalues from a spread of smaller ones whose
     # own gap, if any, lies out of sight: not a rank.
@@ -217,12 +245,18 @@ def flat_stretch_threshold(
         return ThresholdChoice(
             float(t[0]), float(t[0]), float(t[0]), 0.0, float(logs[hi] - logs[lo])
         )
+    competing = _competes(runner_up[0], float(logs[hi] - logs[lo]))
+    centre = math.sqrt(t[runner_up[1]]) * math.sqrt(t[runner_up[2]])
     return ThresholdChoice(
         threshold=math.sqrt(t[lo]) * math.sqrt(t[hi]),
         lower=float(t[lo]),
         upper=float(t[hi]),
         decades=float(logs[hi] - logs[lo]),
-        runner_up_decades=float(max(others, default=0.0)),
+        runner_up_decades=float(runner_up[0]),
+        runner_up_threshold=centre if competing else None,
+        runner_up_count=(
+            float(np.interp(math.log10(centre), logs, mean)) if competing else None
+        ),
     )
 
 
