@@ -38,6 +38,13 @@ class Status(enum.Enum):
         "the other (runner_up_count, runner_up_threshold); neither is the rank on its own "
         "-- pass the `threshold=` your problem calls for"
     )
+    NOT_STATIONARY = (
+        "the sampler's readout fell over its averaging window (the last third under the "
+        "first by more than 3 standard errors, diagnostics['drift']): the chains are not "
+        "sampling a stationary distribution around θ0, and no filter explains a falling "
+        "count; lower `step_size` or `sigma2`, raise `localization`, or count with "
+        "method='lanczos' or 'exact' (Hessian-vector products)"
+    )
     INTERRUPTED = "interrupted by the user; the estimate is the best one so far"
     BELOW_RESOLUTION = (
         "the threshold is below the smallest eigenvalue the method can vouch for "

@@ -14,6 +14,7 @@ from matrank.estimators.langevin import (
     expected_virial_curve,
     stationary_loss,
 )
+from matrank.numerics.readout import window_drift
 from matrank.testing import rotated_spectrum
 from matrank.testing.strategies import low_rank_psd
 
@@ -383,6 +384,58 @@ def test_default_halves_the_step_and_restarts_when_the_chains_diverge():
     assert result.diagnostics["step_size"] == 1.5
     assert result.cost["grads"] == 1 + 8 * (1000 + reductions[0]["diverged_at"] + 1)
     assert abs(result.rank - 2) <= 4 * result.stderr
+
+
+@pytest.mark.parametrize("budget", [8000, 700, 600])
+def test_restarts_stay_within_max_gradients(budget):
+    matrix = rotated_spectrum(6, 2, seed=3)  # μmax = 1: η = 3 diverges, 1.5 does not
+    estimator = matrank.LangevinRank(
+        step_size=3.0, sigma2=1.0, n_chains=8, max_gradients=budget
+    )
+    with pytest.warns(matrank.MatrankWarning, match=r"diverged at step \d+ with η = 3"):
+        if budget == 600:  # diverged at step 12: 61 steps left, under the 64 needed
+            with pytest.raises(matrank.MatrankValueError, match="spent down to"):
+                estimator.estimate(matrix, seed=0)
+            return
+        result = estimator.estimate(matrix, seed=0)
+    assert result.diagnostics["step_reductions"][0]["step_size"] == 3.0
+    assert result.cost["grads"] <= budget
+    assert result.diagnostics["steps_done"] < (budget - 1) // 8  # shortened
+    assert abs(result.rank - 2) <= 4 * result.stderr
+
+
+class _FlatteningWell:
+    """``Σ (1 − exp(−θ_i²/2))``: Hessian I at 0, flat far out, where hot chains go."""
+
+    dim, dtype, device = 20, torch.float64, torch.device("cpu")
+    theta0 = torch.zeros(20, dtype=torch.float64)
+    capabilities = Capability.LOSS | Capability.GRAD
+
+    def loss(self, theta):
+        return (1 - torch.exp(-(theta**2) / 2)).sum(-1)
+
+    def grad(self, theta):
+        return theta * torch.exp(-(theta**2) / 2)
+
+
+def test_a_readout_that_falls_is_not_stationary():
+    # chains hot enough to leave the well: the count falls as they spread, never converged
+    result = matrank.LangevinRank(sigma2=10.0).estimate(_FlatteningWell(), seed=0)
+    drift, stderr = result.diagnostics["drift"]
+    assert drift < -3 * stderr and result.status is matrank.Status.NOT_STATIONARY
+    assert not result.converged and "last third under the first" in str(result)
+    cool = matrank.LangevinRank(sigma2=0.1).estimate(_FlatteningWell(), seed=0)
+    assert cool.status is matrank.Status.CONVERGED and abs(cool.rank - 20) < 4 * cool.stderr
+
+    readings = torch.linspace(60.0, 15.0, 300)[:, None] + torch.randn(
+        300, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    ).float()
+    drift, stderr = window_drift(readings, 0)
+    assert drift == pytest.approx(-30.0, abs=1.0) and stderr < 1.0
+    flat = torch.randn(300, 16, generator=torch.Generator().manual_seed(1)) + 10
+    drift, stderr = window_drift(flat, 0)
+    assert abs(drift) < 3 * stderr
+    assert window_drift(flat[:, :1], 0)[1] == math.inf  # one chain: nothing to compare
 
 
 def test_adaptive_budget_stops_when_settled_and_says_when_it_cannot():

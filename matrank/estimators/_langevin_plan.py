@@ -21,6 +21,7 @@ __all__ = [
     "aimed",
     "noise_variance",
     "preconditioner_root",
+    "rebudgeted",
     "resolve_plan",
 ]
 
@@ -160,6 +161,31 @@ def aimed(
         )
     run.bar.total = steps
     return dataclasses.replace(plan, n_steps=steps), eta
+
+
+def rebudgeted(
+    options: Any, plan: LangevinPlan, run: Run, reductions: list[dict[str, float]]
+) -> LangevinPlan:
+    """The plan after a divergence: as many steps as ``max_gradients`` still pays
+    for (a user's ``n_steps`` stands), refused when under the plan's minimum."""
+    left = (options.max_gradients - int(run.meter.grads)) // plan.n_chains
+    if options.n_steps is not None or left >= plan.n_steps:
+        return plan
+    least = 2 if options.variant == "paper" else _MIN_STEPS
+    if left < least or options.threshold is not None:  # an aimed run cannot shrink
+        run.close()
+        raise MatrankValueError(
+            message(
+                "max_gradients",
+                "enough for the chains after their restarts at smaller steps",
+                f"{options.max_gradients}, spent down to {left} steps of "
+                f"{plan.n_chains} chains after {len(reductions)} divergences (last "
+                f"at η = {reductions[-1]['step_size']:.3g}); raise max_gradients or "
+                "pass a smaller step_size",
+            )
+        )
+    run.bar.total = left
+    return dataclasses.replace(plan, n_steps=left)
 
 
 def noise_variance(

@@ -26,6 +26,7 @@ from ..numerics.readout import (
     mser_start,
     runaway,
     window_average,
+    window_drift,
 )
 from ..theory import expected_loss_curve, expected_virial_curve, stationary_loss
 from ._langevin_chain import ChainStep, Diverged, largest_curvature, run_chains
@@ -34,6 +35,7 @@ from ._langevin_plan import (
     aimed,
     noise_variance,
     preconditioner_root,
+    rebudgeted,
     resolve_plan,
 )
 from ._parallel import chain_groups, check_jobs
@@ -252,6 +254,8 @@ class LangevinRank:
         reductions: list[dict[str, float]] = []
         while True:
             plan, eta = aimed(self, plan, eta, run)
+            if reductions:  # a restart spends what the failed chains left, no more
+                plan = rebudgeted(self, plan, run, reductions)
             try:
                 sigma2, rule = noise_variance(run.meter, plan, root, eta, tilt)
                 readings, summary, status = self._chains(
@@ -297,6 +301,9 @@ class LangevinRank:
             evidence = runaway(readings, summary["diagnostics"]["burn_in"])
             if evidence is not None:
                 status = Status.NEGATIVE_CURVATURE
+        drift = window_drift(readings, summary["diagnostics"]["burn_in"])
+        if status is Status.CONVERGED and drift[0] < -3 * drift[1]:
+            status = Status.NOT_STATIONARY  # equilibration only ever raises a count
         diagnostics: dict[str, Any] = {
             "negative_curvature": evidence,
             "variant": self.variant,
@@ -313,6 +320,7 @@ class LangevinRank:
             "loss0": loss0,
             "steps_done": readings.shape[0],
             "step_reductions": reductions,
+            "drift": drift,
             **summary.pop("diagnostics"),
         }
         if plan.readout == "loss":

@@ -23,6 +23,7 @@ __all__ = [
     "mser_start",
     "runaway",
     "window_average",
+    "window_drift",
 ]
 
 _THRESHOLD_RESAMPLES = 40
@@ -150,6 +151,19 @@ def window_average(readings: torch.Tensor, begin: int) -> tuple[float, float, np
         )
         rank = float(per_chain[0])
     return float(rank), float(stderr), per_chain.numpy()
+
+
+def window_drift(readings: torch.Tensor, begin: int) -> tuple[float, float]:
+    """How the readout moved over ``readings[begin:]``: the last third's mean minus the
+    first third's, and its stderr from the per-chain differences (``inf`` with one chain
+    or fewer than three steps, where there is nothing to compare)."""
+    window = readings[begin:]
+    third = window.shape[0] // 3
+    if third < 1 or readings.shape[1] < 2:
+        return 0.0, math.inf
+    difference = window[-third:].mean(dim=0) - window[:third].mean(dim=0)
+    mean, stderr = mean_and_stderr(difference)
+    return float(mean), float(stderr)
 
 
 def matched_threshold_terms(
