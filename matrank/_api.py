@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from typing import Any
 
 import numpy as np
@@ -78,8 +79,10 @@ def auto_method(oracle: Oracle) -> tuple[str, str]:
     return method, reason
 
 
-def _auto(oracle: Oracle) -> tuple[str, int, str]:
-    """:func:`auto_method`, and the products its timing spent."""
+def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
+    """:func:`auto_method`, and the products its timing spent (``key``: the object
+    whose calibration is recorded, the oracle itself by default)."""
+    key = oracle if key is None else key
     form = dual_form(oracle)
     if form is not None and form.size < oracle.dim and form.size <= AUTO_DUAL_MAX_DIM:
         return (
@@ -112,21 +115,25 @@ def _auto(oracle: Oracle) -> tuple[str, int, str]:
                     "eigendecomposition is exact and fast"
                 ),
             )
-        dense = _dense_seconds(oracle)
-        timed = min(_TIMING_COLUMNS, n)
-        if dense > AUTO_DENSE_SECONDS:
-            # a first call can carry one-off costs (torch.func tracing a model: 1.9 s
-            # against 3 ms for the next block of a 275-parameter GGN); time once more
-            dense = min(dense, _dense_seconds(oracle))
-            timed *= 2
+        calibration, timed = _calibrated(oracle, key)
+        dense = (
+            n * calibration["product_seconds"]
+            + calibration["eigh_seconds"] * max(n / 256, 1.0) ** 3
+        )
+        dense = float(agree(oracle, dense))  # every rank of a data-parallel oracle
+        how = (
+            "calibrated by an earlier call on this operator"
+            if timed == 0
+            else "timed on the second of two blocks of products, the first a warm-up"
+        )
         if dense <= AUTO_DENSE_SECONDS:
             return (
                 "exact",
                 timed,
                 (
                     f"dimension {n} <= {AUTO_EXACT_MAX_DIM}, an operator whose {n} products "
-                    f"and eigendecomposition take about {dense:.2g} s (timed on one block): "
-                    "exact"
+                    f"and eigendecomposition take about {dense:.2g} s ({how}; "
+                    f"{calibration['product_seconds']:.3g} s a product): exact"
                 ),
             )
         return (
@@ -134,8 +141,9 @@ def _auto(oracle: Oracle) -> tuple[str, int, str]:
             timed,
             (
                 f"dimension {n}, an operator whose dense path would take about {dense:.2g} s "
-                f"(> {AUTO_DENSE_SECONDS:g} s, timed on one block of products, twice): block "
-                "Krylov counting, whose cost follows the rank"
+                f"(> {AUTO_DENSE_SECONDS:g} s; {how}; "
+                f"{calibration['product_seconds']:.3g} s a product): block Krylov "
+                "counting, whose cost follows the rank"
             ),
         )
     if Capability.GRAD in oracle.capabilities:
@@ -153,22 +161,47 @@ def _auto(oracle: Oracle) -> tuple[str, int, str]:
     return "exact", 0, "no estimator for this oracle's capabilities; trying the dense path"
 
 
-def _dense_seconds(oracle: Oracle) -> float:
-    """Seconds of the dense path, from one timed block of products and a small
-    ``eigvalsh`` scaled by ``(n/256)³``."""
+# The calibration of an operator's products, kept per operator for the life of the
+# object, so that the same operator gets the same route on every call of a session.
+_CALIBRATIONS: weakref.WeakKeyDictionary[Any, dict[str, float]] = (
+    weakref.WeakKeyDictionary()
+)
+_EIGH_SECONDS: list[float] = []  # eigvalsh of a 256 × 256 matrix, timed once
+
+
+def _calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
+    """Seconds a product and a 256 × 256 ``eigvalsh`` take, and the products spent
+    timing them: two blocks, the first a warm-up (tracing, caches, thread start-up:
+    1.9 s against 3 ms for the next block of a 275-parameter GGN), the second timed.
+    Recorded for ``key`` (the object the user passed), so that a later call on it
+    reuses the numbers and takes the same route."""
+    try:
+        known = _CALIBRATIONS.get(key)
+    except TypeError:  # not weakly referable: calibrated afresh each time
+        known = None
+    if known is not None:
+        return known, 0
     n = oracle.dim
     columns = min(_TIMING_COLUMNS, n)
     block = torch.zeros(n, columns, dtype=oracle.dtype, device=oracle.device)
     block[:columns] = torch.eye(columns, dtype=oracle.dtype, device=oracle.device)
-    start = _clock.now()
     with torch.no_grad():
         oracle.hvp(block)
-    products = (_clock.now() - start) * n / columns
-    small = np.random.default_rng(0).standard_normal((256, 256))
-    start = _clock.now()
-    np.linalg.eigvalsh(small + small.T)
-    eigen = (_clock.now() - start) * max(n / 256, 1.0) ** 3
-    return float(agree(oracle, products + eigen))  # every rank of a data-parallel oracle
+        start = _clock.now()
+        oracle.hvp(block)
+        seconds = _clock.now() - start
+    if not _EIGH_SECONDS:
+        small = np.random.default_rng(0).standard_normal((256, 256))
+        np.linalg.eigvalsh(small + small.T)  # the warm-up
+        start = _clock.now()
+        np.linalg.eigvalsh(small + small.T)
+        _EIGH_SECONDS.append(_clock.now() - start)
+    calibration = {"product_seconds": seconds / columns, "eigh_seconds": _EIGH_SECONDS[0]}
+    try:
+        _CALIBRATIONS[key] = calibration
+    except TypeError:
+        pass
+    return calibration, 2 * columns
 
 
 def estimate_rank(
@@ -235,9 +268,14 @@ def estimate_rank(
     ``m <= AUTO_DUAL_MAX_DIM`` -> ``"exact"`` on the ``m × m`` dual; products with H
     available and ``n <= 4096`` -> ``"exact"`` for
     an explicit matrix, and for an operator whose dense path (``n`` products and an
-    ``eigvalsh``, timed on one block of 32 products -- twice when the first says
-    too slow --, counted in ``cost``) takes at most
-    ``AUTO_DENSE_SECONDS``; otherwise ``"lanczos"``; gradients only -> ``"langevin"``;
+    ``eigvalsh``) is predicted to take at most ``AUTO_DENSE_SECONDS``. The prediction
+    comes from a calibration: the second of two blocks of 32 products timed (the first
+    is a warm-up), and one ``eigvalsh`` of 256 × 256 scaled by ``(n/256)³``; its
+    products are counted in ``cost``, and it is recorded for the object passed, so that
+    later calls on the same operator reuse it and take the same route (a new process
+    calibrates afresh: a machine under other load may then route an operator near the
+    boundary differently -- pass ``method=`` to pin it). Both routes count right at the
+    threshold they report. Otherwise ``"lanczos"``; gradients only -> ``"langevin"``;
     loss values only -> ``"evolution"``.
 
     Examples
@@ -258,7 +296,7 @@ def estimate_rank(
     reason, probe_matvecs, probe_seconds = None, 0, 0.0
     if method == "auto":
         start = _clock.now()
-        method, probe_matvecs, reason = _auto(oracle)
+        method, probe_matvecs, reason = _auto(oracle, obj)
         probe_seconds = _clock.now() - start
     cls = ESTIMATORS[method]
     names = [field.name for field in dataclasses.fields(cls)]

@@ -154,6 +154,8 @@ class RankResult:
             )
         if self.status is not Status.CONVERGED:
             text += f"\n  status: {self.status.value}"
+        if self.diagnostics.get("remedy"):
+            text += f"\n  remedy: {self.diagnostics['remedy']}"
         plateau = self.diagnostics.get("plateau") or {}
         if self.status is Status.AMBIGUOUS_PLATEAU and plateau.get("runner_up_count"):
             text += (

@@ -276,6 +276,22 @@ class Run:
                 self.store.release()
             else:
                 self.store.finish()
+        precision = self.meter.dtype
+        if precision in _COARSE and status in (
+            Status.NO_PLATEAU,
+            Status.AMBIGUOUS_PLATEAU,
+            Status.BELOW_RESOLUTION,
+        ):
+            diagnostics = {
+                **diagnostics,
+                "remedy": (
+                    f"the oracle computes in {str(precision).removeprefix('torch.')}, "
+                    "whose rounding floor lies where trained networks' spectra are "
+                    "still continuous: rebuild it with dtype=torch.float64 (e.g. "
+                    "TorchLoss(..., dtype=torch.float64); products then cost about 2× "
+                    "on a CPU) before reading a rank off this curve"
+                ),
+            }
         if self.factor != 1.0:
             threshold, diagnostics, counts = unscale(
                 self.factor, threshold, diagnostics, counts
@@ -293,6 +309,9 @@ class Run:
 
     def close(self) -> None:
         self.bar.close()
+
+
+_COARSE = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _negative(

@@ -427,9 +427,12 @@ def test_a_readout_that_falls_is_not_stationary():
     cool = matrank.LangevinRank(sigma2=0.1).estimate(_FlatteningWell(), seed=0)
     assert cool.status is matrank.Status.CONVERGED and abs(cool.rank - 20) < 4 * cool.stderr
 
-    readings = torch.linspace(60.0, 15.0, 300)[:, None] + torch.randn(
-        300, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64
-    ).float()
+    readings = (
+        torch.linspace(60.0, 15.0, 300)[:, None]
+        + torch.randn(
+            300, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+        ).float()
+    )
     drift, stderr = window_drift(readings, 0)
     assert drift == pytest.approx(-30.0, abs=1.0) and stderr < 1.0
     flat = torch.randn(300, 16, generator=torch.Generator().manual_seed(1)) + 10

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import matrank
 from matrank.numerics.threshold import (
@@ -172,3 +173,13 @@ def test_signed_counts_in_str_json_and_a_compact_repr():
     assert len(repr(result)) < 200 and repr(result).startswith("RankResult(rank=3")
     definite = matrank.estimate_rank(np.diag([3.0, 2.0, 0.0]), method="exact")
     assert definite.n_negative == 0 and "positive" not in str(definite)
+
+
+def test_a_float32_curve_without_a_clear_plateau_names_float64_as_the_remedy():
+    spectrum = np.geomspace(1e-5, 1.0, 60)  # a continuum down to float32's floor
+    as32 = matrank.estimate_rank(torch.diag(torch.tensor(spectrum, dtype=torch.float32)))
+    assert as32.status is matrank.Status.NO_PLATEAU
+    assert "dtype=torch.float64" in as32.diagnostics["remedy"]
+    assert "remedy: the oracle computes in float32" in str(as32)
+    as64 = matrank.estimate_rank(np.diag(spectrum))
+    assert "remedy" not in as64.diagnostics  # float64 has nothing to offer beyond it
