@@ -234,7 +234,9 @@ def test_the_dual_refuses_what_it_cannot_count():
     result = matrank.estimate_rank(oracle, method="lanczos", seed=0)
     assert result.rank == 12 * 3 and result.diagnostics["n_negative"] == 36
 
-    with pytest.raises(matrank.MatrankValueError, match="mean (of per-sample|over the batch)"):
+    with pytest.raises(
+        matrank.MatrankValueError, match=r"mean (of per-sample|over the batch)"
+    ):
         TorchFisher(model, torch.nn.MSELoss(reduction="sum"), (X, Y))
     with pytest.raises(matrank.MatrankValueError, match="dual form"):
         matrank.ExactRank(dual=True).estimate(torch.eye(3))

@@ -35,12 +35,12 @@ def _run(code: str) -> list[tuple[str, str]]:
         last = lines[node.end_lineno - 1]
         source = ast.Module(body=[node], type_ignores=[])
         if MARK not in last or not isinstance(node, ast.Expr):
-            exec(compile(source, "README.md", "exec"), namespace)  # noqa: S102
+            exec(compile(source, "README.md", "exec"), namespace)
             continue
         expected = last.split(MARK, 1)[1].strip()
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            value = eval(  # noqa: S307
+            value = eval(
                 compile(ast.Expression(body=node.value), "README.md", "eval"), namespace
             )
         shown = printed.getvalue().rstrip("\n") if value is None else repr(value)
@@ -74,7 +74,9 @@ def test_readme_block_runs_and_shows_its_output(code, tmp_path, monkeypatch):
             monkeypatch.setenv(name, value)
     checks = _run(code)
     for expected, shown in checks:
-        assert _matches(expected, shown), f"README shows {expected!r}; the code gives {shown!r}"
+        assert _matches(expected, shown), (
+            f"README shows {expected!r}; the code gives {shown!r}"
+        )
 
 
 def test_every_block_is_checked_and_the_cli_example_says_how_to_make_its_file():
