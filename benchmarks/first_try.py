@@ -17,6 +17,7 @@ same route and answer each time (the ``auto×3`` column).
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 import warnings
 
@@ -33,7 +34,7 @@ METHODS = ("auto", "exact", "lanczos", "polynomial", "langevin")
 
 def _mlp(widths: list[int], activation: type) -> torch.nn.Module:
     layers: list[torch.nn.Module] = []
-    for a, b in zip(widths[:-1], widths[1:], strict=True):
+    for a, b in itertools.pairwise(widths):
         layers += [torch.nn.Linear(a, b), activation()]
     return torch.nn.Sequential(*layers[:-1])
 
@@ -93,7 +94,7 @@ def problem(name: str, device: str) -> tuple[torch.nn.Module, object, tuple]:
     return model.eval(), loss_fn, (X, y)
 
 
-def oracle(curvature: str, model, loss_fn, data, dtype):  # noqa: ANN001, ANN201
+def oracle(curvature: str, model, loss_fn, data, dtype):
     kind = {"hessian": TorchLoss, "ggn": TorchGGN, "fisher": TorchFisher}[curvature]
     return kind(model, loss_fn, data, dtype=dtype, gradient_tol=None)
 
