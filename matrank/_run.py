@@ -288,8 +288,8 @@ class Run:
                     f"the oracle computes in {str(precision).removeprefix('torch.')}, "
                     "whose rounding floor lies where trained networks' spectra are "
                     "still continuous: rebuild it with dtype=torch.float64 (e.g. "
-                    "TorchLoss(..., dtype=torch.float64); products then cost about 2× "
-                    "on a CPU) before reading a rank off this curve"
+                    "TorchLoss(..., dtype=torch.float64); its products cost more) "
+                    "before reading a rank off this curve"
                 ),
             }
         if self.factor != 1.0:
