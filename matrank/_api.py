@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import weakref
 from typing import Any
@@ -30,6 +31,7 @@ from .estimators import (
     LangevinRank,
     PolynomialRank,
 )
+from .numerics.krylov import spectral_bounds
 
 __all__ = [
     "AUTO_DENSE_SECONDS",
@@ -166,7 +168,16 @@ def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
 _CALIBRATIONS: weakref.WeakKeyDictionary[Any, dict[str, float]] = (
     weakref.WeakKeyDictionary()
 )
-_EIGH_SECONDS: list[float] = []  # eigvalsh of a 256 × 256 matrix, timed once
+
+
+@functools.cache
+def _eigh_seconds() -> float:
+    """Seconds of one ``eigvalsh`` of 256 × 256 after a warm-up, timed once a process."""
+    small = np.random.default_rng(0).standard_normal((256, 256))
+    np.linalg.eigvalsh(small + small.T)  # the warm-up
+    start = _clock.now()
+    np.linalg.eigvalsh(small + small.T)
+    return _clock.now() - start
 
 
 def _calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
@@ -190,13 +201,7 @@ def _calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
         start = _clock.now()
         oracle.hvp(block)
         seconds = _clock.now() - start
-    if not _EIGH_SECONDS:
-        small = np.random.default_rng(0).standard_normal((256, 256))
-        np.linalg.eigvalsh(small + small.T)  # the warm-up
-        start = _clock.now()
-        np.linalg.eigvalsh(small + small.T)
-        _EIGH_SECONDS.append(_clock.now() - start)
-    calibration = {"product_seconds": seconds / columns, "eigh_seconds": _EIGH_SECONDS[0]}
+    calibration = {"product_seconds": seconds / columns, "eigh_seconds": _eigh_seconds()}
     try:
         _CALIBRATIONS[key] = calibration
     except TypeError:
@@ -332,31 +337,31 @@ def estimate_rank(
         checkpoint_every=checkpoint_every,
         keep_checkpoint=keep_checkpoint,
     )
+    notes: dict[str, Any] = {}
     if reason is not None:
-        diagnostics = {**result.diagnostics, "auto": reason}
-        cost = dict(result.cost)
-        cost["matvecs"] += probe_matvecs
-        cost["seconds"] += probe_seconds
-        result = dataclasses.replace(result, diagnostics=diagnostics, cost=cost)
+        notes["auto"] = reason
     if norm is not None:
         assert isinstance(relative, RelativeThreshold)
-        diagnostics = {
-            **result.diagnostics,
-            "relative_threshold": {
-                "fraction": relative.fraction,
-                "norm": norm,
-                "matvecs": norm_matvecs,
-            },
+        notes["relative_threshold"] = {
+            "fraction": relative.fraction,
+            "norm": norm,
+            "matvecs": norm_matvecs,
         }
-        cost = dict(result.cost)
-        cost["matvecs"] += norm_matvecs
-        result = dataclasses.replace(result, diagnostics=diagnostics, cost=cost)
-    return result
+    if not notes:
+        return result
+    # what estimate_rank itself spent (auto's calibration, the norm) is the user's cost
+    cost = dict(result.cost)
+    cost["matvecs"] += probe_matvecs + norm_matvecs
+    cost["seconds"] += probe_seconds
+    return dataclasses.replace(
+        result, diagnostics={**result.diagnostics, **notes}, cost=cost
+    )
 
 
 def _spectral_norm(oracle: Oracle, seed: int | None) -> tuple[float, int]:
-    """``‖H‖₂`` for a relative threshold: the largest ``|θ|`` of a Lanczos run of up to
-    64 steps (exact for ``n ≤ 64``; the extreme Ritz values converge first)."""
+    """``‖H‖₂`` for a relative threshold: the larger end of :func:`spectral_bounds`
+    from up to 64 Lanczos steps (exact for ``n ≤ 64``; the extreme Ritz values converge
+    first), and the products it took."""
     if not oracle.capabilities & Capability.HVP:
         raise MatrankValueError(
             message(
@@ -366,17 +371,17 @@ def _spectral_norm(oracle: Oracle, seed: int | None) -> tuple[float, int]:
                 "relative(...)",
             )
         )
-    from .numerics.krylov import BlockKrylov
-
-    generator = torch.Generator(device=oracle.device).manual_seed(seed or 0)
-    krylov = BlockKrylov(oracle.hvp, oracle.dim, oracle.dtype, oracle.device, generator)
-    for _ in range(min(64, oracle.dim)):
-        if not krylov.extend(1):
-            break
-    values = torch.linalg.eigvalsh(krylov.T) if krylov.size else torch.zeros(1)
-    norm = float(values.abs().max())
+    low, high, matvecs = spectral_bounds(
+        oracle.hvp,
+        oracle.dim,
+        steps=64,
+        generator=torch.Generator(device=oracle.device).manual_seed(seed or 0),
+        dtype=oracle.dtype,
+        device=oracle.device,
+    )
+    norm = max(-low, high)
     if not norm > 0:
         raise MatrankValueError(
             message("threshold", "relative to a non-zero ‖H‖₂", "a zero operator")
         )
-    return norm, krylov.matvecs
+    return norm, matvecs

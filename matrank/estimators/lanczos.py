@@ -444,8 +444,8 @@ class LanczosRank:
                 diagnostics,
                 eps,
             )
-        elif Status.of_choice(choice) is not Status.CONVERGED:
-            status = Status.of_choice(choice)
+        elif (plateau := Status.of_choice(choice)) is not Status.CONVERGED:
+            status = plateau
         elif status is Status.CONVERGED and krylov.size < n and threshold < floor:
             status = Status.BELOW_RESOLUTION  # a user's τ under resolution(...)
         counts = counting_curve(
