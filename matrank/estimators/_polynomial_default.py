@@ -86,7 +86,8 @@ class DefaultFilter(SpectrumCapture):
         identity's columns are the matrix, whose symmetric part's eigenvalues the exact
         methods' plateau rule reads (a Krylov basis of all of ``R^n`` gives the same
         values after an ``O(n³)`` orthogonalization: 2000 × 2000, 3.4 s against 1 s).
-        The asymmetry of the products joins the noise floor.
+        The asymmetry of the products, ``‖A − Aᵀ‖_F`` as in the exact count, joins the
+        noise floor.
         """
         meter, n = self.meter, self.n
         block = PRODUCT_COLUMNS
@@ -107,7 +108,7 @@ class DefaultFilter(SpectrumCapture):
                 self.run.cached(f"unit {first}", functools.partial(product, first))
             )
         matrix = torch.cat(columns, dim=1)
-        asymmetry = float((matrix - matrix.T).abs().max())
+        asymmetry = float(torch.linalg.matrix_norm(matrix - matrix.T))  # as exact
         self.floor = max(self.floor, asymmetry)
         values = np.linalg.eigvalsh((0.5 * (matrix + matrix.T)).numpy())
         values = values[np.argsort(-np.abs(values))]  # as the Ritz values come
