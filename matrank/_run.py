@@ -127,12 +127,18 @@ class Run:
         seed: int | None,
         progress: bool = False,
         total: float | None = None,
+        budget: float | None = None,
         unit: str = "matvec",
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: float = 60.0,
         keep_checkpoint: bool = False,
     ) -> Run:
-        """Coerce ``obj``, refuse what it cannot compute, seed, meter, open the store."""
+        """Coerce ``obj``, refuse what it cannot compute, seed, meter, open the store.
+
+        ``total`` is the work the run will do (a bar with a real ETA); ``budget`` the most
+        it may do (the bar shows the share of the budget and no ETA, and :meth:`close`
+        fills it at the work actually done, so a run that converged early ends at 100 %).
+        """
         start = _clock.now()
         method = estimator.method
         oracle = as_oracle(obj)
@@ -156,9 +162,17 @@ class Run:
         group = collective(oracle)
         if group is not None:
             group.same(run_identity(method, settings(estimator), seed, oracle))
+        shape = {}
+        if budget is not None:  # an upper bound: time to spend all of it means nothing
+            total = budget
+            shape["bar_format"] = (
+                "{desc}: {percentage:3.0f}% of the budget|{bar}| {n_fmt}/{total_fmt} "
+                "{unit} [{elapsed}]{postfix}"
+            )
         bar = tqdm(
             total=total,
             desc=method,
+            **shape,
             unit=unit,
             # a data-parallel oracle's ranks run the same estimate: rank 0 shows it
             disable=not progress or (group is not None and group.rank != 0),
@@ -308,7 +322,22 @@ class Run:
         )
 
     def close(self) -> None:
-        self.bar.close()
+        """Close the progress bar; a budgeted bar ends at the work done (100 %)."""
+        bar = self.bar
+        if (
+            not bar.disable
+            and bar.total
+            and bar.n < bar.total
+            and "budget" in (bar.bar_format or "")
+        ):
+            share = f"{100 * bar.n / bar.total:.0f}%"
+            bar.bar_format = (
+                "{desc}: done|{bar}| {n_fmt} {unit} (" + share + " of the budget) "
+                "[{elapsed}]{postfix}"
+            )
+            bar.total = bar.n
+            bar.refresh()
+        bar.close()
 
 
 _COARSE = (torch.float32, torch.float16, torch.bfloat16)

@@ -1,5 +1,7 @@
 """Progress bars and Ctrl-C: the best estimate so far, flagged as interrupted."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,18 @@ def test_progress_bar_shows_the_running_count(capsys):
     assert capsys.readouterr().err == ""
     with pytest.raises(matrank.MatrankTypeError, match="`progress` must be True or False"):
         matrank.estimate_rank(matrix, method="lanczos", progress="yes")
+
+
+def test_a_bar_sized_to_the_budget_ends_done_with_no_eta(capsys):
+    # the budget is an upper bound: a run that converges at 9 % of it used to stop the
+    # bar there, with an ETA for spending the rest
+    matrix = rotated_spectrum(300, 30, seed=3)
+    matrank.estimate_rank(matrix, method="lanczos", seed=0, progress=True)
+    frames = capsys.readouterr().err.split("\r")
+    last = [frame for frame in frames if frame.strip()][-1]
+    assert "lanczos: done|" in last and "% of the budget)" in last
+    assert re.search(r"\| \d+ matvec \(\d+% of the budget\)", last)
+    assert not any("<" in frame for frame in frames)  # no time-to-budget estimate
 
 
 @pytest.mark.parametrize(

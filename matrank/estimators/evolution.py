@@ -166,7 +166,7 @@ class EvolutionRank:
             Capability.LOSS,
             seed=seed,
             progress=progress,
-            total=self.max_evals,
+            budget=self.max_evals,
             unit="eval",
             **checkpointing,
         )

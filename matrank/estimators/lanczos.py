@@ -206,7 +206,7 @@ class LanczosRank:
             Capability.HVP,
             seed=seed,
             progress=progress,
-            total=max_matvecs,
+            budget=max_matvecs,
             **checkpointing,
         )
         meter, generator = run.meter, run.generator

@@ -202,7 +202,7 @@ class PolynomialRank:
             Capability.HVP,
             seed=seed,
             progress=progress,
-            total=self.max_matvecs or DEFAULT_BUDGET,
+            budget=self.max_matvecs or DEFAULT_BUDGET,
             **checkpointing,
         )
         try:
