@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -153,15 +153,41 @@ def relative(fraction: float) -> RelativeThreshold:
     return RelativeThreshold(float(fraction))
 
 
-def check_threshold(value: Any) -> float | str | None:
-    """Return a ``threshold=`` option: ``None``, ``"floor"`` or a real ``τ ≥ 0``."""
-    if value is None or value == "floor":
+def check_threshold(
+    value: Any, method: str = "exact", refused: Mapping[str, str] | None = None
+) -> float | str | None:
+    """Return a ``threshold=`` option: ``None``, ``"floor"`` or a real ``τ ≥ 0``.
+
+    The one rule of every method that takes a threshold. ``refused`` names what the
+    method cannot take and why: ``"floor"`` (the noise floor) or ``"zero"`` (``τ = 0``);
+    the refusal states the method's own rule and the reason.
+    """
+    refused = refused or {}
+    low = _interval(0.0, None, "right" if "zero" in refused else "both")
+    rule = f"a real number in {low}" + (", 'floor'" if "floor" not in refused else "")
+    rule += " or None"
+    if value is None:
         return value
-    rule = f"a real number in {_interval(0.0, None, 'both')}, 'floor' or None"
+    if isinstance(value, str) and value == "floor":
+        if "floor" in refused:
+            raise MatrankValueError(
+                message(
+                    "threshold",
+                    f"{rule} with method={method!r} ({refused['floor']})",
+                    repr(value),
+                )
+            )
+        return value
     if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
         raise MatrankTypeError(message("threshold", rule, repr(value)))
     if not math.isfinite(value) or value < 0:
         raise MatrankValueError(message("threshold", rule, repr(float(value))))
+    if value == 0 and "zero" in refused:
+        raise MatrankValueError(
+            message(
+                "threshold", f"{rule} with method={method!r} ({refused['zero']})", "0.0"
+            )
+        )
     return float(value)
 
 

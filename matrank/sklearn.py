@@ -85,7 +85,10 @@ class RankEstimator(BaseEstimator):
         ``"covariance"``: the sample covariance of the centred rows of ``X``;
         ``"gram"``: ``XᵀX``; ``"precomputed"``: ``X`` itself, a square symmetric matrix.
     threshold : float, "floor" or None, default=None
-        Passed to the method (``None``: its automatic rule).
+        Passed to the method (``None``: its automatic rule). ``"floor"`` works with
+        ``exact``, ``lanczos`` and ``polynomial`` (up to ``n = 2048``); ``langevin``
+        refuses it at ``fit`` with the reason (scikit-learn estimators validate there,
+        not at construction, so ``GridSearchCV`` sees the same error).
     random_state : int, RandomState or None, default=None
         Seeds the stochastic methods.
     method_options : dict or None, default=None

@@ -279,8 +279,8 @@ def test_counting_curve_and_density_follow_the_spectrum():
 def test_default_messages():
     with pytest.raises(matrank.MatrankValueError, match=r"`threshold` must be a real"):
         matrank.PolynomialRank(threshold=0.0)
-    with pytest.raises(matrank.MatrankTypeError, match=r"`threshold` must be a real"):
-        matrank.PolynomialRank(threshold="floor")
+    with pytest.raises(matrank.MatrankValueError, match=r"variant='ubaru-saad'"):
+        matrank.PolynomialRank(variant="ubaru-saad", threshold="floor")
     with pytest.raises(
         matrank.MatrankValueError,
         match=r"`deflate` must be None with variant='ubaru-saad'",
@@ -318,3 +318,19 @@ def test_default_agrees_with_the_dense_rank_within_its_stderr(case):
     result = matrank.PolynomialRank(max_matvecs=3000).estimate(matrix, seed=0)
     # the Gaussian step's tails are 1e-6 at the plateau's edges: at most 1e-6 per eigenvalue
     assert abs(result.rank - rank) <= 4 * result.stderr + 1e-6 * matrix.shape[0]
+
+
+def test_floor_is_the_exact_count_from_the_whole_space_or_refused():
+    # the exact methods' "floor" (everything above the noise floor, however small and
+    # isolated): the whole space's spectrum answers it; a filter never could
+    spectrum = np.concatenate([np.geomspace(1e-9, 1.0, 12), np.zeros(88)])
+    rng = np.random.default_rng(3)
+    basis, _ = np.linalg.qr(rng.standard_normal((100, 100)))
+    matrix = (basis * spectrum) @ basis.T
+    exact = matrank.estimate_rank(matrix, method="exact", threshold="floor")
+    result = matrank.estimate_rank(matrix, method="polynomial", threshold="floor", seed=0)
+    assert result.rank == exact.rank == 12 and result.stderr == 0.0
+    assert result.threshold == pytest.approx(exact.threshold, rel=1e-6)
+    big = rotated_spectrum(3000, 10, seed=2)
+    with pytest.raises(matrank.MatrankValueError, match=r"'floor' needs the whole space"):
+        matrank.estimate_rank(big, method="polynomial", threshold="floor", seed=0)

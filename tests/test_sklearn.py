@@ -87,6 +87,16 @@ def test_ranksvd_in_a_digits_pipeline_and_grid_search():
     assert len(search.cv_results_["params"]) == 2
     best = search.best_estimator_.named_steps["ranksvd"]
     assert best.threshold == search.best_params_["ranksvd__threshold"]
+    # "floor" with every method that documents it (polynomial used to fail inside the
+    # search): numpy's count
+    methods = {"ranksvd__method": ["exact", "lanczos", "polynomial"]}
+    search = GridSearchCV(
+        pipeline.set_params(ranksvd__threshold="floor"), methods, cv=2, error_score="raise"
+    ).fit(X, y)
+    assert len(search.cv_results_["params"]) == 3
+    for method in methods["ranksvd__method"]:
+        svd = RankSVD(method=method, threshold="floor", random_state=0).fit(scaled)
+        assert svd.n_components_ == 61, method
 
 
 def _expected_status(eigenvalues, floor):

@@ -308,3 +308,22 @@ def test_errors_keep_builtin_bases():
     assert issubclass(MatrankTypeError, TypeError)
     assert issubclass(NotSymmetricError, MatrankError)
     assert issubclass(OperatorContractError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("method", "value", "reason"),
+    [
+        ("polynomial", 0.0, r"\(0, inf\), 'floor' or None with method='polynomial' \("),
+        ("langevin", "floor", r"\(0, inf\) or None with method='langevin' \(its thr"),
+        ("langevin", 0.0, r"\(0, inf\) or None with method='langevin' \(a filter mat"),
+    ],
+)
+def test_one_threshold_rule_names_each_methods_exceptions(method, value, reason):
+    # one check_threshold for every method: what a method cannot take is refused by the
+    # same rule, with its own interval and the reason
+    with pytest.raises(
+        MatrankValueError, match=r"`threshold` must be a real number in " + reason
+    ):
+        matrank.estimate_rank(np.eye(4), method=method, threshold=value)
+    for accepting in ("exact", "lanczos"):
+        matrank.estimate_rank(np.eye(4), method=accepting, threshold=value)

@@ -115,8 +115,9 @@ class DefaultFilter(SpectrumCapture):
         self.deflated_values = values[np.abs(values) > self.floor]
         self.basis_size = n
         magnitudes = np.abs(self.deflated_values)
-        threshold, choice = resolve_threshold(magnitudes, self.floor, None)
-        assert choice is not None
+        threshold, choice = resolve_threshold(
+            magnitudes, self.floor, self.options.threshold
+        )
         self.exact_path, self.complement_top = True, 0.0
         status = Status.of_choice(choice)
         degree = _WHOLE_SPACE_DENSITY_DEGREE
@@ -125,7 +126,7 @@ class DefaultFilter(SpectrumCapture):
             "n_probes": 0,
             "samples": np.zeros(0),
             "edge_stderr": 0.0,
-            "plateau": dataclasses.asdict(choice),
+            **({"plateau": dataclasses.asdict(choice)} if choice is not None else {}),
             **self._density(np.zeros((1, degree + 1)), degree),
         }
         counts = counting_curve(magnitudes, self.floor, self.high)
@@ -261,9 +262,22 @@ class DefaultFilter(SpectrumCapture):
         if self.high <= self.floor * 1.02:  # the operator is zero up to rounding
             return self._result(0.0, 0.0, self.floor, Status.CONVERGED, {})
         remaining = self.budget - meter.matvecs
-        settings = (options.threshold, options.degree, options.n_probes, options.deflate)
-        if settings == (None,) * 4 and self.n <= min(remaining, WHOLE_SPACE_MAX):
+        floor = options.threshold == "floor"
+        settings = (options.degree, options.n_probes, options.deflate)
+        whole = settings == (None,) * 3 and self.n <= min(remaining, WHOLE_SPACE_MAX)
+        if whole and (options.threshold is None or floor):
             return self._whole_space()
+        if floor:
+            raise MatrankValueError(
+                message(
+                    "threshold",
+                    "a real number or None with method='polynomial' here: 'floor' "
+                    f"needs the whole space (n ≤ {WHOLE_SPACE_MAX} products within "
+                    "max_matvecs, no degree, n_probes or deflate), and no filter "
+                    "reaches the noise floor; use method='lanczos' or 'exact'",
+                    f"'floor' at n = {self.n} with {remaining} products left",
+                )
+            )
         choice: ThresholdChoice | None = None
         status = Status.CONVERGED
         kernel = "jackson"

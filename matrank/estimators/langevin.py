@@ -19,6 +19,7 @@ from .._validation import (
     check_choice,
     check_int,
     check_real,
+    check_threshold,
     message,
 )
 from ..numerics.readout import (
@@ -167,6 +168,11 @@ class LangevinRank:
     n_jobs: int | None = None
 
     method: ClassVar[str] = "langevin"
+    threshold_refused: ClassVar[dict[str, str]] = {
+        "floor": "its threshold is where its filter is matched, 1/(2ηk) for a run of "
+        "k steps, and no run reaches the noise floor; use method='exact' or 'lanczos'",
+        "zero": "a filter matched at 0 needs an endless run",
+    }
 
     def __post_init__(self) -> None:
         check_choice("variant", self.variant, ("default", "paper"))
@@ -188,7 +194,7 @@ class LangevinRank:
         check_real("localization", self.localization, low=0.0)
         check_int("max_gradients", self.max_gradients, low=1)
         check_real("rtol", self.rtol, low=0.0, closed="neither", allow_none=True)
-        check_real("threshold", self.threshold, low=0.0, closed="neither", allow_none=True)
+        check_threshold(self.threshold, self.method, self.threshold_refused)
         if self.threshold is not None and (self.variant == "paper" or self.n_steps):
             raise MatrankValueError(
                 message(

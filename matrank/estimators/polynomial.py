@@ -12,7 +12,7 @@ from .._validation import (
     MatrankValueError,
     check_choice,
     check_int,
-    check_real,
+    check_threshold,
     message,
 )
 from ..theory import expected_count
@@ -45,9 +45,12 @@ class PolynomialRank:
         half a matvec per probe).
     n_probes : int or None, default=None
         Probe vectors. ``"ubaru-saad"``: 300. ``"default"``: as many as the budget allows.
-    threshold : float or None, default=None
-        The step's edge ``τ`` (``|λ| > τ`` counts); ``None`` takes it from the density of
-        states (each variant with its own rule).
+    threshold : float, "floor" or None, default=None
+        The step's edge ``τ > 0`` (``|λ| > τ`` counts); ``None`` takes it from the density
+        of states (each variant with its own rule). ``"floor"`` counts everything above
+        the noise floor, as ``exact`` does: the default variant answers it from the whole
+        space (``n ≤ 2048`` products within the budget, no ``degree``, ``n_probes`` or
+        ``deflate``) and refuses it otherwise, since no filter reaches the floor.
     max_matvecs : int or None, default=None
         Budget of the ``"default"`` variant, 15,000 when ``None`` (the faithful mode's
         cost is fixed by ``degree·n_probes``).
@@ -148,7 +151,7 @@ class PolynomialRank:
     variant: str = "default"
     degree: int | None = None
     n_probes: int | None = None
-    threshold: float | None = None
+    threshold: float | str | None = None
     max_matvecs: int | None = None
     deflate: int | None = None
     n_points: int = 100
@@ -159,13 +162,23 @@ class PolynomialRank:
         check_choice("variant", self.variant, ("default", "ubaru-saad"))
         check_int("degree", self.degree, low=2, allow_none=True)
         check_int("n_probes", self.n_probes, low=2, allow_none=True)
-        check_real("threshold", self.threshold, low=0.0, closed="right", allow_none=True)
+        check_threshold(self.threshold, self.method, self.threshold_refused)
         check_int("max_matvecs", self.max_matvecs, low=64, allow_none=True)
         check_int("deflate", self.deflate, low=0, allow_none=True)
         check_int("n_points", self.n_points, low=8)
         check_int("lanczos_steps", self.lanczos_steps, low=2)
         check_jobs(self.n_jobs)
         if self.variant == "ubaru-saad":
+            if self.threshold == "floor":
+                raise MatrankValueError(
+                    message(
+                        "threshold",
+                        "a real number or None with variant='ubaru-saad' (a filter "
+                        "does not reach the noise floor; variant='default' answers "
+                        "'floor' from the whole space)",
+                        "'floor'",
+                    )
+                )
             for name in ("max_matvecs", "deflate", "n_jobs"):
                 if getattr(self, name) is not None:
                     raise MatrankValueError(
@@ -178,6 +191,9 @@ class PolynomialRank:
                     )
 
     method: ClassVar[str] = "polynomial"
+    threshold_refused: ClassVar[dict[str, str]] = {
+        "zero": "a step filter at 0 counts rounding too; use threshold='floor'"
+    }
 
     @sized_threads
     def estimate(
