@@ -168,7 +168,9 @@ def dense_count(result, spectrum) -> int | None:
 
 def row(name, result, spectrum, gap_rank, eigenvalues) -> str:
     cost = result.cost
-    spent = f"{cost['grads']} grads" if cost["grads"] else f"{cost['matvecs']} matvecs"
+    spent = (
+        f"{cost['gradients']} grads" if cost["gradients"] else f"{cost['matvecs']} matvecs"
+    )
     stderr = f"{result.stderr:.1f}" if result.stderr is not None else "-"
     counted = dense_count(result, spectrum)
     if counted is None:

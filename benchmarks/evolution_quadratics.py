@@ -44,7 +44,7 @@ def main() -> None:
                     result = estimator.estimate(matrix, seed=seed)
                 seconds += time.perf_counter() - start
                 estimates.append(int(result.rank))
-                evals.append(result.cost["loss_evals"])
+                evals.append(result.cost["evals"])
                 margins.append(result.diagnostics["margin"])
                 soft.append(result.diagnostics["soft_count"])
             exact = sum(e == r for e in estimates)

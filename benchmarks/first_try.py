@@ -157,7 +157,7 @@ def main() -> None:
                             else "-"
                         )
                         spread = "" if result.stderr is None else f"±{result.stderr:.2g}"
-                        cost = result.cost["matvecs"] or result.cost["grads"]
+                        cost = result.cost["matvecs"] or result.cost["gradients"]
                         label = method
                         if method == "auto":
                             label = f"auto:{result.method[:4]}"

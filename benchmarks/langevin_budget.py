@@ -84,7 +84,7 @@ def main() -> None:
                 ).estimate(problem, seed=trial)
             adaptive_seconds.append(time.perf_counter() - start)
             adaptive.append(settled.rank)
-            used.append(settled.cost["grads"])
+            used.append(settled.cost["gradients"])
         line = (
             f"{d:4d} {d * d:6d} {np.mean(quantiles):10.2e} {np.mean(budgets):16,.0f} "
             f"{np.mean(budgets) / 15000:6.1f} |"

@@ -96,7 +96,7 @@ def main() -> None:
     print(
         f"{'d':>4s} {'paper':>5s} | {'runs':>6s} {'E[·]':>6s} {'slow':>6s} {'stiff':>6s} "
         f"{'s':>5s} | {'NRMSE':>6s} {'E[·]':>6s} {'mean':>9s} {'±':>5s} {'N(τ)':>9s} "
-        f"{'≤2σ':>5s} {'max|z|':>6s} {'grads':>6s} {'s':>5s} | {'NRMSE':>6s}"
+        f"{'≤2σ':>5s} {'max|z|':>6s} {'gradients':>6s} {'s':>5s} | {'NRMSE':>6s}"
     )
     reaches = {}
     for d in args.d:
@@ -142,7 +142,7 @@ def main() -> None:
             counted.append(n_tau)
             reach.append([truth - int((mu > result.threshold / f).sum()) for f in REACH])
             z.append((result.rank - n_tau) / result.stderr)
-            grads.append(result.cost["grads"])
+            grads.append(result.cost["gradients"])
         wc = []
         for trial in range(wc_trials):
             problem = LinearNetHessian.random_minimum(

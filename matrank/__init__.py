@@ -14,7 +14,7 @@ from ._api import ESTIMATORS, auto_method, estimate_rank
 from ._dual import DualForm, DualGram, dual_form
 from ._many import EstimateFailure, estimate_many, item_seed
 from ._oracle import Capability, Oracle, as_oracle, exact_rank, materialize
-from ._result import CountingCurve, RankResult, Status
+from ._result import SCHEMA, CountingCurve, RankResult, Status
 from ._validation import (
     MatrankError,
     MatrankTypeError,
@@ -39,6 +39,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "ESTIMATORS",
+    "SCHEMA",
     "Capability",
     "CountingCurve",
     "DualForm",

@@ -13,6 +13,7 @@ import torch
 
 from . import _clock
 from ._dual import dual_form
+from ._meter import Cost
 from ._oracle import Capability, Oracle, agree, as_oracle, collective, materialize
 from ._result import RankResult
 from ._run import run_identity
@@ -21,7 +22,7 @@ from ._validation import (
     MatrankValueError,
     RelativeThreshold,
     check_choice,
-    check_int,
+    check_run_options,
     message,
 )
 from .estimators import (
@@ -292,7 +293,7 @@ def estimate_rank(
     (7, 'exact', 'dimension 50')
     """
     check_choice("method", method, ("auto", *ESTIMATORS))
-    check_int("seed", seed, low=0, allow_none=True)
+    check_run_options(seed, progress)
     oracle = as_oracle(obj)
     group = collective(oracle)
     if group is not None:  # before auto's timing block, the first collective
@@ -322,8 +323,6 @@ def estimate_rank(
                 ", ".join(unknown),
             )
         )
-    if not isinstance(progress, bool):
-        raise MatrankTypeError(message("progress", "True or False", repr(progress)))
     relative = options.get("threshold")
     norm_matvecs, norm = 0, None
     if isinstance(relative, RelativeThreshold):
@@ -350,7 +349,7 @@ def estimate_rank(
     if not notes:
         return result
     # what estimate_rank itself spent (auto's calibration, the norm) is the user's cost
-    cost = dict(result.cost)
+    cost = Cost(result.cost)
     cost["matvecs"] += probe_matvecs + norm_matvecs
     cost["seconds"] += probe_seconds
     return dataclasses.replace(

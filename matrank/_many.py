@@ -17,8 +17,13 @@ from typing import Any
 import numpy as np
 
 from ._result import RankResult
-from ._validation import MatrankTypeError, MatrankValueError, check_int, message
-from .estimators._parallel import check_jobs
+from ._validation import (
+    MatrankTypeError,
+    MatrankValueError,
+    check_int,
+    check_jobs,
+    message,
+)
 
 __all__ = ["EstimateFailure", "estimate_many", "item_seed"]
 

@@ -3,14 +3,39 @@ finite."""
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, ClassVar
 
 import torch
 
 from . import _clock
 from ._validation import OperatorContractError, message
 
-__all__ = ["CostMeter"]
+__all__ = ["Cost", "CostMeter"]
+
+
+class Cost(dict):
+    """A result's cost: ``matvecs``, ``gradients``, ``evals`` (loss evaluations) and
+    ``seconds``, named as the budgets ``max_matvecs``, ``max_gradients`` and
+    ``max_evals`` are. The spellings before result schema 2, ``"grads"`` and
+    ``"loss_evals"``, still read, with a ``FutureWarning``."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"grads": "gradients", "loss_evals": "evals"}
+
+    def __missing__(self, key: str) -> float:
+        if key in self.RENAMED:
+            new = self.RENAMED[key]
+            warnings.warn(
+                f"cost[{key!r}] is now cost[{new!r}] (the name of its budget); the old "
+                "key will be removed",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return self[new]
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self or key in self.RENAMED else default
 
 
 class CostMeter:
@@ -24,8 +49,8 @@ class CostMeter:
         self.oracle = oracle
         self.matvecs = 0
         # gradients; a dual route adds its per-sample rows as fractions of a gradient
-        self.grads: float = 0
-        self.loss_evals = 0
+        self.gradients: float = 0
+        self.evals = 0
         # seconds in products and the products timed (since this meter was made; a
         # restored count is not timed): what one more product is expected to cost
         self.hvp_seconds = 0.0
@@ -40,12 +65,12 @@ class CostMeter:
     # Counted once the oracle has answered: an interrupted call did not happen.
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
         value = self.oracle.loss(theta)
-        self.loss_evals += theta.shape[0]
+        self.evals += theta.shape[0]
         return value
 
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
         value = self.oracle.grad(theta)
-        self.grads += theta.shape[0]
+        self.gradients += theta.shape[0]
         return value
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
@@ -69,11 +94,11 @@ class CostMeter:
         self.timed_matvecs += V.shape[1]
         return value
 
-    def cost(self, seconds: float) -> dict[str, float]:
+    def cost(self, seconds: float) -> Cost:
         """The cost dictionary of a :class:`RankResult`."""
-        return {
-            "matvecs": self.matvecs,
-            "grads": self.grads,
-            "loss_evals": self.loss_evals,
-            "seconds": seconds,
-        }
+        return Cost(
+            matvecs=self.matvecs,
+            gradients=self.gradients,
+            evals=self.evals,
+            seconds=seconds,
+        )

@@ -12,7 +12,7 @@ import numpy as np
 
 from .numerics.threshold import CountingCurve, ThresholdChoice
 
-__all__ = ["CountingCurve", "RankResult", "Status"]
+__all__ = ["SCHEMA", "CountingCurve", "RankResult", "Status"]
 
 
 class Status(enum.Enum):
@@ -73,6 +73,11 @@ class Status(enum.Enum):
         return cls.AMBIGUOUS_PLATEAU if choice.ambiguous else cls.CONVERGED
 
 
+#: Version of :meth:`RankResult.to_dict`'s layout. 2: ``"schema"`` itself, and the cost
+#: keys ``"gradients"``/``"evals"`` (were ``"grads"``/``"loss_evals"``).
+SCHEMA = 2
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class RankResult:
     """An estimate of the numerical rank, with its uncertainty and its cost.
@@ -89,7 +94,10 @@ class RankResult:
     method : str
         The estimator that ran (``"exact"``, ``"lanczos"``, ...).
     cost : dict
-        ``"matvecs"``, ``"grads"``, ``"loss_evals"`` and ``"seconds"`` actually spent.
+        ``"matvecs"``, ``"gradients"``, ``"evals"`` (loss evaluations) and ``"seconds"``
+        actually spent, named as the budgets ``max_matvecs``, ``max_gradients`` and
+        ``max_evals`` (``"grads"`` and ``"loss_evals"`` still read, with a
+        ``FutureWarning``).
     diagnostics : dict
         Estimator-specific traces (spectrum, plateau width, loss curve, ...).
     counts : CountingCurve or None
@@ -168,8 +176,10 @@ class RankResult:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary (arrays become lists)."""
+        """A JSON-ready dictionary (arrays become lists), versioned by ``"schema"``
+        (:data:`SCHEMA`; README's "Result JSON" lists each version's changes)."""
         out: dict[str, Any] = {
+            "schema": SCHEMA,
             "rank": self.rank,
             "stderr": self.stderr,
             "threshold": self.threshold,
@@ -194,7 +204,7 @@ def _format_rank(rank: float) -> str:
 
 
 def _format_cost(cost: Mapping[str, float]) -> str:
-    parts = [f"{cost[k]:g} {k}" for k in ("matvecs", "grads", "loss_evals") if cost.get(k)]
+    parts = [f"{cost[k]:g} {k}" for k in ("matvecs", "gradients", "evals") if cost.get(k)]
     parts.append(f"{cost.get('seconds', math.nan):.3g} s")
     return ", ".join(parts)
 

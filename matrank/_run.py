@@ -57,8 +57,8 @@ from ._scaling import Scaled, scale_factor, unscale
 from ._validation import (
     MatrankTypeError,
     MatrankValueError,
-    check_int,
     check_real,
+    check_run_options,
     message,
 )
 
@@ -145,9 +145,7 @@ class Run:
         for capability in (Capability.HVP, Capability.GRAD, Capability.LOSS):
             if capability in needs:
                 require(oracle, capability, method)
-        check_int("seed", seed, low=0, high=2**63 - 1, allow_none=True)
-        if not isinstance(progress, bool):
-            raise MatrankTypeError(message("progress", "True or False", repr(progress)))
+        check_run_options(seed, progress)
         check_real("checkpoint_every", checkpoint_every, low=0.0)
         if not isinstance(keep_checkpoint, bool):
             raise MatrankValueError(
@@ -225,7 +223,7 @@ class Run:
             if not fits:
                 raise refusal(self.store.path, f"whose entry {key!r} does not fit this run")
         self.generator.set_state(entry["generator"])
-        self.meter.matvecs, self.meter.grads, self.meter.loss_evals = entry["counts"]
+        self.meter.matvecs, self.meter.gradients, self.meter.evals = entry["counts"]
         # the timed decisions (the Lanczos dense switch) read these: as they were then
         self.meter.hvp_seconds, self.meter.timed_matvecs = entry["timing"]
         self.seconds_before = entry["seconds"] - (_clock.now() - self.start)
@@ -249,7 +247,7 @@ class Run:
         store.journal[key] = {
             "state": pack(state),
             "generator": self.generator.get_state(),
-            "counts": [self.meter.matvecs, self.meter.grads, self.meter.loss_evals],
+            "counts": [self.meter.matvecs, self.meter.gradients, self.meter.evals],
             "timing": [self.meter.hvp_seconds, self.meter.timed_matvecs],
             "seconds": self.seconds(),
             "progress": float(self.bar.n),

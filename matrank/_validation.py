@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -199,3 +200,22 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
         error = MatrankValueError if isinstance(value, str) else MatrankTypeError
         raise error(message(name, f"one of {listed}", repr(value)))
     return value
+
+
+def check_run_options(seed: Any, progress: Any) -> None:
+    """The options every run takes: ``seed`` (``None`` or an int in ``[0, 2⁶³)``) and
+    ``progress`` (a bool). One rule for :func:`matrank.estimate_rank` (which checks
+    before its ``auto`` probe spends anything) and each estimator's ``estimate``."""
+    check_int("seed", seed, low=0, allow_none=True)
+    if seed is not None and seed >= 2**63:  # torch.Generator.manual_seed's range
+        raise MatrankValueError(message("seed", "an int in [0, 2**63) or None", seed))
+    if not isinstance(progress, bool):
+        raise MatrankTypeError(message("progress", "True or False", repr(progress)))
+
+
+def check_jobs(n_jobs: Any) -> None:
+    """joblib's ``n_jobs``: ``-k`` is all cores but ``k − 1``, so ``k`` up to the cores;
+    at most 1024 workers (joblib's own limit refuses far more with a raw ``ValueError``)."""
+    check_int("n_jobs", n_jobs, low=-(os.cpu_count() or 1), high=1024, allow_none=True)
+    if n_jobs == 0:
+        raise MatrankValueError(message("n_jobs", "a nonzero int or None", 0))

@@ -418,7 +418,7 @@ def _demo_black_box(seed: int) -> None:
     result = estimate_rank(LossFunction(loss, np.zeros(40)), seed=seed)
     seconds = time.perf_counter() - start
     print(
-        f"auto → {result.method}: rank {result.rank:g}, {result.cost['loss_evals']:g} loss "
+        f"auto → {result.method}: rank {result.rank:g}, {result.cost['evals']:g} loss "
         f"evaluations, margin {result.diagnostics['margin']:.1f} Tracy–Widom scales, "
         f"{seconds:.2f} s (truth 12)"
     )
@@ -446,7 +446,7 @@ def _demo_table(
                 label,
                 f"{result.rank:g}{stderr}",
                 f"{result.threshold:.3g}",
-                f"{result.cost['matvecs']:g}/{result.cost['grads']:g}",
+                f"{result.cost['matvecs']:g}/{result.cost['gradients']:g}",
                 f"{result.cost['seconds']:.2f}",
                 str(truth),
             )
@@ -465,7 +465,7 @@ def _demo_table(
                 str(truth),
             )
         )
-    header = ("method", "estimate", "threshold", "matvecs/grads", "seconds", "truth")
+    header = ("method", "estimate", "threshold", "matvecs/gradients", "seconds", "truth")
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, tuple("-" * w for w in widths), *rows):
         print(

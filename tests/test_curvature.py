@@ -204,7 +204,7 @@ def test_auto_takes_the_dual_only_when_it_is_smaller():
     assert method == "exact" and "200 rows < dimension 3000" in reason
     result = matrank.estimate_rank(ggn, seed=0)
     assert result.rank == linear_network_ranks(25, [40, 40], 10, data_rank=20).outer
-    assert result.cost["matvecs"] == 0 and result.cost["grads"] == 10  # 200 rows / 20
+    assert result.cost["matvecs"] == 0 and result.cost["gradients"] == 10  # 200 rows / 20
     assert result.diagnostics["dual"]["zero_eigenvalues"] == 3000 - 200
     # 50 samples × 10 outputs > n = 275: the primal rules, and exact stays primal
     model, X, Y = linear_network_loss(25, [5, 10], 10, n_samples=50)

@@ -67,7 +67,7 @@ def test_counts_gapped_quadratics_exactly(n, rank, cond):
     result = matrank.estimate_rank(matrix, method="evolution", seed=0)
     assert result.rank == rank
     assert result.status is matrank.Status.CONVERGED
-    assert result.cost["loss_evals"] > 0 and result.cost["grads"] == 0
+    assert result.cost["evals"] > 0 and result.cost["gradients"] == 0
     assert result.diagnostics["margin"] >= 2
 
 
@@ -102,7 +102,7 @@ def test_unresolved_count_warns_with_the_evaluations_needed():
     with pytest.warns(matrank.MatrankWarning, match=r"loss evaluations would separate"):
         result = matrank.EvolutionRank(max_evals=5000).estimate(matrix, seed=0)
     assert result.status is matrank.Status.BUDGET_EXHAUSTED
-    assert result.cost["loss_evals"] <= 5000
+    assert result.cost["evals"] <= 5000
 
 
 def test_auto_picks_evolution_for_loss_only_oracles():

@@ -46,9 +46,7 @@ def test_paper_mode_matches_the_discrete_chain_expectation():
             expected,
             result.stderr,
         )
-        assert (
-            result.cost["grads"] == 64 * 400 and result.cost["loss_evals"] == 64 * 400 + 1
-        )
+        assert result.cost["gradients"] == 64 * 400 and result.cost["evals"] == 64 * 400 + 1
 
 
 def test_diagonal_preconditioner_changes_the_spectrum_not_the_rank():
@@ -130,13 +128,13 @@ def test_auto_runs_the_virial_langevin_on_gradient_only_oracles():
     # min(20, n) = 3 central differences of 2 gradients each find μmax
     # the budget keeps 40 gradients for the step and 1 for ∇L(θ0); min(20, n) = 3
     # central differences of 2 gradients each find μmax
-    assert auto.cost["grads"] == 2 * 3 + 1 + 8 * 1869 and auto.cost["loss_evals"] == 0
+    assert auto.cost["gradients"] == 2 * 3 + 1 + 8 * 1869 and auto.cost["evals"] == 0
     assert abs(auto.rank - 3) < 4 * auto.stderr
     # the user's options override those auto chose
     fewer = matrank.estimate_rank(
         GradientOnly(), seed=0, n_chains=2, n_steps=300, n_average=200
     )
-    assert fewer.cost["grads"] == 2 * 3 + 1 + 2 * 300
+    assert fewer.cost["gradients"] == 2 * 3 + 1 + 2 * 300
     result = matrank.estimate_rank(
         GradientOnly(),
         method="langevin",
@@ -178,7 +176,7 @@ def test_virial_readout_is_unbiased_where_the_loss_readout_inflates_stiff_modes(
     assert abs(expected - 8) < 0.01  # every mode equilibrated: the count itself
     biased = expected_estimate(eigenvalues, matrank.LangevinRank(variant="paper", **kwargs))
     assert biased - 8 > 10 * result.stderr  # the loss readout's expectation is far off
-    assert result.cost["loss_evals"] == 0 and result.diagnostics["readout"] == "virial"
+    assert result.cost["evals"] == 0 and result.diagnostics["readout"] == "virial"
 
 
 def test_virial_readout_needs_gradients_only():
@@ -232,7 +230,7 @@ def test_automatic_step_size_from_gradients_only(readout, factor):
         factor / result.diagnostics["mu_max"]
     )
     # the 20 central differences are billed, and ∇L(θ0)
-    assert result.cost["grads"] == 40 + 1 + 8 * 600
+    assert result.cost["gradients"] == 40 + 1 + 8 * 600
     if readout == "virial":
         curve = expected_virial_curve(
             np.linalg.eigvalsh(whitened),
@@ -279,7 +277,7 @@ def test_default_is_unbiased_for_the_count_above_the_threshold_it_reports():
             counted,
             result.stderr,
         )
-        assert result.cost["grads"] <= 15000 and result.cost["loss_evals"] == 0
+        assert result.cost["gradients"] <= 15000 and result.cost["evals"] == 0
         assert result.diagnostics["readout"] == "virial"
 
 
@@ -382,7 +380,7 @@ def test_default_halves_the_step_and_restarts_when_the_chains_diverge():
     reductions = result.diagnostics["step_reductions"]
     assert len(reductions) == 1 and reductions[0]["step_size"] == 3.0
     assert result.diagnostics["step_size"] == 1.5
-    assert result.cost["grads"] == 1 + 8 * (1000 + reductions[0]["diverged_at"] + 1)
+    assert result.cost["gradients"] == 1 + 8 * (1000 + reductions[0]["diverged_at"] + 1)
     assert abs(result.rank - 2) <= 4 * result.stderr
 
 
@@ -399,7 +397,7 @@ def test_restarts_stay_within_max_gradients(budget):
             return
         result = estimator.estimate(matrix, seed=0)
     assert result.diagnostics["step_reductions"][0]["step_size"] == 3.0
-    assert result.cost["grads"] <= budget
+    assert result.cost["gradients"] <= budget
     assert result.diagnostics["steps_done"] < (budget - 1) // 8  # shortened
     assert abs(result.rank - 2) <= 4 * result.stderr
 
@@ -449,7 +447,7 @@ def test_adaptive_budget_stops_when_settled_and_says_when_it_cannot():
     assert settled.status is matrank.Status.CONVERGED
     rounds = settled.diagnostics["rounds"]
     assert rounds[-1]["steps"] < settled.diagnostics["steps_done"] + 1
-    assert settled.cost["grads"] < 200_000 // 4
+    assert settled.cost["gradients"] < 200_000 // 4
     assert rounds[-1]["stderr"] <= 0.01 * rounds[-1]["rank"]
     assert abs(settled.rank - 8) <= 4 * settled.stderr
     matrix, _ = spread_quadratic(n_curved=200, n=300, decades=9.0)

@@ -115,7 +115,7 @@ def test_cost_meter_counts_vectors_not_calls():
     meter.grad(torch.zeros(3, 40, dtype=torch.float64))
     meter.loss(torch.zeros(2, 40, dtype=torch.float64))
     meter.loss(torch.zeros(2, 40, dtype=torch.float64))
-    assert meter.cost(1.5) == {"matvecs": 5, "grads": 3, "loss_evals": 4, "seconds": 1.5}
+    assert meter.cost(1.5) == {"matvecs": 5, "gradients": 3, "evals": 4, "seconds": 1.5}
 
 
 def test_exact_rank_dispatch_defaults_to_not_implemented():

@@ -73,7 +73,7 @@ def test_langevin_chains_give_one_estimate_for_any_n_jobs(dask_client, rtol):
     _same(serial, run(2))
     _same(serial, _on_dask(lambda: run(2)))
     assert abs(serial.rank - 12) < 4 * serial.stderr + 0.5
-    assert serial.cost["grads"] == run(None).cost["grads"]
+    assert serial.cost["gradients"] == run(None).cost["gradients"]
 
 
 def test_langevin_chains_of_a_torch_model_on_workers(dask_client):

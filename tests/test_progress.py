@@ -72,7 +72,7 @@ def test_ctrl_c_in_langevin_returns_the_run_so_far():
     result = estimator.estimate(InterruptAfter(matrix, "grad", 600), seed=0)
     assert result.status is matrank.Status.INTERRUPTED
     assert result.diagnostics["steps_done"] == 600
-    assert result.cost["grads"] == 600
+    assert result.cost["gradients"] == 600
     # steps 0…599 ran; the estimate averages their second half, 300…599
     curve = expected_loss_curve(
         np.linalg.eigvalsh(matrix), step_size=0.1, sigma2=1.0, n_steps=600

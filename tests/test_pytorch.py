@@ -212,7 +212,7 @@ def test_gradient_only_estimators_run_batched_chains():
         n_chains=8,
     )
     result = estimator.estimate(oracle, seed=0)
-    assert result.cost["grads"] == 8 * 1500
+    assert result.cost["gradients"] == 8 * 1500
     eigenvalues = np.linalg.eigvalsh(oracle.dense_hessian().numpy())
     curve = expected_loss_curve(
         eigenvalues, step_size=0.05, sigma2=1e-4, n_steps=estimator.n_steps
@@ -435,7 +435,7 @@ def test_default_langevin_counts_the_dense_hessian_above_its_threshold():
     counted = int((np.abs(eigenvalues) > result.threshold).sum())
     assert 0 < counted < 20  # the threshold cuts into the spectrum
     assert abs(result.rank - counted) <= 4 * result.stderr
-    assert result.cost["grads"] <= 4000
+    assert result.cost["gradients"] <= 4000
 
 
 DEVICES = [
@@ -475,7 +475,7 @@ def test_everything_stays_on_the_models_device(device):
     assert result.rank == matrank.estimate_rank(H.cpu().numpy(), method="exact").rank
     assert result.rank == int((np.abs(eigenvalues) > result.threshold).sum())
     chains = matrank.LangevinRank(max_gradients=800).estimate(oracle, seed=0)
-    assert np.isfinite(chains.rank) and chains.cost["grads"] <= 800
+    assert np.isfinite(chains.rank) and chains.cost["gradients"] <= 800
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -153,8 +153,8 @@ def test_ctrl_c_returns_the_best_estimate_so_far(case):
     result = matrank.estimate_rank(interrupted, method=method, seed=0, **options)
     assert result.status is matrank.Status.INTERRUPTED and not result.converged
     assert "interrupted by the user" in result.status.value
-    assert sum(result.cost[k] for k in ("matvecs", "grads", "loss_evals")) < sum(
-        reference.cost[k] for k in ("matvecs", "grads", "loss_evals")
+    assert sum(result.cost[k] for k in ("matvecs", "gradients", "evals")) < sum(
+        reference.cost[k] for k in ("matvecs", "gradients", "evals")
     )
     # a best-so-far estimate: within the range of counts the method could report
     assert 0 < result.rank <= matrix.shape[0]

@@ -327,3 +327,21 @@ def test_one_threshold_rule_names_each_methods_exceptions(method, value, reason)
         matrank.estimate_rank(np.eye(4), method=method, threshold=value)
     for accepting in ("exact", "lanczos"):
         matrank.estimate_rank(np.eye(4), method=accepting, threshold=value)
+
+
+def test_cost_keys_are_the_budget_names_and_the_old_ones_warn():
+    result = matrank.estimate_rank(np.eye(6), method="langevin", seed=0, max_gradients=2000)
+    cost = result.cost
+    assert set(cost) == {"matvecs", "gradients", "evals", "seconds"}
+    assert (
+        0 < cost["gradients"] <= 2000
+    )  # the budget max_gradients bounds cost["gradients"]
+    with pytest.warns(FutureWarning, match=r"cost\['grads'\] is now cost\['gradients'\]"):
+        assert cost["grads"] == cost["gradients"]
+    with pytest.warns(FutureWarning, match="evals"):
+        assert cost.get("loss_evals") == cost["evals"] == 0
+    assert cost.get("nonsense") is None
+    with pytest.raises(KeyError):
+        cost["nonsense"]
+    data = result.to_dict()
+    assert data["schema"] == matrank.SCHEMA == 2 and "grads" not in data["cost"]

@@ -168,7 +168,7 @@ def rebudgeted(
 ) -> LangevinPlan:
     """The plan after a divergence: as many steps as ``max_gradients`` still pays
     for (a user's ``n_steps`` stands), refused when under the plan's minimum."""
-    left = (options.max_gradients - int(run.meter.grads)) // plan.n_chains
+    left = (options.max_gradients - int(run.meter.gradients)) // plan.n_chains
     if options.n_steps is not None or left >= plan.n_steps:
         return plan
     least = 2 if options.variant == "paper" else _MIN_STEPS

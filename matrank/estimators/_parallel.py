@@ -12,7 +12,6 @@ estimate is the same for every ``n_jobs`` and backend.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 from .._oracle import CostMeter, collective
 from .._result import Status
 from .._run import Run
-from .._validation import MatrankValueError, check_int, message
+from .._validation import MatrankValueError, message
 from ..numerics.chebyshev import chebyshev_moments
 from ._langevin_chain import ChainStep, Diverged, Noise, chain_reading
 
@@ -87,7 +86,7 @@ def _group_segment(
         "generator": generator.get_state(),
         "noise": noise.state(),
     }
-    return after, readings, meter.grads, meter.loss_evals
+    return after, readings, meter.gradients, meter.evals
 
 
 def chain_groups(
@@ -153,8 +152,8 @@ def chain_groups(
                 for position, (members, part) in enumerate(zip(groups, parts, strict=True)):
                     states[position], block, grads, losses = part
                     readings[first:last, members] = block
-                    meter.grads += grads
-                    meter.loss_evals += losses
+                    meter.gradients += grads
+                    meter.evals += losses
                 run.bar.update(last - first)
                 window = readings[last // 2 : last].mean(dim=0)
                 run.bar.set_postfix({"rank": f"{float(window.mean()):.1f}"})
@@ -215,11 +214,3 @@ def probe_moments(
         if run.due():
             run.record(key, moments)
     return [results[key] for key, _ in blocks]
-
-
-def check_jobs(n_jobs: Any) -> None:
-    """joblib's ``n_jobs``: ``-k`` is all cores but ``k − 1``, so ``k`` up to the cores;
-    at most 1024 workers (joblib's own limit refuses far more with a raw ``ValueError``)."""
-    check_int("n_jobs", n_jobs, low=-(os.cpu_count() or 1), high=1024, allow_none=True)
-    if n_jobs == 0:
-        raise MatrankValueError(message("n_jobs", "a nonzero int or None", 0))

@@ -99,7 +99,7 @@ class EvolutionRank:
     Sampling runs until the count is the same at three successive doublings of ``N``
     (from ``N = 16n``, where the null band is ``(1 ± 1/4)²``) with a margin of 2 or more,
     or the budget is spent; only the ``n × n`` sum of kept
-    ``uuᵀ`` is stored. Cost: loss evaluations only (``cost["loss_evals"]``), about
+    ``uuᵀ`` is stored. Cost: loss evaluations only (``cost["evals"]``), about
     ``4n/(keep·(1 − c)²)`` -- fine for ``n`` in the tens to hundreds, prohibitive beyond;
     for many equally curved directions the deficit per direction shrinks (the selected
     loss concentrates), so high ranks need more.
@@ -215,7 +215,7 @@ class EvolutionRank:
         assessment = None
         interrupted = False
         try:
-            while meter.loss_evals + self.population <= self.max_evals:
+            while meter.evals + self.population <= self.max_evals:
                 u = torch.randn(
                     self.population, n, generator=generator, dtype=torch.float64
                 )

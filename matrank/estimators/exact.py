@@ -166,7 +166,7 @@ def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> Rank
 
     The noise floor is numpy's rule on the ``m × m`` matrix eigendecomposed, with the
     precision ``B`` was computed in, raised to the norm bound of what ``B`` leaves out
-    (clamped rounding); a part left out above 1 % of ``λmax`` is refused. The rows' work is counted in ``cost["grads"]`` as
+    (clamped rounding); a part left out above 1 % of ``λmax`` is refused. The rows' work is counted in ``cost["gradients"]`` as
     full-batch-gradient equivalents (``N`` per-sample rows are one gradient).
     """
     computed = form.compute()
@@ -176,7 +176,7 @@ def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> Rank
         eigenvalues = np.zeros(1)
     eigh_seconds = time.perf_counter() - start
     m = computed.gram.shape[0]
-    run.meter.grads += computed.gradient_equivalents
+    run.meter.gradients += computed.gradient_equivalents
     largest = float(np.abs(eigenvalues).max()) if m else 0.0
     numpy_rule = noise_floor(largest, max(m, 1), float(torch.finfo(form.precision).eps))
     left_out = computed.left_out * run.factor

@@ -18,6 +18,7 @@ from .._validation import (
     MatrankWarning,
     check_choice,
     check_int,
+    check_jobs,
     check_real,
     check_threshold,
     message,
@@ -39,7 +40,7 @@ from ._langevin_plan import (
     rebudgeted,
     resolve_plan,
 )
-from ._parallel import chain_groups, check_jobs
+from ._parallel import chain_groups
 
 __all__ = [
     "LangevinRank",

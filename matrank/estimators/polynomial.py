@@ -12,11 +12,11 @@ from .._validation import (
     MatrankValueError,
     check_choice,
     check_int,
+    check_jobs,
     check_threshold,
     message,
 )
 from ..theory import expected_count
-from ._parallel import check_jobs
 from ._polynomial_default import DEFAULT_BUDGET, DefaultFilter
 from .ubaru_saad import ubaru_saad_estimate, ubaru_saad_gap
 
