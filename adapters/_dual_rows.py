@@ -47,14 +47,14 @@ def sample_rows(
     """The kept rows ``L_i J_i`` of a chunk's samples, in blocks ``(k, n)`` in order,
     each with the number of rows computed for it (the left-out ones included) and the
     squared Frobenius norm of the left-out rows."""
-    theta0 = oracle._theta0
+    theta0 = oracle.theta0
     width = factors.factor.shape[1]
     per_sample = width * oracle.dim * theta0.element_size()
     step = max(1, _BLOCK_BYTES // max(per_sample, 1))
 
     def rows_of(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         def output(theta: torch.Tensor) -> torch.Tensor:
-            parameters = {**oracle._fixed, **oracle.unflatten(theta)}
+            parameters = oracle.parameters_at(theta)
             return functional_call(oracle.model, parameters, (x[None],)).reshape(-1)
 
         pull = vjp(output, theta0)[1]
@@ -66,18 +66,7 @@ def sample_rows(
         if not bool(factors.factor[start:stop].any()):
             continue  # no row at all (a sample the loss does not curve)
         x, factor = inputs[start:stop], factors.factor[start:stop]
-        if oracle._vectorized:
-            try:
-                block = vmap(rows_of)(x, factor)
-            except (RuntimeError, NotImplementedError) as error:
-                if "vmap" not in str(error).lower() and "batch" not in str(error).lower():
-                    raise
-                oracle._vectorized = False
-                block = torch.stack(
-                    [rows_of(xi, fi) for xi, fi in zip(x, factor, strict=True)]
-                )
-        else:
-            block = torch.stack([rows_of(xi, fi) for xi, fi in zip(x, factor, strict=True)])
+        block = oracle.map_rows(rows_of, x, factor)
         left_out = float(block[~keep].double().square().sum())
         yield block[keep], block.shape[0] * block.shape[1], left_out
 

@@ -81,18 +81,18 @@ class _OutputCurvature(TorchLoss):
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
         """The curvature times a block ``(n, b) -> (n, b)`` at ``θ0``."""
         total = torch.zeros_like(V)
-        for inputs, targets in self._chunks():
+        for inputs, targets in self.chunks():
             column = self._chunk_product(inputs, targets)
             if V.shape[1] == 1:
                 total[:, 0] += column(V[:, 0])
             else:
-                total += self._batched(column, V.T).T
+                total += self.map_rows(column, V.T).T
         return total
 
     # ------------------------------------------------------------------ pieces
     def _outputs(self, inputs: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         def outputs(theta: torch.Tensor) -> torch.Tensor:
-            parameters = {**self._fixed, **self.unflatten(theta)}
+            parameters = self.parameters_at(theta)
             return functional_call(self.model, parameters, (inputs,))
 
         return outputs
@@ -129,7 +129,7 @@ class _OutputCurvature(TorchLoss):
     # ------------------------------------------------------------------ the dual
     def dual(self) -> DualForm:
         """``BBᵀ`` of the curvature ``BᵀB`` (see :func:`matrank.dual_form`)."""
-        inputs, _ = next(iter(self._chunks()))
+        inputs, _ = next(iter(self.chunks()))
         with torch.no_grad():
             first = self._outputs(inputs)(self._theta0)
         per_sample = first[0].numel() if first.ndim > 1 else 1
@@ -142,7 +142,7 @@ class _OutputCurvature(TorchLoss):
         )
 
     def _chunk_factors(self) -> Iterator[tuple[torch.Tensor, Factors]]:
-        for inputs, targets in self._chunks():
+        for inputs, targets in self.chunks():
             if not isinstance(inputs, torch.Tensor):
                 raise MatrankValueError(
                     message(
@@ -325,7 +325,7 @@ class TorchFisher(_OutputCurvature):
     def _check(self) -> None:
         """``loss_fn`` is a mean of per-sample losses: each sample's gradient in the
         outputs is its own loss's, on the first samples."""
-        inputs, targets = next(iter(self._chunks()))
+        inputs, targets = next(iter(self.chunks()))
         with torch.no_grad():
             output = self._outputs(inputs)(self._theta0)
         size = batch_len((inputs, targets))

@@ -245,7 +245,7 @@ class TorchLoss:
                 if name not in selected_names
             }
         self._data = check_data(data, chunk_size)
-        sizes = [batch_len(batch) for batch in self._chunks()]
+        sizes = [batch_len(batch) for batch in self.chunks()]
         self._n_samples = sum(sizes)
         if self._n_samples == 0:
             raise MatrankValueError(message("data", "at least one sample", "none"))
@@ -276,11 +276,11 @@ class TorchLoss:
 
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
         """Full-batch loss at a batch of parameter vectors, ``(b, n) -> (b,)``."""
-        return self._accumulate(lambda f: self._batched(f, theta))
+        return self._accumulate(lambda f: self.map_rows(f, theta))
 
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
         """Full-batch gradient at a batch of parameter vectors, ``(b, n) -> (b, n)``."""
-        return self._accumulate(lambda f: self._batched(grad(f), theta))
+        return self._accumulate(lambda f: self.map_rows(grad(f), theta))
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
         """Hessian at ``θ0`` times a block, ``(n, b) -> (n, b)``.
@@ -305,7 +305,7 @@ class TorchLoss:
                 if V.shape[1] == 1:  # one column: no vmap and its tracing overhead
                     return self._accumulate(lambda f: column(f, V[:, 0]))[:, None]
                 return self._accumulate(
-                    lambda f: self._batched(lambda v: column(f, v), V.T)
+                    lambda f: self.map_rows(lambda v: column(f, v), V.T)
                 ).T
             except torch.OutOfMemoryError:
                 raise
@@ -316,7 +316,7 @@ class TorchLoss:
             _, pullback = vjp(grad(f), theta0)
             if V.shape[1] == 1:
                 return pullback(V[:, 0])[0][None]
-            return self._batched(lambda v: pullback(v)[0], V.T)
+            return self.map_rows(lambda v: pullback(v)[0], V.T)
 
         return self._accumulate(pulled).T
 
@@ -325,7 +325,7 @@ class TorchLoss:
         if self._graphs is None:
             graphs = []
             with torch.enable_grad():
-                for inputs, targets in self._chunks():
+                for inputs, targets in self.chunks():
                     theta = self._theta0.detach().clone().requires_grad_(True)
                     value = self._chunk_loss(inputs, targets)(theta)
                     (gradient,) = torch.autograd.grad(value, theta, create_graph=True)
@@ -377,6 +377,10 @@ class TorchLoss:
         return {**self.__dict__, "_graphs": None}
 
     # ------------------------------------------------------------------- helpers
+    def parameters_at(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``functional_call``'s parameters and buffers at the flat ``θ``."""
+        return {**self._fixed, **self.unflatten(theta)}
+
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """The named parameter tensors of a flat vector ``θ`` (views, no copies)."""
         sizes = [math.prod(shape) for shape in self.shapes]
@@ -394,7 +398,7 @@ class TorchLoss:
         self, inputs: Any, targets: Any
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         def f(theta: torch.Tensor) -> torch.Tensor:
-            parameters = {**self._fixed, **self.unflatten(theta)}
+            parameters = self.parameters_at(theta)
             output = functional_call(self.model, parameters, (inputs,))
             value = self.loss_fn(output, targets)
             if not isinstance(value, torch.Tensor):
@@ -418,7 +422,8 @@ class TorchLoss:
 
         return f
 
-    def _chunks(self) -> Iterable[tuple[Any, Any]]:
+    def chunks(self) -> Iterable[tuple[Any, Any]]:
+        """The data's ``(inputs, targets)`` chunks in fixed order, dtype and device."""
         for inputs, targets in self._data():
             yield (
                 cast(inputs, self.dtype, self.device),
@@ -428,18 +433,19 @@ class TorchLoss:
     def _accumulate(self, compute: Callable[[Callable], torch.Tensor]) -> torch.Tensor:
         """``Σ_chunks (m_c/N)·compute(loss of chunk c)``: the full-batch quantity."""
         total = None
-        for inputs, targets in self._chunks():
+        for inputs, targets in self.chunks():
             weight = batch_len((inputs, targets)) / self._n_samples
             part = compute(self._chunk_loss(inputs, targets)) * weight
             total = part if total is None else total + part
         assert total is not None
         return total if self._collective is None else self._collective.sum(total)
 
-    def _batched(self, function: Callable, rows: torch.Tensor) -> torch.Tensor:
-        """``function`` on each row, by ``vmap`` or, for models vmap cannot trace, a loop."""
+    def map_rows(self, function: Callable, *rows: torch.Tensor) -> torch.Tensor:
+        """``function`` on each row (of each of ``rows`` together), by ``vmap`` or, for
+        models vmap cannot trace, a loop (with one warning, then always the loop)."""
         if self._vectorized:
             try:
-                return vmap(function)(rows)
+                return vmap(function)(*rows)
             except (RuntimeError, NotImplementedError) as error:
                 if "vmap" not in str(error).lower() and "batch" not in str(error).lower():
                     raise
@@ -450,11 +456,11 @@ class TorchLoss:
                     MatrankWarning,
                     stacklevel=3,
                 )
-        return torch.stack([function(row) for row in rows])
+        return torch.stack([function(*row) for row in zip(*rows, strict=True)])
 
     def _check_deterministic(self) -> None:
-        inputs, targets = next(iter(self._chunks()))
-        parameters = {**self._fixed, **self.unflatten(self._theta0)}
+        inputs, targets = next(iter(self.chunks()))
+        parameters = self.parameters_at(self._theta0)
         check_loss_contract(
             lambda x: functional_call(self.model, parameters, (x,)),
             self.loss_fn,

@@ -56,6 +56,7 @@ class CostMeter:
         self.hvp_seconds = 0.0
         self.timed_matvecs = 0
 
+    inner = property(lambda self: self.oracle)  # what unwrap follows
     dim = property(lambda self: self.oracle.dim)
     dtype = property(lambda self: self.oracle.dtype)
     device = property(lambda self: self.oracle.device)

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import math
 import numbers
+from collections.abc import Iterator
 from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
@@ -43,6 +44,7 @@ __all__ = [
     "magnitude",
     "materialize",
     "symmetry_defect",
+    "unwrap",
 ]
 
 
@@ -81,10 +83,18 @@ class Oracle(Protocol):
     capabilities : Capability
         Which of ``loss``, ``grad``, ``hvp`` are available.
 
-    An oracle whose ``grad`` computes in a coarser precision than ``dtype`` (e.g.
-    ``LinearNetHessian(gradient_dtype=torch.float32)``) may say so with an attribute
-    ``gradient_dtype``; finite differences of gradients size their step by it
-    (:func:`gradient_precision`).
+    Optional attributes, read through matrank's wrappers (:func:`unwrap`), each with
+    its default when absent:
+
+    - ``gradient_dtype`` (default ``dtype``): the precision ``grad`` computes in, if
+      coarser (``LinearNetHessian(gradient_dtype=torch.float32)``); finite differences
+      of gradients size their step by it (:func:`gradient_precision`);
+    - ``collective`` (default ``None``): for an oracle whose products are sums over the
+      ranks of a process group (``TorchLoss(distributed=True)``), the object with
+      ``sum``, ``agree``, ``same`` and ``together`` that the run uses so that every rank
+      takes the same decisions (:func:`collective`, :func:`agree`);
+    - ``precision`` and ``magnitude``: the rounding unit of the input and the size of
+      its entries, where an adapter knows them (the noise floor and the scaling).
 
     Notes
     -----
@@ -120,18 +130,22 @@ class Oracle(Protocol):
         ...
 
 
+def unwrap(oracle: Any) -> Iterator[Any]:
+    """``oracle`` and every oracle it wraps, outermost first: matrank's wrappers
+    (checked, metered, scaled) name the one they wrap ``inner``."""
+    seen: set[int] = set()
+    while oracle is not None and id(oracle) not in seen:
+        seen.add(id(oracle))
+        yield oracle
+        oracle = getattr(oracle, "inner", None)
+
+
 def _attribute(oracle: Any, name: str) -> Any:
     """``oracle.name``, looked up through matrank's wrappers; ``None`` if none has it."""
-    inner = oracle
-    while True:
-        if hasattr(inner, name):
-            return getattr(inner, name)
-        wrapped = getattr(inner, "oracle", None)
-        if wrapped is None:
-            wrapped = getattr(inner, "inner", None)
-        if wrapped is None or wrapped is inner:
-            return None
-        inner = wrapped
+    for layer in unwrap(oracle):
+        if hasattr(layer, name):
+            return getattr(layer, name)
+    return None
 
 
 def gradient_precision(oracle: Any) -> torch.dtype:
@@ -441,15 +455,8 @@ def _(oracle: _CheckedOracle) -> int:
 
 def collective(oracle: Any) -> Any:
     """The ``collective`` of a data-parallel oracle (``TorchLoss(distributed=True)``),
-    looked up through the wrappers (checked, metered, scaled); ``None`` for any other."""
-    for _ in range(8):
-        if oracle is None:
-            return None
-        found = getattr(oracle, "collective", None)
-        if found is not None:
-            return found
-        oracle = getattr(oracle, "inner", None) or getattr(oracle, "oracle", None)
-    return None
+    looked up through the wrappers; ``None`` for any other (the protocol's default)."""
+    return _attribute(oracle, "collective")
 
 
 def agree(oracle: Any, value: Any) -> Any:

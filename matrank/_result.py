@@ -45,6 +45,14 @@ class Status(enum.Enum):
         "count; lower `step_size` or `sigma2`, raise `localization`, or count with "
         "method='lanczos' or 'exact' (Hessian-vector products)"
     )
+    NOT_QUADRATIC = (
+        "the loss is not quadratic where the sampler's chains went (diagnostics"
+        "['quadratic_defect']: the gradients at θ0 ± δ of their last positions are not "
+        "antisymmetric, as a quadratic's are): kinks (ReLU), a saddle or large "
+        "higher-order terms gave them another curvature than the Hessian at θ0; lower "
+        "`sigma2` or raise `localization` to keep them closer, or count the Hessian "
+        "with method='lanczos' or 'exact' (Hessian-vector products)"
+    )
     INTERRUPTED = "interrupted by the user; the estimate is the best one so far"
     BELOW_RESOLUTION = (
         "the threshold is below the smallest eigenvalue the method can vouch for "

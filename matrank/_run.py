@@ -1,9 +1,23 @@
 """The run every estimate shares: oracle, meter, generator, progress, checkpoints, result.
 
-An estimator's ``estimate`` opens a :class:`Run` and keeps only its own loop body. The
-run coerces the object and refuses missing capabilities once, seeds a local generator,
-meters the oracle, shows progress, writes and restores checkpoints, and assembles the
-:class:`~matrank.RankResult`.
+An estimator's ``estimate`` opens a :class:`Run` as a context manager and keeps only its
+phases::
+
+    with Run.begin(self, obj, Capability.HVP, seed=seed) as run:
+        return self._phases(run, plan)
+    return run.interruption
+
+The run coerces the object and refuses missing capabilities once, seeds a local
+generator, meters the oracle, shows progress (with the current :meth:`Run.enter`-ed
+phase), writes and restores checkpoints, and assembles the :class:`~matrank.RankResult`.
+
+Ctrl-C. A ``KeyboardInterrupt`` anywhere inside the ``with`` block ends the run with
+``Status.INTERRUPTED``: the result is the best estimate so far, which each phase
+offers as it gets one (:attr:`Run.interim`), or NaN where none exists yet (the pilot,
+the first population); ``diagnostics["interrupted_in"]`` names the phase. With a
+checkpoint open, the first Ctrl-C is deferred to the estimator's next check, where the
+latest state is recorded and written before the run stops (a second Ctrl-C stops at
+once): a rerun resumes from there.
 
 Checkpoints. A run with ``checkpoint=PATH`` keeps a *journal*: named states that the
 estimator records at its checks (:meth:`Run.record`), each with the generator state and
@@ -25,8 +39,11 @@ import functools
 import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from types import FrameType, TracebackType
 from typing import Any
 
 import threadpoolctl
@@ -62,7 +79,7 @@ from ._validation import (
     message,
 )
 
-__all__ = ["Run", "doubling_checks", "run_identity", "sized_threads"]
+__all__ = ["Interim", "Run", "doubling_checks", "run_identity", "sized_threads"]
 
 
 # Up to this dimension an estimate runs on one thread: its products are too small for
@@ -103,6 +120,17 @@ def doubling_checks(first: int, total: int) -> Iterator[int]:
     yield total
 
 
+@dataclasses.dataclass(frozen=True)
+class Interim:
+    """The best estimate a phase has so far: what Ctrl-C returns."""
+
+    rank: float
+    stderr: float | None
+    threshold: float | None
+    diagnostics: dict[str, Any]
+    counts: CountingCurve | None = None
+
+
 @dataclasses.dataclass
 class Run:
     """One estimate in progress (see the module notes)."""
@@ -116,6 +144,15 @@ class Run:
     seconds_before: float = 0.0
     store: Store | None = None
     factor: float = 1.0
+    #: the phase running now (shown in the bar, named by an interrupted result)
+    phase: str = "start"
+    #: the best estimate so far, read when Ctrl-C comes (a phase sets it as it goes)
+    interim: Callable[[], Interim | None] | None = None
+    #: the result of a run that Ctrl-C ended (set when the ``with`` block exits)
+    interruption: RankResult | None = None
+    stopping: bool = False
+    _handler: Any = None
+    _closed: bool = False
 
     @classmethod
     def begin(
@@ -202,6 +239,63 @@ class Run:
             )
         return run
 
+    # -- the loop: phases and Ctrl-C -----------------------------------------------------
+
+    def __enter__(self) -> Run:
+        if self.store is not None and threading.current_thread() is threading.main_thread():
+            self._handler = signal.signal(signal.SIGINT, self._defer)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if self._handler is not None:
+            signal.signal(signal.SIGINT, self._handler)
+            self._handler = None
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            self.interruption = self._interrupted()
+            return True
+        self.close()
+        if kind is not None and self.store is not None:  # kept for a rerun
+            self.store.release()
+        return False
+
+    def enter(self, phase: str) -> None:
+        """Name the phase that runs now (shown beside the bar's method name)."""
+        self.phase = phase
+        self.bar.set_description_str(f"{self.method} [{phase}]", refresh=False)
+
+    def stopped(self) -> RankResult:
+        """The result of a run Ctrl-C ended (after its ``with`` block)."""
+        assert self.interruption is not None, "the with block returned no result"
+        return self.interruption
+
+    def _defer(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:  # the second Ctrl-C: now
+            raise KeyboardInterrupt
+        self.stopping = True
+        print(
+            f"\n{self.method}: stopping at the next check to write the checkpoint "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+
+    def _interrupted(self) -> RankResult:
+        found = None if self.interim is None else self.interim()
+        if found is None:  # nothing measured yet: no number to give
+            found = Interim(math.nan, None, None, {})
+        return self.result(
+            found.rank,
+            stderr=found.stderr,
+            threshold=found.threshold,
+            diagnostics={**found.diagnostics, "interrupted_in": self.phase},
+            counts=found.counts,
+            status=Status.INTERRUPTED,
+        )
+
     # -- checkpoints ---------------------------------------------------------------------
 
     def restore(self, key: str, expect: Callable[[Any], bool] | None = None) -> Any:
@@ -232,14 +326,16 @@ class Run:
 
     def due(self) -> bool:
         """Whether a checkpoint should be written now (one is open and
-        ``checkpoint_every`` seconds have passed since the last write)."""
-        return self.store is not None and self.store.due()
+        ``checkpoint_every`` seconds have passed since the last write, or Ctrl-C asked
+        the run to stop)."""
+        return self.store is not None and (self.stopping or self.store.due())
 
     def record(self, key: str, state: Any) -> None:
         """Journal ``state`` under ``key`` and write the checkpoint (if one is open).
 
         ``state`` must describe everything the estimator needs to go on from here; its
-        tensors are copied. Call it at a check when :meth:`due` says so.
+        tensors are copied. Call it at a check when :meth:`due` says so. After a
+        deferred Ctrl-C the run stops here, the state written.
         """
         store = self.store
         if store is None:
@@ -253,6 +349,8 @@ class Run:
             "progress": float(self.bar.n),
         }
         store.write()
+        if self.stopping:
+            raise KeyboardInterrupt
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, or its recorded value: a phase whose result is its state."""
@@ -321,6 +419,9 @@ class Run:
 
     def close(self) -> None:
         """Close the progress bar; a budgeted bar ends at the work done (100 %)."""
+        if self._closed:
+            return
+        self._closed = True
         bar = self.bar
         if (
             not bar.disable
@@ -334,6 +435,7 @@ class Run:
                 "[{elapsed}]{postfix}"
             )
             bar.total = bar.n
+            bar.set_description_str(self.method, refresh=False)  # no phase runs now
             bar.refresh()
         bar.close()
 

@@ -143,10 +143,10 @@ def per_sample_losses(oracle: Any) -> np.ndarray:
     eval mode)."""
     from torch.func import functional_call
 
-    parameters = {**oracle._fixed, **oracle.unflatten(oracle.theta0)}
+    parameters = oracle.parameters_at(oracle.theta0)
     values: list[float] = []
     with torch.no_grad():
-        for inputs, targets in oracle._chunks():
+        for inputs, targets in oracle.chunks():
             output = functional_call(oracle.model, parameters, (inputs,))
             values.extend(
                 float(oracle.loss_fn(output[i : i + 1], targets[i : i + 1]))

@@ -282,7 +282,7 @@ def test_a_rank_near_n_switches_to_the_dense_path(monkeypatch, restart):
     # here so that the products are exact: the completed basis's columns count towards
     # n, a restart spends them again
     monkeypatch.setattr(
-        "matrank.estimators._lanczos_dense._restart_is_cheaper", lambda *args: restart
+        "matrank.estimators.lanczos.dense._restart_is_cheaper", lambda *args: restart
     )
     matrix = rotated_spectrum(600, 480, cond=1e3, seed=0)
     operator = scipy.sparse.linalg.aslinearoperator(matrix)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import matrank
-from matrank.estimators._lanczos_pilot import DENSE_FRACTION
+from matrank.estimators.lanczos.pilot import DENSE_FRACTION
 from matrank.numerics.quadrature import lanczos_quadrature
 from matrank.testing import rotated_spectrum
 
@@ -97,7 +97,7 @@ def test_low_rank_starts_from_the_range_and_certifies_in_about_2r_products():
 
 def test_a_wrong_pilot_costs_time_not_the_answer(monkeypatch):
     # a start block far too narrow leaves the rest to the Krylov continuation
-    from matrank.estimators import _lanczos_pilot
+    from matrank.estimators.lanczos import pilot as _lanczos_pilot
 
     original = _lanczos_pilot.run_pilot
 
@@ -107,7 +107,7 @@ def test_a_wrong_pilot_costs_time_not_the_answer(monkeypatch):
             10.0, 1.0, pilot.threshold, pilot.matvecs, "range start", 12
         )
 
-    monkeypatch.setattr("matrank.estimators.lanczos.run_pilot", narrow)
+    monkeypatch.setattr("matrank.estimators.lanczos.grow.run_pilot", narrow)
     operator = _sparse_low_rank(2000, 90, seed=1)
     result = matrank.estimate_rank(operator, method="lanczos", seed=0, **SMALL)
     assert result.rank == 90 and result.diagnostics["certified"]
@@ -116,7 +116,7 @@ def test_a_wrong_pilot_costs_time_not_the_answer(monkeypatch):
         pilot = original(*args, **kwargs)
         return _lanczos_pilot.Pilot(1600.0, 1.0, pilot.threshold, pilot.matvecs, "dense", 0)
 
-    monkeypatch.setattr("matrank.estimators.lanczos.run_pilot", dense_guess)
+    monkeypatch.setattr("matrank.estimators.lanczos.grow.run_pilot", dense_guess)
     result = matrank.estimate_rank(operator, method="lanczos", seed=0, **SMALL)
     assert result.rank == 90 and result.diagnostics["path"] == "dense"
 

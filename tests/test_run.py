@@ -147,7 +147,7 @@ def test_ctrl_c_returns_the_best_estimate_so_far(case):
     full = Flaky(matrix)
     reference = matrank.estimate_rank(full, method=method, seed=0, **options)
     calls = int(0.8 * full.answered)
-    if case in PILOTED:  # past the pilot (before it ends, Ctrl-C raises)
+    if case in PILOTED:  # past the pilot (during it there is no number yet)
         calls = full.answered - 1
     interrupted = Flaky(matrix, calls=calls, error=KeyboardInterrupt)
     result = matrank.estimate_rank(interrupted, method=method, seed=0, **options)

@@ -12,7 +12,7 @@ import torch
 
 from .._oracle import Capability, CostMeter
 from .._result import RankResult, Status
-from .._run import Run, sized_threads
+from .._run import Interim, Run, sized_threads
 from .._validation import (
     MatrankError,
     MatrankValueError,
@@ -25,6 +25,107 @@ from .._validation import (
 from ..numerics.trace import mean_and_stderr
 
 __all__ = ["EvolutionRank", "null_band"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Look:
+    """One look at the kept samples' covariance: its eigenvalues against the null band."""
+
+    eigenvalues: np.ndarray
+    edge: float  #: the null band's lower edge
+    tw: float  #: its Tracy–Widom scale
+    cut: float  #: edge − 4 scales: a variance below it is a curved direction
+    count: int
+    margin: float  #: the nearest eigenvalue's distance from the cut, in scales
+    nearest: float
+    widened: int  #: variances far above the band's top (negative curvature)
+
+    @classmethod
+    def of(cls, covariance: torch.Tensor, n: int, kept: int) -> _Look:
+        eigenvalues = np.linalg.eigvalsh(covariance.numpy())
+        edge, tw = null_band(n, kept)
+        cut = edge - 4 * tw
+        # selection by the loss widens the samples only along negative curvature: a
+        # variance far above the null band's top is a saddle (a minimum never does it)
+        top, top_scale = null_band_top(n, kept)
+        distances = np.abs(eigenvalues - cut)
+        nearest = int(np.argmin(distances))
+        # the null cluster's own smallest eigenvalue sits near the edge, ≥ 4 scales
+        # above the cut by construction: the margin measures the curved directions'
+        return cls(
+            eigenvalues=eigenvalues,
+            edge=edge,
+            tw=tw,
+            cut=cut,
+            count=int((eigenvalues < cut).sum()),
+            margin=float(distances[nearest] / tw) if tw > 0 else math.inf,
+            nearest=float(eigenvalues[nearest]),
+            widened=int((eigenvalues > top + 6 * top_scale).sum()),
+        )
+
+
+@dataclasses.dataclass
+class _Sampling:
+    """The kept samples: the ``n × n`` sum of ``uuᵀ`` and the running tallies."""
+
+    total: torch.Tensor
+    per_population: int
+    kept: int = 0
+    populations: int = 0
+    soft: list[float] = dataclasses.field(default_factory=list)
+    excess: float = 0.0
+    history: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    # first look when the null band is (1 ± 1/4)²: deficits under 0.44 are invisible
+    # before that, and no count can be trusted
+    next_check: int = 64
+    look: _Look | None = None
+
+    @classmethod
+    def fresh(cls, n: int, options: EvolutionRank) -> _Sampling:
+        per = (
+            1
+            if options.selection == "comma"
+            else max(1, round(options.keep * options.population))
+        )
+        total = torch.zeros(n, n, dtype=torch.float64)
+        return cls(total, per, next_check=max(16 * n, 64))
+
+    def add(self, chosen: torch.Tensor, excess: float) -> None:
+        n = self.total.shape[0]
+        self.total += chosen.T @ chosen
+        self.kept += self.per_population
+        self.populations += 1
+        self.soft.append(n - float((chosen**2).sum(dim=1).mean()))
+        self.excess += excess
+
+    def assess(self, *, record: bool = True) -> _Look:
+        look = _Look.of(self.total / self.kept, self.total.shape[0], self.kept)
+        if record:
+            self.look = look
+            self.history.append((self.kept, look.count))
+        return look
+
+    def state(self) -> tuple[Any, ...]:
+        return (
+            self.total,
+            self.kept,
+            self.populations,
+            self.soft,
+            self.excess,
+            self.history,
+            self.next_check,
+        )
+
+    def load(self, saved: tuple[Any, ...]) -> None:
+        (
+            self.total,
+            self.kept,
+            self.populations,
+            self.soft,
+            self.excess,
+            self.history,
+            self.next_check,
+        ) = saved
 
 
 def null_band(dimension: int, kept: int) -> tuple[float, float]:
@@ -156,11 +257,11 @@ class EvolutionRank:
         """Estimate the rank of the loss's Hessian at ``theta0`` from loss values.
 
         ``progress=True`` shows a bar of loss evaluations; Ctrl-C returns the count of
-        the samples kept so far with ``Status.INTERRUPTED``. Checkpoint options as in
-        :func:`matrank.estimate_rank`: the kept samples' sum is saved between
-        populations.
+        the samples kept so far with ``Status.INTERRUPTED`` (NaN before the first
+        population). Checkpoint options as in :func:`matrank.estimate_rank`: the kept
+        samples' sum is saved between populations.
         """
-        run = Run.begin(
+        with Run.begin(
             self,
             obj,
             Capability.LOSS,
@@ -169,11 +270,15 @@ class EvolutionRank:
             budget=self.max_evals,
             unit="eval",
             **checkpointing,
-        )
-        oracle, meter, generator = run.oracle, run.meter, run.generator
+        ) as run:
+            return self._phases(run)
+        return run.stopped()
+
+    def _phases(self, run: Run) -> RankResult:
+        """scale → sample → readout."""
+        meter = run.meter
         n = meter.dim
         if n > self.max_dim:
-            run.close()
             raise MatrankValueError(
                 message(
                     "obj",
@@ -182,9 +287,10 @@ class EvolutionRank:
                     f"n = {n}",
                 )
             )
-        theta0 = oracle.theta0.to(dtype=meter.dtype, device=meter.device)
+        run.enter("scale")
+        theta0 = run.oracle.theta0.to(dtype=meter.dtype, device=meter.device)
         loss0, scale, ratio = run.cached(
-            "scale", lambda: self._scale_and_loss0(meter, theta0, generator)
+            "scale", lambda: self._scale_and_loss0(meter, theta0, run.generator)
         )
         if scale is None:  # flat at every scale tried: no curvature at all
             flat = {
@@ -194,146 +300,118 @@ class EvolutionRank:
                 "flat": True,
             }
             return run.result(0, stderr=None, threshold=None, diagnostics=flat)
-        kept_per_population = (
-            1 if self.selection == "comma" else max(1, round(self.keep * self.population))
-        )
-        total = torch.zeros(n, n, dtype=torch.float64)
-        kept, populations = 0, 0
-        soft: list[float] = []
-        excess = 0.0
-        history: list[tuple[int, int]] = []
-        # first look when the null band is (1 ± 1/4)²: deficits under 0.44 are invisible
-        # before that, and no count can be trusted
-        next_check = max(16 * n, 64)
+        run.enter("sample")
+        sampling = _Sampling.fresh(n, self)
+        run.interim = lambda: self._read(sampling, scale, ratio, loss0)[0]
         saved = run.restore(
             "sampling", expect=lambda state: tuple(state[0].shape) == (n, n)
         )
         if saved is not None:
-            total, kept, populations, soft, excess, history, next_check = saved
-        status = Status.BUDGET_EXHAUSTED
-        bar = run.bar
-        assessment = None
-        interrupted = False
-        try:
-            while meter.evals + self.population <= self.max_evals:
-                u = torch.randn(
-                    self.population, n, generator=generator, dtype=torch.float64
-                )
-                points = theta0 + scale * u.to(dtype=meter.dtype, device=meter.device)
-                delta = meter.loss(points).to(torch.float64).cpu() - loss0
-                bar.update(self.population)
-                if not bool(torch.isfinite(delta).all()):
-                    raise MatrankError(
-                        f"the loss is not finite at distance ~{scale * math.sqrt(n):.3g} "
-                        "from theta0; pass a smaller `scale`"
-                    )
-                best = torch.argsort(delta)[:kept_per_population]
-                chosen = u[best]
-                total += chosen.T @ chosen
-                kept += kept_per_population
-                populations += 1
-                soft.append(n - float((chosen**2).sum(dim=1).mean()))
-                excess += float(delta[best].sum())
-                if kept >= next_check:
-                    next_check *= 2
-                    assessment = self._assess(total / kept, n, kept)
-                    history.append((kept, assessment["count"]))
-                    bar.set_postfix(rank=assessment["count"], kept=kept)
-                    if assessment["widened"]:
-                        break
-                    # stable while N grew 4-fold (the cut's τ fell ≈ 2-fold): a plateau
-                    if (
-                        len(history) >= 3
-                        and history[-1][1] == history[-2][1] == history[-3][1]
-                        and assessment["margin"] >= 2
-                    ):
-                        status = Status.CONVERGED
-                        break
-                if run.due():
-                    run.record(
-                        "sampling",
-                        (total, kept, populations, soft, excess, history, next_check),
-                    )
-        except KeyboardInterrupt:
-            # Ctrl-C: the count of what was kept so far (nothing kept: nothing to say)
-            if kept == 0:
-                raise
-            interrupted, status = True, Status.INTERRUPTED
-        finally:
-            run.close()
-        if assessment is None or history[-1][0] != kept:
-            if kept == 0:
-                raise MatrankValueError(
-                    message("max_evals", "enough for one population", self.max_evals)
-                )
-            assessment = self._assess(total / kept, n, kept)
-        soft_mean, soft_stderr = mean_and_stderr(torch.tensor(soft, dtype=torch.float64))
-        beta = soft_mean / (2 * excess / kept) if excess > 0 and soft_mean > 0 else None
-        cut = assessment["cut"]
-        threshold = (1 - cut) / (beta * scale**2 * cut) if beta and 0 < cut < 1 else None
-        if assessment["widened"]:
-            status = Status.NEGATIVE_CURVATURE
-        elif assessment["margin"] < 2 and not interrupted:
-            status = Status.BUDGET_EXHAUSTED
-            needed = self._evals_to_resolve(assessment["nearest"], n, kept_per_population)
-            warnings.warn(
-                f"the count {assessment['count']} is not resolved: an eigenvalue of the "
-                f"kept-sample covariance ({assessment['nearest']:.3f}) lies within "
-                f"{assessment['margin']:.1f} Tracy–Widom scales of the null cluster's cut "
-                f"({cut:.3f}); about {needed:.2g} loss evaluations would separate it",
-                MatrankWarning,
-                stacklevel=2,
+            sampling.load(saved)
+        status = self._sample(run, theta0, loss0, scale, sampling)
+        run.enter("readout")
+        found, look = self._read(sampling, scale, ratio, loss0)
+        if found is None or look is None:
+            raise MatrankValueError(
+                message("max_evals", "enough for one population", self.max_evals)
             )
+        if look.widened:
+            status = Status.NEGATIVE_CURVATURE
+        elif look.margin < 2:
+            status = Status.BUDGET_EXHAUSTED
+            needed = self._evals_to_resolve(look.nearest, n, sampling.per_population)
+            warnings.warn(
+                f"the count {look.count} is not resolved: an eigenvalue of the "
+                f"kept-sample covariance ({look.nearest:.3f}) lies within "
+                f"{look.margin:.1f} Tracy–Widom scales of the null cluster's cut "
+                f"({look.cut:.3f}); about {needed:.2g} loss evaluations would separate it",
+                MatrankWarning,
+                stacklevel=3,
+            )
+        return run.result(
+            found.rank,
+            stderr=None,
+            threshold=found.threshold,
+            diagnostics=found.diagnostics,
+            status=status,
+        )
+
+    def _sample(
+        self,
+        run: Run,
+        theta0: torch.Tensor,
+        loss0: float,
+        scale: float,
+        sampling: _Sampling,
+    ) -> Status:
+        """Populations until the count holds through three doublings of the kept
+        samples (``CONVERGED``), the directions widen, or the budget is spent."""
+        meter, n = run.meter, run.meter.dim
+        while meter.evals + self.population <= self.max_evals:
+            u = torch.randn(
+                self.population, n, generator=run.generator, dtype=torch.float64
+            )
+            points = theta0 + scale * u.to(dtype=meter.dtype, device=meter.device)
+            delta = meter.loss(points).to(torch.float64).cpu() - loss0
+            run.bar.update(self.population)
+            if not bool(torch.isfinite(delta).all()):
+                raise MatrankError(
+                    f"the loss is not finite at distance ~{scale * math.sqrt(n):.3g} "
+                    "from theta0; pass a smaller `scale`"
+                )
+            best = torch.argsort(delta)[: sampling.per_population]
+            sampling.add(u[best], float(delta[best].sum()))
+            if sampling.kept >= sampling.next_check:
+                sampling.next_check *= 2
+                look = sampling.assess()
+                run.bar.set_postfix(rank=look.count, kept=sampling.kept)
+                if look.widened:
+                    return Status.BUDGET_EXHAUSTED
+                # stable while N grew 4-fold (the cut's τ fell ≈ 2-fold): a plateau
+                counts = [count for _, count in sampling.history[-3:]]
+                if len(counts) == 3 and len(set(counts)) == 1 and look.margin >= 2:
+                    return Status.CONVERGED
+            if run.due():
+                run.record("sampling", sampling.state())
+        return Status.BUDGET_EXHAUSTED
+
+    def _read(
+        self, sampling: _Sampling, scale: float, ratio: float | None, loss0: float
+    ) -> tuple[Interim | None, _Look | None]:
+        """The count of the samples kept so far, its threshold and diagnostics, and the
+        look at the covariance it comes from."""
+        kept = sampling.kept
+        if kept == 0:  # nothing kept: nothing to say
+            return None, None
+        look = sampling.look
+        if look is None or sampling.history[-1][0] != kept:
+            look = sampling.assess(record=False)
+        soft = torch.tensor(sampling.soft, dtype=torch.float64)
+        soft_mean, soft_stderr = mean_and_stderr(soft)
+        excess = sampling.excess
+        beta = soft_mean / (2 * excess / kept) if excess > 0 and soft_mean > 0 else None
+        cut = look.cut
+        threshold = (1 - cut) / (beta * scale**2 * cut) if beta and 0 < cut < 1 else None
         diagnostics = {
             "selection": self.selection,
             "scale": scale,
             "quadratic_ratio": ratio,
             "kept": kept,
-            "populations": populations,
-            "covariance": (total / kept).numpy(),
-            "covariance_eigenvalues": assessment["eigenvalues"],
+            "populations": sampling.populations,
+            "covariance": (sampling.total / kept).numpy(),
+            "covariance_eigenvalues": look.eigenvalues,
             "cut": cut,
-            "null_edge": assessment["edge"],
-            "tracy_widom_scale": assessment["tw"],
-            "margin": assessment["margin"],
+            "null_edge": look.edge,
+            "tracy_widom_scale": look.tw,
+            "margin": look.margin,
             "soft_count": soft_mean,
             "soft_stderr": soft_stderr,
             "tilt": beta,
-            "history": history,
+            "history": list(sampling.history),
             "loss0": loss0,
-            "widened_directions": assessment["widened"],
+            "widened_directions": look.widened,
         }
-        return run.result(
-            assessment["count"],
-            stderr=None,
-            threshold=threshold,
-            diagnostics=diagnostics,
-            status=status,
-        )
-
-    def _assess(self, covariance: torch.Tensor, n: int, kept: int) -> dict[str, Any]:
-        eigenvalues = np.linalg.eigvalsh(covariance.numpy())
-        edge, tw = null_band(n, kept)
-        cut = edge - 4 * tw
-        count = int((eigenvalues < cut).sum())
-        # selection by the loss widens the samples only along negative curvature: a
-        # variance far above the null band's top is a saddle (a minimum never does it)
-        top, top_scale = null_band_top(n, kept)
-        widened = int((eigenvalues > top + 6 * top_scale).sum())
-        distances = np.abs(eigenvalues - cut)
-        nearest = int(np.argmin(distances))
-        # the null cluster's own smallest eigenvalue sits near the edge, ≥ 4 scales above
-        # the cut by construction: the margin measures the curved directions' separation
-        return {
-            "eigenvalues": eigenvalues,
-            "edge": edge,
-            "tw": tw,
-            "cut": cut,
-            "count": count,
-            "margin": float(distances[nearest] / tw) if tw > 0 else math.inf,
-            "nearest": float(eigenvalues[nearest]),
-            "widened": widened,
-        }
+        return Interim(float(look.count), None, threshold, diagnostics), look
 
     def _evals_to_resolve(self, value: float, n: int, kept_per_population: int) -> float:
         """Evaluations for a kept count ``N`` whose null edge clears ``value`` by 10 %."""

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import _clock
-from .._oracle import agree, input_eps, materialize
-from .._result import RankResult
-from .._run import Run
-from ..numerics.krylov import BlockKrylov
-from ..numerics.threshold import noise_floor
-from .exact import count_spectrum
+from ... import _clock
+from ..._oracle import agree, input_eps, materialize
+from ..._result import RankResult
+from ..._run import Run
+from ...numerics.krylov import BlockKrylov
+from ...numerics.threshold import noise_floor
+from ..exact import count_spectrum
 
 __all__ = [
     "DENSE_MAX",
@@ -110,8 +110,8 @@ def worth_switching(n: int, size: int, count: int, limit: int) -> bool:
 
 
 def dense_count(
-    options: Any,
     run: Run,
+    threshold: float | str | None,
     krylov: BlockKrylov,
     block: int,
     diagnostics: dict[str, Any],
@@ -119,8 +119,11 @@ def dense_count(
     """Complete the basis, compute ``H·Q⊥``, and count ``H``'s eigenvalues exactly.
 
     From an empty basis (the pilot's choice) ``Q⊥`` is the identity: an explicit
-    matrix is read as it is, anything else costs ``n`` products.
+    matrix is read as it is, anything else costs ``n`` products. ``diagnostics``: what
+    the phases before found (the pilot), copied into the result's.
     """
+    run.enter("dense")
+    diagnostics = dict(diagnostics)
     meter = run.meter
     basis = krylov.Q
     n, k = basis.shape
@@ -130,10 +133,10 @@ def dense_count(
         diagnostics["dense_restart"] = "identity"
         basis, k = basis[:, :0], 0
     if k == 0 and free:
-        run.close()
+        run.enter("eigvalsh")
         dense = materialize(run.oracle).to("cpu", torch.float64) * run.factor
         dense = 0.5 * (dense + dense.T)
-        return _count(options, run, krylov, dense, 0.0, diagnostics)
+        return _count(threshold, run, krylov, dense, 0.0, diagnostics)
     complement = None if k == 0 else torch.linalg.qr(basis, mode="complete").Q[:, k:]
     # wide blocks, as materialize takes them: a narrow one re-reads an explicit
     # operator's memory once per 32 columns (1.4× the whole dense path at n = 5000)
@@ -159,13 +162,13 @@ def dense_count(
         ],
         dim=1,
     )
-    run.close()
+    run.enter("eigvalsh")
     if complement is None:  # Q⊥ = I: the image is H itself
         dense = image.to("cpu", torch.float64)
         del image
         asymmetry = float(torch.linalg.matrix_norm(dense - dense.T))
         dense = 0.5 * (dense + dense.T)
-        return _count(options, run, krylov, dense, asymmetry, diagnostics)
+        return _count(threshold, run, krylov, dense, asymmetry, diagnostics)
     coupling = (basis.T @ image).to("cpu", torch.float64)
     corner = (complement.T @ image).to("cpu", torch.float64)
     del image
@@ -176,7 +179,7 @@ def dense_count(
     projected[k:, k:] = 0.5 * (corner + corner.T)
     asymmetry = float(torch.linalg.matrix_norm(corner - corner.T))
     del corner
-    return _count(options, run, krylov, projected, asymmetry, diagnostics)
+    return _count(threshold, run, krylov, projected, asymmetry, diagnostics)
 
 
 def _restart_is_cheaper(meter: Any, n: int, k: int) -> bool:
@@ -190,7 +193,7 @@ def _restart_is_cheaper(meter: Any, n: int, k: int) -> bool:
 
 
 def _count(
-    options: Any,
+    threshold: float | str | None,
     run: Run,
     krylov: BlockKrylov,
     symmetric: torch.Tensor,
@@ -213,4 +216,4 @@ def _count(
         certified=True,
         path="dense (switched)" if krylov.size else "dense",
     )
-    return count_spectrum(run, values, floor, options.threshold, diagnostics)
+    return count_spectrum(run, values, floor, threshold, diagnostics)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._run import Run
-from .._validation import MatrankTypeError, MatrankValueError, check_int, message
+from ..._run import Run
+from ..._validation import MatrankTypeError, MatrankValueError, check_int, message
+
+if TYPE_CHECKING:
+    from . import LangevinRank
 
 __all__ = [
+    "CHECK_GRADIENTS",
     "LangevinPlan",
     "aimed",
     "noise_variance",
@@ -60,7 +64,12 @@ class LangevinPlan:
     n_average: int | None
 
 
-def resolve_plan(options: Any) -> LangevinPlan:
+#: Gradients per chain of the check that the loss is quadratic where the chains went
+#: (∇f at θ0 ± δ of each chain's last position), reserved from ``max_gradients``.
+CHECK_GRADIENTS = 2
+
+
+def resolve_plan(options: LangevinRank) -> LangevinPlan:
     """The variant's defaults for the options left at ``None`` (never written back:
     ``dataclasses.replace`` then behaves like a fresh construction)."""
     paper = options.variant == "paper"
@@ -95,14 +104,17 @@ def resolve_plan(options: Any) -> LangevinPlan:
     # steps give a number that N(τ) at its τ does not back
     least = 2 if paper else _MIN_STEPS
     if n_steps is None:
+        # ∇f(θ0), the automatic step's products, and the quadratic check at the end
         overhead = (_AUTO_STEP_GRADIENTS if values["step_size"] == "auto" else 0) + 1
+        overhead += CHECK_GRADIENTS * n_chains
         n_steps = (options.max_gradients - overhead) // n_chains
         if n_steps < least:
             raise MatrankValueError(
                 message(
                     "max_gradients",
                     f"enough for {least} steps of {n_chains} chains after the "
-                    f"{overhead} gradients of ∇f(θ0) and the automatic step (at least "
+                    f"{overhead} gradients of ∇f(θ0), the automatic step and the "
+                    "quadratic check (at least "
                     f"{least * n_chains + overhead})",
                     str(options.max_gradients),
                 )
@@ -131,7 +143,7 @@ def resolve_plan(options: Any) -> LangevinPlan:
 
 
 def aimed(
-    options: Any, plan: LangevinPlan, eta: float, run: Run
+    options: LangevinRank, plan: LangevinPlan, eta: float, run: Run
 ) -> tuple[LangevinPlan, float]:
     """The run length and step whose filter is matched at ``threshold``.
 
@@ -148,7 +160,6 @@ def aimed(
         steps, eta = _AIMED_MIN_STEPS, reach / _AIMED_MIN_STEPS
     budget = resolve_plan(options).n_steps
     if steps > budget:
-        run.close()
         raise MatrankValueError(
             message(
                 "threshold",
@@ -164,16 +175,16 @@ def aimed(
 
 
 def rebudgeted(
-    options: Any, plan: LangevinPlan, run: Run, reductions: list[dict[str, float]]
+    options: LangevinRank, plan: LangevinPlan, run: Run, reductions: list[dict[str, float]]
 ) -> LangevinPlan:
     """The plan after a divergence: as many steps as ``max_gradients`` still pays
     for (a user's ``n_steps`` stands), refused when under the plan's minimum."""
-    left = (options.max_gradients - int(run.meter.gradients)) // plan.n_chains
+    spent = int(run.meter.gradients) + CHECK_GRADIENTS * plan.n_chains
+    left = (options.max_gradients - spent) // plan.n_chains
     if options.n_steps is not None or left >= plan.n_steps:
         return plan
     least = 2 if options.variant == "paper" else _MIN_STEPS
     if left < least or options.threshold is not None:  # an aimed run cannot shrink
-        run.close()
         raise MatrankValueError(
             message(
                 "max_gradients",
@@ -211,7 +222,7 @@ def noise_variance(
     return (floor, "residual gradient") if floor > small else (small, "random walk")
 
 
-def preconditioner_root(options: Any, meter: Any) -> torch.Tensor | None:
+def preconditioner_root(options: LangevinRank, meter: Any) -> torch.Tensor | None:
     n, dtype, device = meter.dim, meter.dtype, meter.device
     if options.preconditioner is None:
         return None

@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 
-from .._oracle import gradient_precision
-from .._result import Status
-from .._run import Run
-from .._validation import MatrankValueError, message
-from ..numerics.krylov import spectral_bounds
+from ..._oracle import gradient_precision
+from ..._run import Run
+from ..._validation import MatrankValueError, message
+from ...numerics.krylov import spectral_bounds
 
 __all__ = [
     "ChainStep",
@@ -26,6 +25,7 @@ __all__ = [
     "Noise",
     "chain_reading",
     "largest_curvature",
+    "quadratic_defect",
     "run_chains",
 ]
 
@@ -210,6 +210,65 @@ def chain_reading(
     return (virial.double() / sigma2).cpu()
 
 
+def _restore(
+    run: Run,
+    key: str,
+    delta: torch.Tensor,
+    readings: torch.Tensor,
+    noise: Noise,
+    extra: list[Any],
+    checks: list[int],
+) -> tuple[int, list[int]]:
+    """Load the chains journalled under ``key`` (in place); the step to go on from and
+    the checks still ahead."""
+    n_steps, n_chains = readings.shape
+    saved = run.restore(
+        key,
+        expect=lambda state: (
+            tuple(state["delta"].shape) == tuple(delta.shape)
+            and 0 < state["step"] <= n_steps
+            and tuple(state["readings"].shape) == (state["step"], n_chains)
+            and len(state["extra"]) == len(extra)
+        ),
+    )
+    if saved is None:
+        return 0, checks
+    delta.copy_(saved["delta"])
+    first = saved["step"]
+    readings[:first] = saved["readings"]
+    extra[:] = saved["extra"]
+    noise.load(saved["noise"])
+    return first, saved["checks"]
+
+
+@dataclasses.dataclass
+class ChainsSoFar:
+    """The readings of the chains running now: ``readings[:done]`` are complete (what a
+    Ctrl-C reads)."""
+
+    readings: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, 0))
+    done: int = 0
+    delta: torch.Tensor | None = None  #: each chain's last ``θ − θ0`` (once they end)
+
+
+def quadratic_defect(
+    meter: Any, delta: torch.Tensor, gradient0: torch.Tensor
+) -> torch.Tensor:
+    """Per chain, ``‖∇f(θ0 + δ) + ∇f(θ0 − δ) − 2∇f(θ0)‖ / ‖∇f(θ0 + δ) − ∇f(θ0 − δ)‖``.
+
+    For a quadratic loss the gradient is affine, its even part about ``θ0`` vanishes and
+    the ratio is rounding. Where the chains went past the quadratic region -- a ReLU
+    network's kinks, a saddle's escape, large third derivatives -- the curvature they
+    sampled is not the Hessian at ``θ0`` (a kink's is even in ``δ``: ratio ≈ 1). Costs
+    two gradients per chain."""
+    theta0 = meter.theta0
+    plus = meter.grad(theta0 + delta).double()
+    minus = meter.grad(theta0 - delta).double()
+    even = torch.linalg.vector_norm(plus + minus - 2 * gradient0.double(), dim=1)
+    odd = torch.linalg.vector_norm(plus - minus, dim=1)
+    return (even / odd.clamp_min(torch.finfo(torch.float64).tiny)).cpu()
+
+
 def run_chains(
     run: Run,
     step: ChainStep,
@@ -223,9 +282,10 @@ def run_chains(
     settled: Callable[[torch.Tensor], bool],
     extra: list[Any],
     key: str,
-) -> tuple[torch.Tensor, Status]:
+    sofar: ChainsSoFar,
+) -> torch.Tensor:
     """Run the chains from ``θ0`` for ``n_steps``; the readings (steps × chains, rank
-    units) and ``CONVERGED`` or ``INTERRUPTED``.
+    units), kept in ``sofar`` as they come.
 
     At each step of ``checks``, ``settled(readings so far)`` may stop the run early.
     The chains, the readings, the noise and ``extra`` (the caller's record of its checks)
@@ -239,29 +299,14 @@ def run_chains(
     # |reading| of a stable chain near a minimum is ≈ rank ± O(sqrt(n)); a diverging
     # one grows geometrically and passes this within a few dozen steps
     bound = 1e6 * (n + 1)
-    status, done = Status.CONVERGED, n_steps
+    done = n_steps
     bar = run.bar
     every = max(1, n_steps // 100)
     noise = Noise(n_chains, n, run.generator)
     delta = torch.zeros(n_chains, n, dtype=dtype, device=device)
-    first = 0
-    saved = run.restore(
-        key,
-        expect=lambda state: (
-            tuple(state["delta"].shape) == (n_chains, n)
-            and 0 < state["step"] <= n_steps
-            and tuple(state["readings"].shape) == (state["step"], n_chains)
-            and len(state["extra"]) == len(extra)
-        ),
-    )
-    if saved is not None:
-        delta = saved["delta"].to(device)
-        first = saved["step"]
-        readings[:first] = saved["readings"]
-        extra[:], checks = saved["extra"], saved["checks"]
-        noise.load(saved["noise"])
+    first, checks = _restore(run, key, delta, readings, noise, extra, checks)
     theta = theta0 + delta  # θ0 + δ, updated in place
-    k = first
+    sofar.readings, sofar.done = readings, first
     try:
         for k in range(first, n_steps):
             readings[k] = chain_reading(
@@ -271,6 +316,7 @@ def run_chains(
                 abs(float(readings[k].mean())) > bound
             ):
                 raise Diverged(k)
+            sofar.done = k + 1
             if k % every == every - 1:
                 bar.update(every)
                 window = readings[k // 2 : k + 1].mean(dim=0)
@@ -295,12 +341,7 @@ def run_chains(
                         "noise": noise.state(),
                     },
                 )
-    except KeyboardInterrupt:
-        # Ctrl-C: the estimate from the steps run so far, flagged as such.
-        if k < 2:
-            raise
-        status, done = Status.INTERRUPTED, k
     finally:
-        run.close()
         noise.close()
-    return readings[:done], status
+    sofar.delta = delta
+    return readings[:done]

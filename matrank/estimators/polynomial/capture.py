@@ -2,24 +2,27 @@
 
 Spectral bounds and the noise floor from a short Lanczos run; a Krylov basis that
 captures a small top subspace, whose converged Ritz pairs then count exactly; and the
-bound on what that capture left. :class:`~._polynomial_default.DefaultFilter` builds on
+bound on what that capture left. :class:`~.default.DefaultFilter` builds on
 it (a mixin: the two halves share the run's state, and nothing else uses either).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .._oracle import CostMeter, input_eps
-from .._run import Run
-from ..numerics.chebyshev import ChebyshevFrame, jackson_damping, kpm_density
-from ..numerics.deflation import complement_bound, converged_basis
-from ..numerics.krylov import BlockKrylov
-from ..numerics.threshold import noise_floor
+from ..._oracle import CostMeter, input_eps
+from ..._run import Run
+from ...numerics.chebyshev import ChebyshevFrame, jackson_damping, kpm_density
+from ...numerics.deflation import complement_bound, converged_basis
+from ...numerics.krylov import BlockKrylov
+from ...numerics.threshold import noise_floor
+
+if TYPE_CHECKING:
+    from . import PolynomialRank
 
 __all__ = ["SpectrumCapture"]
 
@@ -39,7 +42,7 @@ PRODUCT_COLUMNS = 32
 class SpectrumCapture:
     """Bounds, the noise floor and the deflation basis of one polynomial run."""
 
-    options: Any
+    options: PolynomialRank
     run: Run
     meter: CostMeter
     generator: torch.Generator

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from .._oracle import Capability
-from .._result import RankResult
-from .._run import Run, sized_threads
-from .._validation import (
+from ..._oracle import Capability
+from ..._result import RankResult
+from ..._run import Run, sized_threads
+from ..._validation import (
     MatrankValueError,
     check_choice,
     check_int,
@@ -16,8 +16,8 @@ from .._validation import (
     check_threshold,
     message,
 )
-from ..theory import expected_count
-from ._polynomial_default import DEFAULT_BUDGET, DefaultFilter
+from ...theory import expected_count
+from .default import DEFAULT_BUDGET, DefaultFilter
 from .ubaru_saad import ubaru_saad_estimate, ubaru_saad_gap
 
 __all__ = ["PolynomialRank", "expected_count", "ubaru_saad_gap"]
@@ -209,10 +209,11 @@ class PolynomialRank:
         ``progress`` shows a bar of matvecs spent (the default variant). Ctrl-C while
         the final probes run returns the estimate from the probes so far with
         ``Status.INTERRUPTED``; before them (bounds, pilot, deflation) there is no
-        estimate yet and ``KeyboardInterrupt`` propagates. Checkpoint options as in
-        :func:`matrank.estimate_rank`: probe blocks and the deflation basis are saved.
+        estimate yet: the result is NaN, ``diagnostics["interrupted_in"]`` names the
+        phase. Checkpoint options as in :func:`matrank.estimate_rank`: probe blocks and
+        the deflation basis are saved.
         """
-        run = Run.begin(
+        with Run.begin(
             self,
             obj,
             Capability.HVP,
@@ -220,10 +221,8 @@ class PolynomialRank:
             progress=progress,
             budget=self.max_matvecs or DEFAULT_BUDGET,
             **checkpointing,
-        )
-        try:
+        ) as run:
             if self.variant == "ubaru-saad":
                 return ubaru_saad_estimate(self, run)
             return DefaultFilter(self, run).estimate()
-        finally:
-            run.close()
+        return run.stopped()

@@ -26,10 +26,10 @@ import math
 
 import torch
 
-from .._run import Run
-from ..numerics.quadrature import lanczos_quadrature
-from ..numerics.threshold import noise_floor, resolve_threshold
-from ..numerics.trace import mean_and_stderr, probe_block
+from ..._run import Run
+from ...numerics.quadrature import lanczos_quadrature
+from ...numerics.threshold import noise_floor, resolve_threshold
+from ...numerics.trace import mean_and_stderr, probe_block
 
 __all__ = ["PILOT_MIN_DIM", "Pilot", "run_pilot"]
 

@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._oracle import Capability
-from .._result import RankResult, Status
-from .._run import Run, doubling_checks, sized_threads
-from .._validation import (
+from ..._oracle import Capability
+from ..._result import RankResult, Status
+from ..._run import Interim, Run, doubling_checks, sized_threads
+from ..._validation import (
     MatrankValueError,
     MatrankWarning,
     check_choice,
@@ -23,16 +23,17 @@ from .._validation import (
     check_threshold,
     message,
 )
-from ..numerics.readout import (
-    matched_threshold_terms,
-    mser_start,
-    runaway,
-    window_average,
-    window_drift,
+from ...theory import expected_loss_curve, expected_virial_curve, stationary_loss
+from .chain import (
+    ChainsSoFar,
+    ChainStep,
+    Diverged,
+    largest_curvature,
+    quadratic_defect,
+    run_chains,
 )
-from ..theory import expected_loss_curve, expected_virial_curve, stationary_loss
-from ._langevin_chain import ChainStep, Diverged, largest_curvature, run_chains
-from ._langevin_plan import (
+from .parallel import chain_groups
+from .plan import (
     LangevinPlan,
     aimed,
     noise_variance,
@@ -40,7 +41,7 @@ from ._langevin_plan import (
     rebudgeted,
     resolve_plan,
 )
-from ._parallel import chain_groups
+from .readout import Attempt, Start, read, settled_at, summarize
 
 __all__ = [
     "LangevinRank",
@@ -51,6 +52,10 @@ __all__ = [
 
 
 _MAX_REDUCTIONS = 6
+# The median even-to-odd gradient ratio above which the chains left the quadratic
+# region: rounding for a quadratic, 0.01-0.14 for a trained tanh regression net whose
+# count held, 1.0 for a ReLU net whose count did not (benchmarks/first_try.py)
+_QUADRATIC_DEFECT = 0.25
 _VIRIAL_STEP = 1.5  # η·μmax of the automatic step with the virial readout
 # Elements per chunk of the fused update on a CPU (2 MB of float64 per array): the
 # passes over the chains' state then run in cache (3× faster at d = 256).
@@ -212,7 +217,7 @@ class LangevinRank:
 
     def plan(self) -> LangevinPlan:
         """The options with the variant's defaults filled in (see
-        :func:`~._langevin_plan.resolve_plan`): what ``estimate`` runs."""
+        :func:`~.plan.resolve_plan`): what ``estimate`` runs."""
         return resolve_plan(self)
 
     @sized_threads
@@ -235,7 +240,7 @@ class LangevinRank:
         needs = Capability.GRAD | (
             Capability.LOSS if plan.readout == "loss" else Capability.NONE
         )
-        run = Run.begin(
+        with Run.begin(
             self,
             obj,
             needs,
@@ -244,101 +249,110 @@ class LangevinRank:
             total=plan.n_steps,
             unit="step",
             **checkpointing,
-        )
-        try:
-            root = preconditioner_root(self, run.meter)
-        except MatrankValueError:
-            run.close()
-            raise
+        ) as run:
+            return self._phases(run, plan)
+        return run.stopped()
+
+    def _phases(self, run: Run, plan: LangevinPlan) -> RankResult:
+        """start (``L(θ0)``, ``∇L(θ0)``, ``μmax``) → chains (restarted with half the step
+        while they diverge) → readout."""
+        root = preconditioner_root(self, run.meter)
+        run.enter("start")
         loss0, tilt, mu_max = run.cached("start", lambda: self._start(run, plan, root))
         if tilt is not None:
             tilt = tilt.to(run.meter.device)
+        start = Start(loss0, tilt, mu_max, root)
         if plan.step_size == "auto":
             factor = _VIRIAL_STEP if plan.readout == "virial" else 0.1
             eta = factor / (mu_max + self.localization)
         else:
             eta = float(plan.step_size)
         reductions: list[dict[str, float]] = []
+        sofar = ChainsSoFar()
+        attempt: Attempt | None = None
+
+        def interim() -> Interim | None:  # Ctrl-C: the steps run so far
+            if attempt is None or sofar.done < 2:
+                return None
+            readings = sofar.readings[: sofar.done]
+            summary = summarize(self, attempt.plan, readings, attempt.eta, interrupted=True)
+            found = read(
+                self, attempt, start, readings, summary, reductions, interrupted=True
+            )
+            return found[0]
+
+        run.interim = interim
         while True:
             plan, eta = aimed(self, plan, eta, run)
             if reductions:  # a restart spends what the failed chains left, no more
                 plan = rebudgeted(self, plan, run, reductions)
+            run.enter("chains")
+            attempt = Attempt(plan, eta, *noise_variance(run.meter, plan, root, eta, tilt))
             try:
-                sigma2, rule = noise_variance(run.meter, plan, root, eta, tilt)
                 readings, summary, status = self._chains(
-                    run, plan, root, eta, sigma2, tilt, loss0, len(reductions)
+                    run, attempt, start, len(reductions), sofar
                 )
                 break
             except Diverged as diverged:
-                if self.variant == "paper":
-                    run.close()
-                    raise MatrankValueError(
-                        message(
-                            "step_size",
-                            "small enough for a stable chain (η·μmax < 2), at a minimum",
-                            f"{eta:g}, with which the chain diverged at step "
-                            f"{diverged.step}",
-                        )
-                    ) from None
-                if len(reductions) == _MAX_REDUCTIONS:
-                    # η·μmax ≤ 1.5/64 by now: no instability is left that a smaller
-                    # step would cure, only curvature that is negative
-                    run.close()
-                    raise MatrankValueError(
-                        message(
-                            "theta0",
-                            "a minimum of the loss (chains stable at some step size)",
-                            f"a point where the chains ran away at every step size "
-                            f"tried, down to η = {eta:.3g} (step {diverged.step}): "
-                            "negative curvature, a saddle or a maximum; count |λ| with "
-                            "method='lanczos' or 'exact' (Hessian-vector products)",
-                        )
-                    ) from None
-                reductions.append({"step_size": eta, "diverged_at": diverged.step})
-                warnings.warn(
-                    f"the Langevin chains diverged at step {diverged.step} with "
-                    f"η = {eta:.3g}; restarting them with η = {eta / 2:.3g}",
-                    MatrankWarning,
-                    stacklevel=2,
-                )
-                eta /= 2
-        mean_trace = readings.mean(dim=1).numpy()
-        evidence = None
-        if plan.readout == "virial" and status is not Status.INTERRUPTED:
-            evidence = runaway(readings, summary["diagnostics"]["burn_in"])
-            if evidence is not None:
-                status = Status.NEGATIVE_CURVATURE
-        drift = window_drift(readings, summary["diagnostics"]["burn_in"])
-        if status is Status.CONVERGED and drift[0] < -3 * drift[1]:
+                eta = self._restart(eta, diverged, reductions)
+        run.enter("check")
+        assert sofar.delta is not None
+        gradient0 = tilt if tilt is not None else run.meter.grad(run.meter.theta0[None])[0]
+        defect = quadratic_defect(run.meter, sofar.delta, gradient0)
+        run.enter("readout")
+        found, evidence = read(
+            self, attempt, start, readings, summary, reductions, interrupted=False
+        )
+        found.diagnostics["quadratic_defect"] = defect.numpy()
+        if evidence is not None:
+            status = Status.NEGATIVE_CURVATURE
+        elif status is Status.CONVERGED and float(defect.median()) > _QUADRATIC_DEFECT:
+            status = Status.NOT_QUADRATIC
+        elif status is Status.CONVERGED and found.diagnostics["drift"][0] < (
+            -3 * found.diagnostics["drift"][1]
+        ):
             status = Status.NOT_STATIONARY  # equilibration only ever raises a count
-        diagnostics: dict[str, Any] = {
-            "negative_curvature": evidence,
-            "variant": self.variant,
-            "readout": plan.readout,
-            "step_size": eta,
-            "mu_max": mu_max,
-            "sigma2": sigma2,
-            "sigma2_rule": rule,
-            "gradient_norm_at_theta0": (
-                None if tilt is None else float(torch.linalg.vector_norm(tilt))
-            ),
-            "localization": self.localization,
-            "readings": mean_trace,
-            "loss0": loss0,
-            "steps_done": readings.shape[0],
-            "step_reductions": reductions,
-            "drift": drift,
-            **summary.pop("diagnostics"),
-        }
-        if plan.readout == "loss":
-            diagnostics["loss_excess"] = mean_trace * sigma2 / 4.0
         return run.result(
-            summary["rank"],
-            stderr=summary["stderr"],
-            threshold=summary["threshold"],
-            diagnostics=diagnostics,
+            found.rank,
+            stderr=found.stderr,
+            threshold=found.threshold,
+            diagnostics=found.diagnostics,
             status=status,
         )
+
+    def _restart(
+        self, eta: float, diverged: Diverged, reductions: list[dict[str, float]]
+    ) -> float:
+        """The step size to restart diverged chains with (half), or a refusal."""
+        if self.variant == "paper":
+            raise MatrankValueError(
+                message(
+                    "step_size",
+                    "small enough for a stable chain (η·μmax < 2), at a minimum",
+                    f"{eta:g}, with which the chain diverged at step {diverged.step}",
+                )
+            ) from None
+        if len(reductions) == _MAX_REDUCTIONS:
+            # η·μmax ≤ 1.5/64 by now: no instability is left that a smaller step would
+            # cure, only curvature that is negative
+            raise MatrankValueError(
+                message(
+                    "theta0",
+                    "a minimum of the loss (chains stable at some step size)",
+                    f"a point where the chains ran away at every step size tried, down "
+                    f"to η = {eta:.3g} (step {diverged.step}): negative curvature, a "
+                    "saddle or a maximum; count |λ| with method='lanczos' or 'exact' "
+                    "(Hessian-vector products)",
+                )
+            ) from None
+        reductions.append({"step_size": eta, "diverged_at": diverged.step})
+        warnings.warn(
+            f"the Langevin chains diverged at step {diverged.step} with "
+            f"η = {eta:.3g}; restarting them with η = {eta / 2:.3g}",
+            MatrankWarning,
+            stacklevel=5,
+        )
+        return eta / 2
 
     def _start(
         self, run: Run, plan: LangevinPlan, root: torch.Tensor | None
@@ -359,15 +373,14 @@ class LangevinRank:
     def _chains(
         self,
         run: Run,
-        plan: LangevinPlan,
-        root: torch.Tensor | None,
-        eta: float,
-        sigma2: float,
-        tilt: torch.Tensor | None,
-        loss0: float,
-        attempt: int,
+        attempt: Attempt,
+        start: Start,
+        index: int,
+        sofar: ChainsSoFar,
     ) -> tuple[torch.Tensor, dict[str, Any], Status]:
         """The chains from ``θ0``; readings (steps × chains, rank units), summary, status."""
+        plan, eta, sigma2 = attempt.plan, attempt.eta, attempt.sigma2
+        root, tilt, loss0 = start.root, start.tilt, start.loss0
         meter = run.meter
         n, device = meter.dim, meter.device
         total, chains = plan.n_steps, plan.n_chains
@@ -383,7 +396,7 @@ class LangevinRank:
         rounds: list[dict[str, Any]] = []
 
         def settled(readings: torch.Tensor) -> bool:
-            summary = self._summarize(plan, readings, eta)
+            summary = summarize(self, plan, readings, eta)
             rounds.append(
                 {
                     "steps": readings.shape[0],
@@ -391,7 +404,7 @@ class LangevinRank:
                     "stderr": summary["stderr"],
                 }
             )
-            return self._settled(rounds)
+            return settled_at(self, rounds)
 
         checks = [] if self.rtol is None else list(doubling_checks(128, total))[:-1]
         common: dict[str, Any] = {
@@ -402,25 +415,20 @@ class LangevinRank:
             "loss0": loss0,
             "checks": checks,
             "settled": settled,
+            "sofar": sofar,
         }
         if self.n_jobs is not None:
-            readings, status = chain_groups(
-                run, step, n_jobs=self.n_jobs, attempt=attempt, **common
-            )
+            readings = chain_groups(run, step, n_jobs=self.n_jobs, attempt=index, **common)
         else:
-            readings, status = run_chains(
-                run, step, extra=rounds, key=f"chains {attempt}", **common
-            )
+            readings = run_chains(run, step, extra=rounds, key=f"chains {index}", **common)
+        status = Status.CONVERGED
         done = readings.shape[0]
-        readings = readings[:done]
-        summary = self._summarize(
-            plan, readings, eta, interrupted=status is Status.INTERRUPTED
-        )
+        summary = summarize(self, plan, readings, eta)
         if self.rtol is not None and status is Status.CONVERGED:
             rounds.append(
                 {"steps": done, "rank": summary["rank"], "stderr": summary["stderr"]}
             )
-            if not self._settled(rounds):
+            if not settled_at(self, rounds):
                 status = Status.BUDGET_EXHAUSTED
                 growth = [
                     f"{b['rank'] - a['rank']:+.3g}" for a, b in itertools.pairwise(rounds)
@@ -436,53 +444,3 @@ class LangevinRank:
                 )
             summary["diagnostics"]["rounds"] = rounds
         return readings, summary, status
-
-    def _settled(self, rounds: list[dict[str, Any]]) -> bool:
-        if self.rtol is None or len(rounds) < 2:
-            return False
-        last, previous = rounds[-1], rounds[-2]
-        scale = self.rtol * max(abs(last["rank"]), 1.0)
-        return last["stderr"] <= scale and abs(last["rank"] - previous["rank"]) <= scale
-
-    def _summarize(
-        self,
-        plan: LangevinPlan,
-        readings: torch.Tensor,
-        eta: float,
-        *,
-        interrupted: bool = False,
-    ) -> dict[str, Any]:
-        """Estimate, stderr and threshold from ``readings`` (steps × chains)."""
-        steps, _chains = readings.shape
-        average = plan.n_average or 0
-        mean_trace = readings.mean(dim=1).numpy()
-        if self.variant == "paper" and not interrupted:
-            begin = steps - average
-        elif plan.n_average is not None:
-            begin = steps - average if average < steps else steps // 2
-        else:
-            begin = mser_start(mean_trace)
-        rank, stderr, per_chain = window_average(readings, begin)
-        diagnostics: dict[str, Any] = {
-            "n_average": steps - begin,
-            "burn_in": begin,
-            "per_chain": per_chain,
-        }
-        if self.variant == "paper":
-            threshold = 1.0 / (2 * eta * max(steps, 1))
-        else:
-            threshold, fit, spread, edge = matched_threshold_terms(readings, eta, begin)
-            diagnostics.update(
-                threshold_fit=fit,
-                sampling_stderr=float(stderr),
-                threshold_stderr=spread,
-                edge_stderr=edge,
-            )
-            stderr = math.sqrt(float(stderr) ** 2 + spread**2 + edge**2)
-            threshold = max(threshold, self.localization)
-        return {
-            "rank": float(rank),
-            "stderr": float(stderr),
-            "threshold": threshold,
-            "diagnostics": diagnostics,
-        }

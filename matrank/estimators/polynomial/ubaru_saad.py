@@ -9,27 +9,30 @@ on purpose, quirks included. :class:`~matrank.PolynomialRank` with
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .._result import RankResult
-from .._run import Run
-from .._validation import MatrankValueError, message
-from ..numerics.chebyshev import (
+from ..._result import RankResult
+from ..._run import Run
+from ..._validation import MatrankValueError, message
+from ...numerics.chebyshev import (
     chebyshev_moments,
     kpm_density,
     lanczos_sigma_damping,
     step_coefficients,
 )
-from ..numerics.krylov import spectral_bounds
-from ..numerics.trace import mean_and_stderr, probe_block
+from ...numerics.krylov import spectral_bounds
+from ...numerics.trace import mean_and_stderr, probe_block
+
+if TYPE_CHECKING:
+    from . import PolynomialRank
 
 __all__ = ["ubaru_saad_density", "ubaru_saad_estimate", "ubaru_saad_gap"]
 
 
-def ubaru_saad_estimate(options: Any, run: Run) -> RankResult:
+def ubaru_saad_estimate(options: PolynomialRank, run: Run) -> RankResult:
     """``λmin = 0``, the interval padded by ``1e-5``, unit Gaussian probes, moments by the
     plain recurrence, the Jackson-damped density on their grid, their ``find_gap`` rule,
     and a Lanczos-σ-damped step on ``[gap, λmax]`` (``PolynomialRank`` Notes)."""
@@ -82,7 +85,9 @@ def ubaru_saad_estimate(options: Any, run: Run) -> RankResult:
     )  # (m, degree + 1)
 
     grid, density = ubaru_saad_density(moments, low, high, options.n_points)
-    gap = ubaru_saad_gap(grid, density) if options.threshold is None else options.threshold
+    given = options.threshold
+    assert not isinstance(given, str)  # 'floor' is refused with the options
+    gap = ubaru_saad_gap(grid, density) if given is None else float(given)
     a = (gap - center) / half_width
     coefficients = step_coefficients(a, 1.0, degree) * lanczos_sigma_damping(degree)
     samples = n * (moments @ coefficients)

@@ -1,0 +1,244 @@
+"""The Lanczos count's start and growth: the basis grows by blocks until its count is
+certified, the dense path is cheaper, or the basis or budget is spent."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from ..._run import Interim, Run
+from ...numerics.counting import (
+    Assessment,
+    CountingState,
+    assess_basis,
+    verification_steps,
+)
+from ...numerics.krylov import BlockKrylov
+from .dense import affordable, dense_is_cheaper, worth_switching
+from .pilot import Pilot, run_pilot
+from .plan import LanczosPlan
+
+__all__ = ["End", "Growth", "grow_basis", "pilot_interim", "start_basis"]
+
+# the widest block the harvest doubles to (the fastest in benchmarks/lanczos_speed.py)
+_WIDEST = 128
+
+
+class End(enum.Enum):
+    """Why the basis stopped growing."""
+
+    CERTIFIED = "certified"  #: the count is exact (or the basis is all of R^n)
+    DENSE = "dense"  #: the dense path is cheaper from here
+    SPENT = "spent"  #: the basis or the budget is spent: SLQ reads the rest
+
+
+@dataclasses.dataclass
+class Growth:
+    """The growing basis and its bookkeeping (what a checkpoint keeps)."""
+
+    krylov: BlockKrylov
+    state: CountingState
+    current: int  #: columns of the next block
+    pilot: Pilot | None = None
+    latest: Assessment | None = None
+    switched_early_at: int | None = None
+
+    @property
+    def threshold(self) -> float:
+        return 0.0 if self.latest is None else self.latest.threshold
+
+    def diagnostics(self) -> dict[str, Any]:
+        """What the phases before the readout add to the diagnostics."""
+        found: dict[str, Any] = {}
+        if self.pilot is not None:
+            found["pilot"] = dataclasses.asdict(self.pilot)
+        if self.switched_early_at is not None:
+            found["switched_early_at"] = self.switched_early_at
+        return found
+
+
+def start_basis(run: Run, plan: LanczosPlan, krylov: BlockKrylov) -> Growth:
+    """A restored basis, or a fresh one: from the pilot's range start where it chose one,
+    else empty (the first block is random)."""
+    saved = run.restore("krylov", expect=lambda state: krylov.fits(state["krylov"]))
+    if saved is not None:
+        krylov.load_state_dict(saved["krylov"])
+        growth = Growth(
+            krylov,
+            CountingState(*saved["counting"]),
+            saved["current"],
+            pilot=None if saved["pilot"] is None else Pilot(**saved["pilot"]),
+        )
+        growth.latest = _assess(plan, growth, unless=saved["assessed_with"])
+        return growth
+    growth = Growth(krylov, CountingState(), plan.block)
+    if plan.n >= plan.pilot_from:
+        run.enter("pilot")
+        growth.pilot = Pilot(
+            *run.cached(
+                "pilot",
+                lambda: dataclasses.astuple(
+                    run_pilot(
+                        run,
+                        plan.threshold,
+                        plan.eps,
+                        dense_max=plan.dense_max,
+                        block=plan.block,
+                        max_basis=plan.max_basis,
+                    )
+                ),
+            )
+        )
+    return growth
+
+
+def pilot_interim(pilot: Pilot) -> Interim:
+    """The pilot's estimate: the best so far until the basis is assessed."""
+    return Interim(
+        pilot.count,
+        pilot.stderr,
+        pilot.threshold,
+        {"pilot": dataclasses.asdict(pilot), "path": "pilot"},
+    )
+
+
+def grow_basis(run: Run, plan: LanczosPlan, growth: Growth) -> End:
+    """Grow the basis block by block (see :class:`~matrank.LanczosRank`'s notes)."""
+    run.enter("grow")
+    krylov, state = growth.krylov, growth.state
+    pilot = growth.pilot
+    if pilot is not None and pilot.path == "range start" and krylov.size == 0:
+        before = run.meter.matvecs
+        krylov.start_from_range(pilot.start_block)
+        run.bar.update(run.meter.matvecs - before)
+        # a range start is assessed before any block is added
+        state.steps += 1
+        growth.latest = _assess(plan, growth)
+        state.assessed_size = krylov.size
+        state.update(growth.latest.counted, growth.latest.certain, _required(plan, growth))
+    while True:
+        end = _extend(run, plan, growth)
+        if end is not None:
+            return end
+        # The Ritz problem costs O(k³): solve it when the basis has grown by k/8
+        # columns since the last solve, so it stays a fixed fraction of the
+        # orthogonalization work (always while verifying).
+        if not state.verifying and krylov.size - state.assessed_size < krylov.size // 8:
+            continue
+        grown_basis = krylov.size - state.assessed_size
+        state.assessed_size = krylov.size
+        # While the count still grows nothing can be certified: the eigenvalues alone
+        # (a third of the cost of eigenpairs at k = 4500) decide that.
+        assessed_with = state.last_count
+        latest = growth.latest = _assess(plan, growth, unless=assessed_with)
+        count, certain = latest.counted, latest.certain
+        run.bar.set_postfix(rank=count, basis=krylov.size, certain=certain)
+        grown = count - state.last_count
+        if state.update(count, certain, _required(plan, growth)):
+            return End.CERTIFIED
+        _widen(plan, growth, grown, certain)
+        if _dense_pays(run, plan, growth, grown >= 0.5 * grown_basis):
+            return End.DENSE
+        if plan.max_basis < plan.n and count > plan.max_basis // 2 and not certain:
+            # A certain count needs a basis of r (distinct eigenvalues) to 2r
+            # (multiplicities): past half the budget, stop spending on the basis.
+            growth.switched_early_at = krylov.size
+            return End.SPENT
+        if run.due():
+            run.record(
+                "krylov",
+                {
+                    "krylov": krylov.state_dict(),
+                    "counting": dataclasses.astuple(state),
+                    "current": growth.current,
+                    "assessed_with": assessed_with,
+                    "pilot": None if pilot is None else dataclasses.asdict(pilot),
+                },
+            )
+
+
+def _extend(run: Run, plan: LanczosPlan, growth: Growth) -> End | None:
+    """Add the next block (and a fresh random one when verification starts); an end
+    when the basis cannot grow."""
+    krylov, state = growth.krylov, growth.state
+    extra = 0
+    if state.inject and krylov.next_kept > 0:
+        # A fresh random block: in place of the Krylov continuation when that is
+        # negligible next to τ (a stagnated sequence in a noise band), else beside it.
+        if krylov.next_norm <= 0.01 * growth.threshold:
+            krylov.restart()
+        else:
+            extra = growth.current
+    if krylov.size >= plan.n:  # the basis is all of R^n: the count is exact
+        return End.CERTIFIED
+    room = min(plan.max_basis - krylov.size, plan.max_matvecs - run.meter.matvecs)
+    needed = min(growth.current, plan.n - krylov.size)
+    if room < needed:
+        return End.SPENT
+    extra = min(extra, room - needed)
+    if state.inject:
+        state.begin_verification()
+    before = run.meter.matvecs
+    if krylov.extend(growth.current, extra) == 0:
+        return End.CERTIFIED
+    state.steps += 1
+    run.bar.update(run.meter.matvecs - before)
+    return None
+
+
+def _widen(plan: LanczosPlan, growth: Growth, grown: int, certain: bool) -> None:
+    """Wide blocks make cheaper columns, but each widening adds random columns the basis
+    must carry: double the block (up to ``_WIDEST``) while a step harvests nearly a
+    block of new counted eigenvalues; verification goes back to the base."""
+    block, current = plan.block, growth.current
+    if certain:
+        growth.current = block
+    elif grown >= 0.75 * current:
+        growth.current = min(2 * current, max(block, _WIDEST), max(1, plan.max_basis // 4))
+    else:  # the harvest slows: carry on with what the Krylov sequence still holds
+        growth.current = max(block, min(current, growth.krylov.next_kept))
+
+
+def _dense_pays(run: Run, plan: LanczosPlan, growth: Growth, harvesting: bool) -> bool:
+    """Whether to stop growing for the dense path (see :mod:`.dense`)."""
+    latest, krylov, pilot = growth.latest, growth.krylov, growth.pilot
+    assert latest is not None
+    if not plan.dense_max or latest.certain:
+        return False
+    if not affordable(run, plan.n, plan.max_matvecs):
+        return False
+    if worth_switching(plan.n, krylov.size, latest.counted, plan.dense_max):
+        return True
+    return (
+        pilot is not None
+        and plan.n <= plan.dense_max
+        and dense_is_cheaper(
+            run,
+            plan.n,
+            krylov.size,
+            latest.counted,
+            pilot.count,
+            harvesting=harvesting,
+        )
+    )
+
+
+def _assess(plan: LanczosPlan, growth: Growth, unless: int | None = None) -> Assessment:
+    return assess_basis(
+        growth.krylov,
+        plan.n,
+        plan.eps,
+        plan.block_size,
+        plan.threshold,
+        unless_count_differs_from=unless,
+    )
+
+
+def _required(plan: LanczosPlan, growth: Growth) -> int:
+    """Verification steps: the user's, or from the gap at τ."""
+    latest = growth.latest
+    assert latest is not None
+    return plan.verify_steps or verification_steps(
+        latest.values, latest.threshold, latest.floor, plan.n, plan.block
+    )

@@ -1,0 +1,134 @@
+"""The Lanczos count past its exact budget: deflation by the converged Ritz vectors, then
+stochastic Lanczos quadrature on the complement."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import torch
+
+from ..._result import Status
+from ..._run import Run
+from ...numerics.deflation import converged_basis, projected
+from ...numerics.krylov import BlockKrylov
+from ...numerics.quadrature import lanczos_quadrature
+from ...numerics.threshold import ThresholdChoice, noise_floor, resolve_threshold
+from ...numerics.trace import mean_and_stderr, probe_block
+from .plan import BASIS_BYTES, LanczosPlan
+
+__all__ = ["SlqCount", "slq_count"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SlqCount:
+    """The count past the basis: ``deflated + mean`` of the probes' counts."""
+
+    rank: float
+    stderr: float | None
+    status: Status
+    threshold: float  #: τ of the count (re-read from the nodes under the plateau rule)
+    floor: float  #: the noise floor, raised by the nodes' top where it is higher
+    diagnostics: dict[str, Any]
+
+
+def slq_count(
+    run: Run,
+    plan: LanczosPlan,
+    krylov: BlockKrylov,
+    values: torch.Tensor,
+    vectors: torch.Tensor,
+    threshold: float,
+    floor: float,
+) -> SlqCount:
+    """Deflate by the converged Ritz vectors above τ, then SLQ on the complement."""
+    meter, generator = run.meter, run.generator
+    n, dtype, device = meter.dim, meter.dtype, meter.device
+    residuals = krylov.residual_norms(vectors)
+    converged = (values.abs() - residuals > threshold) & (residuals <= 1e-3 * values.abs())
+    captured = converged_basis(krylov, vectors, converged)  # (n, c)
+    deflated = int(captured.shape[1])
+    remaining = plan.max_matvecs - meter.matvecs
+    steps = min(plan.slq_steps, n - deflated)
+    n_probes = plan.n_probes or remaining // steps
+    if n_probes < 2 or steps < 2:
+        return SlqCount(
+            float((values.abs() > threshold).sum()),
+            None,
+            Status.BUDGET_EXHAUSTED,
+            threshold,
+            floor,
+            {"path": "krylov (budget too small for SLQ)"},
+        )
+
+    product = projected(meter.hvp, captured)
+
+    probes = probe_block(
+        n,
+        n_probes,
+        kind=plan.probes,
+        generator=generator,
+        dtype=dtype,
+        device=device,
+        orthogonal_to=captured,
+    )
+    chunk = max(1, BASIS_BYTES // (8 * n * steps))
+    all_nodes: list[torch.Tensor] = []
+    all_weights: list[torch.Tensor] = []
+    for begin in range(0, n_probes, chunk):
+        block = functools.partial(
+            lanczos_quadrature,
+            product,
+            probes[:, begin : begin + chunk],
+            steps,
+            fixed_node=0.0,
+        )
+        nodes, weights = run.cached(f"slq {begin}", block)
+        all_nodes.append(nodes)
+        all_weights.append(weights)
+    nodes, weights = torch.cat(all_nodes), torch.cat(all_weights)
+    # the nodes see the whole spectrum: their top raises a floor that a small basis
+    # (or none) set too low, so that nothing under rounding is ever counted
+    top = float(nodes.abs().max()) if nodes.numel() else 0.0
+    floor = max(floor, noise_floor(top, n, plan.eps))
+    diagnostics: dict[str, Any] = {}
+    choice = None
+    if plan.threshold == "floor":
+        threshold = floor
+    elif plan.threshold is None:
+        threshold, choice = _reread(values, converged, nodes, weights, floor)
+        diagnostics["plateau"] = dataclasses.asdict(choice)
+    samples = (weights * (nodes.abs() > threshold)).sum(dim=1)
+    mean, stderr = mean_and_stderr(samples)
+    diagnostics.update(
+        path="slq",
+        deflated=deflated,
+        slq_probes=n_probes,
+        slq_steps=steps,
+        slq_samples=samples.numpy(),
+        slq_threshold=float(threshold),
+    )
+    return SlqCount(
+        deflated + mean, stderr, Status.of_choice(choice), threshold, floor, diagnostics
+    )
+
+
+def _reread(
+    values: torch.Tensor,
+    converged: torch.Tensor,
+    nodes: torch.Tensor,
+    weights: torch.Tensor,
+    floor: float,
+) -> tuple[float, ThresholdChoice]:
+    """τ by the plateau rule on the Ritz values and the quadrature nodes that carry real
+    mass (≥ 0.01 eigenvalue per probe; nodes in a spectral gap carry almost none)."""
+    pooled = torch.cat([values.abs(), nodes[weights >= 0.01].abs()]).numpy()
+    threshold, choice = resolve_threshold(pooled, floor, None)
+    assert choice is not None  # the plateau rule always reports its choice
+    if choice.runner_up_threshold is not None:  # a count of nodes: read it as one
+        other = choice.runner_up_threshold
+        kept = int((values[converged].abs() > other).sum())
+        rest = (weights * (nodes.abs() > other)).sum(dim=1).mean()
+        choice = dataclasses.replace(choice, runner_up_count=kept + float(rest))
+    return threshold, choice
