@@ -26,6 +26,7 @@ import scipy.sparse.linalg
 import torch
 
 from ._api import estimate_rank
+from ._oracle import materialize
 from ._validation import MatrankTypeError, MatrankValueError, check_int, message
 from .numerics.trace import mean_and_stderr, probe_block
 
@@ -412,17 +413,11 @@ def theorem_constant(model: torch.nn.Module, inputs: torch.Tensor) -> float:
     return depth * 2**0.5 * m_x**2 * power + tail
 
 
-def _dense(oracle: Any, block: int = 256) -> np.ndarray:
-    """``H`` in float64 from products with the identity's columns, ``block`` at a time,
-    symmetrized (the products are symmetric to rounding)."""
-    n = oracle.dim
-    eye = torch.eye(n, dtype=oracle.dtype, device=oracle.device)
+def _dense(oracle: Any) -> np.ndarray:
+    """``H`` in float64 (:func:`~matrank.materialize`: free for an explicit matrix, ``n``
+    products otherwise), symmetrized (the products are symmetric to rounding)."""
     with torch.no_grad():
-        columns = [
-            oracle.hvp(eye[:, j : j + block]).to(torch.float64).cpu()
-            for j in range(0, n, block)
-        ]
-    dense = torch.cat(columns, dim=1).numpy()
+        dense = materialize(oracle).to("cpu", torch.float64).numpy()
     return 0.5 * (dense + dense.T)
 
 

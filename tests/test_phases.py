@@ -82,7 +82,7 @@ CASES = {
         "langevin",
         lambda: rotated_spectrum(30, 6, cond=2, seed=0),
         {},
-        {"start", "chains"},
+        {"start", "chains", "check"},
     ),
 }
 

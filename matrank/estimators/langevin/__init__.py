@@ -255,7 +255,7 @@ class LangevinRank:
 
     def _phases(self, run: Run, plan: LangevinPlan) -> RankResult:
         """start (``L(θ0)``, ``∇L(θ0)``, ``μmax``) → chains (restarted with half the step
-        while they diverge) → readout."""
+        while they diverge) → check (the loss quadratic where they went) → readout."""
         root = preconditioner_root(self, run.meter)
         run.enter("start")
         loss0, tilt, mu_max = run.cached("start", lambda: self._start(run, plan, root))
