@@ -105,27 +105,23 @@ class _Sampling:
             self.history.append((self.kept, look.count))
         return look
 
+    #: what a checkpoint keeps, in this order (the look is recomputed)
+    SAVED: ClassVar[tuple[str, ...]] = (
+        "total",
+        "kept",
+        "populations",
+        "soft",
+        "excess",
+        "history",
+        "next_check",
+    )
+
     def state(self) -> tuple[Any, ...]:
-        return (
-            self.total,
-            self.kept,
-            self.populations,
-            self.soft,
-            self.excess,
-            self.history,
-            self.next_check,
-        )
+        return tuple(getattr(self, name) for name in self.SAVED)
 
     def load(self, saved: tuple[Any, ...]) -> None:
-        (
-            self.total,
-            self.kept,
-            self.populations,
-            self.soft,
-            self.excess,
-            self.history,
-            self.next_check,
-        ) = saved
+        for name, value in zip(self.SAVED, saved, strict=True):
+            setattr(self, name, value)
 
 
 def null_band(dimension: int, kept: int) -> tuple[float, float]:
