@@ -58,9 +58,12 @@ def _one(obj: Any, method: str, seed: int, options: dict[str, Any]) -> Any:
     from ._api import estimate_rank
 
     try:
-        return estimate_rank(obj, method=method, seed=seed, **options)
+        result = estimate_rank(obj, method=method, seed=seed, **options)
     except Exception as error:  # reported in the item's place; the sweep goes on
         return error
+    if result.status.name == "INTERRUPTED":  # Ctrl-C stops the sweep, not one item
+        raise KeyboardInterrupt
+    return result
 
 
 def _unsendable(items: Sequence[Any], n_jobs: int | None) -> dict[int, BaseException]:
@@ -117,6 +120,8 @@ def estimate_many(
     list
         In input order: a :class:`~matrank.RankResult` per item, or an
         :class:`EstimateFailure` where the estimate raised (the others are kept).
+        Ctrl-C stops the sweep: ``KeyboardInterrupt``, not an interrupted item
+        followed by the next one.
     """
     import joblib
     from tqdm.auto import tqdm

@@ -222,3 +222,12 @@ def test_an_error_inside_the_run_closes_it_and_keeps_the_checkpoint(tmp_path):
             checkpoint_every=0,
         )
     assert path.exists() and not path.with_name(path.name + ".lock").exists()
+
+
+def test_ctrl_c_in_a_sweep_stops_the_sweep():
+    # an estimate returns INTERRUPTED; estimate_many must not go on to the next item
+    matrix = rotated_spectrum(300, 30, seed=0)
+    items = [Flaky(matrix), Flaky(matrix, calls=3, error=KeyboardInterrupt), Flaky(matrix)]
+    with pytest.raises(KeyboardInterrupt):
+        matrank.estimate_many(items, method="lanczos", seed=0, n_jobs=1)
+    assert items[0].answered > 0 and items[2].answered == 0
