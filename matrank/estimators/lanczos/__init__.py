@@ -81,9 +81,9 @@ class LanczosRank:
     deflation tolerance ``δ = 100·sqrt(n)·eps·‖A‖`` is dropped as rounding: the count
     vouches only for ``τ`` above the **resolution** ``3δ·sqrt((n − k)/block_size)``,
     about ``53·n·eps·‖A‖`` at 32 columns -- 53 times numpy's floor. Below it a count
-    can miss eigenvalues and still look certain (at ``n = 112,810``, 660 counted above
-    ``3e-11·λmax`` where 681 lie; ``benchmarks/curvature_ranks.py``), so the floor is
-    raised to it.
+    can miss eigenvalues and still look certain (measured: ``benchmarks/README.md``,
+    ``curvature_ranks.py``), so the floor is raised to it. A basis of all of ``R^n``
+    has no resolution limit.
 
     ``verify_steps=None`` takes the fewest ``s`` with ``g^s ≥ 10·sqrt(n/block_size)``,
     ``g = τ/(largest uncounted |θ|)``: a hidden eigenvalue above ``τ``, amplified

@@ -53,8 +53,8 @@ __all__ = [
 
 _MAX_REDUCTIONS = 6
 # The median even-to-odd gradient ratio above which the chains left the quadratic
-# region: rounding for a quadratic, 0.01-0.14 for a trained tanh regression net whose
-# count held, 1.0 for a ReLU net whose count did not (benchmarks/first_try.py)
+# region (rounding for a quadratic, ≈ 1 across a kink; measured on trained nets in
+# benchmarks/README.md, first_try.py)
 _QUADRATIC_DEFECT = 0.25
 _VIRIAL_STEP = 1.5  # η·μmax of the automatic step with the virial readout
 # Elements per chunk of the fused update on a CPU (2 MB of float64 per array): the
