@@ -48,8 +48,9 @@ class Status(enum.Enum):
     NOT_QUADRATIC = (
         "the loss is not quadratic where the sampler's chains went (diagnostics"
         "['quadratic_defect']: the gradients at θ0 ± δ of their last positions are not "
-        "antisymmetric, as a quadratic's are): kinks (ReLU), a saddle or large "
-        "higher-order terms gave them another curvature than the Hessian at θ0; lower "
+        "∇f(θ0) ± Hδ, as a quadratic's are): kinks (ReLU), a well they left, a saddle "
+        "or large higher-order terms gave them another curvature than the Hessian H at "
+        "θ0; lower "
         "`sigma2` or raise `localization` to keep them closer, or count the Hessian "
         "with method='lanczos' or 'exact' (Hessian-vector products)"
     )

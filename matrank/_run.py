@@ -454,6 +454,8 @@ def _negative(
     if stderr is not None and -rank <= min(2 * stderr, 1.0):
         return 0.0, stderr, status, diagnostics
     diagnostics = {**diagnostics, "negative_estimate": rank}
-    if status.converged:
+    # chains that escape down a saddle have left the quadratic region too: the
+    # negative curvature is the cause to name
+    if status.converged or status is Status.NOT_QUADRATIC:
         status = Status.NEGATIVE_CURVATURE
     return math.nan, None, status, diagnostics

@@ -47,8 +47,9 @@ def test_paper_mode_matches_the_discrete_chain_expectation():
             expected,
             result.stderr,
         )
-        # the steps, then the quadratic check: ∇f(θ0) and ∇f(θ0 ± δ) of each chain
-        assert result.cost["gradients"] == 64 * 400 + 1 + 2 * 64
+        # the steps, then the quadratic check: ∇f(θ0), then ∇f(θ0 ± δ) and
+        # ∇f(θ0 ± δ/2) of each chain
+        assert result.cost["gradients"] == 64 * 400 + 1 + 4 * 64
         assert result.cost["evals"] == 64 * 400 + 1
 
 
@@ -129,16 +130,16 @@ def test_auto_runs_the_virial_langevin_on_gradient_only_oracles():
     assert auto.diagnostics["readout"] == "virial"
     assert auto.diagnostics["step_size"] == pytest.approx(1.5, rel=0.01)
     # min(20, n) = 3 central differences of 2 gradients each find μmax
-    # the budget keeps 40 gradients for the step, 1 for ∇L(θ0) and 2 a chain for the
+    # the budget keeps 40 gradients for the step, 1 for ∇L(θ0) and 4 a chain for the
     # quadratic check; min(20, n) = 3 central differences of 2 gradients find μmax
-    assert auto.cost["gradients"] == 2 * 3 + 1 + 8 * 1867 + 2 * 8
+    assert auto.cost["gradients"] == 2 * 3 + 1 + 8 * 1865 + 4 * 8
     assert auto.cost["evals"] == 0
     assert abs(auto.rank - 3) < 4 * auto.stderr
     # the user's options override those auto chose
     fewer = matrank.estimate_rank(
         GradientOnly(), seed=0, n_chains=2, n_steps=300, n_average=200
     )
-    assert fewer.cost["gradients"] == 2 * 3 + 1 + 2 * 300 + 2 * 2
+    assert fewer.cost["gradients"] == 2 * 3 + 1 + 2 * 300 + 4 * 2
     result = matrank.estimate_rank(
         GradientOnly(),
         method="langevin",
@@ -233,8 +234,8 @@ def test_automatic_step_size_from_gradients_only(readout, factor):
     assert result.diagnostics["step_size"] == pytest.approx(
         factor / result.diagnostics["mu_max"]
     )
-    # the 20 central differences are billed, ∇L(θ0), and the check's 2 a chain
-    assert result.cost["gradients"] == 40 + 1 + 8 * 600 + 2 * 8
+    # the 20 central differences are billed, ∇L(θ0), and the check's 4 a chain
+    assert result.cost["gradients"] == 40 + 1 + 8 * 600 + 4 * 8
     if readout == "virial":
         curve = expected_virial_curve(
             np.linalg.eigvalsh(whitened),
@@ -290,9 +291,9 @@ def test_default_matches_its_exact_discrete_expectation_over_the_window_it_chose
     parallel_noise, monkeypatch
 ):
     if parallel_noise:  # the noise of large problems, in four seeded parts
-        from matrank.estimators.langevin import chain as langevin
+        from matrank.estimators.langevin import noise
 
-        monkeypatch.setattr(langevin, "_PARALLEL_NOISE", 1)
+        monkeypatch.setattr(noise, "_PARALLEL_NOISE", 1)
     matrix, eigenvalues = spread_quadratic(n_curved=200, n=300)
     for seed in range(3):
         result = matrank.LangevinRank().estimate(matrix, seed=seed)
@@ -340,12 +341,14 @@ def test_stderr_covers_a_sparse_filter_edge_on_the_smallest_linear_net(trial):
     # benchmarks/paper_table1.py (seed 1000 + trial) missed N(τ) by 4.5–6.4 stderr when
     # the fit could take c up to 3 -- τ where the filter is ≈ 0.95, above two or three
     # eigenvalues it counts at 0.74–0.91 -- and τ's term needed a significant slope.
+    # 3 stderr, not 2: that regression misses by 4.5 and more, while an honest stderr
+    # misses 2 in one seed of 20 (trial 17 on the group-seeded streams: 2.05).
     from matrank.adapters import LinearNetHessian
 
     problem = LinearNetHessian.random_minimum(8, 8, 5, seed=1000 + trial)
     result = matrank.LangevinRank().estimate(problem, seed=trial)
     counted = int((problem.spectrum() > result.threshold).sum())
-    assert abs(result.rank - counted) <= 2 * result.stderr, (
+    assert abs(result.rank - counted) <= 3 * result.stderr, (
         result.rank,
         counted,
         result.stderr,
@@ -385,7 +388,7 @@ def test_default_halves_the_step_and_restarts_when_the_chains_diverge():
     assert len(reductions) == 1 and reductions[0]["step_size"] == 3.0
     assert result.diagnostics["step_size"] == 1.5
     steps = 1000 + reductions[0]["diverged_at"] + 1
-    assert result.cost["gradients"] == 1 + 8 * steps + 2 * 8  # and the check
+    assert result.cost["gradients"] == 1 + 8 * steps + 4 * 8  # and the check
     assert abs(result.rank - 2) <= 4 * result.stderr
 
 
@@ -404,7 +407,10 @@ def test_restarts_stay_within_max_gradients(budget):
     assert result.diagnostics["step_reductions"][0]["step_size"] == 3.0
     assert result.cost["gradients"] <= budget
     assert result.diagnostics["steps_done"] < (budget - 1) // 8  # shortened
-    assert abs(result.rank - 2) <= 4 * result.stderr
+    # eigenvalues 1 and 1e-3: 70 steps reach τ ≈ 7e-3, above the second
+    counted = int((np.linalg.eigvalsh(matrix) > result.threshold).sum())
+    assert counted == (2 if budget == 8000 else 1)
+    assert abs(result.rank - counted) <= 4 * result.stderr
 
 
 class _FlatteningWell:
@@ -421,12 +427,15 @@ class _FlatteningWell:
         return theta * torch.exp(-(theta**2) / 2)
 
 
-def test_a_readout_that_falls_is_not_stationary():
-    # chains hot enough to leave the well: the count falls as they spread, never converged
-    result = matrank.LangevinRank(sigma2=10.0).estimate(_FlatteningWell(), seed=0)
-    drift, stderr = result.diagnostics["drift"]
-    assert drift < -3 * stderr and result.status is matrank.Status.NOT_STATIONARY
-    assert not result.converged and "last third under the first" in str(result)
+def test_chains_that_left_the_well_are_not_quadratic_and_a_falling_readout_not_stationary():
+    # chains hot enough to leave the well count ≈ 0 of its 20: the gradient where they
+    # went is odd, as a quadratic's, but nothing like Hδ, H = I the Hessian at θ0
+    for seed in range(4):
+        result = matrank.LangevinRank(sigma2=10.0).estimate(_FlatteningWell(), seed=seed)
+        assert result.rank < 1 and result.status is matrank.Status.NOT_QUADRATIC
+        parts = result.diagnostics["quadratic_defect_parts"]
+        assert np.median(parts["odd"]) > 0.9 and np.max(parts["even"]) < 1e-6
+        assert not result.converged and "not quadratic" in str(result)
     cool = matrank.LangevinRank(sigma2=0.1).estimate(_FlatteningWell(), seed=0)
     assert cool.status is matrank.Status.CONVERGED and abs(cool.rank - 20) < 4 * cool.stderr
 
@@ -476,7 +485,7 @@ def test_default_variant_messages():
     with pytest.raises(matrank.MatrankValueError, match="`variant` must be one of"):
         matrank.LangevinRank(variant="fast")
     assert matrank.LangevinRank(variant="paper").plan().n_steps == 15000
-    assert matrank.LangevinRank().plan().n_steps == (15000 - 40 - 1 - 2 * 8) // 8
+    assert matrank.LangevinRank().plan().n_steps == (15000 - 40 - 1 - 4 * 8) // 8
     assert (
         matrank.LangevinRank().n_steps is None
     )  # resolved in the plan, never written back
@@ -636,7 +645,7 @@ def test_the_chunked_step_is_the_textbook_update(preconditioned):
 
 
 def test_parallel_noise_is_seeded_and_independent_of_the_thread_count(monkeypatch):
-    from matrank.estimators.langevin import chain as langevin
+    from matrank.estimators.langevin import noise as langevin
 
     monkeypatch.setattr(langevin, "_PARALLEL_NOISE", 1000)
     threads = torch.get_num_threads()
@@ -644,7 +653,7 @@ def test_parallel_noise_is_seeded_and_independent_of_the_thread_count(monkeypatc
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            noise = langevin.Noise(4, 5000, torch.Generator().manual_seed(3))
+            noise = langevin.Noise([4], 5000, [3])
             assert noise.pool is not None
             draws.append([noise.draw().clone() for _ in range(2)])
             noise.close()

@@ -212,8 +212,9 @@ def test_gradient_only_estimators_run_batched_chains():
         n_chains=8,
     )
     result = estimator.estimate(oracle, seed=0)
-    # the steps, then the quadratic check: ∇f(θ0) and ∇f(θ0 ± δ) of each chain
-    assert result.cost["gradients"] == 8 * 1500 + 1 + 2 * 8
+    # the steps, then the quadratic check: ∇f(θ0), ∇f(θ0 ± δ) and ∇f(θ0 ± δ/2) of
+    # each chain
+    assert result.cost["gradients"] == 8 * 1500 + 1 + 4 * 8
     eigenvalues = np.linalg.eigvalsh(oracle.dense_hessian().numpy())
     curve = expected_loss_curve(
         eigenvalues, step_size=0.05, sigma2=1e-4, n_steps=estimator.n_steps

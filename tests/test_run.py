@@ -330,9 +330,9 @@ def test_replace_behaves_like_a_fresh_construction(estimator, change):
 
 def test_langevin_defaults_follow_the_fields_they_derive_from():
     replaced = dataclasses.replace(matrank.LangevinRank(), n_chains=2)
-    # was 1869, the 8 chains' value; 41 gradients for ∇f(θ0) and the step size, two per
-    # chain for the quadratic check
-    assert replaced.plan().n_steps == (15000 - 41 - 2 * 2) // 2
+    # was 1865, the 8 chains' value; 41 gradients for ∇f(θ0) and the step size, four
+    # per chain for the quadratic check
+    assert replaced.plan().n_steps == (15000 - 41 - 4 * 2) // 2
     paper = dataclasses.replace(matrank.LangevinRank(), variant="paper").plan()
     assert (paper.step_size, paper.n_chains, paper.readout) == (1e-4, 1, "loss")
 

@@ -3,7 +3,8 @@ and :mod:`.polynomial.parallel`).
 
 With ``n_jobs`` set, an estimator splits its independent work into a fixed partition
 that does not depend on ``n_jobs`` -- ``CHAIN_GROUPS`` groups of chains, each with its
-own generator seeded from the run's generator and the group's index; probe blocks of at
+own generator seeded from the run's generator and the group's index (:mod:`.langevin.
+noise`; one process steps the same groups on the same streams); probe blocks of at
 most ``PROBE_BLOCK`` columns, drawn in the calling process in the serial order -- and
 hands the parts to ``joblib.Parallel``. The backend is the caller's (loky by default; a
 ``joblib.parallel_config(backend="dask")`` or ``"ray"`` context sends the same parts

@@ -32,7 +32,6 @@ from .chain import (
     quadratic_defect,
     run_chains,
 )
-from .parallel import chain_groups
 from .plan import (
     LangevinPlan,
     aimed,
@@ -106,11 +105,15 @@ class LangevinRank:
         Stop at a doubling of the run once the stderr and the growth since the last
         doubling are both ``≤ rtol·rank``; else ``BUDGET_EXHAUSTED``.
     n_jobs : int, optional
-        Run the chains in up to 4 groups on joblib workers (``joblib.Parallel``'s
-        ``n_jobs``; the backend is the caller's, loky by default). Each group draws its
-        noise from a generator seeded by the run's seed and the group's index, so the
-        estimate is the same for every ``n_jobs`` and backend (but not the one of
-        ``n_jobs=None``, whose chains share one stream). The oracle must pickle.
+        Run the chains' groups (up to 4) on joblib workers (``joblib.Parallel``'s
+        ``n_jobs``; the backend is the caller's, loky by default), in segments between
+        which the run checks, shows progress and checkpoints. Each group draws its noise
+        from a generator seeded by the run's seed and the group's index whether a worker
+        or this process steps it, so the estimate is the same for every ``n_jobs``
+        (``None`` included) and backend, to the bit where the oracle's batched gradient
+        of a group's chains does not depend on the other chains in the batch (a
+        ``TorchLoss``; a BLAS product of 2 rows may round apart from one of 8). The
+        oracle must pickle.
 
     Notes
     -----
@@ -298,12 +301,17 @@ class LangevinRank:
         run.enter("check")
         assert sofar.delta is not None
         gradient0 = tilt if tilt is not None else run.meter.grad(run.meter.theta0[None])[0]
-        defect = quadratic_defect(run.meter, sofar.delta, gradient0)
+        even, odd = quadratic_defect(run.meter, sofar.delta, gradient0)
+        defect = torch.maximum(even, odd)
         run.enter("readout")
         found, evidence = read(
             self, attempt, start, readings, summary, reductions, interrupted=False
         )
         found.diagnostics["quadratic_defect"] = defect.numpy()
+        found.diagnostics["quadratic_defect_parts"] = {
+            "even": even.numpy(),
+            "odd": odd.numpy(),
+        }
         if evidence is not None:
             status = Status.NEGATIVE_CURVATURE
         elif status is Status.CONVERGED and float(defect.median()) > _QUADRATIC_DEFECT:
@@ -417,10 +425,9 @@ class LangevinRank:
             "settled": settled,
             "sofar": sofar,
         }
-        if self.n_jobs is not None:
-            readings = chain_groups(run, step, n_jobs=self.n_jobs, attempt=index, **common)
-        else:
-            readings = run_chains(run, step, extra=rounds, key=f"chains {index}", **common)
+        readings = run_chains(
+            run, step, extra=rounds, attempt=index, n_jobs=self.n_jobs, **common
+        )
         status = Status.CONVERGED
         done = readings.shape[0]
         summary = summarize(self, plan, readings, eta)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -18,77 +17,25 @@ from ..._oracle import gradient_precision
 from ..._run import Run
 from ..._validation import MatrankValueError, message
 from ...numerics.krylov import spectral_bounds
+from .noise import Noise, group_seeds, group_sizes
 
 __all__ = [
     "ChainStep",
+    "Chains",
+    "ChainsSoFar",
     "Diverged",
-    "Noise",
     "chain_reading",
+    "chain_steps",
     "largest_curvature",
     "quadratic_defect",
     "run_chains",
 ]
-
-# From this many normals a step, the noise comes in four parts from four generators
-# seeded by the estimator's, drawn on up to four threads: torch's CPU normal_ runs on
-# one thread (benchmarks/README.md, Langevin d = 256). Smaller problems draw from the
-# estimator's generator, one call a step.
-_PARALLEL_NOISE = 2**20
-_NOISE_PARTS = 4
 
 
 class Diverged(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(step)
         self.step = step
-
-
-class Noise:
-    """Standard normals for every chain and parameter, a fresh ``(chains, n)`` each step.
-
-    Drawn in float32 on the CPU (5× faster than float64 there) and promoted by the
-    update: the moments the readout depends on are unchanged. From ``_PARALLEL_NOISE``
-    normals a step, in ``_NOISE_PARTS`` parts from generators seeded by ``generator``,
-    on up to as many threads as torch uses (the parts, and so the stream, do not
-    depend on the thread count). The gain depends on idle cores: 10.3 → 5.3 ms on two
-    idle cores, ≈ 9.4 ms between the gradient's products, whose OpenMP workers spin
-    for a while after each parallel region (``OMP_WAIT_POLICY=PASSIVE``: 5.6 ms).
-    """
-
-    def __init__(self, chains: int, n: int, generator: torch.Generator) -> None:
-        self.shape, self.generator = (chains, n), generator
-        self.pool: ThreadPoolExecutor | None = None
-        if chains * n >= _PARALLEL_NOISE:
-            seeds = torch.randint(0, 2**62, (_NOISE_PARTS,), generator=generator)
-            self.buffer = torch.empty(chains, n, dtype=torch.float32)
-            self.parts = list(
-                zip(
-                    torch.tensor_split(self.buffer.view(-1), _NOISE_PARTS),
-                    [torch.Generator().manual_seed(int(seed)) for seed in seeds],
-                    strict=True,
-                )
-            )
-            workers = min(_NOISE_PARTS, max(1, torch.get_num_threads()))
-            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="matrank-noise")
-
-    def draw(self) -> torch.Tensor:
-        if self.pool is None:
-            return torch.randn(self.shape, generator=self.generator, dtype=torch.float32)
-        for _ in self.pool.map(lambda part: part[0].normal_(generator=part[1]), self.parts):
-            pass
-        return self.buffer
-
-    def state(self) -> list[torch.Tensor]:
-        """The part generators' states (the estimator's generator is saved by the run)."""
-        return [generator.get_state() for _, generator in getattr(self, "parts", [])]
-
-    def load(self, states: list[torch.Tensor]) -> None:
-        for (_, generator), state in zip(getattr(self, "parts", []), states, strict=True):
-            generator.set_state(state)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,37 +157,6 @@ def chain_reading(
     return (virial.double() / sigma2).cpu()
 
 
-def _restore(
-    run: Run,
-    key: str,
-    delta: torch.Tensor,
-    readings: torch.Tensor,
-    noise: Noise,
-    extra: list[Any],
-    checks: list[int],
-) -> tuple[int, list[int]]:
-    """Load the chains journalled under ``key`` (in place); the step to go on from and
-    the checks still ahead."""
-    n_steps, n_chains = readings.shape
-    saved = run.restore(
-        key,
-        expect=lambda state: (
-            tuple(state["delta"].shape) == tuple(delta.shape)
-            and 0 < state["step"] <= n_steps
-            and tuple(state["readings"].shape) == (state["step"], n_chains)
-            and len(state["extra"]) == len(extra)
-        ),
-    )
-    if saved is None:
-        return 0, checks
-    delta.copy_(saved["delta"])
-    first = saved["step"]
-    readings[:first] = saved["readings"]
-    extra[:] = saved["extra"]
-    noise.load(saved["noise"])
-    return first, saved["checks"]
-
-
 @dataclasses.dataclass
 class ChainsSoFar:
     """The readings of the chains running now: ``readings[:done]`` are complete (what a
@@ -253,20 +169,141 @@ class ChainsSoFar:
 
 def quadratic_defect(
     meter: Any, delta: torch.Tensor, gradient0: torch.Tensor
-) -> torch.Tensor:
-    """Per chain, ``‖∇f(θ0 + δ) + ∇f(θ0 − δ) − 2∇f(θ0)‖ / ‖∇f(θ0 + δ) − ∇f(θ0 − δ)‖``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per chain, how far the gradient at ``θ0 ± δ`` is from a quadratic's
+    ``∇f(θ0) ± Hδ``: its even part ``‖g₊ + g₋ − 2∇f(θ0)‖ / ‖g₊ − g₋‖`` and its odd part
+    ``‖(g₊ − g₋)/2 − s‖ / max(‖(g₊ − g₋)/2‖, ‖s‖)``, ``s = g(θ0 + δ/2) − g(θ0 − δ/2)``.
 
-    For a quadratic loss the gradient is affine, its even part about ``θ0`` vanishes and
-    the ratio is rounding. Where the chains went past the quadratic region -- a ReLU
-    network's kinks, a saddle's escape, large third derivatives -- the curvature they
-    sampled is not the Hessian at ``θ0`` (a kink's is even in ``δ``: ratio ≈ 1). Costs
-    two gradients per chain."""
+    For a quadratic loss both are rounding (``s = Hδ``, the secant of every length).
+    A kink's curvature (a ReLU network's) is even in ``δ``: the even part ≈ 1. A loss
+    that flattens or steepens along the way -- a well the chains left, large third
+    derivatives -- keeps an odd gradient whose secant changes with the distance: the
+    odd part ≈ 1 (an odd gradient is all a symmetric well's can be, so the even part
+    alone never sees it). Half the distance, not a difference quotient at ``θ0``: kinks
+    next to ``θ0`` that the chains cross both ways would make the latter a jump.
+    Costs four gradients per chain."""
     theta0 = meter.theta0
-    plus = meter.grad(theta0 + delta).double()
-    minus = meter.grad(theta0 - delta).double()
+    chains = delta.shape[0]
+    gradients = meter.grad(
+        torch.cat([theta0 + delta, theta0 - delta, theta0 + delta / 2, theta0 - delta / 2])
+    ).double()
+    plus, minus, half_plus, half_minus = gradients.split(chains)
+    tiny = torch.finfo(torch.float64).tiny
+    odd = (plus - minus) / 2
+    model = half_plus - half_minus  # Hδ, as the secant at half the distance sees it
     even = torch.linalg.vector_norm(plus + minus - 2 * gradient0.double(), dim=1)
-    odd = torch.linalg.vector_norm(plus - minus, dim=1)
-    return (even / odd.clamp_min(torch.finfo(torch.float64).tiny)).cpu()
+    size = torch.linalg.vector_norm(odd, dim=1)
+    off = torch.linalg.vector_norm(odd - model, dim=1)
+    scale = torch.maximum(size, torch.linalg.vector_norm(model, dim=1)).clamp_min(tiny)
+    return (even / (2 * size).clamp_min(tiny)).cpu(), (off / scale).cpu()
+
+
+def chain_steps(
+    meter: Any,
+    step: ChainStep,
+    delta: torch.Tensor,
+    noise: Noise,
+    readings: torch.Tensor,
+    first: int,
+    last: int,
+    *,
+    readout: str,
+    sigma2: float,
+    loss0: float,
+    after: Callable[[int], bool] | None = None,
+) -> int:
+    """The chain loop: steps ``first … last − 1`` of the chains ``δ`` (in place), the
+    reading of step ``k`` in ``readings[k]``; ``after(k)`` with ``k`` steps done may stop
+    it. Returns the steps done. Raises :class:`Diverged` when a reading leaves the range
+    a stable chain can reach."""
+    # |reading| of a stable chain near a minimum is ≈ rank ± O(sqrt(n)); a diverging
+    # one grows geometrically and passes this within a few dozen steps
+    bound = 1e6 * (meter.dim + 1)
+    theta = meter.theta0 + delta  # θ0 + δ, updated in place
+    for k in range(first, last):
+        readings[k] = chain_reading(
+            meter, step, theta, delta, noise, readout, sigma2, loss0
+        )
+        if not bool(torch.isfinite(readings[k]).all()) or (
+            abs(float(readings[k].mean())) > bound
+        ):
+            raise Diverged(k)
+        if after is not None and after(k + 1):
+            return k + 1
+    return last
+
+
+@dataclasses.dataclass
+class Chains:
+    """The chains of one run between steps: what the progress bar shows, what the
+    checks read and what a checkpoint journals under ``key``."""
+
+    run: Run
+    key: str
+    delta: torch.Tensor
+    readings: torch.Tensor
+    noise: Noise
+    extra: list[Any]
+    checks: list[int]
+    settled: Callable[[torch.Tensor], bool]
+    sofar: ChainsSoFar
+    shown: int = 0
+
+    def after(self, k: int) -> bool:
+        """``k`` steps done: show them, run a check that falls here (``True``: stop) and
+        write the checkpoint when it is due."""
+        self.sofar.done = k
+        n_steps, n_chains = self.readings.shape
+        if k - self.shown >= max(1, n_steps // 100) or k == n_steps:
+            self.run.bar.update(k - self.shown)
+            self.shown = k
+            window = self.readings[k // 2 : k].mean(dim=0)
+            postfix = {"rank": f"{float(window.mean()):.1f}"}
+            if n_chains >= 2:
+                postfix["stderr"] = f"{float(window.std()) / math.sqrt(n_chains):.2g}"
+            self.run.bar.set_postfix(postfix)
+        if self.checks and k == self.checks[0]:
+            self.checks.pop(0)
+            if self.settled(self.readings[:k]):
+                return True
+        if self.run.due():
+            self.run.record(
+                self.key,
+                {
+                    "delta": self.delta,
+                    "step": k,
+                    "readings": self.readings[:k],
+                    "extra": self.extra,
+                    "checks": self.checks,
+                    "noise": self.noise.state(),
+                },
+            )
+        return False
+
+    def restore(self) -> int:
+        """Load the chains journalled under ``key`` (in place); the step to go on from."""
+        n_steps, n_chains = self.readings.shape
+        saved = self.run.restore(
+            self.key,
+            expect=lambda state: (
+                tuple(state["delta"].shape) == tuple(self.delta.shape)
+                and 0 < state["step"] <= n_steps
+                and tuple(state["readings"].shape) == (state["step"], n_chains)
+                and len(state["extra"]) == len(self.extra)
+                and [len(group) for group in state["noise"]]
+                == [len(group) for group in self.noise.groups]
+            ),
+        )
+        if saved is None:
+            return 0
+        self.delta.copy_(saved["delta"])
+        first = saved["step"]
+        self.readings[:first] = saved["readings"]
+        self.extra[:] = saved["extra"]
+        self.checks[:] = saved["checks"]
+        self.noise.load(saved["noise"])
+        self.shown = first
+        return first
 
 
 def run_chains(
@@ -281,67 +318,48 @@ def run_chains(
     checks: list[int],
     settled: Callable[[torch.Tensor], bool],
     extra: list[Any],
-    key: str,
+    attempt: int,
     sofar: ChainsSoFar,
+    n_jobs: int | None = None,
 ) -> torch.Tensor:
     """Run the chains from ``θ0`` for ``n_steps``; the readings (steps × chains, rank
     units), kept in ``sofar`` as they come.
 
     At each step of ``checks``, ``settled(readings so far)`` may stop the run early.
     The chains, the readings, the noise and ``extra`` (the caller's record of its checks)
-    are checkpointed under ``key``. Raises :class:`Diverged` when a reading leaves the
-    range a stable chain can reach.
+    are checkpointed under ``"chains {attempt}"``. With ``n_jobs`` the chains' groups
+    run on joblib workers (:func:`.parallel.in_groups`), in segments that end at the
+    checks; each group draws the same noise either way (:mod:`.noise`). Raises
+    :class:`Diverged` when a reading leaves the range a stable chain can reach.
     """
+    from .parallel import in_groups
+
     meter = run.meter
-    n, dtype, device = meter.dim, meter.dtype, meter.device
-    theta0 = meter.theta0
-    readings = torch.empty(n_steps, n_chains, dtype=torch.float64)
-    # |reading| of a stable chain near a minimum is ≈ rank ± O(sqrt(n)); a diverging
-    # one grows geometrically and passes this within a few dozen steps
-    bound = 1e6 * (n + 1)
-    done = n_steps
-    bar = run.bar
-    every = max(1, n_steps // 100)
-    noise = Noise(n_chains, n, run.generator)
-    delta = torch.zeros(n_chains, n, dtype=dtype, device=device)
-    first, checks = _restore(run, key, delta, readings, noise, extra, checks)
-    theta = theta0 + delta  # θ0 + δ, updated in place
-    sofar.readings, sofar.done = readings, first
+    sizes = group_sizes(n_chains)
+    noise = Noise(sizes, meter.dim, group_seeds(run.generator, attempt, len(sizes)))
+    chains = Chains(
+        run=run,
+        key=f"chains {attempt}",
+        delta=torch.zeros(n_chains, meter.dim, dtype=meter.dtype, device=meter.device),
+        readings=torch.empty(n_steps, n_chains, dtype=torch.float64),
+        noise=noise,
+        extra=extra,
+        checks=list(checks),
+        settled=settled,
+        sofar=sofar,
+    )
+    first = chains.restore()
+    sofar.readings, sofar.done = chains.readings, first
+    common: dict[str, Any] = {"readout": readout, "sigma2": sigma2, "loss0": loss0}
     try:
-        for k in range(first, n_steps):
-            readings[k] = chain_reading(
-                meter, step, theta, delta, noise, readout, sigma2, loss0
-            )
-            if not bool(torch.isfinite(readings[k]).all()) or (
-                abs(float(readings[k].mean())) > bound
-            ):
-                raise Diverged(k)
-            sofar.done = k + 1
-            if k % every == every - 1:
-                bar.update(every)
-                window = readings[k // 2 : k + 1].mean(dim=0)
-                postfix = {"rank": f"{float(window.mean()):.1f}"}
-                if n_chains >= 2:
-                    postfix["stderr"] = f"{float(window.std()) / math.sqrt(n_chains):.2g}"
-                bar.set_postfix(postfix)
-            if checks and k + 1 == checks[0]:
-                checks.pop(0)
-                if settled(readings[: k + 1]):
-                    done = k + 1
-                    break
-            if run.due():
-                run.record(
-                    key,
-                    {
-                        "delta": delta,
-                        "step": k + 1,
-                        "readings": readings[: k + 1],
-                        "extra": extra,
-                        "checks": checks,
-                        "noise": noise.state(),
-                    },
-                )
+        if n_jobs is None:
+            done = chain_steps(
+                meter, step, chains.delta, noise, chains.readings, first, n_steps,
+                after=chains.after, **common,
+            )  # fmt: skip
+        else:
+            done = in_groups(chains, step, first, n_jobs=n_jobs, **common)
     finally:
         noise.close()
-    sofar.delta = delta
-    return readings[:done]
+    sofar.delta = chains.delta
+    return chains.readings[:done]

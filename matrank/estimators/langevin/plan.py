@@ -65,8 +65,9 @@ class LangevinPlan:
 
 
 #: Gradients per chain of the check that the loss is quadratic where the chains went
-#: (∇f at θ0 ± δ of each chain's last position), reserved from ``max_gradients``.
-CHECK_GRADIENTS = 2
+#: (∇f at θ0 ± δ and θ0 ± δ/2, δ each chain's last position), reserved
+#: from ``max_gradients``.
+CHECK_GRADIENTS = 4
 
 
 def resolve_plan(options: LangevinRank) -> LangevinPlan:
