@@ -11,6 +11,14 @@ from importlib.metadata import PackageNotFoundError, version
 # protocol, so this is the one place the core reaches into them).
 from . import adapters
 from ._api import ESTIMATORS, auto_method, estimate_rank
+from ._diagnostics import (
+    Diagnostics,
+    EvolutionDiagnostics,
+    ExactDiagnostics,
+    LanczosDiagnostics,
+    LangevinDiagnostics,
+    PolynomialDiagnostics,
+)
 from ._dual import DualForm, DualGram, dual_form
 from ._many import EstimateFailure, estimate_many, item_seed
 from ._oracle import Capability, Oracle, as_oracle, exact_rank, materialize
@@ -42,12 +50,17 @@ __all__ = [
     "SCHEMA",
     "Capability",
     "CountingCurve",
+    "Diagnostics",
     "DualForm",
     "DualGram",
     "EstimateFailure",
+    "EvolutionDiagnostics",
     "EvolutionRank",
+    "ExactDiagnostics",
     "ExactRank",
+    "LanczosDiagnostics",
     "LanczosRank",
+    "LangevinDiagnostics",
     "LangevinRank",
     "MatrankError",
     "MatrankTypeError",
@@ -56,6 +69,7 @@ __all__ = [
     "NotSymmetricError",
     "OperatorContractError",
     "Oracle",
+    "PolynomialDiagnostics",
     "PolynomialRank",
     "RankResult",
     "Status",

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import _clock
+from ._diagnostics import diagnostics_for
 from ._dual import dual_form
 from ._meter import Cost
 from ._oracle import Capability, Oracle, agree, as_oracle, collective, materialize
@@ -353,7 +354,9 @@ def estimate_rank(
     cost["matvecs"] += probe_matvecs + norm_matvecs
     cost["seconds"] += probe_seconds
     return dataclasses.replace(
-        result, diagnostics={**result.diagnostics, **notes}, cost=cost
+        result,
+        diagnostics=diagnostics_for(result.method, {**result.diagnostics, **notes}),
+        cost=cost,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ._diagnostics import Diagnostics, diagnostics_for
 from .numerics.threshold import CountingCurve, ThresholdChoice
 
 __all__ = ["SCHEMA", "CountingCurve", "RankResult", "Status"]
@@ -107,8 +108,11 @@ class RankResult:
         actually spent, named as the budgets ``max_matvecs``, ``max_gradients`` and
         ``max_evals`` (``"grads"`` and ``"loss_evals"`` still read, with a
         ``FutureWarning``).
-    diagnostics : dict
-        Estimator-specific traces (spectrum, plateau width, loss curve, ...).
+    diagnostics : Diagnostics
+        What the method measured on the way (spectrum, plateau, chains, ...): the
+        method's frozen dataclass in :mod:`matrank._diagnostics` (e.g.
+        :class:`~matrank.LangevinDiagnostics`), read by attribute or as a read-only
+        mapping; ``to_dict()["diagnostics"]`` is its JSON form.
     counts : CountingCurve or None
         ``N(τ)`` on a grid of thresholds, where the estimator can provide it.
     status : Status
@@ -120,9 +124,15 @@ class RankResult:
     threshold: float | None
     method: str
     cost: Mapping[str, float]
-    diagnostics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    diagnostics: Diagnostics = dataclasses.field(default_factory=Diagnostics)
     counts: CountingCurve | None = None
     status: Status = Status.CONVERGED
+
+    def __post_init__(self) -> None:
+        # a mapping given (``dataclasses.replace(result, diagnostics={...})``) becomes
+        # the method's class, which refuses a field it does not declare
+        typed = diagnostics_for(self.method, self.diagnostics)
+        object.__setattr__(self, "diagnostics", typed)
 
     @property
     def converged(self) -> bool:

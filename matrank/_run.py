@@ -61,6 +61,7 @@ from ._checkpoint import (
     settings,
     unpack,
 )
+from ._diagnostics import diagnostics_for
 from ._oracle import (
     Capability,
     CostMeter,
@@ -412,7 +413,7 @@ class Run:
             threshold=None if threshold is None else float(threshold),
             method=self.method,
             cost=self.meter.cost(self.seconds()),
-            diagnostics=diagnostics,
+            diagnostics=diagnostics_for(self.method, diagnostics),
             counts=counts,
             status=status,
         )

@@ -87,7 +87,7 @@ def test_ranks_are_singh_bachmann_hofmanns(
         # polynomial's count is stochastic: within three of its standard errors
         assert abs(result.rank - expected) <= 3 * (result.stderr or 0.0), route
     if curvature == "ggn":
-        assert result.diagnostics["dual"]["rows"] == n_samples * outputs
+        assert result.diagnostics.dual["rows"] == n_samples * outputs
 
 
 def test_ggn_is_psd_where_the_hessian_is_not():
@@ -96,11 +96,9 @@ def test_ggn_is_psd_where_the_hessian_is_not():
         TorchLoss(model, F.mse_loss, (X, Y), gradient_tol=None), method="exact"
     )
     ggn = matrank.estimate_rank(TorchGGN(model, F.mse_loss, (X, Y)), method="exact")
-    assert hessian.diagnostics["n_negative"] > 0
-    assert ggn.diagnostics["n_negative"] == 0
-    assert (
-        ggn.diagnostics["eigenvalues"].min() > -1e-12 * ggn.diagnostics["eigenvalues"].max()
-    )
+    assert hessian.diagnostics.n_negative > 0
+    assert ggn.diagnostics.n_negative == 0
+    assert ggn.diagnostics.eigenvalues.min() > -1e-12 * ggn.diagnostics.eigenvalues.max()
 
 
 def test_ggn_offers_products_only():
@@ -155,7 +153,7 @@ def test_fisher_products_are_the_per_sample_gradients_gram_on_an_mlp():
     G = _per_sample_gradients(model, F.cross_entropy, X, labels)
     torch.testing.assert_close(_dense(fisher), G.T @ G / 23, rtol=1e-12, atol=1e-15)
     result = matrank.estimate_rank(fisher, method="auto")
-    assert result.method == "exact" and "dual" in result.diagnostics["auto"]
+    assert result.method == "exact" and "dual" in result.diagnostics.auto
     assert result.rank == torch.linalg.matrix_rank(G).item() == 23
 
 
@@ -176,13 +174,13 @@ def test_dual_spectrum_is_the_nonzero_spectrum_of_the_dense_curvature(kind, loss
     dense = _dense(oracle)
     values = torch.linalg.eigvalsh(0.5 * (dense + dense.T)).flip(0)
     one_pass = matrank.ExactRank(dual=True).estimate(oracle)
-    dual = one_pass.diagnostics["dual"]
+    dual = one_pass.diagnostics.dual
     m = dual["rows"]
     expected_rows = {"ggn": 17 * (3 if loss == "mse" else 2), "fisher": 17}[kind]
     assert m == expected_rows and dual["passes"] == 1
     top = float(values[0])
     torch.testing.assert_close(
-        torch.as_tensor(one_pass.diagnostics["eigenvalues"]),
+        torch.as_tensor(one_pass.diagnostics.eigenvalues),
         values[:m],
         rtol=0,
         atol=1e-12 * top,
@@ -190,9 +188,9 @@ def test_dual_spectrum_is_the_nonzero_spectrum_of_the_dense_curvature(kind, loss
     assert float(values[m:].abs().max()) <= 1e-12 * top  # the n − m zeros
     small = cls(model, loss_fn, data, chunk_size=6, dual_memory=oracle.dim * 8 * 9)
     panels = matrank.ExactRank(dual=True).estimate(small)
-    assert panels.diagnostics["dual"]["passes"] > 2
-    assert panels.diagnostics["dual"]["rows_computed"] > dual["rows_computed"]
-    np_equal = panels.diagnostics["eigenvalues"] - one_pass.diagnostics["eigenvalues"]
+    assert panels.diagnostics.dual["passes"] > 2
+    assert panels.diagnostics.dual["rows_computed"] > dual["rows_computed"]
+    np_equal = panels.diagnostics.eigenvalues - one_pass.diagnostics.eigenvalues
     assert abs(np_equal).max() <= 1e-13 * top
     assert panels.rank == one_pass.rank == int((values.abs() > one_pass.threshold).sum())
 
@@ -205,7 +203,7 @@ def test_auto_takes_the_dual_only_when_it_is_smaller():
     result = matrank.estimate_rank(ggn, seed=0)
     assert result.rank == linear_network_ranks(25, [40, 40], 10, data_rank=20).outer
     assert result.cost["matvecs"] == 0 and result.cost["gradients"] == 10  # 200 rows / 20
-    assert result.diagnostics["dual"]["zero_eigenvalues"] == 3000 - 200
+    assert result.diagnostics.dual["zero_eigenvalues"] == 3000 - 200
     # 50 samples × 10 outputs > n = 275: the primal rules, and exact stays primal
     model, X, Y = linear_network_loss(25, [5, 10], 10, n_samples=50)
     ggn = TorchGGN(model, F.mse_loss, (X, Y))
@@ -232,7 +230,7 @@ def test_the_dual_refuses_what_it_cannot_count():
     with pytest.raises(matrank.MatrankValueError, match="convex"):
         matrank.ExactRank(dual=True).estimate(oracle)
     result = matrank.estimate_rank(oracle, method="lanczos", seed=0)
-    assert result.rank == 12 * 3 and result.diagnostics["n_negative"] == 36
+    assert result.rank == 12 * 3 and result.diagnostics.n_negative == 36
 
     with pytest.raises(
         matrank.MatrankValueError, match=r"mean (of per-sample|over the batch)"

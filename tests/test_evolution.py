@@ -27,8 +27,8 @@ def test_null_directions_keep_unit_variance_and_curved_ones_follow_the_tilt():
     estimator = matrank.EvolutionRank(keep=0.05, max_evals=400_000)
     result = estimator.estimate(LossFunction(f, np.zeros(8)), seed=0)
     assert result.rank == 4 and result.status is matrank.Status.CONVERGED
-    covariance = q.T @ result.diagnostics["covariance"] @ q  # in H's eigenbasis
-    kept = result.diagnostics["kept"]
+    covariance = q.T @ result.diagnostics.covariance @ q  # in H's eigenbasis
+    kept = result.diagnostics.kept
     variances = np.diag(covariance)
     # (a) exactly 1 on the null space, whatever the selection: stderr sqrt(2/N)
     assert np.all(np.abs(variances[4:] - 1) < 4 * math.sqrt(2 / kept))
@@ -37,7 +37,7 @@ def test_null_directions_keep_unit_variance_and_curved_ones_follow_the_tilt():
     assert np.abs(off).max() < 5 / math.sqrt(kept)
     # (c) curved variances follow exponential tilting 1/(1 + βs²μ) with the β read off
     # the kept losses (the notes' simulation: within 4 %)
-    beta, s = result.diagnostics["tilt"], result.diagnostics["scale"]
+    beta, s = result.diagnostics.tilt, result.diagnostics.scale
     tilt = 1 / (1 + beta * s**2 * mu[:4])
     np.testing.assert_allclose(variances[:4], tilt, rtol=0.1)
 
@@ -68,7 +68,7 @@ def test_counts_gapped_quadratics_exactly(n, rank, cond):
     assert result.rank == rank
     assert result.status is matrank.Status.CONVERGED
     assert result.cost["evals"] > 0 and result.cost["gradients"] == 0
-    assert result.diagnostics["margin"] >= 2
+    assert result.diagnostics.margin >= 2
 
 
 @pytest.mark.parametrize("case", catalogue(max_n=64), ids=lambda case: case.name)
@@ -84,7 +84,7 @@ def test_comma_selection_keeps_the_best_of_each_population():
     )
     assert result.rank == 2
     # one kept sample per population of 50
-    assert result.diagnostics["kept"] == result.diagnostics["populations"]
+    assert result.diagnostics.kept == result.diagnostics.populations
 
 
 def test_threshold_is_consistent_with_the_counted_eigenvalues():
@@ -109,7 +109,7 @@ def test_auto_picks_evolution_for_loss_only_oracles():
     f, _ = quadratic([3.0, 1.0, 0, 0, 0], seed=4)
     result = matrank.estimate_rank(LossFunction(f, np.zeros(5)), seed=0)
     assert result.method == "evolution" and result.rank == 2
-    assert "loss values only" in result.diagnostics["auto"]
+    assert "loss values only" in result.diagnostics.auto
 
 
 def test_scale_is_chosen_where_the_loss_is_quadratic():
@@ -120,7 +120,7 @@ def test_scale_is_chosen_where_the_loss_is_quadratic():
 
     result = matrank.EvolutionRank().estimate(LossFunction(f, np.ones(6) * 0), seed=0)
     assert result.rank == 2
-    assert abs(result.diagnostics["quadratic_ratio"] / 4 - 1) <= 0.05
+    assert abs(result.diagnostics.quadratic_ratio / 4 - 1) <= 0.05
 
 
 def test_tiny_mlp_through_torch_loss_agrees_with_its_hessian():
@@ -147,7 +147,7 @@ def test_nonlinear_mlp_count_matches_its_hessian_at_the_reported_threshold():
     oracle = TorchLoss(model, torch.nn.functional.mse_loss, (X, model(X).detach()))
     eigenvalues = np.linalg.eigvalsh(oracle.dense_hessian().numpy())
     result = matrank.estimate_rank(oracle, method="evolution", seed=0)
-    assert abs(result.diagnostics["quadratic_ratio"] / 4 - 1) <= 0.05
+    assert abs(result.diagnostics.quadratic_ratio / 4 - 1) <= 0.05
     assert result.rank == int((eigenvalues > result.threshold).sum())
     assert 1 <= result.rank <= 8
 

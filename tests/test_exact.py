@@ -21,7 +21,7 @@ def test_exact_rank_on_the_catalogue(case):
     assert result.method == "exact"
     assert result.status is matrank.Status.CONVERGED
     # the plateau is reported and spans at least the catalogue's stated gap
-    plateau = result.diagnostics["plateau"]
+    plateau = result.diagnostics.plateau
     assert plateau["decades"] >= min(2.0, np.log10(case.gap))
     assert result.counts.at(result.threshold) == case.rank
 
@@ -36,7 +36,7 @@ def test_counting_curve_is_the_spectrum():
     expected = [(np.abs(eigenvalues) > t).sum() for t in curve.thresholds]
     np.testing.assert_array_equal(curve.counts, expected)
     np.testing.assert_allclose(
-        result.diagnostics["eigenvalues"], eigenvalues[::-1], atol=1e-13
+        result.diagnostics.eigenvalues, eigenvalues[::-1], atol=1e-13
     )
 
 
@@ -53,7 +53,7 @@ def test_negative_eigenvalues_are_counted_by_magnitude():
     matrix = rotated_spectrum(100, 30, cond=1e2, negative=12, seed=5)
     result = matrank.estimate_rank(matrix, method="exact")
     assert result.rank == 30
-    assert result.diagnostics["n_negative"] == 12
+    assert result.diagnostics.n_negative == 12
     assert result.rank == np.linalg.matrix_rank(matrix, hermitian=True)
 
 
@@ -67,15 +67,15 @@ def test_no_plateau_is_reported():
     assert result.status is matrank.Status.NO_PLATEAU
     assert result.converged
     assert "pass `threshold=`" in result.status.value
-    assert result.threshold == result.diagnostics["noise_floor"]
-    assert result.diagnostics["plateau"]["decades"] < 1.0
+    assert result.threshold == result.diagnostics.noise_floor
+    assert result.diagnostics.plateau["decades"] < 1.0
 
 
 def test_float32_input_uses_its_own_rounding_floor():
     matrix = rotated_spectrum(300, 25, cond=1e2, seed=16).astype(np.float32)
     result = matrank.estimate_rank(matrix, method="exact")
     assert result.rank == 25
-    assert result.diagnostics["numpy_rule"] == pytest.approx(
+    assert result.diagnostics.numpy_rule == pytest.approx(
         300 * np.finfo(np.float32).eps, rel=0.01
     )
 
@@ -96,7 +96,7 @@ def test_same_seed_same_result_and_estimator_is_stateless():
     first, second = estimator.estimate(matrix, seed=3), estimator.estimate(matrix, seed=3)
     assert first.rank == second.rank and first.threshold == second.threshold
     np.testing.assert_array_equal(
-        first.diagnostics["eigenvalues"], second.diagnostics["eigenvalues"]
+        first.diagnostics.eigenvalues, second.diagnostics.eigenvalues
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         estimator.threshold = 1.0
@@ -112,7 +112,7 @@ def test_torch_input_stays_on_its_device_and_dtype():
 def test_auto_routes_small_dense_to_exact_and_says_why():
     result = matrank.estimate_rank(rotated_spectrum(64, 5, seed=8))
     assert result.method == "exact"
-    assert "dense eigendecomposition" in result.diagnostics["auto"]
+    assert "dense eigendecomposition" in result.diagnostics.auto
     oracle = matrank.as_oracle(np.eye(3))
     assert matrank.auto_method(oracle)[0] == "exact"
 
@@ -138,5 +138,5 @@ def test_floor_threshold_counts_an_isolated_tiny_eigenvalue_the_plateau_rule_dro
     assert matrank.estimate_rank(matrix, method="exact").rank == 40
     floor = matrank.estimate_rank(matrix, method="exact", threshold="floor")
     assert floor.rank == 41 == np.linalg.matrix_rank(matrix, hermitian=True)
-    assert floor.threshold == floor.diagnostics["noise_floor"]
+    assert floor.threshold == floor.diagnostics.noise_floor
     assert "plateau" not in floor.diagnostics

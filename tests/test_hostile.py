@@ -86,7 +86,7 @@ def test_half_precision_is_counted_with_its_own_eps(method, dtype):
     result = matrank.estimate_rank(as_input(A, dtype), method=method, seed=0)
     assert result.rank == 5
     eps = EPS[dtype]
-    assert result.diagnostics["noise_floor"] >= 30 * eps * 0.5  # λmax ≥ 0.5
+    assert result.diagnostics.noise_floor >= 30 * eps * 0.5  # λmax ≥ 0.5
 
 
 def saddle(negative, size=-1e-3, n=30, positive=5, seed=1):
@@ -105,14 +105,14 @@ def test_langevin_at_a_saddle_says_so(seed):
     result = matrank.estimate_rank(saddle(10), method="langevin", seed=seed)
     assert result.status is matrank.Status.NEGATIVE_CURVATURE and not result.converged
     assert "saddle point" in result.status.value
-    assert result.diagnostics["negative_curvature"] is not None
+    assert result.diagnostics.negative_curvature is not None
 
 
 def test_langevin_at_a_minimum_does_not_cry_saddle():
     for seed in range(5):
         result = matrank.estimate_rank(A, method="langevin", seed=seed)
         assert result.status is matrank.Status.CONVERGED
-        assert result.diagnostics["negative_curvature"] is None
+        assert result.diagnostics.negative_curvature is None
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_evolution_at_a_saddle_says_so():
     matrix = rotated_spectrum(30, 5, cond=2.0, negative=2, seed=0)
     result = matrank.estimate_rank(matrix, method="evolution", seed=0)
     assert result.status is matrank.Status.NEGATIVE_CURVATURE
-    assert result.diagnostics["widened_directions"] >= 1
+    assert result.diagnostics.widened_directions >= 1
 
 
 @pytest.mark.parametrize(("n", "rank", "basis"), [(30, 5, 16), (30, 5, 4), (600, 60, 20)])
@@ -142,7 +142,7 @@ def test_lanczos_with_a_basis_too_small_estimates_honestly(n, rank, basis):
     matrix = rotated_spectrum(n, rank, seed=0)
     for seed in range(4):
         result = matrank.estimate_rank(matrix, method="lanczos", max_basis=basis, seed=seed)
-        assert result.threshold > 0 and result.diagnostics["path"] == "slq"
+        assert result.threshold > 0 and result.diagnostics.path == "slq"
         assert result.stderr > 0.1
         assert abs(result.rank - rank) < 4 * result.stderr
 
@@ -412,7 +412,7 @@ def test_langevin_on_a_model_far_from_a_minimum_says_so():
     model, inputs, targets = small_model()  # untrained: a saddle of the loss
     oracle = loss_of(model, inputs, targets)
     dense = matrank.estimate_rank(oracle, method="exact")
-    assert dense.diagnostics["n_negative"] > 0  # the ground truth: negative curvature
+    assert dense.diagnostics.n_negative > 0  # the ground truth: negative curvature
     # either outcome names the cause: a falling count, or chains that ran away at every
     # step size (then halved with a warning each time, and theta0 is named)
     with warnings.catch_warnings():
@@ -568,7 +568,7 @@ def test_a_rank_is_never_negative(seed):
     # the readout fell far under zero (-47 and -57): no rank, and the cause named
     assert math.isnan(result.rank) and result.stderr is None
     assert result.status is matrank.Status.NEGATIVE_CURVATURE and not result.converged
-    assert result.diagnostics["negative_estimate"] < -10
+    assert result.diagnostics.negative_estimate < -10
 
 
 def test_a_soft_count_a_little_under_zero_is_an_empty_count():

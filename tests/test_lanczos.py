@@ -30,7 +30,7 @@ def test_exact_count_on_the_catalogue_within_the_matvec_target(case):
     assert result.rank == case.rank
     assert result.stderr is None
     assert result.status is matrank.Status.CONVERGED
-    assert result.diagnostics["certified"]
+    assert result.diagnostics.certified
     # issue target: an exact count costs at most 2r + 200 matvecs
     assert result.cost["matvecs"] <= 2 * case.rank + 200
 
@@ -55,7 +55,7 @@ def test_multiplicity_beyond_the_block_size_is_found_by_restarts():
     # one eigenvalue of multiplicity 60; a block Krylov space sees at most 4 copies of it
     result = matrank.LanczosRank(block_size=4).estimate(projector(300, 60, seed=1), seed=0)
     assert result.rank == 60
-    assert result.diagnostics["random_columns"] >= 60 - 4
+    assert result.diagnostics.random_columns >= 60 - 4
 
 
 def test_single_vector_lanczos_counts_a_projector():
@@ -162,7 +162,7 @@ def test_slq_path_is_unbiased_within_its_stated_stderr():
         result = matrank.estimate_rank(
             matrix, method="lanczos", seed=seed, max_basis=96, max_matvecs=1200
         )
-        assert result.diagnostics["path"] == "slq" and result.stderr > 0
+        assert result.diagnostics.path == "slq" and result.stderr > 0
         assert result.cost["matvecs"] <= 1200
         z_scores.append((result.rank - 700) / result.stderr)
     z_scores = np.array(z_scores)
@@ -198,7 +198,7 @@ def test_indefinite_counts_by_magnitude():
     result = matrank.estimate_rank(
         rotated_spectrum(300, 30, negative=11, seed=11), method="lanczos", seed=0
     )
-    assert result.rank == 30 and result.diagnostics["n_negative"] == 11
+    assert result.rank == 30 and result.diagnostics.n_negative == 11
 
 
 def test_same_seed_is_bit_identical():
@@ -208,7 +208,7 @@ def test_same_seed_is_bit_identical():
     assert first.rank == second.rank and first.threshold == second.threshold
     assert first.cost["matvecs"] == second.cost["matvecs"]
     np.testing.assert_array_equal(
-        first.diagnostics["ritz_values"], second.diagnostics["ritz_values"]
+        first.diagnostics.ritz_values, second.diagnostics.ritz_values
     )
 
 
@@ -218,12 +218,12 @@ def test_auto_uses_lanczos_beyond_the_dense_size():
     )  # n = 5000 > 4096
     result = matrank.estimate_rank(mixed_spectrum_operator(spectrum, seed=0))
     assert result.method == "lanczos" and result.rank == 50 and result.stderr is None
-    assert "block Krylov" in result.diagnostics["auto"]
+    assert "block Krylov" in result.diagnostics.auto
     # rank 4950 is past the exact reach of a 1024-column basis: without the dense path
     # (which the pilot would choose, and which is tested in test_lanczos_paths), SLQ
     matrix = laplacian(50, 100, kind="cycle", seed=13)
     result = matrank.estimate_rank(matrix, seed=0, max_basis=1024, dense_max=0)
-    assert result.diagnostics["path"] == "slq"
+    assert result.diagnostics.path == "slq"
     assert abs(result.rank - 4950) < 4 * result.stderr
 
 
@@ -270,8 +270,8 @@ def test_floor_threshold_counts_an_isolated_tiny_eigenvalue(isolated_smallest):
     plateau = matrank.estimate_rank(matrix, method="lanczos", seed=0)
     floor = matrank.estimate_rank(matrix, method="lanczos", seed=0, threshold="floor")
     assert plateau.rank == 40 and floor.rank == 41
-    assert floor.diagnostics["certified"]
-    assert floor.threshold == floor.diagnostics["noise_floor"]
+    assert floor.diagnostics.certified
+    assert floor.threshold == floor.diagnostics.noise_floor
 
 
 @pytest.mark.parametrize("restart", [True, False])
@@ -287,15 +287,15 @@ def test_a_rank_near_n_switches_to_the_dense_path(monkeypatch, restart):
     matrix = rotated_spectrum(600, 480, cond=1e3, seed=0)
     operator = scipy.sparse.linalg.aslinearoperator(matrix)
     result = matrank.estimate_rank(operator, method="lanczos", seed=0)
-    assert result.diagnostics["path"] == "dense (switched)"
-    assert result.rank == 480 and result.diagnostics["certified"]
-    switched_at = result.diagnostics["switched_to_dense_at"]
+    assert result.diagnostics.path == "dense (switched)"
+    assert result.rank == 480 and result.diagnostics.certified
+    switched_at = result.diagnostics.switched_to_dense_at
     assert 200 <= switched_at < 600
     assert ("dense_restart" in result.diagnostics) is restart
     assert result.cost["matvecs"] == 600 + (switched_at if restart else 0)
     if restart:  # dense_max=0 keeps the Krylov count (once is enough: seconds)
         kept = matrank.estimate_rank(operator, method="lanczos", seed=0, dense_max=0)
-        assert kept.diagnostics["path"] == "krylov" and kept.rank == 480
+        assert kept.diagnostics.path == "krylov" and kept.rank == 480
 
 
 def _hidden_operator(n=20000):
@@ -316,10 +316,10 @@ def test_no_certified_count_below_the_resolution_of_a_random_block():
     given = matrank.LanczosRank(threshold=5e-11).estimate(operator, seed=0)
     assert given.status is matrank.Status.BELOW_RESOLUTION
     assert not given.status.converged and "threshold=" in given.status.value
-    floor = given.diagnostics["noise_floor"]
+    floor = given.diagnostics.noise_floor
     # δ is relative to the largest product norm seen, between 1 and ‖A‖ = 2 here
     delta = 100 * math.sqrt(n) * np.finfo(np.float64).eps
-    k = given.diagnostics["basis_size"]
+    k = given.diagnostics.basis_size
     assert 1.0 <= floor / (3 * delta * math.sqrt((n - k) / 32)) <= 2.0
     assert floor > 40 * n * np.finfo(np.float64).eps * 2.0  # far above numpy's rule
     for threshold in (None, "floor"):

@@ -61,38 +61,38 @@ def test_rank_above_half_of_n_goes_dense_at_once():
     operator = scipy.sparse.linalg.aslinearoperator(matrix)
     result = matrank.estimate_rank(operator, method="lanczos", seed=0, **SMALL)
     truth = matrank.estimate_rank(matrix, method="exact")
-    assert result.diagnostics["path"] == "dense"
-    assert result.diagnostics["pilot"]["path"] == "dense"
-    assert result.diagnostics["pilot"]["count"] >= DENSE_FRACTION * n
+    assert result.diagnostics.path == "dense"
+    assert result.diagnostics.pilot["path"] == "dense"
+    assert result.diagnostics.pilot["count"] >= DENSE_FRACTION * n
     assert result.rank == truth.rank == int(0.8 * n)
     assert result.threshold == truth.threshold
-    assert result.status is matrank.Status.CONVERGED and result.diagnostics["certified"]
-    pilot = result.diagnostics["pilot"]["matvecs"]
+    assert result.status is matrank.Status.CONVERGED and result.diagnostics.certified
+    pilot = result.diagnostics.pilot["matvecs"]
     assert result.cost["matvecs"] == pilot + n  # the pilot, then H's n columns
     # an explicit matrix is read, not multiplied
     explicit = matrank.estimate_rank(matrix, method="lanczos", seed=0, **SMALL)
-    assert explicit.diagnostics["path"] == "dense"
+    assert explicit.diagnostics.path == "dense"
     assert explicit.rank == truth.rank and explicit.cost["matvecs"] == pilot
     # past dense_max, no dense path: the pilot leaves the count to the Krylov basis
     kept = matrank.estimate_rank(
         operator, method="lanczos", seed=0, dense_max=n - 1, **SMALL
     )
-    assert kept.diagnostics["pilot"]["path"] == "krylov"
-    assert kept.rank == truth.rank and kept.diagnostics["path"] == "krylov"
+    assert kept.diagnostics.pilot["path"] == "krylov"
+    assert kept.rank == truth.rank and kept.diagnostics.path == "krylov"
 
 
 def test_low_rank_starts_from_the_range_and_certifies_in_about_2r_products():
     n, rank = 40_000, 150
     operator = _sparse_low_rank(n, rank)
     result = matrank.estimate_rank(operator, method="lanczos", seed=0)
-    pilot = result.diagnostics["pilot"]
+    pilot = result.diagnostics.pilot
     assert pilot["path"] == "range start"
     assert abs(pilot["count"] - rank) <= 4 * pilot["stderr"] + 5
-    assert result.rank == rank and result.diagnostics["certified"]
+    assert result.rank == rank and result.diagnostics.certified
     assert result.status is matrank.Status.CONVERGED
     # pilot, the sketch, its rank's image, then one verification block
     assert result.cost["matvecs"] <= pilot["matvecs"] + pilot["start_block"] + rank + 64
-    assert result.diagnostics["orthogonalization_seconds"] > 0
+    assert result.diagnostics.orthogonalization_seconds > 0
 
 
 def test_a_wrong_pilot_costs_time_not_the_answer(monkeypatch):
@@ -110,7 +110,7 @@ def test_a_wrong_pilot_costs_time_not_the_answer(monkeypatch):
     monkeypatch.setattr("matrank.estimators.lanczos.grow.run_pilot", narrow)
     operator = _sparse_low_rank(2000, 90, seed=1)
     result = matrank.estimate_rank(operator, method="lanczos", seed=0, **SMALL)
-    assert result.rank == 90 and result.diagnostics["certified"]
+    assert result.rank == 90 and result.diagnostics.certified
 
     def dense_guess(*args, **kwargs):
         pilot = original(*args, **kwargs)
@@ -118,7 +118,7 @@ def test_a_wrong_pilot_costs_time_not_the_answer(monkeypatch):
 
     monkeypatch.setattr("matrank.estimators.lanczos.grow.run_pilot", dense_guess)
     result = matrank.estimate_rank(operator, method="lanczos", seed=0, **SMALL)
-    assert result.rank == 90 and result.diagnostics["path"] == "dense"
+    assert result.rank == 90 and result.diagnostics.path == "dense"
 
 
 @given(
@@ -143,10 +143,10 @@ def test_the_dense_path_never_overruns_a_fixed_budget():
     result = matrank.estimate_rank(
         operator, method="lanczos", seed=0, max_matvecs=900, **SMALL
     )
-    assert result.diagnostics["pilot"]["path"] == "dense"  # chosen, but not affordable
-    assert result.diagnostics["path"] != "dense"
+    assert result.diagnostics.pilot["path"] == "dense"  # chosen, but not affordable
+    assert result.diagnostics.path != "dense"
     assert result.cost["matvecs"] <= 900
     # SLQ answers: its Gauss–Radau node at zero keeps the 200 zeros out of the count
     # (a Gauss rule smeared them onto a positive node: 1200 ± 7e-13, before)
-    assert result.diagnostics["path"] == "slq"
+    assert result.diagnostics.path == "slq"
     assert abs(result.rank - 1000) <= 4 * result.stderr

@@ -85,7 +85,7 @@ def test_single_chain_reports_a_batch_means_stderr_and_the_loss_trace():
         variant="paper", step_size=0.1, sigma2=1.0, n_steps=500, n_average=400
     )
     result = estimator.estimate(rotated_spectrum(10, 3, cond=2.0, seed=2), seed=0)
-    assert result.stderr > 0 and result.diagnostics["loss_excess"].shape == (500,)
+    assert result.stderr > 0 and result.diagnostics.loss_excess.shape == (500,)
     assert result.threshold == pytest.approx(1 / (2 * 0.1 * 500))
 
 
@@ -126,9 +126,9 @@ def test_auto_runs_the_virial_langevin_on_gradient_only_oracles():
     # H = I: η = 1.5/μmax = 1.5 equilibrates every mode within a few steps, and the
     # virial's expectation Σ(1 − (1 − ημ)^{2k}) → 3 (no 1/(1 − ημ/2) inflation)
     auto = matrank.estimate_rank(GradientOnly(), seed=0)
-    assert auto.method == "langevin" and "gradients only" in auto.diagnostics["auto"]
-    assert auto.diagnostics["readout"] == "virial"
-    assert auto.diagnostics["step_size"] == pytest.approx(1.5, rel=0.01)
+    assert auto.method == "langevin" and "gradients only" in auto.diagnostics.auto
+    assert auto.diagnostics.readout == "virial"
+    assert auto.diagnostics.step_size == pytest.approx(1.5, rel=0.01)
     # min(20, n) = 3 central differences of 2 gradients each find μmax
     # the budget keeps 40 gradients for the step, 1 for ∇L(θ0) and 4 a chain for the
     # quadratic check; min(20, n) = 3 central differences of 2 gradients find μmax
@@ -160,7 +160,7 @@ def test_same_seed_is_bit_identical_and_seeds_differ():
     matrix = rotated_spectrum(10, 3, cond=2.0, seed=4)
     first, second = estimator.estimate(matrix, seed=7), estimator.estimate(matrix, seed=7)
     np.testing.assert_array_equal(
-        first.diagnostics["loss_excess"], second.diagnostics["loss_excess"]
+        first.diagnostics.loss_excess, second.diagnostics.loss_excess
     )
     assert first.rank == second.rank
     assert estimator.estimate(matrix, seed=8).rank != first.rank
@@ -181,7 +181,7 @@ def test_virial_readout_is_unbiased_where_the_loss_readout_inflates_stiff_modes(
     assert abs(expected - 8) < 0.01  # every mode equilibrated: the count itself
     biased = expected_estimate(eigenvalues, matrank.LangevinRank(variant="paper", **kwargs))
     assert biased - 8 > 10 * result.stderr  # the loss readout's expectation is far off
-    assert result.cost["evals"] == 0 and result.diagnostics["readout"] == "virial"
+    assert result.cost["evals"] == 0 and result.diagnostics.readout == "virial"
 
 
 def test_virial_readout_needs_gradients_only():
@@ -230,16 +230,14 @@ def test_automatic_step_size_from_gradients_only(readout, factor):
     )
     result = estimator.estimate(matrix, seed=0)
     # an upper bound, tight after 20 Lanczos steps on a 12-dimensional range
-    assert mu_max <= result.diagnostics["mu_max"] <= 1.01 * mu_max
-    assert result.diagnostics["step_size"] == pytest.approx(
-        factor / result.diagnostics["mu_max"]
-    )
+    assert mu_max <= result.diagnostics.mu_max <= 1.01 * mu_max
+    assert result.diagnostics.step_size == pytest.approx(factor / result.diagnostics.mu_max)
     # the 20 central differences are billed, ∇L(θ0), and the check's 4 a chain
     assert result.cost["gradients"] == 40 + 1 + 8 * 600 + 4 * 8
     if readout == "virial":
         curve = expected_virial_curve(
             np.linalg.eigvalsh(whitened),
-            step_size=result.diagnostics["step_size"],
+            step_size=result.diagnostics.step_size,
             n_steps=600,
         )
         assert abs(result.rank - curve[-400:].mean()) <= 4 * result.stderr
@@ -283,7 +281,7 @@ def test_default_is_unbiased_for_the_count_above_the_threshold_it_reports():
             result.stderr,
         )
         assert result.cost["gradients"] <= 15000 and result.cost["evals"] == 0
-        assert result.diagnostics["readout"] == "virial"
+        assert result.diagnostics.readout == "virial"
 
 
 @pytest.mark.parametrize("parallel_noise", [False, True])
@@ -297,15 +295,15 @@ def test_default_matches_its_exact_discrete_expectation_over_the_window_it_chose
     matrix, eigenvalues = spread_quadratic(n_curved=200, n=300)
     for seed in range(3):
         result = matrank.LangevinRank().estimate(matrix, seed=seed)
-        begin = result.diagnostics["burn_in"]
-        assert 0 <= begin <= result.diagnostics["steps_done"] // 2
+        begin = result.diagnostics.burn_in
+        assert 0 <= begin <= result.diagnostics.steps_done // 2
         curve = expected_virial_curve(
             eigenvalues,
-            step_size=result.diagnostics["step_size"],
-            n_steps=result.diagnostics["steps_done"],
+            step_size=result.diagnostics.step_size,
+            n_steps=result.diagnostics.steps_done,
         )
         # against its expectation only the sampling part of the stderr applies
-        sampling = result.diagnostics["sampling_stderr"]
+        sampling = result.diagnostics.sampling_stderr
         assert abs(result.rank - curve[begin:].mean()) <= 4 * sampling
         parts = [
             sampling,
@@ -353,7 +351,7 @@ def test_stderr_covers_a_sparse_filter_edge_on_the_smallest_linear_net(trial):
         counted,
         result.stderr,
     )
-    assert -0.5 <= result.diagnostics["threshold_fit"]["shape"] <= 1.0
+    assert -0.5 <= result.diagnostics.threshold_fit["shape"] <= 1.0
 
 
 def test_localization_gives_the_soft_count_mu_over_mu_plus_gamma():
@@ -361,16 +359,16 @@ def test_localization_gives_the_soft_count_mu_over_mu_plus_gamma():
     gamma = 1e-3
     estimator = matrank.LangevinRank(localization=gamma)
     result = estimator.estimate(matrix, seed=0)
-    eta = result.diagnostics["step_size"]
-    assert eta == pytest.approx(1.5 / (result.diagnostics["mu_max"] + gamma))
+    eta = result.diagnostics.step_size
+    assert eta == pytest.approx(1.5 / (result.diagnostics.mu_max + gamma))
     curve = expected_virial_curve(
         eigenvalues,
         step_size=eta,
-        n_steps=result.diagnostics["steps_done"],
+        n_steps=result.diagnostics.steps_done,
         localization=gamma,
     )
-    begin = result.diagnostics["burn_in"]
-    sampling = result.diagnostics["sampling_stderr"]
+    begin = result.diagnostics.burn_in
+    sampling = result.diagnostics.sampling_stderr
     assert abs(result.rank - curve[begin:].mean()) <= 4 * sampling
     # 1/(ηγ) ≈ 670 steps: by the end the curve is at its stationary value Σ μ/(μ+γ)
     stationary = (eigenvalues / (eigenvalues + gamma)).sum()
@@ -384,9 +382,9 @@ def test_default_halves_the_step_and_restarts_when_the_chains_diverge():
         result = matrank.LangevinRank(
             step_size=3.0, sigma2=1.0, n_steps=1000, n_chains=8
         ).estimate(matrix, seed=0)
-    reductions = result.diagnostics["step_reductions"]
+    reductions = result.diagnostics.step_reductions
     assert len(reductions) == 1 and reductions[0]["step_size"] == 3.0
-    assert result.diagnostics["step_size"] == 1.5
+    assert result.diagnostics.step_size == 1.5
     steps = 1000 + reductions[0]["diverged_at"] + 1
     assert result.cost["gradients"] == 1 + 8 * steps + 4 * 8  # and the check
     assert abs(result.rank - 2) <= 4 * result.stderr
@@ -404,9 +402,9 @@ def test_restarts_stay_within_max_gradients(budget):
                 estimator.estimate(matrix, seed=0)
             return
         result = estimator.estimate(matrix, seed=0)
-    assert result.diagnostics["step_reductions"][0]["step_size"] == 3.0
+    assert result.diagnostics.step_reductions[0]["step_size"] == 3.0
     assert result.cost["gradients"] <= budget
-    assert result.diagnostics["steps_done"] < (budget - 1) // 8  # shortened
+    assert result.diagnostics.steps_done < (budget - 1) // 8  # shortened
     # eigenvalues 1 and 1e-3: 70 steps reach τ ≈ 7e-3, above the second
     counted = int((np.linalg.eigvalsh(matrix) > result.threshold).sum())
     assert counted == (2 if budget == 8000 else 1)
@@ -433,7 +431,7 @@ def test_chains_that_left_the_well_are_not_quadratic_and_a_falling_readout_not_s
     for seed in range(4):
         result = matrank.LangevinRank(sigma2=10.0).estimate(_FlatteningWell(), seed=seed)
         assert result.rank < 1 and result.status is matrank.Status.NOT_QUADRATIC
-        parts = result.diagnostics["quadratic_defect_parts"]
+        parts = result.diagnostics.quadratic_defect_parts
         assert np.median(parts["odd"]) > 0.9 and np.max(parts["even"]) < 1e-6
         assert not result.converged and "not quadratic" in str(result)
     cool = matrank.LangevinRank(sigma2=0.1).estimate(_FlatteningWell(), seed=0)
@@ -459,8 +457,8 @@ def test_adaptive_budget_stops_when_settled_and_says_when_it_cannot():
         matrix, seed=0
     )
     assert settled.status is matrank.Status.CONVERGED
-    rounds = settled.diagnostics["rounds"]
-    assert rounds[-1]["steps"] < settled.diagnostics["steps_done"] + 1
+    rounds = settled.diagnostics.rounds
+    assert rounds[-1]["steps"] < settled.diagnostics.steps_done + 1
     assert settled.cost["gradients"] < 200_000 // 4
     assert rounds[-1]["stderr"] <= 0.01 * rounds[-1]["rank"]
     assert abs(settled.rank - 8) <= 4 * settled.stderr
@@ -502,11 +500,11 @@ def test_default_against_its_exact_expectation_on_generated_cases(case):
     eigenvalues = np.linalg.eigvalsh(matrix)
     curve = expected_virial_curve(
         eigenvalues,
-        step_size=result.diagnostics["step_size"],
-        n_steps=result.diagnostics["steps_done"],
+        step_size=result.diagnostics.step_size,
+        n_steps=result.diagnostics.steps_done,
     )
-    expected = curve[result.diagnostics["burn_in"] :].mean()
-    assert abs(result.rank - expected) <= 4 * result.diagnostics["sampling_stderr"]
+    expected = curve[result.diagnostics.burn_in :].mean()
+    assert abs(result.rank - expected) <= 4 * result.diagnostics.sampling_stderr
     assert expected <= rank + 1e-9
 
 
@@ -527,7 +525,7 @@ def test_automatic_noise_keeps_a_nonlinear_loss_quadratic_where_the_chains_go():
         (1e-4 * scale) ** 2 / (info["step_size"] * info["steps_done"])
     )
     paper_noise = matrank.LangevinRank(sigma2=2e-5).estimate(problem, seed=0)
-    assert paper_noise.rank - 256 > 4 * paper_noise.diagnostics["sampling_stderr"]
+    assert paper_noise.rank - 256 > 4 * paper_noise.diagnostics.sampling_stderr
     with pytest.raises(
         matrank.MatrankValueError, match="`sigma2` must be a positive number or 'auto'"
     ):
@@ -551,7 +549,7 @@ def test_default_is_unmoved_by_a_residual_gradient_at_theta0():
 
     result = matrank.LangevinRank().estimate(Tilted(), seed=0)
     assert abs(result.rank - 6) <= 4 * result.stderr
-    assert result.diagnostics["gradient_norm_at_theta0"] == pytest.approx(
+    assert result.diagnostics.gradient_norm_at_theta0 == pytest.approx(
         float(torch.linalg.vector_norm(shift))
     )
 
@@ -589,12 +587,12 @@ def test_automatic_noise_outweighs_the_jumps_of_a_kinked_loss():
     assert info["sampling_stderr"] < 0.1  # the readout's noise; τ's terms are apart
     walk = (1e-4) ** 2 / (eta * info["steps_done"])  # the rule without the floor
     small = matrank.LangevinRank(step_size=eta, sigma2=walk).estimate(Kinked(), seed=0)
-    assert small.diagnostics["sigma2_rule"] == "given"
+    assert small.diagnostics.sigma2_rule == "given"
     # the jumps swamp so small a noise, and the chains never leave the kinks: the
     # gradient's even part about θ0 is as large as its odd part, and no count is
     # claimed (the readout swings by thousands; a rank is never negative)
     assert small.status is matrank.Status.NOT_QUADRATIC and not small.converged
-    assert np.median(small.diagnostics["quadratic_defect"]) > 0.25
+    assert np.median(small.diagnostics.quadratic_defect) > 0.25
     assert math.isnan(small.rank) or small.stderr > 100
     # at the automatic σ² the chains go past the kinks, whose jumps are odd about θ0
     assert np.median(info["quadratic_defect"]) < 0.25
@@ -698,11 +696,11 @@ def test_langevin_past_the_quadratic_region_is_not_quadratic_not_converged():
         _Kinked(matrix, kinks=20, c=1.0), method="langevin", seed=0
     )
     assert kinked.status is matrank.Status.NOT_QUADRATIC and not kinked.converged
-    assert np.median(kinked.diagnostics["quadratic_defect"]) > 0.25
+    assert np.median(kinked.diagnostics.quadratic_defect) > 0.25
     smooth = matrank.estimate_rank(
         _Kinked(matrix, kinks=20, c=0.0), method="langevin", seed=0
     )
     assert smooth.status is matrank.Status.CONVERGED
-    assert np.max(smooth.diagnostics["quadratic_defect"]) < 1e-8
+    assert np.max(smooth.diagnostics.quadratic_defect) < 1e-8
     # the check's gradients come out of max_gradients, not on top of it
     assert smooth.cost["gradients"] <= matrank.LangevinRank().max_gradients

@@ -145,7 +145,7 @@ def test_polynomial_probes_give_one_estimate_for_any_n_jobs(dask_client):
         return matrank.PolynomialRank(**options).estimate(B, seed=3)
 
     serial = run(1)
-    assert serial.diagnostics["path"] == "probes" and serial.diagnostics["n_probes"] > 8
+    assert serial.diagnostics.path == "probes" and serial.diagnostics.n_probes > 8
     _same(serial, run(2))
     _same(serial, _on_dask(lambda: run(2)))
     alone = run(None)  # the same probes in larger blocks: equal to rounding

@@ -125,7 +125,7 @@ def test_ctrl_c_in_every_phase_returns_interrupted(case, monkeypatch):
             **options,
         )
         assert result.status is matrank.Status.INTERRUPTED, phase
-        assert result.diagnostics["interrupted_in"] == phase
+        assert result.diagnostics.interrupted_in == phase
         assert not result.converged
         # a number only where the run had one: never one above what it could count
         assert np.isnan(result.rank) or 0 <= result.rank <= matrix.shape[0]
@@ -195,8 +195,8 @@ def test_without_a_checkpoint_ctrl_c_stops_at_once_and_the_handler_is_untouched(
         SignalAt(matrix, at=5), method="lanczos", seed=0, block_size=4
     )
     assert result.status is matrank.Status.INTERRUPTED
-    assert result.diagnostics["interrupted_in"] == "grow"
-    assert result.diagnostics["basis_size"] < 300
+    assert result.diagnostics.interrupted_in == "grow"
+    assert result.diagnostics.basis_size < 300
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

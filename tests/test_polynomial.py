@@ -21,10 +21,10 @@ def test_faithful_mode_is_unbiased_for_its_soft_count_on_the_paper_problem():
         )
         assert result.cost["matvecs"] == 60 * 50 + 30
         # their gap rule settles at 1.24 % of λmax on these spectra (paper_peer §3)
-        assert result.threshold / result.diagnostics["lambda_max"] == pytest.approx(
+        assert result.threshold / result.diagnostics.lambda_max == pytest.approx(
             0.012376, rel=1e-3
         )
-        assert result.diagnostics["filter_at_zero"] == pytest.approx(-4.95e-3, rel=0.02)
+        assert result.diagnostics.filter_at_zero == pytest.approx(-4.95e-3, rel=0.02)
         z_scores.append(
             (result.rank - expected_count(result, spectrum, problem.dim)) / result.stderr
         )
@@ -81,9 +81,7 @@ def test_same_seed_is_bit_identical():
     matrix = rotated_spectrum(80, 10, cond=2.0, seed=2)
     estimator = matrank.PolynomialRank(variant="ubaru-saad", n_probes=10)
     first, second = estimator.estimate(matrix, seed=3), estimator.estimate(matrix, seed=3)
-    np.testing.assert_array_equal(
-        first.diagnostics["samples"], second.diagnostics["samples"]
-    )
+    np.testing.assert_array_equal(first.diagnostics.samples, second.diagnostics.samples)
     assert estimator.estimate(matrix, seed=4).rank != first.rank
 
 
@@ -99,8 +97,8 @@ def test_default_filter_is_unbiased_for_its_soft_count_and_ignores_the_null_spac
         result = matrank.PolynomialRank(deflate=0, max_matvecs=3000).estimate(
             matrix, seed=seed
         )
-        assert result.diagnostics["filter_at_zero"] == pytest.approx(0.0, abs=1e-12)
-        assert result.diagnostics["deflated"] == 0
+        assert result.diagnostics.filter_at_zero == pytest.approx(0.0, abs=1e-12)
+        assert result.diagnostics.deflated == 0
         assert result.cost["matvecs"] <= 3000
         assert result.status is matrank.Status.CONVERGED
         # the edge sits in the gap between 0 and the smallest signal eigenvalue 1/30
@@ -119,7 +117,7 @@ def test_default_soft_count_equals_n_tau_on_the_linear_net_beyond_its_gaps():
     for seed in range(4):
         result = estimator.estimate(problem, seed=seed)
         assert result.status is matrank.Status.NO_PLATEAU
-        assert result.threshold == pytest.approx(result.diagnostics["reach"])
+        assert result.threshold == pytest.approx(result.diagnostics.reach)
         counted = int((spectrum > result.threshold).sum())
         z_scores.append((result.rank - counted) / result.stderr)
     assert np.all(np.abs(z_scores) < 4), z_scores
@@ -128,8 +126,8 @@ def test_default_soft_count_equals_n_tau_on_the_linear_net_beyond_its_gaps():
 def test_deflation_captures_a_small_rank_whole_and_counts_it_exactly():
     matrix = rotated_spectrum(600, 25, cond=1e3, seed=3)
     result = matrank.PolynomialRank().estimate(matrix, seed=0)
-    assert result.diagnostics["deflated"] == 25
-    assert result.diagnostics["path"] == "deflated (exact)"
+    assert result.diagnostics.deflated == 25
+    assert result.diagnostics.path == "deflated (exact)"
     assert result.rank == pytest.approx(25, abs=1e-9)
     assert result.stderr < 1e-9
     # the exact path applies the exact methods' plateau rule to the captured spectrum
@@ -158,10 +156,10 @@ def test_deflation_that_holds_everything_above_the_reach_counts_it_exactly(seed)
         mixed_spectrum_operator(CONTINUUM, seed=seed), seed=seed
     )
     diagnostics = result.diagnostics
-    assert diagnostics["path"] == "deflated (complement below τ)"
+    assert diagnostics.path == "deflated (complement below τ)"
     assert (
-        np.sort(CONTINUUM)[::-1][diagnostics["deflated"]]
-        <= diagnostics["complement_top"]
+        np.sort(CONTINUUM)[::-1][diagnostics.deflated]
+        <= diagnostics.complement_top
         < result.threshold
     )
     assert result.rank == (CONTINUUM > result.threshold).sum()
@@ -176,8 +174,8 @@ def test_a_space_that_fits_the_budget_is_captured_whole_without_a_pilot():
     matrix = _rotated(spectrum, 0)
     result = matrank.PolynomialRank(max_matvecs=4000).estimate(matrix, seed=0)
     exact = matrank.estimate_rank(matrix, method="exact")
-    assert result.diagnostics["path"] == "deflated (exact)"
-    values = result.diagnostics["deflated_values"]
+    assert result.diagnostics.path == "deflated (exact)"
+    values = result.diagnostics.deflated_values
     assert np.all(np.diff(np.abs(values)) <= 0)  # by magnitude, as Ritz values come
     np.testing.assert_allclose(values, np.sort(spectrum)[::-1][:300], rtol=1e-9)
     assert result.rank == exact.rank == 300 and result.stderr == 0
@@ -187,9 +185,9 @@ def test_a_space_that_fits_the_budget_is_captured_whole_without_a_pilot():
     # with settings for the filter (a user's cap on the basis), the pilot runs and
     # a partial capture follows
     capped = matrank.PolynomialRank(max_matvecs=4000, deflate=200).estimate(matrix, seed=0)
-    assert capped.diagnostics["basis_size"] <= 200
-    assert capped.diagnostics["path"] != "deflated (exact)"
-    assert capped.diagnostics["degree"] > 0
+    assert capped.diagnostics.basis_size <= 200
+    assert capped.diagnostics.path != "deflated (exact)"
+    assert capped.diagnostics.degree > 0
 
 
 COPIES = np.r_[np.ones(120), 0.01 * np.arange(1, 301) ** -2.0, np.zeros(5580)]
@@ -202,10 +200,10 @@ def test_copies_that_deflation_missed_send_the_count_back_to_the_probes():
     result = matrank.PolynomialRank(max_matvecs=4000, deflate=400).estimate(
         mixed_spectrum_operator(COPIES, seed=0), seed=0
     )
-    copies = int((np.abs(result.diagnostics["deflated_values"] - 1) < 1e-6).sum())
+    copies = int((np.abs(result.diagnostics.deflated_values - 1) < 1e-6).sum())
     assert copies < 120
-    assert result.diagnostics["complement_top"] >= 1.0
-    assert result.diagnostics["path"] == "probes"
+    assert result.diagnostics.complement_top >= 1.0
+    assert result.diagnostics.path == "probes"
     assert abs(result.rank - 120) <= 4 * result.stderr
 
 
@@ -216,9 +214,9 @@ def test_a_basis_that_left_copies_behind_grows_until_nothing_is_left():
     result = matrank.PolynomialRank(max_matvecs=4000).estimate(
         mixed_spectrum_operator(COPIES, seed=0), seed=0
     )
-    copies = int((np.abs(result.diagnostics["deflated_values"] - 1) < 1e-6).sum())
+    copies = int((np.abs(result.diagnostics.deflated_values - 1) < 1e-6).sum())
     assert copies == 120
-    assert result.diagnostics["path"] == "deflated (exact)"
+    assert result.diagnostics.path == "deflated (exact)"
     assert result.rank == 420 and result.stderr == 0
     assert result.cost["matvecs"] < 4000
 
@@ -231,7 +229,7 @@ def test_user_threshold_sets_the_degree_from_its_angle():
     first, second = wide.estimate(matrix, seed=0), narrow.estimate(matrix, seed=0)
     assert first.threshold == 0.05
     # degree ∝ sqrt(λmax/τ): 100× smaller τ, 10× the degree
-    ratio = second.diagnostics["degree"] / first.diagnostics["degree"]
+    ratio = second.diagnostics.degree / first.diagnostics.degree
     assert 8 < ratio < 12
     for result in (first, second):
         expected = expected_count(result, eigenvalues)
@@ -242,7 +240,7 @@ def test_user_threshold_sets_the_degree_from_its_angle():
 def test_indefinite_matrix_counts_both_signs():
     matrix = rotated_spectrum(300, 20, cond=10.0, negative=6, seed=5)
     result = matrank.PolynomialRank(deflate=0, max_matvecs=3000).estimate(matrix, seed=1)
-    assert result.diagnostics["lambda_min"] < -0.09
+    assert result.diagnostics.lambda_min < -0.09
     assert abs(result.rank - 20) < 4 * result.stderr
     assert abs(result.rank - expected_count(result, np.linalg.eigvalsh(matrix))) < (
         4 * result.stderr
@@ -268,7 +266,7 @@ def test_counting_curve_and_density_follow_the_spectrum():
     assert np.all(np.abs(curve.counts[top]) < 4 * curve.stderr[top] + 0.5)
     gap = (curve.thresholds > 2e-3) & (curve.thresholds < 5e-3)
     assert np.all(np.abs(curve.counts[gap] - 30) < 4 * curve.stderr[gap] + 0.5)
-    grid, density = result.diagnostics["density_grid"], result.diagnostics["density"]
+    grid, density = result.diagnostics.density_grid, result.diagnostics.density
     # eigenvalues per unit λ: the mass above 0.05 is the count there (trapezoid on the
     # Chebyshev grid; the Jackson blur moves a little mass across 0.05)
     mask = grid > 0.05
@@ -303,7 +301,7 @@ def test_full_rank_captured_whole_leaves_empty_probes():
     # the basis is all of R^n: the probes of its (empty) complement are zero vectors
     result = matrank.PolynomialRank().estimate(np.eye(30), seed=0)
     assert result.rank == 30 and result.stderr == 0
-    assert result.diagnostics["path"] == "deflated (exact)"
+    assert result.diagnostics.path == "deflated (exact)"
 
 
 def test_zero_operator_has_rank_zero():

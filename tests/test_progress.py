@@ -53,7 +53,7 @@ def test_ctrl_c_in_lanczos_returns_the_last_assessed_count():
     assert result.status is matrank.Status.INTERRUPTED and not result.converged
     assert 0 < result.rank < 120  # three blocks of 8 cannot have found all 120
     # the count is the last assessment's: Ritz values above the reported threshold
-    ritz = np.abs(result.diagnostics["ritz_values"])
+    ritz = np.abs(result.diagnostics.ritz_values)
     assert result.rank == (ritz > result.threshold).sum()
     assert "interrupted by the user" in str(result.status.value)
 
@@ -66,7 +66,7 @@ def test_ctrl_c_before_anything_was_measured_returns_no_number():
         InterruptAfter(matrix, "hvp", 1), method="lanczos", seed=0
     )
     assert result.status is matrank.Status.INTERRUPTED and np.isnan(result.rank)
-    assert result.diagnostics["interrupted_in"] == "grow"
+    assert result.diagnostics.interrupted_in == "grow"
     assert result.cost["matvecs"] == 0
 
 
@@ -77,7 +77,7 @@ def test_ctrl_c_in_langevin_returns_the_run_so_far():
     )
     result = estimator.estimate(InterruptAfter(matrix, "grad", 600), seed=0)
     assert result.status is matrank.Status.INTERRUPTED
-    assert result.diagnostics["steps_done"] == 600
+    assert result.diagnostics.steps_done == 600
     assert result.cost["gradients"] == 600
     # steps 0…599 ran; the estimate averages their second half, 300…599
     curve = expected_loss_curve(

@@ -465,7 +465,7 @@ def kronecker_operator(clock, left_rank=7, right_rank=11, size=60, seed=0):
 def test_auto_counts_an_expensive_operator_by_krylov_and_says_why(clock):
     result = matrank.estimate_rank(kronecker_operator(clock), seed=0)
     assert result.method == "lanczos" and result.rank == 77
-    reason = result.diagnostics["auto"]
+    reason = result.diagnostics.auto
     assert "the first a warm-up" in reason and "dense path would take" in reason
     assert result.cost["matvecs"] < 3600  # the dense path's n products were not spent
 
@@ -488,7 +488,7 @@ def test_auto_reuses_an_operators_calibration_and_keeps_its_route(clock):
     cost[0] = 1.0  # the machine got busy: a fresh calibration would say lanczos
     again = matrank.estimate_rank(operator, seed=0)
     assert again.method == "exact" and again.rank == first.rank == 20
-    assert "calibrated by an earlier call" in again.diagnostics["auto"]
+    assert "calibrated by an earlier call" in again.diagnostics.auto
     assert again.cost["matvecs"] == 300  # nothing spent timing
     fresh = scipy.sparse.linalg.LinearOperator(
         matrix.shape, matvec=matvec, rmatvec=matvec, dtype=np.float64
@@ -504,7 +504,7 @@ def test_auto_takes_the_dense_path_of_a_cheap_operator_and_counts_the_timing():
     operator = scipy.sparse.linalg.aslinearoperator(matrix)
     result = matrank.estimate_rank(operator, seed=0)
     assert result.method == "exact" and result.rank == 20
-    assert "the first a warm-up" in result.diagnostics["auto"]
+    assert "the first a warm-up" in result.diagnostics.auto
     assert result.cost["matvecs"] == 200 + 64  # the dense path and two timing blocks
     explicit = matrank.estimate_rank(matrix, seed=0)
     assert explicit.method == "exact" and explicit.cost["matvecs"] == 0

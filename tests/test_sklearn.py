@@ -127,10 +127,10 @@ def test_bundled_datasets_count_right_and_never_converge_on_a_contested_plateau(
     # numpy's count at the reported threshold (no eigenvalue sits within 1e-6 of it)
     assert np.abs(np.abs(eigenvalues) - result.threshold).min() > 1e-6 * result.threshold
     assert result.rank == np.sum(np.abs(eigenvalues) > result.threshold)
-    floor = result.diagnostics["noise_floor"]
+    floor = result.diagnostics.noise_floor
     assert result.status.name == _expected_status(eigenvalues, floor)
     if result.status.name == "AMBIGUOUS_PLATEAU":  # both candidates named, both right
-        plateau = result.diagnostics["plateau"]
+        plateau = result.diagnostics.plateau
         other = plateau["runner_up_threshold"]
         assert plateau["runner_up_count"] == np.sum(np.abs(eigenvalues) > other)
         assert "candidates:" in str(result)
@@ -146,4 +146,4 @@ def test_raw_breast_cancer_is_full_rank_and_says_a_second_plateau_competes():
         )
     )
     assert result.status is matrank.Status.AMBIGUOUS_PLATEAU
-    assert result.diagnostics["plateau"]["runner_up_count"] == 1
+    assert result.diagnostics.plateau["runner_up_count"] == 1

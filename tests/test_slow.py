@@ -97,7 +97,7 @@ def test_dual_rank_of_a_large_ggn_equals_the_lanczos_count():
     info = module.compare(samples=200, steps=20, width=300)
     (_, dual, _), (_, krylov, _), (_, same, _) = info["rows"]
     assert info["n"] >= 100_000
-    assert dual.diagnostics["dual"]["rows"] <= 200 * 9
+    assert dual.diagnostics.dual["rows"] <= 200 * 9
     assert krylov.status.converged and same.status.converged
     assert same.threshold == krylov.threshold
     assert same.rank == krylov.rank

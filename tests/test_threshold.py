@@ -146,8 +146,8 @@ def test_a_relative_threshold_is_a_fraction_of_the_spectral_norm(method):
     )
     assert result.threshold == pytest.approx(0.08, rel=1e-6)
     assert round(result.rank) == 10
-    assert result.diagnostics["relative_threshold"]["fraction"] == 1e-2
-    spent = result.diagnostics["relative_threshold"]["matvecs"]
+    assert result.diagnostics.relative_threshold["fraction"] == 1e-2
+    spent = result.diagnostics.relative_threshold["matvecs"]
     assert 0 < spent <= 64 and result.cost["matvecs"] >= spent
 
 
@@ -179,7 +179,7 @@ def test_a_float32_curve_without_a_clear_plateau_names_float64_as_the_remedy():
     spectrum = np.geomspace(1e-5, 1.0, 60)  # a continuum down to float32's floor
     as32 = matrank.estimate_rank(torch.diag(torch.tensor(spectrum, dtype=torch.float32)))
     assert as32.status is matrank.Status.NO_PLATEAU
-    assert "dtype=torch.float64" in as32.diagnostics["remedy"]
+    assert "dtype=torch.float64" in as32.diagnostics.remedy
     assert "remedy: the oracle computes in float32" in str(as32)
     as64 = matrank.estimate_rank(np.diag(spectrum))
     assert "remedy" not in as64.diagnostics  # float64 has nothing to offer beyond it
@@ -217,7 +217,7 @@ def test_every_method_has_one_floor_for_the_same_float32_input():
     for method in ("exact", "lanczos", "polynomial"):
         result = matrank.estimate_rank(_Rotated32(spectrum), method=method, seed=0)
         assert result.status is matrank.Status.NO_PLATEAU
-        floors[method] = result.diagnostics["noise_floor"]
+        floors[method] = result.diagnostics.noise_floor
         counts[method] = result.rank
         assert result.rank == (np.abs(truth) > result.threshold).sum()
     assert max(floors.values()) <= 1.5 * min(floors.values()), floors
