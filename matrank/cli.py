@@ -278,13 +278,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _landscape_parser(commands: Any) -> None:
-    from ._cli_landscape import add_parser
+    from .landscape.cli import add_parser
 
     add_parser(commands)
 
 
 def _landscape(args: argparse.Namespace) -> int:
-    from ._cli_landscape import run
+    from .landscape.cli import run
 
     return run(args)
 

@@ -460,23 +460,40 @@ def spectral_bounds(
     generator: torch.Generator,
     dtype: torch.dtype,
     device: torch.device,
+    rtol: float | None = None,
 ) -> tuple[float, float, int]:
     """Bounds ``(λmin, λmax)`` from ``steps`` Lanczos steps on one random vector.
 
     The extreme Ritz values widened by their residual norms: each such interval contains
     an eigenvalue, and extreme Ritz values converge first, so after a few tens of steps
     the widened extremes bracket the spectrum in practice (the probabilistic statement
-    is Kuczyński & Woźniakowski 1992). Returns the bounds and the matvecs spent.
+    is Kuczyński & Woźniakowski 1992). With ``rtol``, the run goes on past ``steps``
+    (up to ``n``) until both widenings are at most ``rtol·max|λ|``: the bounds are then
+    the extreme eigenvalues to that accuracy. Returns the bounds and the matvecs spent.
     """
     krylov = BlockKrylov(matmat, n, dtype, device, generator)
-    steps = max(1, min(steps, n))
-    for _ in range(steps):
-        if not krylov.extend(1):
-            break
+    grown = _grow(krylov, max(1, min(steps, n)))
+    low, high, widening = _widened_extremes(krylov, dtype)
+    while rtol is not None and widening > rtol * max(abs(low), abs(high)) and grown:
+        grown = _grow(krylov, 8)
+        low, high, widening = _widened_extremes(krylov, dtype)
+    return low, high, krylov.matvecs
+
+
+def _grow(krylov: BlockKrylov, steps: int) -> int:
+    """Up to ``steps`` single-vector Lanczos steps; how many ran (fewer: exhausted)."""
+    return next((done for done in range(steps) if not krylov.extend(1)), steps)
+
+
+def _widened_extremes(
+    krylov: BlockKrylov, dtype: torch.dtype
+) -> tuple[float, float, float]:
+    """The extreme Ritz values, each widened by its residual (and the rounding of T's
+    own eigenvalues), and the larger widening."""
     values, vectors = torch.linalg.eigh(krylov.T)
-    # widened by the residual, and by the rounding of T's own eigenvalues
     rounding = 10 * krylov.size * float(torch.finfo(dtype).eps) * float(values.abs().max())
     residuals = krylov.residual_norms(vectors) + rounding
-    low = float((values - residuals).min())
-    high = float((values + residuals).max())
-    return low, high, krylov.matvecs
+    low, high = values - residuals, values + residuals
+    bottom, top = int(torch.argmin(low)), int(torch.argmax(high))
+    widening = float(max(residuals[bottom], residuals[top]))
+    return float(low[bottom]), float(high[top]), widening

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._validation import MatrankError
+from .._validation import MatrankError
 
 
 def add_parser(commands: Any) -> None:
-    from .landscape_experiment import DEPTHS, WIDTHS
+    from .experiment import DEPTHS, WIDTHS
 
     parser = commands.add_parser(
         "landscape",
@@ -94,7 +94,7 @@ def _output_problem(flag: str, path: Path, *, figure: bool = False) -> str | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import landscape_experiment as experiment
+    from . import experiment
 
     paths = figure_paths(args.figure) if args.figure else {}
     # every output is checked before the work (minutes): a bad path fails now
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.figure:
-            from .plot import _pyplot
+            from ..plot import _pyplot
 
             _pyplot()  # fail before the work when matplotlib is missing
         models = experiment.run(
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     print(table(models))
     print(f"wrote {args.json}", file=sys.stderr)
     if args.figure:
-        from .plot import plot_landscape
+        from ..plot import plot_landscape
 
         for sweep, path in paths.items():
             members = sorted(
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
 def table(models: list[Any]) -> str:
     """One row per model: training, the slope of log Δ_k, the Hessian terms at the
     largest k, and the quadratic term against the bound with the measured Hessian."""
-    from .landscape_experiment import slope
+    from .experiment import slope
 
     lines = [
         f"{'model':20s} {'n':>6s} {'epochs':>6s} {'loss':>7s}  {'slope':>6s} "

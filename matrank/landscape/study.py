@@ -22,21 +22,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import scipy.sparse.linalg
 import torch
 
-from ._api import estimate_rank
-from ._oracle import materialize
-from ._validation import MatrankTypeError, MatrankValueError, check_int, message
-from .numerics.trace import mean_and_stderr, probe_block
+from .._api import estimate_rank
+from .._validation import MatrankTypeError, MatrankValueError, check_int, message
+from . import hessian
+from .hessian import dense_spectrum, extremes, ordering_terms, summarize
 
-__all__ = ["LandscapeStudy", "dataset_size_study", "theorem_constant"]
+__all__ = [
+    "LandscapeStudy",
+    "canonical_order",
+    "dataset_size_study",
+    "loss_differences",
+    "per_sample_losses",
+    "theorem_constant",
+]
 
-#: Up to this many parameters each ``H_k`` (and the added sample's Hessian) is formed from
-#: ``n`` products with the identity's columns, and its norm, trace and rank are read off
-#: the dense matrix (exact, no standard error); beyond, ARPACK's Lanczos on products,
-#: Hutchinson's trace and the rank method on the operator.
-DENSE_MAX_DIM = 1024
 
 _QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -55,13 +56,21 @@ class LandscapeStudy:
         Mean over orderings of ``Δ_k = |L_{k+1}(θ*) − L_k(θ*)|``, and its quantiles
         (rows: ``quantile_levels``), indexed like ``k``.
     sizes : ndarray
-        The log grid of ``k`` where the Hessian terms were measured (first ordering).
-    hessian_difference : ndarray
-        ``‖H_{k+1} − H_k‖₂`` at each size.
-    lambda_max, trace, trace_stderr : ndarray
-        ``λmax(H_k)``, ``tr(H_k)`` and its standard error (0 where exact).
-    rank, rank_stderr : ndarray
-        ``rank(H_k)`` at ``threshold``, and its standard error (0 where exact).
+        The log grid of ``k`` where the Hessian terms were measured, each over the
+        first ``hessian_orderings`` orderings.
+    hessian_difference, hessian_difference_spread : ndarray
+        ``‖H_{k+1} − H_k‖₂`` at each size: the mean over the orderings and their
+        standard deviation.
+    lambda_max, lambda_max_spread : ndarray
+        ``λmax(H_k)``: mean and spread.
+    trace, trace_spread, trace_stderr : ndarray
+        ``tr(H_k)``: mean and spread over the orderings, and the standard error of the
+        mean from the estimator's own (0 where exact).
+    rank, rank_spread, rank_stderr : ndarray
+        ``rank(H_k)`` at ``threshold``: mean, spread and the estimator's standard error
+        of the mean (0 where exact).
+    hessian_orderings : int
+        How many orderings the Hessian terms were measured over.
     threshold : float
         The one threshold of every rank (from ``H_N`` unless given).
     dim : int
@@ -69,12 +78,13 @@ class LandscapeStudy:
     radii, measured, bound, theorem_bound, violations
         The quadratic term: at ``θ* + δ`` for random directions of length
         ``radius·‖θ*‖``, the largest ``|L_{k+1} − L_k|`` over the directions
-        (``measured``, shape ``(sizes, radii)``); the paper's right-hand side with the
-        measured Hessian difference, ``Δ_k(θ*) + ‖δ‖²·‖H_{k+1} − H_k‖₂`` (``bound``); the
+        (``measured``, shape ``(sizes, radii)``, of the ordering where it came closest
+        to its bound); that ordering's right-hand side with its measured Hessian
+        difference, ``Δ_k(θ*) + ‖δ‖²·‖H_{k+1} − H_k‖₂`` (``bound``); the
         same with the theorem's constant ``2·C_H/(k + 1)`` for ``‖H_{x} − H_k‖₂``, where
         ``C_H = L√2·M_x²·M_W^{2L} + √2·M_W²(M_W^{2L} − 1)/(M_W² − 1)`` for a bias-free
-        ReLU ``Sequential`` (NaN for other models); and where ``measured > bound``
-        (the second-order expansion does not hold there).
+        ReLU ``Sequential`` (NaN for other models); and where ``measured > bound`` in
+        any of the orderings (the second-order expansion does not hold there).
     constant : float
         The theorem's ``C_H`` (NaN where it does not apply); its bound on
         ``‖H_{k+1} − H_k‖₂`` is ``2·C_H/(k + 1)``.
@@ -90,11 +100,16 @@ class LandscapeStudy:
     quantile_levels: tuple[float, ...]
     sizes: np.ndarray
     hessian_difference: np.ndarray
+    hessian_difference_spread: np.ndarray
     lambda_max: np.ndarray
+    lambda_max_spread: np.ndarray
     trace: np.ndarray
+    trace_spread: np.ndarray
     trace_stderr: np.ndarray
     rank: np.ndarray
+    rank_spread: np.ndarray
     rank_stderr: np.ndarray
+    hessian_orderings: int
     threshold: float
     dim: int
     orderings: int
@@ -176,6 +191,7 @@ def dataset_size_study(
     sizes: Sequence[int] | None = None,
     n_sizes: int = 20,
     orderings: int = 100,
+    hessian_orderings: int = 10,
     seed: int | None = None,
     threshold: float | None = None,
     relative_threshold: float | None = None,
@@ -200,6 +216,9 @@ def dataset_size_study(
         ``n_sizes`` log-spaced values from 1 to ``N − 1``.
     orderings : int, default=100
         Random orderings of the samples for ``Δ_k`` (the paper's 100).
+    hessian_orderings : int, default=10
+        The first this many orderings (all of them when there are fewer) also measure
+        the Hessian terms and the quadratic term at each size: their mean and spread.
     seed : int or None
         Seed of the orderings, the eigen-solvers' starts, the trace probes and the
         rank estimates.
@@ -212,7 +231,7 @@ def dataset_size_study(
     method : str, default="auto"
         The rank method (``matrank.estimate_rank``).
     trace_probes : int, default=64
-        Rademacher probes of ``tr(H_k)`` when ``n > DENSE_MAX_DIM``.
+        Products of Hutch++'s ``tr(H_k)`` when ``n > DENSE_MAX_DIM``.
     radii : sequence of float, default=(1e-3, 1e-2, 1e-1)
         Lengths of the displacements ``δ`` of the quadratic term, relative to ``‖θ*‖``.
     directions : int, default=4
@@ -226,7 +245,7 @@ def dataset_size_study(
     -------
     LandscapeStudy
     """
-    from .adapters import TorchLoss  # the user-facing layer reaches the adapters
+    from ..adapters import TorchLoss  # the user-facing layer reaches the adapters
 
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise MatrankTypeError(
@@ -239,6 +258,7 @@ def dataset_size_study(
     if N < 2:
         raise MatrankValueError(message("data", "at least two samples", N))
     check_int("orderings", orderings, low=1)
+    check_int("hessian_orderings", hessian_orderings, low=1)
     check_int("n_sizes", n_sizes, low=1)
     check_int("trace_probes", trace_probes, low=1)
     check_int("directions", directions, low=1)
@@ -281,7 +301,7 @@ def dataset_size_study(
     losses = per_sample_losses(full)
     rng = np.random.default_rng(seed)
     deltas, permutations = loss_differences(losses, orderings, rng)
-    first = permutations[0]
+    hessian_orderings = min(hessian_orderings, orderings)
 
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
     n = full.dim
@@ -289,9 +309,9 @@ def dataset_size_study(
     if threshold is None:
         if relative_threshold is not None:
             top = (
-                _dense_spectrum(full).max()
-                if n <= DENSE_MAX_DIM
-                else _largest(full.hvp, full, generator, which="LA")
+                dense_spectrum(full).max()
+                if n <= hessian.DENSE_MAX_DIM
+                else extremes(full.hvp, full, generator)[1]
             )
             threshold = relative_threshold * float(top)
         else:
@@ -301,66 +321,40 @@ def dataset_size_study(
                     message("method", "one that reports a threshold", repr(method))
                 )
             threshold = float(chosen)
-    seconds = {"threshold": time.perf_counter() - clock}
-    columns: dict[str, list[float]] = {
-        key: [] for key in ("difference", "lmax", "trace", "trace_se", "rank", "rank_se")
-    }
+    seconds = {"threshold": time.perf_counter() - clock, "hessian": 0.0}
+    seconds.update(rank=0.0, quadratic=0.0)
     scale = float(torch.linalg.vector_norm(full.theta0)) or 1.0
     unit = torch.randn(directions, n, generator=generator, dtype=torch.float64)
     unit = unit / torch.linalg.vector_norm(unit, dim=1, keepdim=True)
     constant = theorem_constant(model, inputs)
-    measured: list[list[float]] = []
-    bounds: list[np.ndarray] = []
-    theorem: list[np.ndarray] = []
-    for key in ("hessian", "rank", "quadratic"):
-        seconds[key] = 0.0
+    lengths = radii_array * scale
+    steps = (torch.as_tensor(lengths)[:, None, None] * unit).reshape(-1, n)  # radius-major
+    points = full.theta0[None] + steps.to(full.dtype)
+    rows: list[list[dict[str, Any]]] = []
     for k in grid:
-        clock = time.perf_counter()
-        H_k = oracle(first[:k])
-        H_x = oracle(first[k : k + 1])
-        ranked: Any = H_k
-        if n <= DENSE_MAX_DIM:
-            ranked = _dense(H_k)
-            added = _dense(H_x)
-            difference = np.linalg.eigvalsh((added - ranked) / (k + 1))
-            columns["difference"].append(float(np.abs(difference).max()))
-            columns["lmax"].append(float(np.linalg.eigvalsh(ranked).max()))
-            columns["trace"].append(float(np.trace(ranked)))
-            columns["trace_se"].append(0.0)
-        else:
-
-            def apply(
-                V: torch.Tensor, H_k: Any = H_k, H_x: Any = H_x, k: int = int(k)
-            ) -> torch.Tensor:
-                return (H_x.hvp(V) - H_k.hvp(V)) / (k + 1)
-
-            columns["difference"].append(_largest(apply, full, generator))
-            columns["lmax"].append(_largest(H_k.hvp, full, generator, which="LA"))
-            trace, trace_se = _trace(H_k, trace_probes, generator)
-            columns["trace"].append(trace)
-            columns["trace_se"].append(trace_se)
-        seconds["hessian"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        result = estimate_rank(ranked, method=method, seed=seed, threshold=threshold)
-        columns["rank"].append(result.rank)
-        columns["rank_se"].append(result.stderr or 0.0)
-        seconds["rank"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        loss_delta = abs(losses[first[k]] - losses[first[:k]].mean()) / (k + 1)
-        worst = []
-        for length in radii_array * scale:
-            steps = length * unit
-            points = full.theta0[None] + steps.to(full.dtype)
-            with torch.no_grad():
-                change = (H_x.loss(points) - H_k.loss(points)) / (k + 1)
-            worst.append(float(change.abs().max()))
-        measured.append(worst)
-        squares = (radii_array * scale) ** 2
-        bounds.append(loss_delta + squares * columns["difference"][-1])
-        theorem.append(loss_delta + squares * 2 * constant / (k + 1))
-        seconds["quadratic"] += time.perf_counter() - clock
+        per_ordering = []
+        for ordering in permutations[:hessian_orderings]:
+            terms = ordering_terms(
+                oracle(ordering[:k]),
+                oracle(ordering[k : k + 1]),
+                int(k),
+                generator=generator,
+                trace_products=trace_probes,
+                rank=lambda H: estimate_rank(
+                    H, method=method, seed=seed, threshold=threshold
+                ),
+                points=points,
+                seconds=seconds,
+            )
+            loss_delta = abs(losses[ordering[k]] - losses[ordering[:k]].mean()) / (k + 1)
+            terms["bound"] = loss_delta + lengths**2 * terms["difference"]
+            terms["theorem"] = loss_delta + lengths**2 * 2 * constant / (k + 1)
+            terms["measured"] = terms["change"].reshape(len(lengths), -1).max(axis=1)
+            per_ordering.append(terms)
+        rows.append(per_ordering)
         if on_size is not None:
             on_size(int(k))
+    summary = summarize(rows)
     return LandscapeStudy(
         losses=losses,
         k=np.arange(1, N),
@@ -368,22 +362,14 @@ def dataset_size_study(
         delta_quantiles=np.quantile(deltas, _QUANTILES, axis=0),
         quantile_levels=_QUANTILES,
         sizes=grid,
-        hessian_difference=np.array(columns["difference"]),
-        lambda_max=np.array(columns["lmax"]),
-        trace=np.array(columns["trace"]),
-        trace_stderr=np.array(columns["trace_se"]),
-        rank=np.array(columns["rank"]),
-        rank_stderr=np.array(columns["rank_se"]),
+        hessian_orderings=hessian_orderings,
         threshold=threshold,
         dim=n,
         orderings=orderings,
         radii=radii_array,
-        measured=np.array(measured),
-        bound=np.array(bounds),
-        theorem_bound=np.array(theorem),
-        violations=np.array(measured) > np.array(bounds) * (1 + 1e-9),
         constant=constant,
         seconds=seconds,
+        **summary,
     )
 
 
@@ -411,55 +397,3 @@ def theorem_constant(model: torch.nn.Module, inputs: torch.Tensor) -> float:
         else 2**0.5 * m_w**2 * (power - 1) / (m_w**2 - 1)
     )
     return depth * 2**0.5 * m_x**2 * power + tail
-
-
-def _dense(oracle: Any) -> np.ndarray:
-    """``H`` in float64 (:func:`~matrank.materialize`: free for an explicit matrix, ``n``
-    products otherwise), symmetrized (the products are symmetric to rounding)."""
-    with torch.no_grad():
-        dense = materialize(oracle).to("cpu", torch.float64).numpy()
-    return 0.5 * (dense + dense.T)
-
-
-def _dense_spectrum(oracle: Any) -> np.ndarray:
-    return np.linalg.eigvalsh(_dense(oracle))
-
-
-def _largest(
-    apply: Callable[[torch.Tensor], torch.Tensor],
-    oracle: Any,
-    generator: torch.Generator,
-    which: str = "LM",
-) -> float:
-    """The largest ``|λ|`` (``"LM"``) or largest ``λ`` (``"LA"``) of the symmetric
-    operator ``apply`` (blocks ``(n, b)`` in the oracle's dtype), by ARPACK's Lanczos
-    from a seeded start."""
-    n = oracle.dim
-
-    def matvec(v: np.ndarray) -> np.ndarray:
-        V = torch.as_tensor(v, dtype=oracle.dtype).reshape(n, -1)
-        with torch.no_grad():
-            return apply(V).to(torch.float64).numpy()
-
-    operator = scipy.sparse.linalg.LinearOperator(
-        (n, n), matvec=matvec, matmat=matvec, dtype=np.float64
-    )
-    start = torch.randn(n, generator=generator, dtype=torch.float64).numpy()
-    values = scipy.sparse.linalg.eigsh(
-        operator, k=1, which=which, v0=start, tol=1e-12, return_eigenvectors=False
-    )
-    return float(np.abs(values).max() if which == "LM" else values.max())
-
-
-def _trace(oracle: Any, probes: int, generator: torch.Generator) -> tuple[float, float]:
-    """``tr(H)`` by the Hutchinson mean of Rademacher probes, with its standard error."""
-    signs = probe_block(
-        oracle.dim,
-        probes,
-        kind="rademacher",
-        generator=generator,
-        dtype=oracle.dtype,
-        device=oracle.device,
-    )
-    with torch.no_grad():
-        return mean_and_stderr((signs * oracle.hvp(signs)).sum(dim=0))
