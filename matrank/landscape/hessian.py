@@ -107,7 +107,14 @@ def summarize(rows: list[list[dict[str, Any]]]) -> dict[str, np.ndarray]:
     measured = np.array([[terms["measured"] for terms in row] for row in rows])
     bound = np.array([[terms["bound"] for terms in row] for row in rows])
     theorem = np.array([[terms["theorem"] for terms in row] for row in rows])
-    closest = np.argmax(measured / bound, axis=1)[:, None, :]  # (sizes, 1, radii)
+    # a zero bound (a dead network's zero Hessian and equal losses) is broken by any
+    # change at all
+    ratio = np.where(
+        bound > 0,
+        measured / np.where(bound > 0, bound, 1.0),
+        np.where(measured > 0, np.inf, 0.0),
+    )
+    closest = np.argmax(ratio, axis=1)[:, None, :]  # (sizes, 1, radii)
     out["measured"] = np.take_along_axis(measured, closest, axis=1)[:, 0]
     out["bound"] = np.take_along_axis(bound, closest, axis=1)[:, 0]
     out["theorem_bound"] = np.take_along_axis(theorem, closest, axis=1)[:, 0]
