@@ -32,6 +32,7 @@ from ._validation import (
     OperatorContractError,
     relative,
 )
+from .effective import EffectiveRanks, effective_ranks
 from .estimators import (
     EvolutionRank,
     ExactRank,
@@ -53,6 +54,7 @@ __all__ = [
     "Diagnostics",
     "DualForm",
     "DualGram",
+    "EffectiveRanks",
     "EstimateFailure",
     "EvolutionDiagnostics",
     "EvolutionRank",
@@ -78,6 +80,7 @@ __all__ = [
     "as_oracle",
     "auto_method",
     "dual_form",
+    "effective_ranks",
     "estimate_many",
     "estimate_rank",
     "exact_rank",
