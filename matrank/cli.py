@@ -20,6 +20,7 @@ import numpy as np
 
 from ._api import ESTIMATORS, estimate_rank
 from ._validation import MatrankError, relative
+from .effective import effective_ranks
 
 __all__ = ["main"]
 
@@ -263,6 +264,12 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the checkpoint after the estimate finishes",
     )
     estimate.add_argument(
+        "--effective-ranks",
+        action="store_true",
+        help="also the stable rank, participation ratio and entropy effective rank, and "
+        "the count at the result's threshold split by sign (matrank.effective_ranks)",
+    )
+    estimate.add_argument(
         "--plot",
         metavar="PNG",
         default=None,
@@ -363,7 +370,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as error:
         return _unexpected(error)
-    print(json.dumps(result.to_dict()) if args.json else str(result))
+    output = result.to_dict()
+    if args.effective_ranks:
+        try:
+            effective = effective_ranks(matrix, threshold=result.threshold, seed=args.seed)
+        except MatrankError as error:
+            print(f"matrank: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        output["effective_ranks"] = effective.to_dict()
+    print(json.dumps(output) if args.json else str(result))
+    if args.effective_ranks and not args.json:
+        print(effective)
     if args.plot:
         try:
             from .plot import save_figure

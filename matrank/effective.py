@@ -76,6 +76,18 @@ class EffectiveRanks:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def __str__(self) -> str:
+        def shown(name: str) -> str:
+            value, stderr = getattr(self, name), getattr(self, name + "_stderr")
+            return f"{value:.4g}" + (f" ± {stderr:.2g}" if stderr else "")
+
+        return (
+            f"effective ranks ({self.route}): stable {shown('stable_rank')}, "
+            f"participation {shown('participation_ratio')}, entropy "
+            f"{shown('entropy_rank')}; |λ| > {self.threshold:.3g}: {self.count:g} = "
+            f"{self.n_positive:g} positive + {self.n_negative:g} negative"
+        )
+
 
 def effective_ranks(
     obj: Any,

@@ -157,6 +157,24 @@ def test_relative_threshold_and_signed_counts_from_the_command_line(tmp_path, ca
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+def test_effective_ranks_from_the_command_line(tmp_path, capsys):
+    path = tmp_path / "indefinite.npy"
+    eigenvalues = np.array([4.0, -1.0, 2e-2, 1e-3, 0.0])
+    np.save(path, np.diag(eigenvalues))
+    argv = ["estimate", str(path), "--threshold", "0.01", "--effective-ranks"]
+    assert main([*argv, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["effective_ranks"]
+    p = np.abs(eigenvalues[:4]) / np.abs(eigenvalues).sum()
+    assert found["stable_rank"] == pytest.approx(np.sum(eigenvalues**2) / 16, rel=1e-12)
+    assert found["entropy_rank"] == pytest.approx(np.exp(-np.sum(p * np.log(p))))
+    assert (found["count"], found["n_positive"], found["n_negative"]) == (3, 2, 1)
+    assert found["route"] == "exact" and found["threshold"] == 0.01
+    assert main(argv) == 0
+    last = capsys.readouterr().out.splitlines()[-1]  # after the result and its note
+    assert last.startswith("effective ranks (exact): stable 1.06")
+    assert last.endswith("|λ| > 0.01: 3 = 2 positive + 1 negative")
+
+
 def test_landscape_writes_a_json_and_two_figures(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     figure = tmp_path / "out.png"
