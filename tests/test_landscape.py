@@ -228,6 +228,11 @@ def test_hutchpp_trace_beyond_the_exact_size():
             ]
         )
         if k == 5:
+            # Hutchinson's 64 Rademacher probes alone: stderr sqrt(2(‖H‖_F² − Σ H_ii²)/64)
+            rows = X[order].numpy()[np.random.default_rng(1).permutation(samples)[:k]]
+            H = 2 * rows.T @ rows / k
+            plain = np.sqrt(2 * (np.sum(H**2) - np.sum(np.diag(H) ** 2)) / 64)
+            assert 0.07 < plain / np.trace(H) < 0.09  # README's "an 8 % stderr"
             assert study.trace_stderr[0] < 1e-10 * exact
             np.testing.assert_allclose(study.trace[0], exact, rtol=1e-10)
         else:

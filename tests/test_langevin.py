@@ -332,26 +332,25 @@ def test_matched_threshold_on_the_exact_curve_of_the_linear_net():
     assert 0.3 < fit["shape"] < 1.0  # a saturating count: fewer eigenvalues per decade
 
 
-@pytest.mark.parametrize("trial", [1, 17, 26, 37])
-def test_stderr_covers_a_sparse_filter_edge_on_the_smallest_linear_net(trial):
+def test_stderr_covers_a_sparse_filter_edge_on_the_smallest_linear_net():
     # d = 8: 64 eigenvalues (in pairs), one to three of them inside the filter's edge,
     # where the readings cannot fix the counting curve's shape. These trials of
     # benchmarks/paper_table1.py (seed 1000 + trial) missed N(τ) by 4.5–6.4 stderr when
     # the fit could take c up to 3 -- τ where the filter is ≈ 0.95, above two or three
     # eigenvalues it counts at 0.74–0.91 -- and τ's term needed a significant slope.
-    # 3 stderr, not 2: that regression misses by 4.5 and more, while an honest stderr
-    # misses 2 in one seed of 20 (trial 17 on the group-seeded streams: 2.05).
+    # Coverage, not a bound per seed: every trial within 3 stderr and at most one of
+    # the four beyond 2 (an honest stderr misses 2 in one draw of 20: trial 17 on the
+    # group-seeded streams, 2.05).
     from matrank.adapters import LinearNetHessian
 
-    problem = LinearNetHessian.random_minimum(8, 8, 5, seed=1000 + trial)
-    result = matrank.LangevinRank().estimate(problem, seed=trial)
-    counted = int((problem.spectrum() > result.threshold).sum())
-    assert abs(result.rank - counted) <= 3 * result.stderr, (
-        result.rank,
-        counted,
-        result.stderr,
-    )
-    assert -0.5 <= result.diagnostics.threshold_fit["shape"] <= 1.0
+    z = []
+    for trial in (1, 17, 26, 37):
+        problem = LinearNetHessian.random_minimum(8, 8, 5, seed=1000 + trial)
+        result = matrank.LangevinRank().estimate(problem, seed=trial)
+        counted = int((problem.spectrum() > result.threshold).sum())
+        z.append((result.rank - counted) / result.stderr)
+        assert -0.5 <= result.diagnostics.threshold_fit["shape"] <= 1.0
+    assert max(map(abs, z)) <= 3 and sum(abs(value) > 2 for value in z) <= 1, z
 
 
 def test_localization_gives_the_soft_count_mu_over_mu_plus_gamma():
@@ -434,6 +433,20 @@ def test_chains_that_left_the_well_are_not_quadratic_and_a_falling_readout_not_s
         parts = result.diagnostics.quadratic_defect_parts
         assert np.median(parts["odd"]) > 0.9 and np.max(parts["even"]) < 1e-6
         assert not result.converged and "not quadratic" in str(result)
+    # the drift rule on its own (the check passed by hand): seed 1's readout falls by
+    # 4.3 stderr over its window, which is no count, whatever the check says
+    from matrank.estimators import langevin
+
+    def passed(meter, delta, gradient0):
+        zero = torch.zeros(delta.shape[0], dtype=torch.float64)
+        return zero, zero
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(langevin, "quadratic_defect", passed)
+        falling = matrank.LangevinRank(sigma2=10.0).estimate(_FlatteningWell(), seed=1)
+    drift, stderr = falling.diagnostics.drift
+    assert drift < -3 * stderr and falling.status is matrank.Status.NOT_STATIONARY
+    assert "last third under the first" in str(falling)
     cool = matrank.LangevinRank(sigma2=0.1).estimate(_FlatteningWell(), seed=0)
     assert cool.status is matrank.Status.CONVERGED and abs(cool.rank - 20) < 4 * cool.stderr
 

@@ -329,7 +329,8 @@ def run_chains(
     The chains, the readings, the noise and ``extra`` (the caller's record of its checks)
     are checkpointed under ``"chains {attempt}"``. With ``n_jobs`` the chains' groups
     run on joblib workers (:func:`.parallel.in_groups`), in segments that end at the
-    checks; each group draws the same noise either way (:mod:`.noise`). Raises
+    checks and at ``SEGMENTS`` evenly spaced steps; each group draws the same noise
+    either way (:mod:`.noise`). Raises
     :class:`Diverged` when a reading leaves the range a stable chain can reach.
     """
     from .parallel import in_groups
