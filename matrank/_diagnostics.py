@@ -151,11 +151,16 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
     Attributes
     ----------
     path : str
-        How the count ended: ``"krylov"``, ``"dense"`` (at once), ``"dense (switched)"``,
-        ``"slq"``, ``"pilot"`` (interrupted after the pilot) or ``"krylov (budget too
-        small for SLQ)"``.
+        How the count ended: ``"krylov"``, ``"sketch"`` (the range start certified it),
+        ``"dense"`` (at once), ``"dense (switched)"``, ``"slq"``, ``"pilot"``
+        (interrupted after the pilot) or ``"krylov (budget too small for SLQ)"``.
     pilot : dict
         The pilot's SLQ estimate and the path it chose (``n ≥ pilot_from``).
+    sketch : dict
+        The range sketch that certified the count: its ``columns`` (products besides
+        the pilot's, plus ``pilot_columns``), ``test_blocks``, the test's
+        ``range_bound`` on ``‖(I − QQᵀ)H‖`` and ``eta``, the bound on ``‖H − QT̂Qᵀ‖``
+        within which every eigenvalue lies of a sketch's one.
     basis_size, random_columns, block_steps : int
         The Krylov basis's columns, how many of them came from random starts, and the
         block steps taken.
@@ -186,6 +191,7 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
 
     path: str | None = None
     pilot: dict[str, Any] | None = None
+    sketch: dict[str, Any] | None = None
     basis_size: int | None = None
     random_columns: int | None = None
     block_steps: int | None = None

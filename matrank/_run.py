@@ -353,9 +353,15 @@ class Run:
         if self.stopping:
             raise KeyboardInterrupt
 
-    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()``, or its recorded value: a phase whose result is its state."""
-        value = self.restore(key)
+    def cached(
+        self,
+        key: str,
+        compute: Callable[[], Any],
+        expect: Callable[[Any], bool] | None = None,
+    ) -> Any:
+        """``compute()``, or its recorded value (checked by ``expect`` as in
+        :meth:`restore`): a phase whose result is its state."""
+        value = self.restore(key, expect)
         if value is None:
             value = compute()
             if self.due():

@@ -358,3 +358,55 @@ def test_a_run_leaves_no_temporary_or_lock_behind(tmp_path):
     kept(tmp_path, "lanczos")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt"]
     assert os.access(tmp_path / "run.ckpt", os.R_OK)
+
+
+def _sketch_run(path):
+    # a noise band under the signal: the sketch records its test blocks, then Krylov
+    matrix = rotated_spectrum(600, 40, cond=1e3, noise_gap=1e6, seed=0)
+    return matrank.estimate_rank(
+        matrix,
+        method="lanczos",
+        seed=0,
+        pilot_from=1,
+        block_size=8,
+        checkpoint=path,
+        checkpoint_every=0,
+        keep_checkpoint=True,
+    )
+
+
+def _before_krylov(payload):
+    """The journal as it stood before the Krylov basis had a state."""
+    journal = {k: v for k, v in payload["journal"].items() if k in ("pilot", "sketch")}
+    assert set(journal) == {"pilot", "sketch"}
+    return {**payload, "journal": journal}
+
+
+def test_the_range_sketch_resumes_by_replay_and_refuses_what_does_not_fit(tmp_path):
+    from test_run import same
+
+    path = tmp_path / "run.ckpt"
+    reference = _sketch_run(path)
+    assert reference.diagnostics.pilot["path"] == "range start"
+    rewrite(path, _before_krylov)
+    assert same(_sketch_run(path), reference)
+
+    def shrunk(key, field):
+        def edit(payload):
+            payload = _before_krylov(payload)
+            state = dict(payload["journal"][key]["state"])
+            if key == "pilot":
+                pairs = state["pairs"]["__tuple__"]
+                state["pairs"] = {"__tuple__": [pairs[0], pairs[1][:, :-1]]}
+            else:
+                state[field] = state[field][:-1]
+            payload["journal"][key] = {**payload["journal"][key], "state": state}
+            return payload
+
+        return edit
+
+    for key, field in (("sketch", "image"), ("sketch", "norms"), ("pilot", "pairs")):
+        path.unlink()
+        _sketch_run(path)
+        rewrite(path, shrunk(key, field))
+        one_line_refusal(lambda: _sketch_run(path), "does not fit this run")

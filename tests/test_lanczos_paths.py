@@ -81,18 +81,32 @@ def test_rank_above_half_of_n_goes_dense_at_once():
     assert kept.rank == truth.rank and kept.diagnostics.path == "krylov"
 
 
-def test_low_rank_starts_from_the_range_and_certifies_in_about_2r_products():
-    n, rank = 40_000, 150
+def test_low_rank_is_certified_by_one_sketch_in_r_plus_two_blocks():
+    n, rank, block = 40_000, 150, 32
     operator = _sparse_low_rank(n, rank)
     result = matrank.estimate_rank(operator, method="lanczos", seed=0)
-    pilot = result.diagnostics.pilot
+    pilot, sketch = result.diagnostics.pilot, result.diagnostics.sketch
     assert pilot["path"] == "range start"
     assert abs(pilot["count"] - rank) <= 4 * pilot["stderr"] + 5
     assert result.rank == rank and result.diagnostics.certified
     assert result.status is matrank.Status.CONVERGED
-    # pilot, the sketch, its rank's image, then one verification block
-    assert result.cost["matvecs"] <= pilot["matvecs"] + pilot["start_block"] + rank + 64
+    assert result.diagnostics.path == "sketch"
+    # the pilot's products are in the sketch: the whole run costs r + 2·block at most
+    assert sketch["pilot_columns"] == pilot["matvecs"]
+    assert result.cost["matvecs"] == sketch["columns"] <= rank + 2 * block
+    assert sketch["eta"] < result.threshold
     assert result.diagnostics.orthogonalization_seconds > 0
+
+
+def test_a_sketch_that_cannot_certify_hands_its_basis_to_krylov():
+    # a noise band a million times under the signal: the test's bound lies above τ
+    matrix = rotated_spectrum(600, 40, cond=1e3, noise_gap=1e6, seed=0)
+    result = matrank.estimate_rank(
+        matrix, method="lanczos", seed=0, pilot_from=1, block_size=8
+    )
+    assert result.diagnostics.pilot["path"] == "range start"
+    assert result.diagnostics.path == "krylov" and result.diagnostics.sketch is None
+    assert result.rank == 40 and result.status is matrank.Status.CONVERGED
 
 
 def test_a_wrong_pilot_costs_time_not_the_answer(monkeypatch):

@@ -40,7 +40,14 @@ CASES = {
         "lanczos",
         lambda: rotated_spectrum(600, 40, cond=1e3, seed=0),
         {"pilot_from": 1, "block_size": 8},
-        {"pilot", "grow"},
+        {"pilot", "sketch"},
+    ),
+    # a noise band 1e6 under the signal: the sketch cannot certify, Krylov goes on
+    "lanczos-sketch-fallback": (
+        "lanczos",
+        lambda: rotated_spectrum(600, 40, cond=1e3, noise_gap=1e6, seed=0),
+        {"pilot_from": 1, "block_size": 8},
+        {"pilot", "sketch", "grow"},
     ),
     "lanczos-dense": (
         "lanczos",

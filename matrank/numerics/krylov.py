@@ -31,6 +31,7 @@ import torch
 
 __all__ = [
     "BlockKrylov",
+    "asymmetry",
     "random_block",
     "spectral_bounds",
 ]
@@ -49,7 +50,7 @@ def random_block(
     return block.to(dtype=dtype, device=device)
 
 
-def _asymmetry(block: torch.Tensor, image: torch.Tensor) -> float:
+def asymmetry(block: torch.Tensor, image: torch.Tensor) -> float:
     """``‖A − Aᵀ‖_F`` estimated from a Gaussian block ``V`` and its image ``AV``.
 
     For independent Gaussian ``v_i, v_j`` and ``S = A − Aᵀ``, ``v_iᵀAv_j − v_jᵀAv_i =
@@ -135,7 +136,7 @@ class BlockKrylov:
     _next_kept: int = 0
     #: seconds spent orthogonalizing (projections, QR, deflation), not in products
     orthogonalization_seconds: float = 0.0
-    #: random blocks drawn in single precision (set by a range start)
+    #: random blocks drawn in single precision (set by a range sketch's start)
     fast_draws: bool = False
 
     def __post_init__(self) -> None:
@@ -203,7 +204,7 @@ class BlockKrylov:
             return self._start(fill)
         self._append(kept)
         if fill > 0:
-            if self.fast_draws:  # see start_from_range
+            if self.fast_draws:  # see start_from_basis
                 fresh = torch.randn(
                     self.n, fill, generator=self.generator, dtype=torch.float32
                 )
@@ -227,13 +228,13 @@ class BlockKrylov:
         """First block: Gaussian ``V``, and the symmetry test read off ``V`` and ``AV``.
 
         The pairs of the Gaussian start block estimate ``‖A − Aᵀ‖_F`` (rounding included)
-        at no extra matvec (:func:`_asymmetry`); then ``V = QR`` and ``AQ = (AV)R⁻¹``.
+        at no extra matvec (:func:`asymmetry`); then ``V = QR`` and ``AQ = (AV)R⁻¹``.
         """
         V = random_block(self.n, b, self.generator, self.dtype, self.device)
         image = self.matmat(V)
         self.matvecs += b
         self.random_columns += b
-        self.symmetry_defect = _asymmetry(V, image)
+        self.symmetry_defect = asymmetry(V, image)
         clock = time.perf_counter()
         Q, R = torch.linalg.qr(V)
         image = torch.linalg.solve_triangular(R, image, upper=True, left=False)
@@ -241,74 +242,24 @@ class BlockKrylov:
         self._append(Q)
         return self._absorb(Q, image)
 
-    def start_from_range(self, width: int) -> int:
-        """First block from the range of ``A``: ``Y = AΩ`` for a Gaussian ``(n, width)``
-        ``Ω``, its numerically non-zero directions as the start block, and their image.
+    def start_from_basis(self, start: torch.Tensor, symmetry_defect: float) -> int:
+        """First block: an orthonormal ``start`` (a range sketch's basis, whose
+        ``symmetry_defect`` the sketch measured) and its image; returns the matvecs.
 
-        When ``rank(A) < width`` the start block spans ``range(A)`` and its image lies in
-        it: the residual vanishes and the Krylov space is invariant after one step
-        (``width`` + ``rank`` matvecs). The symmetry test reads ``ΩᵀY``, as
-        :meth:`_start` reads ``VᵀAV``. Returns the matvecs spent.
+        When ``start`` spans ``range(A)`` its image lies in it: the residual vanishes and
+        the Krylov space is invariant after one step. Later random blocks are drawn in
+        float32 (a third of the time of float64 draws; any Gaussian block will do), on
+        the CPU, so results do not depend on the device.
         """
-        # drawn in float32 (a third of the time of float64 draws; any Gaussian block
-        # will do), on the CPU for results that do not depend on the device; so are
-        # the later random blocks of this basis
         self.fast_draws = True
-        omega = torch.randn(self.n, width, generator=self.generator, dtype=torch.float32)
-        omega = omega.to(dtype=self.dtype, device=self.device)
-        sketch = self.matmat(omega)
-        self.matvecs += width
-        self.random_columns += width
-        tested = min(width, 32)  # the symmetry test of a 32-column block, as _start
-        self.symmetry_defect = _asymmetry(omega[:, :tested], sketch[:, :tested])
-        del omega
-        clock = time.perf_counter()
-        start = self._range_basis(sketch)
-        del sketch
-        self.orthogonalization_seconds += time.perf_counter() - clock
-        if start.shape[1] == 0:  # A is zero to rounding on a random block
-            return width + self._start(min(width, self.n))
+        self.symmetry_defect = symmetry_defect
+        if start.shape[1] == 0:  # A is zero to rounding on the sketch
+            return self._start(min(32, self.n))
+        start = start.to(dtype=self.dtype, device=self.device)
         self._append(start)
         image = self.matmat(start)
         self.matvecs += start.shape[1]
-        return width + self._absorb(start, image)
-
-    def _range_basis(self, sketch: torch.Tensor) -> torch.Tensor:
-        """An orthonormal basis of the sketch's directions above ``1e-6`` of its largest
-        (``sqrt(100·eps)`` in single precision), by two Gram-matrix passes (BLAS-3 only;
-        the start block needs no more).
-
-        The first pass (``YᵀY = VΣ²Vᵀ``, ``U = YVΣ⁻¹``) leaves ``U`` orthonormal to
-        about ``eps·10¹²``; a Cholesky QR of ``U`` (condition ``1 + 10⁻⁴`` at most)
-        restores it to rounding. Directions of ``A`` weaker than ``1e-6·‖A‖`` on this
-        sketch are left out of the start block and left to the Krylov continuation.
-        The result is built as rows (``(k, n)``, transposed on return), the layout of
-        the basis buffer.
-        """
-        gram = (sketch.T @ sketch).to("cpu", torch.float64)
-        self.scale = float(gram.diagonal().max().sqrt())  # ‖AΩe_j‖ from the Gram matrix
-        squares, vectors = torch.linalg.eigh(gram)
-        # σ² is accurate to about eps·σmax² in the Gram matrix: keep well above that
-        relative = max(1e-12, 100 * float(torch.finfo(sketch.dtype).eps))
-        keep = squares > max(relative * float(squares.max()), self.deflation_tol**2)
-        if not bool(keep.any()):
-            return sketch[:, :0]
-        mixing = (vectors[:, keep] / squares[keep].sqrt()).to(
-            device=sketch.device, dtype=sketch.dtype
-        )
-        rows = mixing.T @ sketch.T  # (k, n)
-        kept = squares[keep]
-        if float(kept.max() / kept.min()) * float(torch.finfo(sketch.dtype).eps) <= 1e-12:
-            # overlap ≈ eps·κ² ≤ 1e-12 already (κ ≤ 67 in double): no second pass
-            return rows.T
-        gram = (rows @ rows.T).to("cpu", torch.float64)
-        factor, failed = torch.linalg.cholesky_ex(gram)  # rows = L·(orthonormal rows)
-        if failed:  # rounding beyond the first pass's promise: Householder instead
-            return torch.linalg.qr(rows.T).Q
-        inverse = torch.linalg.solve_triangular(
-            factor, torch.eye(factor.shape[0], dtype=torch.float64), upper=False
-        ).to(device=sketch.device, dtype=sketch.dtype)
-        return (inverse @ rows).T
+        return self._absorb(start, image)
 
     def _absorb(self, kept: torch.Tensor, image: torch.Tensor) -> int:
         """Grow ``T`` by the block ``kept`` (already in the basis) and its image."""

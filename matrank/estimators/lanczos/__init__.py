@@ -22,6 +22,7 @@ from .grow import End, grow_basis, start_basis
 from .pilot import PILOT_MIN_DIM
 from .plan import LanczosPlan
 from .readout import interim, readout
+from .sketch import sketch_start
 
 __all__ = ["LanczosRank"]
 
@@ -97,8 +98,10 @@ class LanczosRank:
     Gauss–Radau quadrature (a node at zero) estimate the count first: at least half of
     ``n ≤ dense_max`` goes to the dense path at once (``H`` read, or ``n`` products,
     and the exact rule; ``diagnostics["path"] == "dense"``); a count below ``n/8``
-    starts the basis from the range of ``H`` (``Y = HΩ``, one wide block); otherwise
-    one random block as above (``diagnostics["pilot"]``). While the basis grows
+    goes to one randomized range sketch, the pilot's products included, certified a
+    posteriori by Gaussian test columns and Weyl's theorem (``"sketch"``,
+    :mod:`matrank.numerics.sketch`), or else handed to the Krylov count as its start;
+    otherwise one random block as above (``diagnostics["pilot"]``). While the basis grows
     (``n ≤ dense_max``), the count switches to the dense path when that, timed from the
     run's own products and a calibrated ``eigvalsh``, costs less than the cheapest
     certified Krylov count still could, or (while the count still grows with the
@@ -193,7 +196,8 @@ class LanczosRank:
 
 
 def _count(run: Run, plan: LanczosPlan) -> RankResult:
-    """pilot → start → grow → dense or readout (SLQ past the basis)."""
+    """pilot → dense, or sketch (the range start) → grow → dense or readout (SLQ past
+    the basis)."""
     meter = run.meter
     krylov = BlockKrylov(meter.hvp, plan.n, meter.dtype, meter.device, run.generator)
     growth = start_basis(run, plan, krylov)
@@ -205,6 +209,10 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
             return dense_count(
                 run, plan.threshold, krylov, plan.block, growth.diagnostics()
             )
+    if pilot is not None and pilot.path == "range start" and krylov.size == 0:
+        sketched = sketch_start(run, plan, growth)
+        if sketched is not None:
+            return sketched
     end = grow_basis(run, plan, growth)
     if end is End.DENSE:
         return dense_count(run, plan.threshold, krylov, plan.block, growth.diagnostics())

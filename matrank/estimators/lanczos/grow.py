@@ -7,6 +7,8 @@ import dataclasses
 import enum
 from typing import Any
 
+import torch
+
 from ..._run import Interim, Run
 from ...numerics.counting import (
     Assessment,
@@ -41,6 +43,8 @@ class Growth:
     state: CountingState
     current: int  #: columns of the next block
     pilot: Pilot | None = None
+    #: the pilot's products ``(V, HV)`` as two ``(n, c)`` blocks, for a range sketch
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
     latest: Assessment | None = None
     switched_early_at: int | None = None
 
@@ -59,8 +63,8 @@ class Growth:
 
 
 def start_basis(run: Run, plan: LanczosPlan, krylov: BlockKrylov) -> Growth:
-    """A restored basis, or a fresh one: from the pilot's range start where it chose one,
-    else empty (the first block is random)."""
+    """A restored basis, or a fresh empty one after the pilot (where ``n`` asks for one);
+    a range start then goes through :mod:`.sketch`, else the first block is random."""
     saved = run.restore("krylov", expect=lambda state: krylov.fits(state["krylov"]))
     if saved is not None:
         krylov.load_state_dict(saved["krylov"])
@@ -75,22 +79,50 @@ def start_basis(run: Run, plan: LanczosPlan, krylov: BlockKrylov) -> Growth:
     growth = Growth(krylov, CountingState(), plan.block)
     if plan.n >= plan.pilot_from:
         run.enter("pilot")
-        growth.pilot = Pilot(
-            *run.cached(
-                "pilot",
-                lambda: dataclasses.astuple(
-                    run_pilot(
-                        run,
-                        plan.threshold,
-                        plan.eps,
-                        dense_max=plan.dense_max,
-                        block=plan.block,
-                        max_basis=plan.max_basis,
-                    )
-                ),
+        found = run.cached("pilot", lambda: _piloted(run, plan), expect=_fits(plan.n))
+        growth.pilot = Pilot(*found["pilot"])
+        growth.pairs = found["pairs"]
+    return growth
+
+
+def _piloted(run: Run, plan: LanczosPlan) -> dict[str, Any]:
+    """The pilot, and its products where a range sketch may use them (in memory)."""
+    from .sketch import PILOT_PAIRS_MAX_DIM
+
+    record: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    if plan.n <= PILOT_PAIRS_MAX_DIM:
+        record = []
+    pilot = run_pilot(
+        run,
+        plan.threshold,
+        plan.eps,
+        dense_max=plan.dense_max,
+        block=plan.block,
+        max_basis=plan.max_basis,
+        record=record,
+    )
+    pairs = None
+    if record:
+        pairs = (torch.cat([v for v, _ in record], 1), torch.cat([y for _, y in record], 1))
+    return {"pilot": dataclasses.astuple(pilot), "pairs": pairs}
+
+
+def _fits(n: int) -> Any:
+    """Whether a recorded pilot fits a run in ``R^n``: a pilot's fields, pairs of
+    ``n``-vectors with finite images."""
+
+    def fits(state: dict[str, Any]) -> bool:
+        pairs = state["pairs"]
+        return len(state["pilot"]) == len(dataclasses.fields(Pilot)) and (
+            pairs is None
+            or (
+                pairs[0].shape == pairs[1].shape
+                and pairs[0].shape[0] == n
+                and bool(torch.isfinite(pairs[1]).all())
             )
         )
-    return growth
+
+    return fits
 
 
 def pilot_interim(pilot: Pilot) -> Interim:
@@ -108,11 +140,8 @@ def grow_basis(run: Run, plan: LanczosPlan, growth: Growth) -> End:
     run.enter("grow")
     krylov, state = growth.krylov, growth.state
     pilot = growth.pilot
-    if pilot is not None and pilot.path == "range start" and krylov.size == 0:
-        before = run.meter.matvecs
-        krylov.start_from_range(pilot.start_block)
-        run.bar.update(run.meter.matvecs - before)
-        # a range start is assessed before any block is added
+    if krylov.size and growth.latest is None:
+        # a basis handed over by the range sketch is assessed before any block is added
         state.steps += 1
         growth.latest = _assess(plan, growth)
         state.assessed_size = krylov.size

@@ -10,9 +10,10 @@ grows by a tenth. That is enough to choose where the work goes:
 - **dense**: a rank of at least half of ``n`` (``n ≤ dense_max``) needs a Krylov basis
   of ``r`` to ``2r`` columns, whose orthogonalization costs more than ``n`` products and
   one ``eigvalsh``; the count goes straight to the dense path;
-- **range start**: a rank well above the block size, below ``n/8``, is reached in
-  one wide block from the range of ``H`` (``Y = HΩ`` with ``r̂ + p`` columns) instead
-  of a sequence of doubling blocks, each orthogonalized against all before it;
+- **range start**: a rank well above the block size, below ``n/8``, is reached by
+  one randomized range sketch certified a posteriori (:mod:`.sketch`), the pilot's own
+  products its first columns, instead of a sequence of doubling Krylov blocks, each
+  orthogonalized against all before it;
 - otherwise the Krylov count starts from one random block as before.
 
 The pilot only decides the path: the count is certified (or computed densely) as if it
@@ -62,8 +63,13 @@ def run_pilot(
     dense_max: int,
     block: int,
     max_basis: int,
+    record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Pilot:
-    """SLQ with four probes, and the path its count chooses (see the module notes)."""
+    """SLQ with four probes, and the path its count chooses (see the module notes).
+
+    ``record``: a list the products join as ``(V, HV)`` pairs, kept for a range start
+    (emptied when the path is another).
+    """
     meter, generator = run.meter, run.generator
     n = meter.dim
     probes = probe_block(
@@ -98,10 +104,16 @@ def run_pilot(
         grew = len(counts) > 1 and counts[-1][0] > 1.1 * counts[-2][0]
         return counts[-1][0] >= DENSE_FRACTION * n or (len(counts) > 1 and not grew)
 
+    def product(block: torch.Tensor) -> torch.Tensor:
+        image = meter.hvp(block)
+        if record is not None:
+            record.append((block.clone(), image))
+        return image
+
     before = meter.matvecs
     checks = [steps for steps in (16, 32, 64) if steps < most]
     nodes, weights = lanczos_quadrature(
-        meter.hvp, probes, most, fixed_node=0.0, enough=enough, checks=checks
+        product, probes, most, fixed_node=0.0, enough=enough, checks=checks
     )
     spent = meter.matvecs - before
     run.bar.update(spent)
@@ -115,4 +127,6 @@ def run_pilot(
         wanted = math.ceil(count + max(block / 2, 0.05 * count) + 2 * stderr)
         if count >= 2 * block and wanted <= min(max_basis // 2, n // 8):
             path, start = "range start", wanted
+    if record is not None and path != "range start":
+        record.clear()
     return Pilot(count, stderr, cut, spent, path, start)
