@@ -68,12 +68,12 @@ def sketch_start(run: Run, plan: LanczosPlan, growth: Growth) -> RankResult | No
             _draw(run, sketch, log, "gaussian", first)
     width = TEST_COLUMNS
     while sketch.width + width <= most and width <= _room(run, plan):
-        added = _draw(run, sketch, log, "test", width)
-        if added < width:  # the basis may hold the range: read the count
-            found = _certified(run, plan, growth, sketch, log)
-            if found is not None:
-                return found
-        width = TEST_COLUMNS if added < width else 2 * width
+        _draw(run, sketch, log, "test", width)
+        found = _certified(run, plan, growth, sketch, log)
+        if found is not None:
+            return found
+        # every column new: the basis is far from the range, double the next test
+        width = 2 * width if sketch.absorb() == width else TEST_COLUMNS
         if run.due():
             run.record(
                 "sketch",
@@ -86,6 +86,7 @@ def sketch_start(run: Run, plan: LanczosPlan, growth: Growth) -> RankResult | No
                 },
             )
     before = meter.matvecs
+    sketch.absorb()
     growth.krylov.start_from_basis(sketch.Q, log.symmetry_defect)
     growth.krylov.random_columns += log.columns("gaussian") + log.columns("test")
     run.bar.update(meter.matvecs - before)
@@ -151,6 +152,7 @@ def _restored(run: Run, plan: LanczosPlan, sketch: RangeSketch) -> _Log | None:
             test=kind == "test",
             norms=state["norms"][columns].to(sketch.device),
         )
+        sketch.absorb()  # every recorded test block had failed and joined the basis
         start += int(width)
     return log
 
