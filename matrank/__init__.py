@@ -22,7 +22,7 @@ from ._diagnostics import (
 from ._dual import DualForm, DualGram, dual_form
 from ._many import EstimateFailure, estimate_many, item_seed
 from ._oracle import Capability, Oracle, as_oracle, exact_rank, materialize
-from ._result import SCHEMA, CountingCurve, RankResult, Status
+from ._result import SCHEMA, CountingCurve, CountInterval, RankResult, Status
 from ._validation import (
     MatrankError,
     MatrankTypeError,
@@ -50,6 +50,7 @@ __all__ = [
     "ESTIMATORS",
     "SCHEMA",
     "Capability",
+    "CountInterval",
     "CountingCurve",
     "Diagnostics",
     "DualForm",

@@ -11,9 +11,15 @@ from typing import Any
 import numpy as np
 
 from ._diagnostics import Diagnostics, diagnostics_for
-from .numerics.threshold import CountingCurve, ThresholdChoice
+from ._validation import MatrankValueError
+from .numerics.threshold import (
+    INTERVAL_DELTA,
+    CountingCurve,
+    CountInterval,
+    ThresholdChoice,
+)
 
-__all__ = ["SCHEMA", "CountingCurve", "RankResult", "Status"]
+__all__ = ["SCHEMA", "CountInterval", "CountingCurve", "RankResult", "Status"]
 
 
 class Status(enum.Enum):
@@ -84,8 +90,9 @@ class Status(enum.Enum):
 
 
 #: Version of :meth:`RankResult.to_dict`'s layout. 2: ``"schema"`` itself, and the cost
-#: keys ``"gradients"``/``"evals"`` (were ``"grads"``/``"loss_evals"``).
-SCHEMA = 2
+#: keys ``"gradients"``/``"evals"`` (were ``"grads"``/``"loss_evals"``). 3:
+#: ``"count_interval"``.
+SCHEMA = 3
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -115,6 +122,9 @@ class RankResult:
         mapping; ``to_dict()["diagnostics"]`` is its JSON form.
     counts : CountingCurve or None
         ``N(τ)`` on a grid of thresholds, where the estimator can provide it.
+    count_interval : CountInterval or None
+        ``N`` at ``τ·(1 ∓ δ)`` (``δ = 0.5``; :meth:`count_interval_at` for another),
+        read off ``counts``: how much the count moves with the threshold.
     status : Status
         How the estimate ended; ``status.value`` is remediation text.
     """
@@ -152,6 +162,25 @@ class RankResult:
         negative = self.n_negative
         return None if negative is None else round(self.rank) - negative
 
+    @property
+    def count_interval(self) -> CountInterval | None:
+        """``N`` at ``τ·(1 − δ)`` and ``τ·(1 + δ)`` for the default ``δ = 0.5``."""
+        return self.count_interval_at(INTERVAL_DELTA)
+
+    def count_interval_at(self, delta: float) -> CountInterval | None:
+        """``N`` at ``τ·(1 − δ)`` and ``τ·(1 + δ)``, ``0 < δ < 1``: exact where the
+        method counted known eigenvalues, lower bounds from a Krylov basis's Ritz
+        values, an estimate with a stderr on each end from the polynomial filter's
+        curve; ``None`` where the method counts at one threshold only (the samplers)."""
+        if not (isinstance(delta, float | int) and 0 < delta < 1):
+            raise MatrankValueError(
+                f"`delta` must be a number in (0, 1), the threshold's relative move; "
+                f"got {delta!r}"
+            )
+        if self.counts is None or self.threshold is None or math.isnan(self.rank):
+            return None
+        return self.counts.interval(self.threshold, float(delta))
+
     def __int__(self) -> int:
         return round(self.rank)
 
@@ -165,6 +194,11 @@ class RankResult:
         )
 
     def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, delta: float = INTERVAL_DELTA, *, interval: bool = False) -> str:
+        """``str(result)``: the count, its cost, and what its status asks; with the
+        count interval at ``delta`` when the spectrum has no plateau, or ``interval``."""
         uncertainty = "" if self.stderr is None else f" ± {self.stderr:.3g}"
         threshold = "None" if self.threshold is None else f"{self.threshold:.3g}"
         text = f"rank {_format_rank(self.rank)}{uncertainty}"
@@ -181,6 +215,9 @@ class RankResult:
             )
         if self.status is not Status.CONVERGED:
             text += f"\n  status: {self.status.value}"
+        found = self.count_interval_at(delta)
+        if (interval or self.status is Status.NO_PLATEAU) and found is not None:
+            text += f"\n  count interval: {found}"
         if self.diagnostics.get("remedy"):
             text += f"\n  remedy: {self.diagnostics['remedy']}"
         plateau = self.diagnostics.get("plateau") or {}
@@ -194,9 +231,11 @@ class RankResult:
             )
         return text
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, delta: float = INTERVAL_DELTA) -> dict[str, Any]:
         """A JSON-ready dictionary (arrays become lists), versioned by ``"schema"``
-        (:data:`SCHEMA`; README's "Result JSON" lists each version's changes)."""
+        (:data:`SCHEMA`; README's "Result JSON" lists each version's changes);
+        ``delta`` is the count interval's."""
+        interval = self.count_interval_at(delta)
         out: dict[str, Any] = {
             "schema": SCHEMA,
             "rank": self.rank,
@@ -208,6 +247,15 @@ class RankResult:
             "converged": self.converged,
             "n_positive": self.n_positive,
             "n_negative": self.n_negative,
+            "count_interval": None
+            if interval is None
+            else {
+                "delta": interval.delta,
+                "thresholds": list(interval.thresholds),
+                "counts": list(interval.counts),
+                "stderr": None if interval.stderr is None else list(interval.stderr),
+                "kinds": list(interval.kinds),
+            },
         }
         if self.counts is not None:
             out["counts"] = {

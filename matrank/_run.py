@@ -353,6 +353,14 @@ class Run:
         if self.stopping:
             raise KeyboardInterrupt
 
+    def threshold(self, value: Any) -> Any:
+        """A user's ``threshold`` in the run's units (the products are ``factor·H``);
+        ``None`` and ``'floor'`` as they are. :meth:`result` scales the reported one
+        back."""
+        if value is None or isinstance(value, str) or self.factor == 1.0:
+            return value
+        return float(value) * self.factor
+
     def cached(
         self,
         key: str,

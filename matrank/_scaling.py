@@ -108,5 +108,10 @@ def unscale(
         diagnostics["plateau"] = plateau
     diagnostics["scaled_by"] = factor
     if counts is not None:
-        counts = dataclasses.replace(counts, thresholds=counts.thresholds / factor)
+        counts = dataclasses.replace(
+            counts,
+            thresholds=counts.thresholds / factor,
+            values=None if counts.values is None else counts.values / factor,
+            resolution=counts.resolution / factor,
+        )
     return back(threshold), diagnostics, counts

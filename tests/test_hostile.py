@@ -60,6 +60,22 @@ def test_a_positive_multiple_has_the_same_rank_at_every_scale(method, scale):
     assert identity.rank == 30 and math.isfinite(identity.threshold)
 
 
+@pytest.mark.parametrize("method", [*COUNTING, "langevin"])
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_a_given_threshold_is_read_in_the_input_units_at_every_scale(method, scale):
+    # the run scales the products by a power of two: a user's τ must follow them (it
+    # did not: rank 100 of a rank-10 matrix at threshold 0.0, CONVERGED)
+    matrix = rotated_spectrum(100, 10, cond=10, seed=0)
+    plain = matrank.estimate_rank(matrix, method=method, seed=0, threshold=0.05)
+    scaled = matrank.estimate_rank(
+        scale * matrix, method=method, seed=0, threshold=scale * 0.05
+    )
+    assert scaled.rank == pytest.approx(plain.rank, rel=1e-9)
+    assert scaled.threshold == pytest.approx(scale * plain.threshold, rel=1e-9)
+    if method != "langevin":
+        assert scaled.rank == 10 and scaled.status is matrank.Status.CONVERGED
+
+
 @given(
     dtype=st.sampled_from(list(SCALES)),
     exponent=st.floats(-1.0, 1.0),

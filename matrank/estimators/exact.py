@@ -142,7 +142,7 @@ class ExactRank:
         )
         run.store = None  # nothing worth saving (see above)
         if form is not None:
-            return _dual_count(run, form, self.threshold)
+            return _dual_count(run, form, run.threshold(self.threshold))
         meter = run.meter
         free = materialize.dispatch(type(oracle)) is not materialize.dispatch(object)
         dense = materialize(oracle) if free else materialize(meter)
@@ -158,7 +158,8 @@ class ExactRank:
         numpy_rule = noise_floor(largest, n, input_eps(oracle))
         floor = max(numpy_rule, asymmetry)
         diagnostics: dict[str, Any] = {"numpy_rule": numpy_rule}
-        return count_spectrum(run, eigenvalues, floor, self.threshold, diagnostics)
+        threshold = run.threshold(self.threshold)
+        return count_spectrum(run, eigenvalues, floor, threshold, diagnostics)
 
 
 def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> RankResult:

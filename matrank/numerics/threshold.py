@@ -18,6 +18,8 @@ import math
 import numpy as np
 
 __all__ = [
+    "INTERVAL_DELTA",
+    "CountInterval",
     "CountingCurve",
     "ThresholdChoice",
     "counting_curve",
@@ -40,16 +42,125 @@ class CountingCurve:
         ``N(τ)`` at each threshold (non-increasing; floats for stochastic estimators).
     stderr : numpy.ndarray or None
         Standard error of each count, where the estimator is stochastic.
+    values : numpy.ndarray or None
+        The magnitudes the curve counts, where it counts known values (eigenvalues,
+        Ritz values): then ``N`` is read off them at any threshold, not the grid.
+    kind : str
+        What a count off the curve is: ``"exact"`` (eigenvalues, or Ritz values within
+        ``resolution`` of them), ``"at least"`` (Ritz values of a Krylov basis: by
+        Cauchy interlacing no more of them than of the eigenvalues exceed any
+        threshold) or ``"estimate"`` (stochastic, with ``stderr``).
+    resolution : float
+        How far the true eigenvalues may lie from ``values`` (Weyl): a count at a
+        threshold with a value within it is an estimate only.
     """
 
     thresholds: np.ndarray
     counts: np.ndarray
     stderr: np.ndarray | None = None
+    values: np.ndarray | None = None
+    kind: str = "estimate"
+    resolution: float = 0.0
 
     def at(self, threshold: float) -> float:
         """``N(threshold)`` read off the curve (the count at the nearest grid point below)."""
         below = int(np.searchsorted(self.thresholds, threshold, side="right")) - 1
         return float(self.counts[min(max(below, 0), len(self.thresholds) - 1)])
+
+    def interval(self, threshold: float, delta: float = 0.5) -> CountInterval:
+        """How the count moves with ``τ``: ``N`` at ``τ·(1 − δ)`` and ``τ·(1 + δ)``
+        (:class:`CountInterval`).
+
+        Known ``values`` are counted at each end exactly; the rest of the curve (a
+        stochastic part) is read between grid points linearly in ``log τ``.
+        """
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must lie in (0, 1); got {delta!r}")
+        ends = (threshold * (1 - delta), threshold * (1 + delta))
+        values = np.sort(self.values) if self.values is not None else np.zeros(0)
+        rest = self.counts - (
+            values.size - np.searchsorted(values, self.thresholds, "right")
+        )
+        grid = np.log(self.thresholds)
+
+        def count(end: float) -> float:
+            return float((values > end).sum()) + float(np.interp(math.log(end), grid, rest))
+
+        def kind(end: float) -> str:
+            if self.stderr is not None or self.values is None:
+                # under the lowest threshold the curve reads that threshold's count: N
+                # does not increase with τ, so that is a lower bound
+                return "at least" if end < self.thresholds[0] else "estimate"
+            # the unseen eigenvalues lie within ``resolution`` of zero, the seen ones
+            # of ``values``: an end that close to either is not read exactly
+            near = end <= self.resolution or bool(
+                (np.abs(values - end) <= self.resolution).any()
+            )
+            return "estimate" if self.resolution > 0 and near else self.kind
+
+        stderr = None
+        if self.stderr is not None:
+            stderr = tuple(float(np.interp(math.log(e), grid, self.stderr)) for e in ends)
+        return CountInterval(
+            delta,
+            ends,
+            (count(ends[0]), count(ends[1])),
+            stderr,  # type: ignore[arg-type]
+            (kind(ends[0]), kind(ends[1])),
+        )
+
+
+#: Default ``δ`` of :meth:`CountingCurve.interval`: the count at half and at one and a
+#: half times the threshold.
+INTERVAL_DELTA = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class CountInterval:
+    """How much the count moves with the threshold: ``N(τ·(1 − δ))`` and
+    ``N(τ·(1 + δ))``. On a spectrum with a gap at ``τ`` the two are equal; on a gapless
+    one (a trained network's curvature) their spread is what the rank means.
+
+    Attributes
+    ----------
+    delta : float
+        The relative move of the threshold, in ``(0, 1)``.
+    thresholds : tuple of float
+        ``(τ·(1 − δ), τ·(1 + δ))``.
+    counts : tuple of float
+        ``N`` at each (the first is the larger).
+    stderr : tuple of float or None
+        Standard error of each count, for a stochastic estimate.
+    kinds : tuple of str
+        What each count is: ``"exact"``, ``"at least"`` (a lower bound: Ritz values,
+        or a threshold under the lowest the method resolves) or ``"estimate"``.
+    """
+
+    delta: float
+    thresholds: tuple[float, float]
+    counts: tuple[float, float]
+    stderr: tuple[float, float] | None
+    kinds: tuple[str, str]
+
+    @property
+    def width(self) -> float:
+        """``N(τ·(1 − δ)) − N(τ·(1 + δ))``: how many eigenvalues lie within ``δ`` of
+        ``τ`` (as far as the two counts are exact)."""
+        return self.counts[0] - self.counts[1]
+
+    def __str__(self) -> str:
+        def one(i: int) -> str:
+            count = self.counts[i]
+            text = str(int(count)) if float(count).is_integer() else f"{count:.1f}"
+            if self.stderr is not None:
+                text += f" ± {self.stderr[i]:.2g}"
+            prefix = "at least " if self.kinds[i] == "at least" else ""
+            return f"{prefix}{text} at τ·{1 + (2 * i - 1) * self.delta:g} = " + (
+                f"{self.thresholds[i]:.3g}"
+            )
+
+        kinds = self.kinds[0] if self.kinds[0] == self.kinds[1] else "/".join(self.kinds)
+        return f"{one(0)} … {one(1)} ({kinds})"
 
 
 def noise_floor(largest: float, n: int, eps: float, defect: float = 0.0) -> float:
@@ -280,12 +391,20 @@ def resolve_threshold(
 
 
 def counting_curve(
-    magnitudes: np.ndarray, low: float, high: float, *, n_points: int = 200
+    magnitudes: np.ndarray,
+    low: float,
+    high: float,
+    *,
+    n_points: int = 200,
+    kind: str = "exact",
 ) -> CountingCurve:
-    """``N(τ)`` of a known spectrum on a log grid of thresholds from ``low`` to ``high``."""
+    """``N(τ)`` of a known spectrum on a log grid of thresholds from ``low`` to ``high``
+    (``kind``: what the magnitudes are, :class:`CountingCurve`)."""
     low = max(low, np.finfo(np.float64).tiny)
     high = max(high, low * 10)
     thresholds = np.geomspace(low, high, n_points)
     values = np.sort(np.abs(np.asarray(magnitudes, dtype=np.float64)))
     counts = values.size - np.searchsorted(values, thresholds, side="right")
-    return CountingCurve(thresholds=thresholds, counts=counts.astype(np.float64))
+    return CountingCurve(
+        thresholds=thresholds, counts=counts.astype(np.float64), values=values, kind=kind
+    )

@@ -191,7 +191,9 @@ class LanczosRank:
             budget=plan.max_matvecs,
             **checkpointing,
         ) as run:
-            return _count(run, plan)
+            return _count(
+                run, dataclasses.replace(plan, threshold=run.threshold(plan.threshold))
+            )
         return run.stopped()
 
 

@@ -79,7 +79,10 @@ def _assessed(growth: Growth, latest: Assessment, *, certified: bool) -> Interim
     if latest.choice is not None:
         diagnostics["plateau"] = dataclasses.asdict(latest.choice)
     largest, floor = latest.largest, latest.floor
-    counts = counting_curve(
-        values.abs().numpy(), low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
+    counts = counting_curve(  # Ritz values: lower bounds by interlacing
+        values.abs().numpy(),
+        low=max(floor, largest * 1e-16) / 10,
+        high=largest * 1.5,
+        kind="at least",
     )
     return Interim(float(latest.counted), None, latest.threshold, diagnostics, counts)

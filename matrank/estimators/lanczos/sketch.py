@@ -190,6 +190,7 @@ def _certified(
     counts = counting_curve(
         magnitudes.numpy(), low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
     )
+    counts = dataclasses.replace(counts, resolution=ritz.eta)  # Weyl: within η
     return run.result(
         float(counted.sum()),
         stderr=None,

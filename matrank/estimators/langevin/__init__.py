@@ -253,7 +253,8 @@ class LangevinRank:
             unit="step",
             **checkpointing,
         ) as run:
-            return self._phases(run, plan)
+            options = dataclasses.replace(self, threshold=run.threshold(self.threshold))
+            return options._phases(run, plan)
         return run.stopped()
 
     def _phases(self, run: Run, plan: LangevinPlan) -> RankResult:

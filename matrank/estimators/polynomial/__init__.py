@@ -222,7 +222,8 @@ class PolynomialRank:
             budget=self.max_matvecs or DEFAULT_BUDGET,
             **checkpointing,
         ) as run:
+            options = dataclasses.replace(self, threshold=run.threshold(self.threshold))
             if self.variant == "ubaru-saad":
-                return ubaru_saad_estimate(self, run)
-            return DefaultFilter(self, run).estimate()
+                return ubaru_saad_estimate(options, run)
+            return DefaultFilter(options, run).estimate()
         return run.stopped()

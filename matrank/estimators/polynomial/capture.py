@@ -194,6 +194,25 @@ class SpectrumCapture:
         kappa = float(np.trapezoid((p - (ell > 0)) ** 2, ell))
         return math.sqrt(slope * kappa)
 
+    def _blur(self, moments: np.ndarray, grid: np.ndarray, degree: int) -> np.ndarray:
+        """At each threshold of ``grid``, the errors of the probes' (Jackson-step) curve
+        that their spread does not see, in quadrature: the edge term of :meth:`_edge`
+        for that step (eigenvalues inside its transition count fractionally), and its
+        smoothing bias: a Jackson step is ``N`` convolved with a kernel of angular
+        width ``σ_β ≈ π/(degree + 2)``, ``σ_λ = half·sin β·σ_β`` in ``λ``, so the soft
+        count is off by ``≈ ½σ_λ²·N''`` where the density falls across the step. Read
+        at every eighth threshold, linear in ``log τ`` between."""
+        frame, damping = self.frame, jackson_damping(degree)
+        steps = np.stack([frame.step(t, degree, damping) for t in grid], axis=1)
+        soft = (moments[:, : degree + 1] @ steps).mean(axis=0)
+        beta = np.arccos(np.clip(frame.x(grid), -1, 1))
+        width = frame.half * np.sin(beta) * math.pi / (degree + 2)
+        bias = 0.5 * width**2 * np.abs(np.gradient(np.gradient(soft, grid), grid))
+        some = np.unique(np.r_[np.arange(0, grid.size, 8), grid.size - 1])
+        edge = [self._edge(moments, steps[:, i], degree, grid[i], grid) for i in some]
+        edge = np.interp(np.log(grid), np.log(grid[some]), edge)
+        return np.hypot(edge, bias) * (grid <= self.complement_top)
+
     def _density(self, moments: np.ndarray, degree: int) -> dict[str, Any]:
         """Eigenvalues per unit λ on a grid: the probes' moments plus the deflated θ's."""
         m = moments[:, : degree + 1]

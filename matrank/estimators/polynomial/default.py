@@ -403,11 +403,13 @@ class DefaultFilter(SpectrumCapture):
         if not self.exact_path and not threshold > self.complement_top:
             edge = self._edge(moments, c, degree, threshold, grid)
             stderr = math.hypot(stderr, edge)
-        counts = CountingCurve(
-            thresholds=grid,
-            counts=table.mean(axis=0),
-            stderr=table.std(axis=0, ddof=1) / math.sqrt(len(table)),
+        level, spread = (
+            table.mean(axis=0),
+            table.std(axis=0, ddof=1) / math.sqrt(len(table)),
         )
+        hard = np.sort(np.abs(self.deflated_values))
+        blur = 0.0 if self.exact_path else self._blur(moments, grid, degree)
+        counts = CountingCurve(grid, level, np.hypot(spread, blur), values=hard)
         x = self.frame.x
         raw = (
             step_coefficients(x(threshold), 1.0, degree) * damping[: degree + 1]

@@ -68,7 +68,7 @@ def whole_space(self: DefaultFilter) -> RankResult:
         **({"plateau": dataclasses.asdict(choice)} if choice is not None else {}),
         **self._density(np.zeros((1, degree + 1)), degree),
     }
-    counts = counting_curve(magnitudes, self.floor, self.high)
+    counts = counting_curve(np.abs(values), self.floor, self.high)  # all of them
     counts = dataclasses.replace(counts, stderr=np.zeros_like(counts.counts))
     rank = float((magnitudes > threshold).sum())
     return self._result(rank, 0.0, threshold, status, diagnostics, counts)
