@@ -161,6 +161,11 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
         the pilot's, plus ``pilot_columns``), ``test_blocks``, the test's
         ``range_bound`` on ``‖(I − QQᵀ)H‖`` and ``eta``, the bound on ``‖H − QT̂Qᵀ‖``
         within which every eigenvalue lies of a sketch's one.
+    sharpened : dict
+        The Gaussian tests that lowered a certified Krylov count's floor from the
+        resolution to ``eta`` (:mod:`matrank.estimators.lanczos.sharpen`): ``tests``
+        run, the last ``range_bound`` on ``‖(I − QQᵀ)H‖``, ``eta`` and the
+        ``resolution`` it replaced.
     basis_size, random_columns, block_steps : int
         The Krylov basis's columns, how many of them came from random starts, and the
         block steps taken.
@@ -192,6 +197,7 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
     path: str | None = None
     pilot: dict[str, Any] | None = None
     sketch: dict[str, Any] | None = None
+    sharpened: dict[str, Any] | None = None
     basis_size: int | None = None
     random_columns: int | None = None
     block_steps: int | None = None

@@ -34,6 +34,12 @@ def test_estimators_are_phases_of_at_most_80_lines_and_the_run_owns_ctrl_c():
     assert "options: Any" not in text
 
 
+def _hidden(n, value):
+    """50 eigenvalues in [1, 2] and one at ``value``, in a random basis."""
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((n, 51)))
+    return (q * np.r_[np.linspace(1.0, 2.0, 50), value]) @ q.T
+
+
 # (method, matrix, options, the phases whose oracle calls a Ctrl-C can land in)
 CASES = {
     "lanczos-pilot": (
@@ -48,6 +54,13 @@ CASES = {
         lambda: rotated_spectrum(600, 40, cond=1e3, noise_gap=1e6, seed=0),
         {"pilot_from": 1, "block_size": 8},
         {"pilot", "sketch", "grow"},
+    ),
+    # one eigenvalue under the resolution: the Gaussian tests of "sharpen" find it
+    "lanczos-sharpen": (
+        "lanczos",
+        lambda: _hidden(1200, 5e-12),
+        {"pilot_from": 1, "block_size": 8, "threshold": "floor"},
+        {"pilot", "sketch", "grow", "sharpen"},
     ),
     "lanczos-dense": (
         "lanczos",

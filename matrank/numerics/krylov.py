@@ -188,15 +188,30 @@ class BlockKrylov:
         self._next = self._next[:, :0]
         self.B = self.B[:0]
 
-    def extend(self, block_size: int, extra_random: int = 0) -> int:
+    def extend(
+        self, block_size: int, extra_random: int = 0, given: torch.Tensor | None = None
+    ) -> int:
         """Apply A to the next block and grow the basis; returns the matvecs spent.
 
         The next block holds the kept directions of the previous residual, filled up to
         ``block_size`` with random directions orthogonal to the basis, plus
         ``extra_random`` more random directions (fresh probes that check for eigenvalues
-        the Krylov sequence has not reached).
+        the Krylov sequence has not reached); ``given`` directions (``(n, c)``, made
+        orthogonal to the basis here) take the place of the random ones.
         """
         kept = self._next
+        if given is not None:
+            self._append(kept)
+            k = self.size
+            clock = time.perf_counter()
+            fresh, _ = _project_out(given.to(dtype=self.dtype, device=self.device), self.Q)
+            fresh = torch.linalg.qr(fresh).Q[:, : min(fresh.shape[1], self.n - k)]
+            self.orthogonalization_seconds += time.perf_counter() - clock
+            self._append(fresh)
+            block = self.Q[:, k - kept.shape[1] :]
+            image = self.matmat(block)
+            self.matvecs += block.shape[1]
+            return self._absorb(block, image)
         fill = max(0, block_size - kept.shape[1]) + extra_random
         fill = min(fill, self.n - self.size - kept.shape[1])
         k = self.size

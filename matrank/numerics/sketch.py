@@ -32,11 +32,12 @@ import time
 
 import torch
 
-__all__ = ["TEST_COLUMNS", "RangeSketch", "SketchRitz"]
+__all__ = ["HMT_FACTOR", "TEST_COLUMNS", "RangeSketch", "SketchRitz"]
 
 #: Gaussian columns per test: the bound fails with probability at most 10^(−10).
 TEST_COLUMNS = 10
-_HMT = 10 * math.sqrt(2 / math.pi)
+#: Halko, Martinsson & Tropp's factor: ``‖(I − QQᵀ)A‖ ≤ HMT_FACTOR·max ‖(I − QQᵀ)Aω_i‖``.
+HMT_FACTOR = 10 * math.sqrt(2 / math.pi)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +169,7 @@ class RangeSketch:
         coefficients += correction
         if test:  # ‖(I − QQᵀ)Aω_i‖ for the Gaussian ω_i = norms_i·(unit column)
             lengths = torch.linalg.vector_norm(residual, dim=0) * norms
-            self.bound = _HMT * float(lengths.max())
+            self.bound = HMT_FACTOR * float(lengths.max())
         self.scale = max(self.scale, float(torch.linalg.vector_norm(image, dim=0).max()))
         self._G = _bordered(self._G, self._omega.transposed_times(omega), omega.T @ omega)
         self._X = torch.cat([self._X, _small(Q.transposed_times(omega))], dim=1)

@@ -22,6 +22,7 @@ from .grow import End, grow_basis, start_basis
 from .pilot import PILOT_MIN_DIM
 from .plan import LanczosPlan
 from .readout import interim, readout
+from .sharpen import sharpen, wanted
 from .sketch import sketch_start
 
 __all__ = ["LanczosRank"]
@@ -218,4 +219,7 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
     end = grow_basis(run, plan, growth)
     if end is End.DENSE:
         return dense_count(run, plan.threshold, krylov, plan.block, growth.diagnostics())
+    latest = growth.latest
+    if end is End.CERTIFIED and latest is not None and wanted(plan, latest, plan.n):
+        growth.sharpened = sharpen(run, plan, growth)
     return readout(run, plan, growth, end)

@@ -47,6 +47,8 @@ class Growth:
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None
     latest: Assessment | None = None
     switched_early_at: int | None = None
+    #: what the Gaussian tests of :mod:`.sharpen` measured, where they lowered the floor
+    sharpened: dict[str, Any] | None = None
 
     @property
     def threshold(self) -> float:
@@ -59,6 +61,8 @@ class Growth:
             found["pilot"] = dataclasses.asdict(self.pilot)
         if self.switched_early_at is not None:
             found["switched_early_at"] = self.switched_early_at
+        if self.sharpened is not None:
+            found["sharpened"] = self.sharpened
         return found
 
 
