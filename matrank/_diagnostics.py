@@ -192,6 +192,10 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
         Each probe's count (the stderr is their spread).
     slq_threshold : float
         The threshold SLQ counted at.
+    slq_unresolved : float
+        In an indefinite spectrum, the eigenvalues per probe whose nodes lie between
+        the noise floor and the quadrature's reach around zero, where τ lies too; at
+        least one (and the stderr) ends the count ``BELOW_RESOLUTION``.
     """
 
     path: str | None = None
@@ -215,6 +219,7 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
     slq_steps: int | None = None
     slq_samples: Array | None = None
     slq_threshold: float | None = None
+    slq_unresolved: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)

@@ -160,7 +160,7 @@ def test_slq_path_is_unbiased_within_its_stated_stderr():
     z_scores = []
     for seed in range(8):
         result = matrank.estimate_rank(
-            matrix, method="lanczos", seed=seed, max_basis=96, max_matvecs=1200
+            matrix, method="lanczos", seed=seed, max_basis=96, max_matvecs=1200, dense_max=0
         )
         assert result.diagnostics.path == "slq" and result.stderr > 0
         assert result.cost["matvecs"] <= 1200
@@ -172,16 +172,44 @@ def test_slq_path_is_unbiased_within_its_stated_stderr():
     assert 0.15 < np.mean(z_scores**2) < 3.0, z_scores
 
 
+def test_slq_inside_an_indefinite_spectrum_is_not_reported_converged_unresolved():
+    """300 of 700 eigenvalues negative, |λ| in [0.01, 1]: zero lies inside the
+    spectrum, where a 64-step rule resolves only ±0.07·‖H‖ and its node at zero is no
+    Gauss–Radau end point. The count was 604–623 ± 6–7 for 700, CONVERGED; now it is
+    BELOW_RESOLUTION with the remedy. With |λ| in [0.1, 1] (above the reach) SLQ is
+    right and converged; and a basis that may go dense counts exactly."""
+    options = {"method": "lanczos", "max_basis": 96, "max_matvecs": 1200}
+    crowded = rotated_spectrum(2000, 700, cond=1e2, negative=300, seed=8)
+    clear = rotated_spectrum(2000, 700, cond=10, negative=300, seed=8)
+    for seed in range(2):
+        result = matrank.estimate_rank(crowded, seed=seed, dense_max=0, **options)
+        assert (
+            result.diagnostics.path == "slq" and abs(result.rank - 700) > 5 * result.stderr
+        )
+        assert result.status is matrank.Status.BELOW_RESOLUTION and not result.converged
+        assert result.diagnostics.slq_unresolved >= 1
+        assert "`dense_max`" in result.diagnostics["remedy"]
+        fine = matrank.estimate_rank(clear, seed=seed, dense_max=0, **options)
+        assert (
+            fine.status is matrank.Status.CONVERGED and fine.diagnostics.slq_unresolved == 0
+        )
+        assert abs(fine.rank - 700) < 4 * fine.stderr
+    exact = matrank.estimate_rank(crowded, seed=0, **options)
+    assert exact.diagnostics.path == "dense (switched)" and exact.rank == 700
+    assert exact.status is matrank.Status.CONVERGED
+
+
 def test_budget_exhausted_is_reported_with_remediation():
-    result = matrank.estimate_rank(
-        rotated_spectrum(400, 150, seed=9),
-        method="lanczos",
-        max_basis=64,
-        max_matvecs=80,
-        seed=0,
-    )
+    matrix = rotated_spectrum(400, 150, seed=9)
+    options = {"method": "lanczos", "max_basis": 64, "max_matvecs": 80, "seed": 0}
+    result = matrank.estimate_rank(matrix, dense_max=0, **options)
     assert result.status is matrank.Status.BUDGET_EXHAUSTED and not result.converged
     assert "`max_matvecs` for lanczos" in result.status.value
+    # where the dense path is possible (an explicit matrix: read, no products) a spent
+    # basis ends there, exact, instead of in SLQ's estimate
+    dense = matrank.estimate_rank(matrix, **options)
+    assert dense.status is matrank.Status.CONVERGED and dense.rank == 150
+    assert dense.diagnostics.path == "dense (switched)" and dense.cost["matvecs"] <= 80
 
 
 def test_threshold_override_counts_what_it_is_told():
@@ -296,6 +324,34 @@ def test_a_rank_near_n_switches_to_the_dense_path(monkeypatch, restart):
     if restart:  # dense_max=0 keeps the Krylov count (once is enough: seconds)
         kept = matrank.estimate_rank(operator, method="lanczos", seed=0, dense_max=0)
         assert kept.diagnostics.path == "krylov" and kept.rank == 480
+
+
+def test_a_gapless_spectrum_switches_to_the_dense_path_once_krylov_stalls():
+    """λ_i = exp(−i/30): 208 eigenvalues above τ = 1e-3, neighbours 3 % apart at τ,
+    so Ritz values crowd τ and certify slowly. Once the basis passes its own count
+    by 15 % uncertain, the time besides products (the stepping clock: a function of
+    the control flow) reaching STALLED_SHARE of the dense path switches to it, and the
+    count is the dense one. Without the switch Krylov certifies the same count."""
+    import scipy.sparse.linalg
+
+    from matrank.estimators.lanczos.dense import STALLED_SHARE
+
+    n = 1500
+    spectrum = np.exp(-np.arange(n) / 30.0)
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((n, n)))
+    operator = scipy.sparse.linalg.aslinearoperator((q * spectrum) @ q.T)
+    truth = int((spectrum > 1e-3).sum())
+    assert truth == 208 and 0 < STALLED_SHARE < 0.25
+    switched = matrank.LanczosRank(threshold=1e-3, pilot_from=1).estimate(operator, seed=0)
+    krylov = matrank.LanczosRank(threshold=1e-3, pilot_from=1, dense_max=0).estimate(
+        operator, seed=0
+    )
+    for result in (switched, krylov):
+        assert result.status is matrank.Status.CONVERGED and result.rank == truth
+    assert switched.diagnostics.path == "dense (switched)"
+    at = switched.diagnostics.switched_to_dense_at
+    assert truth < at < krylov.diagnostics.basis_size
+    assert krylov.diagnostics.path == "krylov"
 
 
 def _hidden_operator(n=20000):

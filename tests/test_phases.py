@@ -71,7 +71,7 @@ CASES = {
     "lanczos-slq": (
         "lanczos",
         lambda: rotated_spectrum(600, 120, cond=1e3, seed=0),
-        {"max_basis": 48, "block_size": 8, "max_matvecs": 1500},
+        {"max_basis": 48, "block_size": 8, "max_matvecs": 1500, "dense_max": 0},
         {"grow", "slq"},
     ),
     "polynomial-filter": (

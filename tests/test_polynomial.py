@@ -332,3 +332,20 @@ def test_floor_is_the_exact_count_from_the_whole_space_or_refused():
     big = rotated_spectrum(3000, 10, seed=2)
     with pytest.raises(matrank.MatrankValueError, match=r"'floor' needs the whole space"):
         matrank.estimate_rank(big, method="polynomial", threshold="floor", seed=0)
+
+
+def test_a_threshold_under_the_filters_reach_is_not_reported_converged():
+    """Degree 60 reaches 6.2e-3 of λmax; at τ = 1e-6 the eigenvalues between count
+    partially (239 ± 15 where 450 lie above τ): the run warns and ends
+    BELOW_RESOLUTION with the remedy, never CONVERGED (it was, before)."""
+    H = rotated_spectrum(1200, 600, cond=1e8, seed=0)
+    truth = int((np.linalg.eigvalsh(H) > 1e-6).sum())
+    estimator = matrank.PolynomialRank(
+        threshold=1e-6, degree=60, max_matvecs=1000, deflate=0
+    )
+    with pytest.warns(matrank.MatrankWarning, match="below the reach"):
+        result = estimator.estimate(H, seed=0)
+    assert result.diagnostics.reach > 1e-3
+    assert abs(result.rank - truth) > 5 * result.stderr  # the count is indeed wrong
+    assert result.status is matrank.Status.BELOW_RESOLUTION and not result.converged
+    assert "raise `degree`" in result.diagnostics["remedy"]

@@ -55,9 +55,10 @@ class LanczosRank:
         Lanczos steps per SLQ probe (Gauss quadrature nodes per probe).
     probes : {"sphere", "rademacher", "gaussian"}, default="sphere"
         SLQ probe distribution (the sphere has the smallest variance for counting).
-    dense_max : int, default=8192
+    dense_max : int, default=DENSE_MAX
         Largest ``n`` whose count switches to the dense path when the rank proves a
-        large fraction of ``n`` (Notes); 0 never switches.
+        large fraction of ``n`` or the Krylov count dearer (Notes); 0 never switches.
+        The default: six ``n × n`` float64 matrices in physical memory, at least 8192.
     pilot_from : int, default=4096
         Smallest ``n`` at which a pilot (four SLQ probes) chooses the path first: the
         dense path, a start from the range of ``H``, or the Krylov count (Notes); a
@@ -106,7 +107,8 @@ class LanczosRank:
     (``n ≤ dense_max``), the count switches to the dense path when that, timed from the
     run's own products and a calibrated ``eigvalsh``, costs less than the cheapest
     certified Krylov count still could, or (while the count still grows with the
-    basis) once the work besides products reaches a quarter of it; without a pilot,
+    basis) once the work besides products reaches a quarter of it, or (a basis past
+    the expected one, a spectrum without a gap at τ) a share ``STALLED_SHARE``; without a pilot,
     when a third of ``R^n`` has been explored and nine tenths of it counted. The basis
     is then completed to ``[Q, Q⊥]`` with only ``H·Q⊥`` computed, or ``H`` read again
     from the identity when that is cheaper (``diagnostics["dense_restart"]``); the

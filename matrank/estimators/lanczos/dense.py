@@ -10,6 +10,8 @@ products, so ``n`` in all, as materializing ``H`` would take), and the eigenvalu
 from __future__ import annotations
 
 import functools
+import math
+import os
 from typing import Any
 
 import numpy as np
@@ -25,15 +27,36 @@ from ..exact import count_spectrum
 
 __all__ = [
     "DENSE_MAX",
+    "STALLED_SHARE",
     "affordable",
     "dense_count",
     "dense_is_cheaper",
     "worth_switching",
 ]
 
-#: Largest ``n`` whose count may switch to the dense path (three ``n × n`` float64
-#: matrices in memory: 1.5 GB at 8192).
-DENSE_MAX = 8192
+#: Dense ``n × n`` float64 matrices the dense path holds at its peak (the image, its
+#: symmetrized copy, the completed basis or LAPACK's copy and workspace).
+_PEAK_MATRICES = 6
+
+
+def _dense_limit() -> int:
+    """Largest ``n`` whose dense path fits in this machine's physical memory, and at
+    least 8192 (1.5 GB of three matrices): 23,170 with 24 GiB."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not POSIX: the old fixed limit
+        return 8192
+    return max(8192, math.isqrt(memory // (8 * _PEAK_MATRICES)))
+
+
+#: Largest ``n`` whose count may switch to the dense path: ``_PEAK_MATRICES`` float64
+#: ``n × n`` matrices in this machine's memory (at least 8192). The path chosen never
+#: changes the count, only what it costs.
+DENSE_MAX = _dense_limit()
+#: Share of the dense path's cost that a Krylov count past its expected basis (a
+#: gapless spectrum: Ritz values crowd τ and certify slowly) may spend besides
+#: products before it switches (ski rental: its products are kept by the switch).
+STALLED_SHARE = 0.15
 _DENSE_BLOCK = 256
 
 
@@ -68,7 +91,11 @@ def dense_is_cheaper(
     - while the count still grows with the basis (``harvesting``) nothing bounds the
       basis the count will need: once the run's time besides products reaches a
       quarter of the dense path, the switch caps the whole run at about 1.25 dense
-      paths (the ski-rental rule).
+      paths (the ski-rental rule);
+    - a basis already past ``K`` with the count still uncertain is a spectrum without
+      a gap at τ (a trained network's curvature), where Ritz values near τ converge
+      slowly and nothing bounds the basis either: the switch comes once the time
+      besides products reaches ``STALLED_SHARE`` of the dense path.
     """
     meter = run.meter
     if meter.timed_matvecs == 0:
@@ -84,7 +111,7 @@ def dense_is_cheaper(
         return True
     needed = max(1.15 * count, floor, count + 1.0)
     if needed <= size:
-        return False
+        return elapsed >= STALLED_SHARE * dense
     # a matrix product of n × n × n (2n³ flops) takes `product`·n³ seconds
     krylov = (
         per_product * (needed - size)

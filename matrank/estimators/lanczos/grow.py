@@ -177,7 +177,7 @@ def grow_basis(run: Run, plan: LanczosPlan, growth: Growth) -> End:
             # A certain count needs a basis of r (distinct eigenvalues) to 2r
             # (multiplicities): past half the budget, stop spending on the basis.
             growth.switched_early_at = krylov.size
-            return End.SPENT
+            return _spent(run, plan)
         if run.due():
             run.record(
                 "krylov",
@@ -208,7 +208,7 @@ def _extend(run: Run, plan: LanczosPlan, growth: Growth) -> End | None:
     room = min(plan.max_basis - krylov.size, plan.max_matvecs - run.meter.matvecs)
     needed = min(growth.current, plan.n - krylov.size)
     if room < needed:
-        return End.SPENT
+        return _spent(run, plan)
     extra = min(extra, room - needed)
     if state.inject:
         state.begin_verification()
@@ -218,6 +218,14 @@ def _extend(run: Run, plan: LanczosPlan, growth: Growth) -> End | None:
     state.steps += 1
     run.bar.update(run.meter.matvecs - before)
     return None
+
+
+def _spent(run: Run, plan: LanczosPlan) -> End:
+    """The basis is spent uncertain: the dense count where it is possible (exact, and
+    about the products SLQ would take), else SLQ on the complement."""
+    if 0 < plan.n <= plan.dense_max and affordable(run, plan.n, plan.max_matvecs):
+        return End.DENSE
+    return End.SPENT
 
 
 def _widen(plan: LanczosPlan, growth: Growth, grown: int, certain: bool) -> None:

@@ -2,10 +2,11 @@
 
 Four sphere probes of 16 Lanczos steps each (64 products; a Gauss–Radau rule with a
 node at zero, so that exact zeros count as zeros) estimate the count at the threshold
-the run will use, to within ``sqrt(2r(1 − r/n)/4)`` plus the quadrature's bias: eigenvalues
-near zero (an indefinite Hessian) share the zero node at first, so where the dense path
-is possible the steps double (to 128, at most ``n/16`` products) while the count still
-grows by a tenth. That is enough to choose where the work goes:
+the run will use, to within ``sqrt(2r(1 − r/n)/4)`` plus the quadrature's bias:
+eigenvalues near zero (an indefinite Hessian) share the zero node at first, so where
+the dense path is possible the steps double (to 128, at most ``n/16`` products) while
+the count still grows by a tenth and is at least a sixteenth of ``n``. That is enough
+to choose where the work goes:
 
 - **dense**: a rank of at least half of ``n`` (``n ≤ dense_max``) needs a Krylov basis
   of ``r`` to ``2r`` columns, whose orthogonalization costs more than ``n`` products and
@@ -83,7 +84,8 @@ def run_pilot(
     dense_possible = n <= dense_max
     # Near-zero eigenvalues (an indefinite Hessian) share the zero node's weight at
     # few steps: the count grows with the steps. Where the dense path is possible the
-    # steps double while the count grows by a tenth, up to 1/16 of n products.
+    # steps double while the count grows by a tenth (and is not far from the dense
+    # fraction), up to 1/16 of n products.
     most = max(_STEPS, min(_MOST_STEPS, n // (16 * _PROBES))) if dense_possible else _STEPS
     counts: list[tuple[float, float, float]] = []
 
@@ -102,7 +104,10 @@ def run_pilot(
     def enough(nodes: torch.Tensor, weights: torch.Tensor) -> bool:
         counts.append(count_of(nodes, weights))
         grew = len(counts) > 1 and counts[-1][0] > 1.1 * counts[-2][0]
-        return counts[-1][0] >= DENSE_FRACTION * n or (len(counts) > 1 and not grew)
+        # a count an eighth of the dense fraction away would have to grow eightfold:
+        # the Krylov count's own switch catches that case, at a quarter of a dense path
+        far = counts[-1][0] < DENSE_FRACTION * n / 8
+        return counts[-1][0] >= DENSE_FRACTION * n or far or (len(counts) > 1 and not grew)
 
     def product(block: torch.Tensor) -> torch.Tensor:
         image = meter.hvp(block)

@@ -47,8 +47,12 @@ class LanczosPlan:
         block = min(options.block_size, n, max_basis)
         # 4n + 8 blocks: enough for the symmetry probe and for any n that the basis can
         # span completely, where the count is exact by construction.
+        # Where the dense path is possible, room for it after a full basis (k products
+        # kept, n − k more; or n from the identity): the exact count is then always in
+        # reach of the default budget, never an SLQ estimate in its place.
+        dense = 2 * n + 8 * block if 0 < n <= options.dense_max else 0
         max_matvecs = options.max_matvecs or min(
-            max(4096, 2 * max_basis + 512), 4 * n + 8 * block
+            max(4096, 2 * max_basis + 512, dense), 4 * n + 8 * block
         )
         return cls(
             n=n,

@@ -384,14 +384,14 @@ class DefaultFilter(SpectrumCapture):
         )
         assert c is not None
         reach = self.reach(degree)
-        if warn and threshold < reach * (1 - 1e-12) and not self.exact_path:
-            warnings.warn(
-                f"threshold {threshold:.3g} is below the reach {reach:.3g} of degree "
-                f"{degree}: eigenvalues near it count partially; raise `degree` (cost "
-                "grows like sqrt(λmax/τ))",
-                MatrankWarning,
-                stacklevel=5,
-            )
+        unreached = threshold < reach * (1 - 1e-12) and not self.exact_path
+        remedy = (
+            f"threshold {threshold:.3g} is below the reach {reach:.3g} of degree "
+            f"{degree}: eigenvalues near it count partially; raise `degree` (cost "
+            "grows like sqrt(λmax/τ)), or count with method='lanczos' or 'exact'"
+        )
+        if warn and unreached:
+            warnings.warn(remedy, MatrankWarning, stacklevel=5)
         samples = self.samples(moments, c, threshold)
         mean, stderr = mean_and_stderr(torch.from_numpy(samples))
         if self.exact_path:  # the probes carry rounding only: the count is the Ritz count
@@ -435,6 +435,9 @@ class DefaultFilter(SpectrumCapture):
         diagnostics["pilot_probes"] = len(target.pilot)
         diagnostics.update(self._density(moments, degree))
         status = Status.of_choice(target.choice)
+        if unreached:  # a count under the filter's reach is not vouched for
+            status = Status.BELOW_RESOLUTION
+            diagnostics["remedy"] = remedy
         return mean, stderr, threshold, status, diagnostics, counts
 
     def _path(self, threshold: float) -> str:
