@@ -220,8 +220,9 @@ def main() -> None:
             print(header)
             tau = None
             for route in args.routes:
-                if route == "dual" and matrank.dual_form(oracle) is None:
-                    continue
+                form = matrank.dual_form(oracle) if route == "dual" else None
+                if route == "dual" and (form is None or form.size >= oracle.dim):
+                    continue  # no dual, or one no smaller than the primal
                 oracle = oracle_of(curvature, model, loss_fn, data)  # no kept calibration
                 start = time.perf_counter()
                 result = run_route(route, oracle, tau)
