@@ -36,32 +36,14 @@ import time
 
 import numpy as np
 import torch
-from sklearn.datasets import load_diabetes, load_digits
+from curvature_ranks import Flat, digits
+from sklearn.datasets import load_diabetes
 
 import matrank
 from matrank.adapters import TorchFisher, TorchGGN, TorchLoss
 
 F = torch.nn.functional
 nn = torch.nn
-
-
-class Images(nn.Module):
-    """Flat 64-vectors read as 1×8×8 images, then the layers."""
-
-    def __init__(self, *layers: nn.Module) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x.reshape(-1, 1, 8, 8))
-
-
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    data = load_digits()
-    return (
-        torch.tensor(data.data / 16.0, dtype=torch.float64),
-        torch.tensor(data.target, dtype=torch.long),
-    )
 
 
 def _diabetes() -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +65,7 @@ def build(name: str) -> tuple[nn.Module, object, tuple[torch.Tensor, torch.Tenso
         )
         return model.double(), F.mse_loss, _diabetes(), 0.0
     if name == "cnn":
-        model = Images(
+        model = Flat(
             nn.Conv2d(1, 8, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(8, 16, 3, padding=1),
@@ -92,7 +74,7 @@ def build(name: str) -> tuple[nn.Module, object, tuple[torch.Tensor, torch.Tenso
             nn.Flatten(),
             nn.Linear(256, 10),
         )
-        return model.double(), F.cross_entropy, _digits(), 0.0
+        return model.double(), F.cross_entropy, digits(1797), 0.0
     if name == "mlp":
         model = nn.Sequential(
             nn.Linear(64, 100),
@@ -101,7 +83,7 @@ def build(name: str) -> tuple[nn.Module, object, tuple[torch.Tensor, torch.Tenso
             nn.ReLU(),
             nn.Linear(100, 10),
         )
-        return model.double(), F.cross_entropy, _digits(), 1e-4
+        return model.double(), F.cross_entropy, digits(1797), 1e-4
     raise ValueError(name)
 
 

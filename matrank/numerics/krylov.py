@@ -188,6 +188,11 @@ class BlockKrylov:
         self._next = self._next[:, :0]
         self.B = self.B[:0]
 
+    def outside(self, W: torch.Tensor) -> torch.Tensor:
+        """``(I − QQᵀ)W``: what of ``W`` the basis leaves out (Gram–Schmidt, twice
+        when needed)."""
+        return _project_out(W.to(dtype=self.dtype, device=self.device), self.Q)[0]
+
     def extend(
         self, block_size: int, extra_random: int = 0, given: torch.Tensor | None = None
     ) -> int:
@@ -204,8 +209,7 @@ class BlockKrylov:
             self._append(kept)
             k = self.size
             clock = time.perf_counter()
-            fresh, _ = _project_out(given.to(dtype=self.dtype, device=self.device), self.Q)
-            fresh = torch.linalg.qr(fresh).Q[:, : min(fresh.shape[1], self.n - k)]
+            fresh = torch.linalg.qr(self.outside(given)).Q[:, : self.n - k]
             self.orthogonalization_seconds += time.perf_counter() - clock
             self._append(fresh)
             block = self.Q[:, k - kept.shape[1] :]

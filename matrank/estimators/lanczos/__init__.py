@@ -222,6 +222,6 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
     if end is End.DENSE:
         return dense_count(run, plan.threshold, krylov, plan.block, growth.diagnostics())
     latest = growth.latest
-    if end is End.CERTIFIED and latest is not None and wanted(plan, latest, plan.n):
+    if end is End.CERTIFIED and latest is not None and wanted(plan, latest):
         growth.sharpened = sharpen(run, plan, growth)
     return readout(run, plan, growth, end)

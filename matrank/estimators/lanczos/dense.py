@@ -41,7 +41,7 @@ _PEAK_MATRICES = 6
 
 def _dense_limit() -> int:
     """Largest ``n`` whose dense path fits in this machine's physical memory, and at
-    least 8192 (1.5 GB of three matrices): 23,170 with 24 GiB."""
+    least 8192 (1.5 GB of three matrices): 22,947 on this project's 24 GiB machines."""
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):  # not POSIX: the old fixed limit
@@ -55,7 +55,8 @@ def _dense_limit() -> int:
 DENSE_MAX = _dense_limit()
 #: Share of the dense path's cost that a Krylov count past its expected basis (a
 #: gapless spectrum: Ritz values crowd τ and certify slowly) may spend besides
-#: products before it switches (ski rental: its products are kept by the switch).
+#: products before it switches (ski rental; the switch keeps its products unless a
+#: restart from the identity is cheaper, when they are spent too).
 STALLED_SHARE = 0.15
 _DENSE_BLOCK = 256
 

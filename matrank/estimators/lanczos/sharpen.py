@@ -42,10 +42,10 @@ __all__ = ["sharpen", "wanted"]
 _TESTS = 3
 
 
-def wanted(plan: LanczosPlan, latest: Assessment, n: int) -> bool:
+def wanted(plan: LanczosPlan, latest: Assessment) -> bool:
     """Whether the resolution, not the noise floor, may have hidden a count."""
-    noise = noise_floor(latest.largest, n, plan.eps)
-    if latest.floor <= noise * (1 + 1e-12) or latest.size >= n:
+    noise = noise_floor(latest.largest, plan.n, plan.eps)
+    if latest.floor <= noise * (1 + 1e-12) or latest.size >= plan.n:
         return False
     option = plan.threshold
     if option == "floor" or (isinstance(option, float | int) and option < latest.floor):
@@ -62,10 +62,9 @@ def sharpen(run: Run, plan: LanczosPlan, growth: Growth) -> dict[str, Any] | Non
     measured, or ``None`` where they could not lower the floor."""
     run.enter("sharpen")
     krylov, meter = growth.krylov, run.meter
-    tests: list[float] = []
     assert growth.latest is not None
     resolution = growth.latest.floor
-    for _ in range(_TESTS):
+    for tests in range(1, _TESTS + 1):
         if plan.max_matvecs - meter.matvecs < 2 * TEST_COLUMNS:
             return None
         omega = torch.randn(
@@ -73,17 +72,14 @@ def sharpen(run: Run, plan: LanczosPlan, growth: Growth) -> dict[str, Any] | Non
         )
         image = meter.hvp(omega.to(dtype=meter.dtype, device=meter.device))
         run.bar.update(TEST_COLUMNS)
-        Q = krylov.Q
-        residual = image - Q @ (Q.T @ image)
-        residual = residual - Q @ (Q.T @ residual)
+        residual = krylov.outside(image)
         bound = HMT_FACTOR * float(torch.linalg.vector_norm(residual, dim=0).max())
-        tests.append(bound)
         eta = 2 * bound + krylov.symmetry_defect
         found = _certified(plan, growth, eta)
         if found is not None:
             growth.latest = found
             return {
-                "tests": len(tests),
+                "tests": tests,
                 "range_bound": bound,
                 "eta": eta,
                 "resolution": resolution,
