@@ -31,7 +31,6 @@ The ``≤ 1.2×`` target of issue 32 is ``auto``'s ratio on the largest model.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -119,20 +118,8 @@ def dense_truth(oracle) -> tuple[np.ndarray, float, float]:
 
 
 def effective(values: np.ndarray, tau: float) -> str:
-    magnitudes = np.abs(values)
-    squares = float((values**2).sum())
-    p = magnitudes / magnitudes.sum()
-    p = p[p > 0]
-    stable = squares / float(magnitudes.max()) ** 2
-    participation = float(values.sum()) ** 2 / squares
-    entropy = math.exp(-float((p * np.log(p)).sum()))
-    positive = int((values > tau).sum())
-    negative = int((values < -tau).sum())
-    return (
-        f"effective ranks (dense): stable {stable:.4g}, participation {participation:.4g}, "
-        f"entropy {entropy:.4g}; |λ| > {tau:.3g}: {positive + negative} = {positive} "
-        f"positive + {negative} negative"
-    )
+    found = matrank.EffectiveRanks.from_eigenvalues(values, tau)
+    return str(found).replace("(exact)", "(dense)")
 
 
 def run_route(route: str, oracle, tau: float | None):

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import weakref
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import _clock
+from ._costs import eigvalsh_seconds
 from ._diagnostics import diagnostics_for
 from ._dual import dual_form
 from ._meter import Cost
@@ -106,8 +105,11 @@ def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
                 "lanczos",
                 0,
                 (
-                    f"dimension {n} > {AUTO_EXACT_MAX_DIM} with products available: "
-                    "block Krylov counting"
+                    f"dimension {n} > {AUTO_EXACT_MAX_DIM} with products available"
+                    f"{_no_dual(form, n)}: the Lanczos count, whose pilot and timed cost "
+                    "model choose the dense path (n products and eigvalsh), a range "
+                    "sketch or a Krylov basis, and switch to the dense path when it "
+                    "costs less than the basis still could"
                 ),
             )
         if materialize.dispatch(type(oracle)) is not materialize.dispatch(object):
@@ -120,10 +122,7 @@ def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
                 ),
             )
         calibration, timed = _calibrated(oracle, key)
-        dense = (
-            n * calibration["product_seconds"]
-            + calibration["eigh_seconds"] * max(n / 256, 1.0) ** 3
-        )
+        dense = n * calibration["product_seconds"] + calibration["eigh_seconds"]
         dense = float(agree(oracle, dense))  # every rank of a data-parallel oracle
         how = (
             "calibrated by an earlier call on this operator"
@@ -165,6 +164,15 @@ def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
     return "exact", 0, "no estimator for this oracle's capabilities; trying the dense path"
 
 
+def _no_dual(form: Any, n: int) -> str:
+    """Why a Gram-matrix curvature is not counted on its dual (empty: no dual)."""
+    if form is None:
+        return ""
+    if form.size >= n:
+        return f" and a dual of {form.size} rows, no fewer than n"
+    return f" and a dual of {form.size} rows, above AUTO_DUAL_MAX_DIM = {AUTO_DUAL_MAX_DIM}"
+
+
 # The calibration of an operator's products, kept per operator for the life of the
 # object, so that the same operator gets the same route on every call of a session.
 _CALIBRATIONS: weakref.WeakKeyDictionary[Any, dict[str, float]] = (
@@ -172,18 +180,9 @@ _CALIBRATIONS: weakref.WeakKeyDictionary[Any, dict[str, float]] = (
 )
 
 
-@functools.cache
-def _eigh_seconds() -> float:
-    """Seconds of one ``eigvalsh`` of 256 × 256 after a warm-up, timed once a process."""
-    small = np.random.default_rng(0).standard_normal((256, 256))
-    np.linalg.eigvalsh(small + small.T)  # the warm-up
-    start = _clock.now()
-    np.linalg.eigvalsh(small + small.T)
-    return _clock.now() - start
-
-
 def _calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
-    """Seconds a product and a 256 × 256 ``eigvalsh`` take, and the products spent
+    """Seconds a product and an ``n × n`` ``eigvalsh`` take (the latter predicted by
+    :mod:`matrank._costs`), and the products spent
     timing them: two blocks, the first a warm-up (tracing, caches, thread start-up:
     1.9 s against 3 ms for the next block of a 275-parameter GGN), the second timed.
     Recorded for ``key`` (the object the user passed), so that a later call on it
@@ -203,7 +202,10 @@ def _calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
         start = _clock.now()
         oracle.hvp(block)
         seconds = _clock.now() - start
-    calibration = {"product_seconds": seconds / columns, "eigh_seconds": _eigh_seconds()}
+    calibration = {
+        "product_seconds": seconds / columns,
+        "eigh_seconds": eigvalsh_seconds(n),
+    }
     try:
         _CALIBRATIONS[key] = calibration
     except TypeError:
@@ -277,7 +279,8 @@ def estimate_rank(
     an explicit matrix, and for an operator whose dense path (``n`` products and an
     ``eigvalsh``) is predicted to take at most ``AUTO_DENSE_SECONDS``. The prediction
     comes from a calibration: the second of two blocks of 32 products timed (the first
-    is a warm-up), and one ``eigvalsh`` of 256 × 256 scaled by ``(n/256)³``; its
+    is a warm-up), and ``eigvalsh`` timed at the power of two at or below ``n`` (256 to
+    2048, :mod:`matrank._costs`) and scaled by ``n³``; its
     products are counted in ``cost``, and it is recorded for the object passed, so that
     later calls on the same operator reuse it and take the same route (a new process
     calibrates afresh: a machine under other load may then route an operator near the
@@ -339,7 +342,8 @@ def estimate_rank(
     )
     notes: dict[str, Any] = {}
     if reason is not None:
-        notes["auto"] = reason
+        switched = result.diagnostics.get("dense_reason")
+        notes["auto"] = reason if switched is None else f"{reason}; then dense: {switched}"
     if norm is not None:
         assert isinstance(relative, RelativeThreshold)
         notes["relative_threshold"] = {

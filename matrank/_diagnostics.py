@@ -184,6 +184,10 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
         The basis size at which the timed rule sent the count to the dense path.
     dense_restart : str
         Where the dense path read ``H`` from when it restarted (``"identity"``).
+    dense_reason : str
+        Why the count went to the dense path: the pilot's count, the rank's share of
+        the basis, the timed cost model (with its seconds) or a spent basis; ``auto``
+        appends it to its own reason.
     deflated : int
         The converged Ritz vectors SLQ deflated.
     slq_probes, slq_steps : int
@@ -196,6 +200,10 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
         In an indefinite spectrum, the eigenvalues per probe whose nodes lie between
         the noise floor and the quadrature's reach around zero, where τ lies too; at
         least one (and the stderr) ends the count ``BELOW_RESOLUTION``.
+    slq_moved : float
+        How much the count moved from the rule of half the steps to the whole rule
+        (per probe, averaged); a move of three of its stderr, at least one eigenvalue
+        and 2 % of the count, ends it ``BELOW_RESOLUTION``: τ is still unresolved.
     """
 
     path: str | None = None
@@ -214,12 +222,14 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
     switched_early_at: int | None = None
     switched_to_dense_at: int | None = None
     dense_restart: str | None = None
+    dense_reason: str | None = None
     deflated: int | None = None
     slq_probes: int | None = None
     slq_steps: int | None = None
     slq_samples: Array | None = None
     slq_threshold: float | None = None
     slq_unresolved: float | None = None
+    slq_moved: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)

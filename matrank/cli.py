@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = result.to_dict(delta=delta)
     if args.effective_ranks:
         try:
-            effective = effective_ranks(matrix, threshold=result.threshold, seed=args.seed)
+            effective = effective_ranks(matrix, seed=args.seed, result=result)
         except MatrankError as error:
             print(f"matrank: error: {_one_line(error)}", file=sys.stderr)
             return 2

@@ -11,7 +11,8 @@ on ``τ``. Three scale-free summaries of the whole spectrum do not:
 
 beside the count of ``|λ| > τ`` split into positive and negative eigenvalues.
 :func:`effective_ranks` reads them off the eigenvalues where a dense eigendecomposition
-is affordable (exact), and otherwise estimates them from products: ``‖H‖₂`` by Lanczos
+is affordable or a count already computed them (a rank result whose path was dense:
+no product more), and otherwise estimates them from products: ``‖H‖₂`` by Lanczos
 to 1e-8 (:func:`~matrank.numerics.krylov.spectral_bounds`), ``tr(H)`` and
 ``tr(H²)`` by Hutch++ (:func:`~matrank.numerics.trace.hutchpp`), ``tr|H|`` and
 ``tr(|H| log|H|)`` by stochastic Lanczos quadrature, each ratio's standard error by the
@@ -30,6 +31,7 @@ import torch
 
 from ._api import estimate_rank
 from ._oracle import as_oracle
+from ._result import RankResult
 from ._validation import MatrankValueError, check_int, check_threshold, message
 from .numerics.krylov import spectral_bounds
 from .numerics.quadrature import lanczos_quadrature
@@ -76,6 +78,33 @@ class EffectiveRanks:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_eigenvalues(
+        cls, eigenvalues: Any, threshold: float, *, cost: dict[str, float] | None = None
+    ) -> EffectiveRanks:
+        """The exact measures of a spectrum already computed (any order), with the
+        count of ``|λ| > threshold`` split by sign."""
+        values = np.asarray(eigenvalues, dtype=np.float64).ravel()
+        if not np.isfinite(values).all():
+            raise MatrankValueError(
+                message("eigenvalues", "finite numbers", "a NaN or infinite value")
+            )
+        check_threshold(threshold)
+        if isinstance(threshold, str):
+            raise MatrankValueError(message("threshold", "a number", repr(threshold)))
+        above = np.abs(values) > threshold
+        negative = int((above & (values < 0)).sum())
+        return cls(
+            **_exact(values),
+            count=float(above.sum()),
+            count_stderr=0.0,
+            n_positive=float(above.sum() - negative),
+            n_negative=float(negative),
+            threshold=float(threshold),
+            route="exact",
+            cost=dict(cost or {"matvecs": 0, "seconds": 0.0}),
+        )
+
     def __str__(self) -> str:
         def shown(name: str) -> str:
             value, stderr = getattr(self, name), getattr(self, name + "_stderr")
@@ -96,6 +125,7 @@ def effective_ranks(
     seed: int | None = None,
     products: int = 600,
     dense_max: int = 4096,
+    result: RankResult | None = None,
 ) -> EffectiveRanks:
     """The stable rank, participation ratio and entropy effective rank of a symmetric
     ``obj`` (anything :func:`matrank.as_oracle` takes), with the count of ``|λ| > τ``
@@ -104,7 +134,8 @@ def effective_ranks(
     Parameters
     ----------
     threshold : float or None
-        ``τ`` of the count; ``None``: the threshold the rank method chooses.
+        ``τ`` of the count; ``None``: the threshold the rank method chooses (or
+        ``result``'s).
     seed : int or None
         Seed of the probes (the stochastic route).
     products : int, default=600
@@ -113,6 +144,11 @@ def effective_ranks(
     dense_max : int, default=4096
         Up to this ``n`` (and for any explicit matrix up to it) the eigenvalues are
         computed and every measure is exact.
+    result : RankResult or None
+        A count of ``obj`` already made: its count and sign split are reused (no count
+        again), and where its path computed every eigenvalue (``exact``, or a Lanczos
+        count that went dense) so are the measures, exact and without a product more.
+        A ``threshold`` other than the result's is refused.
     """
     check_threshold(threshold)
     if isinstance(threshold, str):
@@ -122,17 +158,30 @@ def effective_ranks(
     check_int("dense_max", dense_max, low=0)
     oracle = as_oracle(obj)
     start = time.perf_counter()
-    if oracle.dim <= dense_max:
+    if result is not None:
+        if not isinstance(result, RankResult):
+            raise MatrankValueError(message("result", "a RankResult or None", repr(result)))
+        if threshold is not None and threshold != result.threshold:
+            raise MatrankValueError(
+                f"threshold {threshold!r} differs from the result's {result.threshold!r}: "
+                "pass one of them (the count is reused at the result's threshold)"
+            )
+        found, matvecs = result, 0
+    elif oracle.dim <= dense_max:
         found = estimate_rank(oracle, method="exact", threshold=threshold, seed=seed)
-        measures = _exact(np.asarray(found.diagnostics["eigenvalues"], dtype=np.float64))
         matvecs = int(found.cost["matvecs"])
-        route = "exact"
     else:
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        measures, matvecs = _stochastic(oracle, products, generator)
         found = estimate_rank(oracle, method="lanczos", threshold=threshold, seed=seed)
-        matvecs += int(found.cost["matvecs"])
-        route = "stochastic"
+        matvecs = int(found.cost["matvecs"])
+    spectrum = _spectrum(found, oracle.dim)
+    if spectrum is not None:
+        return EffectiveRanks.from_eigenvalues(
+            spectrum,
+            float(found.threshold or 0.0),
+            cost={"matvecs": matvecs, "seconds": time.perf_counter() - start},
+        )
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    measures, spent = _stochastic(oracle, products, generator)
     negative = found.n_negative or 0
     return EffectiveRanks(
         **measures,
@@ -141,9 +190,21 @@ def effective_ranks(
         n_positive=float(found.rank) - negative,
         n_negative=float(negative),
         threshold=float(found.threshold or 0.0),
-        route=route,
-        cost={"matvecs": matvecs, "seconds": time.perf_counter() - start},
+        route="stochastic",
+        cost={"matvecs": matvecs + spent, "seconds": time.perf_counter() - start},
     )
+
+
+def _spectrum(found: RankResult, n: int) -> np.ndarray | None:
+    """Every nonzero eigenvalue of the counted matrix, where the count computed them:
+    a dense path's (the exact method's, a Lanczos count's that went dense, or a dual's,
+    whose zeros change no measure), or the Ritz values of a basis of all of ``R^n``."""
+    values = found.diagnostics.get("eigenvalues")
+    if values is None and found.diagnostics.get("basis_size") == n:
+        values = found.diagnostics.get("ritz_values")
+    if values is None or np.size(values) == 0:
+        return None
+    return np.asarray(values, dtype=np.float64)
 
 
 def _exact(eigenvalues: np.ndarray) -> dict[str, float]:

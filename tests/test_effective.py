@@ -68,3 +68,35 @@ def test_bad_options_are_refused():
         matrank.effective_ranks(np.eye(3), products=2)
     zero = matrank.effective_ranks(np.zeros((4, 4)))
     assert (zero.stable_rank, zero.entropy_rank, zero.count) == (0.0, 0.0, 0.0)
+
+
+def test_a_dense_count_is_reused_without_a_product_more():
+    # a Lanczos count that went dense (a rank of most of n) already holds every
+    # eigenvalue: the measures are exact and cost nothing; the count is the result's
+    matrix = rotated_spectrum(600, 500, cond=1e2, seed=1)
+    expected, eigenvalues = _closed_forms(matrix)
+    operator = scipy.sparse.linalg.aslinearoperator(matrix)
+    result = matrank.LanczosRank(pilot_from=1).estimate(operator, seed=0)
+    assert result.diagnostics["path"].startswith("dense")
+    found = matrank.effective_ranks(operator, result=result, dense_max=0)
+    assert found.route == "exact" and found.cost["matvecs"] == 0
+    for name, value in expected.items():
+        assert getattr(found, name) == pytest.approx(value, rel=1e-8), name
+    assert found.count == result.rank == 500 and found.threshold == result.threshold
+    same = matrank.EffectiveRanks.from_eigenvalues(eigenvalues, result.threshold)
+    assert same.stable_rank == pytest.approx(found.stable_rank, rel=1e-8)
+    assert (same.count, same.n_negative) == (500, 0)
+
+
+def test_a_stochastic_count_is_reused_and_only_the_measures_cost_products():
+    matrix = rotated_spectrum(1500, 200, cond=1e3, seed=4)
+    operator = scipy.sparse.linalg.aslinearoperator(matrix)
+    result = matrank.estimate_rank(operator, method="lanczos", seed=0)
+    found = matrank.effective_ranks(operator, result=result, seed=0, dense_max=0)
+    alone = matrank.effective_ranks(operator, seed=0, dense_max=0)
+    assert found.route == "stochastic" and found.count == result.rank == 200
+    assert found.cost["matvecs"] == alone.cost["matvecs"] - result.cost["matvecs"]
+    with pytest.raises(matrank.MatrankValueError, match="differs from the result"):
+        matrank.effective_ranks(operator, result=result, threshold=1.0)
+    with pytest.raises(matrank.MatrankValueError, match="finite"):
+        matrank.EffectiveRanks.from_eigenvalues([1.0, np.nan], 0.1)

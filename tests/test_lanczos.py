@@ -199,6 +199,39 @@ def test_slq_inside_an_indefinite_spectrum_is_not_reported_converged_unresolved(
     assert exact.status is matrank.Status.CONVERGED
 
 
+def test_slq_in_a_psd_continuum_towards_zero_is_not_reported_converged():
+    """A trained GGN's spectrum: PSD, log-uniform over twelve decades down into
+    rounding. Zero is the end of the interval, but the zero node's mass still holds
+    eigenvalues above a small τ that a 64-step rule cannot separate from it; the count
+    moves as the rule doubles (the half rule is free: the same Lanczos run), which ends
+    it BELOW_RESOLUTION. A gapped PSD spectrum at the same τ does not move and stays
+    CONVERGED within its stderr."""
+    options = {"method": "lanczos", "max_basis": 96, "max_matvecs": 1200, "dense_max": 0}
+    continuum = np.concatenate([np.geomspace(1.0, 1e-14, 1400), np.zeros(600)])
+    truth = int((continuum > 1e-9).sum())
+    gapped = np.concatenate([np.geomspace(1.0, 1e-2, truth), np.zeros(2000 - truth)])
+    for seed in range(2):
+        found = matrank.estimate_rank(
+            mixed_spectrum_operator(continuum, seed=seed),
+            seed=seed,
+            threshold=1e-9,
+            **options,
+        )
+        assert found.diagnostics.path == "slq" and found.diagnostics.slq_unresolved == 0
+        assert (
+            abs(found.rank - truth) > 5 * found.stderr
+        )  # wrong: it must not say converged
+        assert found.status is matrank.Status.BELOW_RESOLUTION and not found.converged
+        assert (
+            found.diagnostics.slq_moved > 0 and "`slq_steps`" in found.diagnostics["remedy"]
+        )
+        fine = matrank.estimate_rank(
+            mixed_spectrum_operator(gapped, seed=seed), seed=seed, threshold=1e-9, **options
+        )
+        assert fine.status is matrank.Status.CONVERGED, fine.diagnostics.get("remedy")
+        assert abs(fine.rank - truth) < 4 * fine.stderr
+
+
 def test_budget_exhausted_is_reported_with_remediation():
     matrix = rotated_spectrum(400, 150, seed=9)
     options = {"method": "lanczos", "max_basis": 64, "max_matvecs": 80, "seed": 0}
@@ -210,6 +243,7 @@ def test_budget_exhausted_is_reported_with_remediation():
     dense = matrank.estimate_rank(matrix, **options)
     assert dense.status is matrank.Status.CONVERGED and dense.rank == 150
     assert dense.diagnostics.path == "dense (switched)" and dense.cost["matvecs"] <= 80
+    assert "the basis (64 of at most 64) is spent" in dense.diagnostics.dense_reason
 
 
 def test_threshold_override_counts_what_it_is_told():
@@ -246,7 +280,13 @@ def test_auto_uses_lanczos_beyond_the_dense_size():
     )  # n = 5000 > 4096
     result = matrank.estimate_rank(mixed_spectrum_operator(spectrum, seed=0))
     assert result.method == "lanczos" and result.rank == 50 and result.stderr is None
-    assert "block Krylov" in result.diagnostics.auto
+    assert "the Lanczos count, whose pilot and timed cost model" in result.diagnostics.auto
+    assert "then dense" not in result.diagnostics.auto  # rank 50: the Krylov count
+    # a rank of most of n: the pilot sends it dense, and auto says so
+    spectrum = np.concatenate([np.geomspace(1.0, 1e-2, 3000), np.zeros(1200)])
+    result = matrank.estimate_rank(mixed_spectrum_operator(spectrum, seed=0), seed=0)
+    assert result.rank == 3000 and result.diagnostics.path == "dense"
+    assert "; then dense: the pilot counted" in result.diagnostics.auto
     # rank 4950 is past the exact reach of a 1024-column basis: without the dense path
     # (which the pilot would choose, and which is tested in test_lanczos_paths), SLQ
     matrix = laplacian(50, 100, kind="cycle", seed=13)
@@ -319,6 +359,7 @@ def test_a_rank_near_n_switches_to_the_dense_path(monkeypatch, restart):
     assert result.rank == 480 and result.diagnostics.certified
     switched_at = result.diagnostics.switched_to_dense_at
     assert 200 <= switched_at < 600
+    assert "(a third of n = 600)" in result.diagnostics.dense_reason
     assert ("dense_restart" in result.diagnostics) is restart
     assert result.cost["matvecs"] == 600 + (switched_at if restart else 0)
     if restart:  # dense_max=0 keeps the Krylov count (once is enough: seconds)
@@ -349,6 +390,8 @@ def test_a_gapless_spectrum_switches_to_the_dense_path_once_krylov_stalls():
     for result in (switched, krylov):
         assert result.status is matrank.Status.CONVERGED and result.rank == truth
     assert switched.diagnostics.path == "dense (switched)"
+    assert "no gap at τ" in switched.diagnostics.dense_reason
+    assert krylov.diagnostics.dense_reason is None
     at = switched.diagnostics.switched_to_dense_at
     assert truth < at < krylov.diagnostics.basis_size
     assert krylov.diagnostics.path == "krylov"

@@ -64,6 +64,7 @@ def test_rank_above_half_of_n_goes_dense_at_once():
     assert result.diagnostics.path == "dense"
     assert result.diagnostics.pilot["path"] == "dense"
     assert result.diagnostics.pilot["count"] >= DENSE_FRACTION * n
+    assert "at least half of n = 1200" in result.diagnostics.dense_reason
     assert result.rank == truth.rank == int(0.8 * n)
     assert result.threshold == truth.threshold
     assert result.status is matrank.Status.CONVERGED and result.diagnostics.certified

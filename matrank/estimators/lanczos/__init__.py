@@ -108,7 +108,10 @@ class LanczosRank:
     run's own products and a calibrated ``eigvalsh``, costs less than the cheapest
     certified Krylov count still could, or (while the count still grows with the
     basis) once the work besides products reaches a quarter of it, or (a basis past
-    the expected one, a spectrum without a gap at τ) a share ``STALLED_SHARE``; without a pilot,
+    the expected one, a spectrum without a gap at τ) a share ``STALLED_SHARE``, or (a
+    count past the pilot's estimate by three standard errors and a block: a spectrum
+    the pilot's quadrature could not resolve) once the run's whole time reaches
+    ``UNRESOLVED_SHARE`` (10 %) of it; the reason is ``diagnostics["dense_reason"]``. Without a pilot,
     when a third of ``R^n`` has been explored and nine tenths of it counted. The basis
     is then completed to ``[Q, Q⊥]`` with only ``H·Q⊥`` computed, or ``H`` read again
     from the identity when that is cheaper (``diagnostics["dense_restart"]``); the
@@ -211,6 +214,11 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
     pilot = growth.pilot
     if pilot is not None and pilot.path == "dense" and growth.latest is None:
         if affordable(run, plan.n, plan.max_matvecs):
+            growth.dense_reason = (
+                f"the pilot counted {pilot.count:.0f} ± {pilot.stderr:.2g}, at least half "
+                f"of n = {plan.n}: a Krylov basis of r to 2r costs more than n products "
+                "and eigvalsh"
+            )
             return dense_count(
                 run, plan.threshold, krylov, plan.block, growth.diagnostics()
             )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ... import _clock
+from ..._costs import eigvalsh_seconds, matmul_seconds
 from ..._oracle import agree, input_eps, materialize
 from ..._result import RankResult
 from ..._run import Run
@@ -28,6 +28,7 @@ from ..exact import count_spectrum
 __all__ = [
     "DENSE_MAX",
     "STALLED_SHARE",
+    "UNRESOLVED_SHARE",
     "affordable",
     "dense_count",
     "dense_is_cheaper",
@@ -58,31 +59,72 @@ DENSE_MAX = _dense_limit()
 #: products before it switches (ski rental; the switch keeps its products unless a
 #: restart from the identity is cheaper, when they are spent too).
 STALLED_SHARE = 0.15
+#: Share of the dense path's cost (its whole time, products included) after which a
+#: count that outgrew the pilot's estimate switches (see :func:`dense_is_cheaper`).
+UNRESOLVED_SHARE = 0.1
 _DENSE_BLOCK = 256
 
 
-@functools.cache
-def _seconds_per_cube() -> tuple[float, float]:
-    """Seconds per ``n³`` of ``eigvalsh`` and of an ``n × n`` matrix product, timed once
-    per process at ``n = 1024`` (0.1 s on the 2-core machine)."""
-    size = 1024
-    matrix = np.random.default_rng(0).standard_normal((size, size))
-    matrix = matrix + matrix.T
-    start = _clock.now()
-    np.linalg.eigvalsh(matrix)
-    middle = _clock.now()
-    matrix @ matrix
-    end = _clock.now()
-    return (middle - start) / size**3, (end - middle) / size**3
-
-
 def dense_is_cheaper(
-    run: Run, n: int, size: int, count: int, floor: float, *, harvesting: bool
-) -> bool:
-    """Whether ``n`` products and one ``eigvalsh`` now cost less than the Krylov count.
+    run: Run,
+    n: int,
+    size: int,
+    count: int,
+    pilot: tuple[float, float],
+    *,
+    block: int,
+    harvesting: bool,
+) -> str | None:
+    """Why ``n`` products and one ``eigvalsh`` now cost less than the Krylov count (a
+    sentence for ``diagnostics["dense_reason"]``), or ``None`` while they do not.
 
     Costs in seconds, from this run's own products and a calibrated ``eigvalsh`` and
-    matrix product (:func:`_seconds_per_cube`). Two reasons to switch:
+    matrix product (:mod:`matrank._costs`). The reasons to switch:
+
+    - the count has passed the pilot's estimate (``pilot``: its count and stderr) by
+      three standard errors and a block: the pilot's quadrature lumped eigenvalues it
+      could not resolve with zero (a continuum reaching towards zero, as a trained
+      network's curvature has), so its estimate bounds nothing. The run switches
+      once its whole time, products included, reaches ``UNRESOLVED_SHARE`` of the
+      dense path: a Krylov count that would certify before that loses nothing, any
+      other costs at most ``1 + UNRESOLVED_SHARE`` dense paths;
+    - the Krylov count's own cost, as :func:`_krylov_dearer` reads it.
+    """
+    meter = run.meter
+    if meter.timed_matvecs == 0:
+        return None
+    # clocks differ between the ranks of a data-parallel oracle: rank 0's decide (the
+    # run's seconds are read after the one-off calibration, which they include)
+    eig, product = agree(meter, (eigvalsh_seconds(n) / n**3, matmul_seconds(n) / n**3))
+    per_product, elapsed = agree(
+        meter, (meter.hvp_seconds / meter.timed_matvecs, run.seconds() - meter.hvp_seconds)
+    )
+    dense = n * per_product + eig * n**3
+    floor, spread = pilot
+    if count > floor + 3 * spread + block and run.seconds() >= UNRESOLVED_SHARE * dense:
+        return (
+            f"the count ({count}, basis {size}) passed the pilot's {floor:.0f} ± "
+            f"{spread:.2g}: a spectrum the pilot could not resolve near τ, with "
+            f"{run.seconds():.3g} s spent against a dense path of {dense:.3g} s "
+            f"(UNRESOLVED_SHARE = {UNRESOLVED_SHARE:g})"
+        )
+    rates = (per_product, eig, product)
+    return _krylov_dearer(n, size, count, floor, rates, elapsed, dense, harvesting)
+
+
+def _krylov_dearer(
+    n: int,
+    size: int,
+    count: int,
+    floor: float,
+    rates: tuple[float, float, float],
+    elapsed: float,
+    dense: float,
+    harvesting: bool,
+) -> str | None:
+    """Why the Krylov count costs more than the dense path (``dense`` seconds), or
+    ``None``; ``rates``: seconds a product, and per ``n³`` of ``eigvalsh`` and of a
+    matrix product; ``elapsed``: the run's seconds besides products.
 
     - the cheapest certified Krylov count still costs more: it needs a basis past
       ``K = max(1.15·count, floor)`` (``floor``: the pilot's estimate of the rank), that
@@ -98,28 +140,34 @@ def dense_is_cheaper(
       slowly and nothing bounds the basis either: the switch comes once the time
       besides products reaches ``STALLED_SHARE`` of the dense path.
     """
-    meter = run.meter
-    if meter.timed_matvecs == 0:
-        return False
-    # clocks differ between the ranks of a data-parallel oracle: rank 0's decide (the
-    # run's seconds are read after the one-off calibration, which they include)
-    eig, product = agree(meter, _seconds_per_cube())
-    per_product, elapsed = agree(
-        meter, (meter.hvp_seconds / meter.timed_matvecs, run.seconds() - meter.hvp_seconds)
-    )
-    dense = n * per_product + eig * n**3
+    per_product, eig, product = rates
+    spent = f"{elapsed:.3g} s besides products against a dense path of {dense:.3g} s"
     if harvesting and elapsed >= 0.25 * dense:
-        return True
+        return (
+            f"the count ({count}) still grew with the basis ({size}) after {spent}: "
+            "nothing bounds the basis it needs (a quarter of the dense path spent)"
+        )
     needed = max(1.15 * count, floor, count + 1.0)
     if needed <= size:
-        return elapsed >= STALLED_SHARE * dense
+        if elapsed >= STALLED_SHARE * dense:
+            return (
+                f"a basis of {size}, past the {needed:.0f} its count ({count}) should "
+                f"need, still uncertain after {spent}: no gap at τ "
+                f"(STALLED_SHARE = {STALLED_SHARE:g} of the dense path spent)"
+            )
+        return None
     # a matrix product of n × n × n (2n³ flops) takes `product`·n³ seconds
     krylov = (
         per_product * (needed - size)
         + product * 2 * n * (needed**2 - size**2)
         + 3 * eig * needed**3
     )
-    return krylov > dense
+    if krylov > dense:
+        return (
+            f"a certified count needs a basis of about {needed:.0f} (now {size}): "
+            f"{krylov:.3g} s more against a dense path of {dense:.3g} s"
+        )
+    return None
 
 
 def affordable(run: Run, n: int, max_matvecs: int) -> bool:
@@ -130,11 +178,17 @@ def affordable(run: Run, n: int, max_matvecs: int) -> bool:
     return run.meter.matvecs + n <= max_matvecs
 
 
-def worth_switching(n: int, size: int, count: int, limit: int) -> bool:
-    """Whether the basis should stop growing in favour of the dense path: a third of
-    ``R^n`` explored and nine tenths of it counted, so that the rank is at least a
-    third of ``n`` and a certified count would need a basis of ``r`` to ``2r``."""
-    return n <= limit and n // 3 <= size < n and count >= 0.9 * size
+def worth_switching(n: int, size: int, count: int, limit: int) -> str | None:
+    """Why the basis should stop growing in favour of the dense path, or ``None``: a
+    third of ``R^n`` explored and nine tenths of it counted, so that the rank is at
+    least a third of ``n`` and a certified count would need a basis of ``r`` to
+    ``2r``."""
+    if n <= limit and n // 3 <= size < n and count >= 0.9 * size:
+        return (
+            f"a basis of {size} (a third of n = {n}) counted {count}: a rank that "
+            "large needs a basis of r to 2r, dearer than n products and eigvalsh"
+        )
+    return None
 
 
 def dense_count(
@@ -215,9 +269,8 @@ def _restart_is_cheaper(meter: Any, n: int, k: int) -> bool:
     products; starting again from the identity costs ``k`` more products."""
     if not meter.timed_matvecs:
         return False
-    _, product_rate = _seconds_per_cube()
     per_product = meter.hvp_seconds / meter.timed_matvecs
-    return k * per_product < product_rate * (2 * n**3 + 2 * n * n * k)
+    return k * per_product < matmul_seconds(n) * (2 + 2 * k / n)
 
 
 def _count(

@@ -47,6 +47,8 @@ class Growth:
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None
     latest: Assessment | None = None
     switched_early_at: int | None = None
+    #: why the count goes to the dense path (a sentence), once it does
+    dense_reason: str | None = None
     #: what the Gaussian tests of :mod:`.sharpen` measured, where they lowered the floor
     sharpened: dict[str, Any] | None = None
 
@@ -61,6 +63,8 @@ class Growth:
             found["pilot"] = dataclasses.asdict(self.pilot)
         if self.switched_early_at is not None:
             found["switched_early_at"] = self.switched_early_at
+        if self.dense_reason is not None:
+            found["dense_reason"] = self.dense_reason
         if self.sharpened is not None:
             found["sharpened"] = self.sharpened
         return found
@@ -171,13 +175,14 @@ def grow_basis(run: Run, plan: LanczosPlan, growth: Growth) -> End:
         if state.update(count, certain, _required(plan, growth)):
             return End.CERTIFIED
         _widen(plan, growth, grown, certain)
-        if _dense_pays(run, plan, growth, grown >= 0.5 * grown_basis):
+        growth.dense_reason = _dense_pays(run, plan, growth, grown >= 0.5 * grown_basis)
+        if growth.dense_reason is not None:
             return End.DENSE
         if plan.max_basis < plan.n and count > plan.max_basis // 2 and not certain:
             # A certain count needs a basis of r (distinct eigenvalues) to 2r
             # (multiplicities): past half the budget, stop spending on the basis.
             growth.switched_early_at = krylov.size
-            return _spent(run, plan)
+            return _spent(run, plan, growth)
         if run.due():
             run.record(
                 "krylov",
@@ -208,7 +213,7 @@ def _extend(run: Run, plan: LanczosPlan, growth: Growth) -> End | None:
     room = min(plan.max_basis - krylov.size, plan.max_matvecs - run.meter.matvecs)
     needed = min(growth.current, plan.n - krylov.size)
     if room < needed:
-        return _spent(run, plan)
+        return _spent(run, plan, growth)
     extra = min(extra, room - needed)
     if state.inject:
         state.begin_verification()
@@ -220,10 +225,14 @@ def _extend(run: Run, plan: LanczosPlan, growth: Growth) -> End | None:
     return None
 
 
-def _spent(run: Run, plan: LanczosPlan) -> End:
+def _spent(run: Run, plan: LanczosPlan, growth: Growth) -> End:
     """The basis is spent uncertain: the dense count where it is possible (exact, and
     about the products SLQ would take), else SLQ on the complement."""
     if 0 < plan.n <= plan.dense_max and affordable(run, plan.n, plan.max_matvecs):
+        growth.dense_reason = (
+            f"the basis ({growth.krylov.size} of at most {plan.max_basis}) is spent "
+            "with the count uncertain: the dense count, exact where SLQ would estimate"
+        )
         return End.DENSE
     return End.SPENT
 
@@ -241,27 +250,27 @@ def _widen(plan: LanczosPlan, growth: Growth, grown: int, certain: bool) -> None
         growth.current = max(block, min(current, growth.krylov.next_kept))
 
 
-def _dense_pays(run: Run, plan: LanczosPlan, growth: Growth, harvesting: bool) -> bool:
-    """Whether to stop growing for the dense path (see :mod:`.dense`)."""
+def _dense_pays(
+    run: Run, plan: LanczosPlan, growth: Growth, harvesting: bool
+) -> str | None:
+    """Why to stop growing for the dense path (see :mod:`.dense`), or ``None``."""
     latest, krylov, pilot = growth.latest, growth.krylov, growth.pilot
     assert latest is not None
     if not plan.dense_max or latest.certain:
-        return False
+        return None
     if not affordable(run, plan.n, plan.max_matvecs):
-        return False
-    if worth_switching(plan.n, krylov.size, latest.counted, plan.dense_max):
-        return True
-    return (
-        pilot is not None
-        and plan.n <= plan.dense_max
-        and dense_is_cheaper(
-            run,
-            plan.n,
-            krylov.size,
-            latest.counted,
-            pilot.count,
-            harvesting=harvesting,
-        )
+        return None
+    reason = worth_switching(plan.n, krylov.size, latest.counted, plan.dense_max)
+    if reason is not None or pilot is None or plan.n > plan.dense_max:
+        return reason
+    return dense_is_cheaper(
+        run,
+        plan.n,
+        krylov.size,
+        latest.counted,
+        (pilot.count, pilot.stderr),
+        block=plan.block,
+        harvesting=harvesting,
     )
 
 

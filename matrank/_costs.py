@@ -1,0 +1,62 @@
+"""The dense path's cost, one calibration for every timed choice.
+
+``auto`` (whether an operator's ``n`` products and one ``eigvalsh`` take seconds) and
+the Lanczos count (whether to switch to that dense path, and whether to read ``H``
+again from the identity) predict the same two things: an ``eigvalsh`` and an
+``n × n`` matrix product of size ``n``. Both scale as ``n³``, but their rate per
+``n³`` does not: at ``n = 1024`` LAPACK's tridiagonal reduction still runs from cache
+and the rate there overstated a 17,610 × 17,610 ``eigvalsh`` 1.6–2.6-fold on the
+2-core machines, at 256 more (auto's dense prediction was 3× too high at n = 4096).
+So each size is timed at the nearest power of two at or below it, between 256 and
+2048 (0.7 s of ``eigvalsh`` on two cores, once a process): 1.1× the measured rate at
+17,610 here, 0.78–1.1× between 4096 and 6144.
+
+The timings read :func:`matrank._clock.now`, so a test's stepping clock makes the
+choices that use them deterministic.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import _clock
+
+__all__ = ["eigvalsh_seconds", "matmul_seconds"]
+
+_SMALLEST, _LARGEST = 256, 2048
+
+
+def eigvalsh_seconds(n: int) -> float:
+    """Predicted seconds of one ``eigvalsh`` of an ``n × n`` float64 matrix."""
+    return _rates(_calibration_size(n))[0] * float(n) ** 3
+
+
+def matmul_seconds(n: int) -> float:
+    """Predicted seconds of one ``n × n`` by ``n × n`` float64 matrix product."""
+    return _rates(_calibration_size(n))[1] * float(n) ** 3
+
+
+def _calibration_size(n: int) -> int:
+    size = _SMALLEST
+    while 2 * size <= min(n, _LARGEST):
+        size *= 2
+    return size
+
+
+@functools.cache
+def _rates(size: int) -> tuple[float, float]:
+    """Seconds per ``n³`` of ``eigvalsh`` and of a matrix product at ``size``, after a
+    warm-up of the smallest size (thread start-up, LAPACK's first call)."""
+    rng = np.random.default_rng(0)
+    warm = rng.standard_normal((_SMALLEST, _SMALLEST))
+    np.linalg.eigvalsh(warm + warm.T)
+    matrix = rng.standard_normal((size, size))
+    matrix = matrix + matrix.T
+    start = _clock.now()
+    np.linalg.eigvalsh(matrix)
+    middle = _clock.now()
+    matrix @ matrix
+    end = _clock.now()
+    return (middle - start) / size**3, (end - middle) / size**3
