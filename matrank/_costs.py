@@ -8,8 +8,10 @@ again from the identity) predict the same two things: an ``eigvalsh`` and an
 and the rate there overstated a 17,610 × 17,610 ``eigvalsh`` 1.6–2.6-fold on the
 2-core machines, at 256 more (auto's dense prediction was 3× too high at n = 4096).
 So each size is timed at the nearest power of two at or below it, between 256 and
-2048 (0.7 s of ``eigvalsh`` on two cores, once a process): 1.1× the measured rate at
-17,610 here, 0.78–1.1× between 4096 and 6144.
+2048 (0.7 s of ``eigvalsh`` on two cores, once a process). Measured by hand on the
+2-core machine (2026-12-06, seconds per ``n³``): 1.2e-10 at 1024, 8.6e-11 at 2048,
+6.0e-11 at 4096, 6.6e-11 at 6144, 7.6e-11 at 17,610 -- the 2048 rate overstates
+17,610 1.1-fold and 4096–6144 1.3–1.4-fold, on the side of keeping the Krylov count.
 
 The timings read :func:`matrank._clock.now`, so a test's stepping clock makes the
 choices that use them deterministic.

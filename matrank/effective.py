@@ -89,9 +89,7 @@ class EffectiveRanks:
             raise MatrankValueError(
                 message("eigenvalues", "finite numbers", "a NaN or infinite value")
             )
-        check_threshold(threshold)
-        if isinstance(threshold, str):
-            raise MatrankValueError(message("threshold", "a number", repr(threshold)))
+        _check_number(threshold, "a number")
         above = np.abs(values) > threshold
         negative = int((above & (values < 0)).sum())
         return cls(
@@ -150,9 +148,7 @@ def effective_ranks(
         count that went dense) so are the measures, exact and without a product more.
         A ``threshold`` other than the result's is refused.
     """
-    check_threshold(threshold)
-    if isinstance(threshold, str):
-        raise MatrankValueError(message("threshold", "a number or None", repr(threshold)))
+    _check_number(threshold, "a number or None")
     check_int("seed", seed, low=0, allow_none=True)
     check_int("products", products, low=30)
     check_int("dense_max", dense_max, low=0)
@@ -193,6 +189,13 @@ def effective_ranks(
         route="stochastic",
         cost={"matvecs": matvecs + spent, "seconds": time.perf_counter() - start},
     )
+
+
+def _check_number(threshold: Any, expected: str) -> None:
+    """The one threshold rule, without ``"floor"``: the measures need a number."""
+    check_threshold(threshold)
+    if isinstance(threshold, str):
+        raise MatrankValueError(message("threshold", expected, repr(threshold)))
 
 
 def _spectrum(found: RankResult, n: int) -> np.ndarray | None:

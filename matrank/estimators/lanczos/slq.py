@@ -181,7 +181,7 @@ def _moved(
     end of its interval, where the reach of :func:`_unresolved` does not apply, but a
     continuum towards zero (a trained network's GGN over twelve decades) still hides
     eigenvalues above τ in the zero node's mass: 644 counted, ``CONVERGED``, where
-    1222 lie above τ."""
+    1222 lie above τ (by hand; ``tests/test_lanczos.py`` holds a log-uniform case)."""
     half = torch.cat(
         [(weights * (nodes.abs() > threshold)).sum(dim=1) for nodes, weights in halves]
     )
