@@ -43,7 +43,7 @@ class Factors:
 
 def sample_rows(
     oracle: Any, inputs: torch.Tensor, factors: Factors
-) -> Iterator[tuple[torch.Tensor, int]]:
+) -> Iterator[tuple[torch.Tensor, int, float]]:
     """The kept rows ``L_i J_i`` of a chunk's samples, in blocks ``(k, n)`` in order,
     each with the number of rows computed for it (the left-out ones included) and the
     squared Frobenius norm of the left-out rows."""

@@ -19,6 +19,7 @@ with rows ``L_i J_i``, and ``BBᵀ`` is at most (samples × outputs) square -- s
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, grad, jvp, vjp
 
+from matrank import _clock
 from matrank._dual import DualForm, DualGram, dual_form
 from matrank._oracle import Capability
 from matrank._validation import MatrankValueError, check_int, message
@@ -139,7 +141,26 @@ class _OutputCurvature(TorchLoss):
             what=f"{self.kind}: rows L_i J_i, {self._rows_per_sample(per_sample)} per sample",
             precision=self.dtype,
             compute=self._dual_gram,
+            time_rows=functools.partial(self._time_rows, size),
         )
+
+    def _time_rows(self, size: int) -> tuple[float, float]:
+        """Predicted seconds of the dual's ``size`` kept rows, and the gradients spent:
+        the first block of rows (``sample_rows``' memory-sized ``vmap``) of at most an
+        eighth of the samples, computed twice, the second timed. A block smaller than
+        the Gram pass's overstates the seconds a row, on the side of the primal."""
+        inputs, factors = next(self._chunk_factors())
+        # at most an eighth of the samples, so that timing adds at most a quarter
+        k = max(1, min(len(factors.factor), self._n_samples // 8))
+        inputs, factors = inputs[:k], Factors(factors.factor[:k], factors.keep[:k])
+        spent, seconds, rows = 0, 0.0, 0
+        for _ in range(2):
+            start = _clock.now()
+            block, work, _ = next(sample_rows(self, inputs, factors), (None, 0, 0.0))
+            seconds = _clock.now() - start
+            spent += work
+            rows = 0 if block is None else block.shape[0]
+        return seconds * size / max(1, rows), spent / self._n_samples
 
     def _chunk_factors(self) -> Iterator[tuple[torch.Tensor, Factors]]:
         for inputs, targets in self.chunks():

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from . import _clock
-from ._costs import eigvalsh_seconds
+from ._costs import dual_seconds, eigvalsh_seconds, gram_seconds
 from ._diagnostics import diagnostics_for
 from ._dual import dual_form
 from ._meter import Cost
@@ -32,6 +32,7 @@ from .estimators import (
     LangevinRank,
     PolynomialRank,
 )
+from .estimators.lanczos.dense import DENSE_MAX
 from .numerics.krylov import spectral_bounds
 
 __all__ = [
@@ -61,11 +62,12 @@ AUTO_EXACT_MAX_DIM = 4096
 #: the certified Krylov count, whose cost grows with the rank instead of ``n``.
 AUTO_DENSE_SECONDS = 2.0
 
-#: A curvature that is a Gram matrix ``BᵀB`` (:func:`matrank.dual_form`) with ``m`` rows,
-#: ``m < n`` and ``m`` at most this, is counted by ``"auto"`` on its ``m × m`` dual: ``m``
-#: per-sample rows (for a Gauss–Newton matrix about as much work as ``C`` gradients)
-#: and one ``eigvalsh`` of at most a minute on two cores, against at least ``rank``
-#: products of ``H`` with the whole dataset for a Krylov count.
+#: A curvature that is a Gram matrix ``BᵀB`` (:func:`matrank.dual_form`) with ``m < n``
+#: rows is counted by ``"auto"`` on its ``m × m`` dual when that is predicted to cost
+#: less than the dense path (rows timed by the adapter, ``BBᵀ`` and ``eigvalsh`` from
+#: :mod:`matrank._costs`). An adapter whose dual cannot time its rows falls back to a
+#: size rule: the dual when ``m`` is at most this (one ``eigvalsh`` of at most a minute
+#: on two cores).
 AUTO_DUAL_MAX_DIM = 8192
 
 _TIMING_COLUMNS = 32
@@ -78,26 +80,103 @@ def auto_method(oracle: Oracle) -> tuple[str, str]:
     ``AUTO_EXACT_MAX_DIM`` the choice times one block of products (see
     :func:`estimate_rank`, Notes).
     """
-    method, _, reason = _auto(oracle)
+    method, _, reason, _ = _auto(oracle)
     return method, reason
 
 
-def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
-    """:func:`auto_method`, and the products its timing spent (``key``: the object
-    whose calibration is recorded, the oracle itself by default)."""
+def _auto(
+    oracle: Oracle, key: Any = None
+) -> tuple[str, dict[str, float], str, bool | None]:
+    """:func:`auto_method`, what its timings spent (``matvecs``, ``gradients``; ``key``:
+    the object whose calibration is recorded, the oracle itself by default), and
+    whether a dual form was taken (``None``: none weighed), so that ``"exact"`` runs
+    the route that was chosen, not its own size rule."""
     key = oracle if key is None else key
+    spent = {"matvecs": 0.0, "gradients": 0.0}
     form = dual_form(oracle)
-    if form is not None and form.size < oracle.dim and form.size <= AUTO_DUAL_MAX_DIM:
+    no_dual, weighed = "", None
+    if form is not None and form.size < oracle.dim:
+        takes, why = _weigh_dual(oracle, form, key, spent)
+        if takes:
+            return "exact", spent, why, True
+        no_dual, weighed = why, False
+    method, timed, reason = _primal(oracle, key, no_dual or _no_dual(form, oracle.dim))
+    spent["matvecs"] += timed
+    return method, spent, reason, weighed
+
+
+def _weigh_dual(
+    oracle: Oracle, form: Any, key: Any, spent: dict[str, float]
+) -> tuple[bool, str]:
+    """Whether ``"auto"`` counts a Gram curvature on its dual, and the sentence saying
+    why (a clause for the primal's reason when not): the dual's predicted seconds (its
+    rows timed by the adapter, ``BBᵀ`` and an ``m × m`` ``eigvalsh``) against the dense
+    path's -- an ``n × n`` ``eigvalsh`` alone when that already costs more, else with
+    its ``n`` products timed. A Krylov count of a gapless curvature ends on that dense
+    path, so a dual that costs less than it is the cheaper exact answer."""
+    n, m = oracle.dim, form.size
+    what = f"a {form.what.split(':')[0]} curvature BᵀB whose B has {m} rows < dimension {n}"
+    if m > DENSE_MAX:
+        return False, f" and a dual of {m} rows, more than the {DENSE_MAX} that fit memory"
+    if form.time_rows is None:  # an adapter that cannot time its rows: the size rule
+        if m <= AUTO_DUAL_MAX_DIM:
+            return True, (
+                f"{what}, m <= AUTO_DUAL_MAX_DIM = {AUTO_DUAL_MAX_DIM} (its rows not "
+                f"timed): the exact count on the {m} × {m} dual BBᵀ"
+            )
+        return False, _no_dual(form, n)
+    rows = _timed_rows(form, key, spent)
+    dual = float(agree(oracle, dual_seconds(m, n, rows)))
+    parts = (
+        f"predicted {dual:.2g} s (rows {rows:.2g} s, BBᵀ {gram_seconds(m, n):.2g} s, "
+        f"eigvalsh {eigvalsh_seconds(m):.2g} s)"
+    )
+    dual_route = f"{what}: the exact count on the {m} × {m} dual BBᵀ, {parts}"
+    floor = float(agree(oracle, eigvalsh_seconds(n)))
+    if dual <= floor:
         return (
-            "exact",
-            0,
-            (
-                f"a {form.what.split(':')[0]} curvature BᵀB whose B has {form.size} rows "
-                f"< dimension {oracle.dim}: the exact count on the {form.size} × "
-                f"{form.size} dual BBᵀ (per-sample rows and one eigendecomposition; a "
-                "Krylov count would need about rank products over the whole dataset)"
-            ),
+            True,
+            f"{dual_route}, less than the dense path's eigvalsh alone ({floor:.2g} s)",
         )
+    if Capability.HVP not in oracle.capabilities:
+        return True, f"{dual_route}; no products, so no other exact route"
+    calibration, timed = _calibrated(oracle, key)
+    spent["matvecs"] += timed
+    dense = float(agree(oracle, n * calibration["product_seconds"] + floor))
+    if dual <= dense:
+        return True, (
+            f"{dual_route}, less than the dense path's {dense:.2g} s ({n} products of "
+            f"{calibration['product_seconds']:.3g} s and eigvalsh)"
+        )
+    return (
+        False,
+        f" and a dual of {m} rows {parts}, dearer than the dense path's {dense:.2g} s",
+    )
+
+
+# The adapters' timings of a dual's rows, kept per object like the products' calibration.
+_ROW_TIMINGS: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+def _timed_rows(form: Any, key: Any, spent: dict[str, float]) -> float:
+    """Predicted seconds of a dual's rows, timed once per object (``key``)."""
+    try:
+        known = _ROW_TIMINGS.get(key)
+    except TypeError:
+        known = None
+    if known is not None:
+        return known
+    seconds, gradients = form.time_rows()
+    spent["gradients"] += gradients
+    try:
+        _ROW_TIMINGS[key] = seconds
+    except TypeError:
+        pass
+    return seconds
+
+
+def _primal(oracle: Oracle, key: Any, no_dual: str) -> tuple[str, int, str]:
+    """The route when the dual is not taken, the products timing it spent, and why."""
     if Capability.HVP in oracle.capabilities:
         n = oracle.dim
         if n > AUTO_EXACT_MAX_DIM:
@@ -106,7 +185,7 @@ def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
                 0,
                 (
                     f"dimension {n} > {AUTO_EXACT_MAX_DIM} with products available"
-                    f"{_no_dual(form, n)}: the Lanczos count, whose pilot and timed cost "
+                    f"{no_dual}: the Lanczos count, whose pilot and timed cost "
                     "model choose the dense path (n products and eigvalsh), a range "
                     "sketch or a Krylov basis, and switch to the dense path when it "
                     "costs less than the basis still could"
@@ -125,7 +204,7 @@ def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
         dense = n * calibration["product_seconds"] + calibration["eigh_seconds"]
         dense = float(agree(oracle, dense))  # every rank of a data-parallel oracle
         how = (
-            "calibrated by an earlier call on this operator"
+            "the calibration kept for this operator"
             if timed == 0
             else "timed on the second of two blocks of products, the first a warm-up"
         )
@@ -136,7 +215,7 @@ def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
                 (
                     f"dimension {n} <= {AUTO_EXACT_MAX_DIM}, an operator whose {n} products "
                     f"and eigendecomposition take about {dense:.2g} s ({how}; "
-                    f"{calibration['product_seconds']:.3g} s a product): exact"
+                    f"{calibration['product_seconds']:.3g} s a product){no_dual}: exact"
                 ),
             )
         return (
@@ -145,7 +224,7 @@ def _auto(oracle: Oracle, key: Any = None) -> tuple[str, int, str]:
             (
                 f"dimension {n}, an operator whose dense path would take about {dense:.2g} s "
                 f"(> {AUTO_DENSE_SECONDS:g} s; {how}; "
-                f"{calibration['product_seconds']:.3g} s a product): block Krylov "
+                f"{calibration['product_seconds']:.3g} s a product){no_dual}: block Krylov "
                 "counting, whose cost follows the rank"
             ),
         )
@@ -273,8 +352,16 @@ def estimate_rank(
     Notes
     -----
     The ``"auto"`` policy: a curvature ``BᵀB`` with a dual form (:func:`matrank.dual_form`;
-    the Gauss–Newton and empirical-Fisher oracles) whose ``B`` has ``m < n`` rows,
-    ``m <= AUTO_DUAL_MAX_DIM`` -> ``"exact"`` on the ``m × m`` dual; products with H
+    the Gauss–Newton and empirical-Fisher oracles) whose ``B`` has ``m < n`` rows ->
+    ``"exact"`` on the ``m × m`` dual when that is predicted to cost less than the dense
+    path: the adapter times one block of rows of at most an eighth of the samples
+    (twice, the first a warm-up; counted in ``cost["gradients"]``), and ``BBᵀ`` and
+    both ``eigvalsh`` come from :mod:`matrank._costs`; the dense path's ``n`` products
+    are timed only when its ``eigvalsh`` alone costs less than the dual. A Krylov count
+    of a gapless curvature ends on that dense path, so the cheaper of the two exact
+    routes wins; a low-rank curvature with a gap may still count cheaper by Krylov
+    (``method="lanczos"``). A dual of more than ``DENSE_MAX`` rows does not fit memory;
+    an adapter that cannot time its rows is taken at ``m <= AUTO_DUAL_MAX_DIM``. Products with H
     available and ``n <= 4096`` -> ``"exact"`` for
     an explicit matrix, and for an operator whose dense path (``n`` products and an
     ``eigvalsh``) is predicted to take at most ``AUTO_DENSE_SECONDS``. The prediction
@@ -303,11 +390,13 @@ def estimate_rank(
     if group is not None:  # before auto's timing block, the first collective
         described = {name: repr(value) for name, value in sorted(options.items())}
         group.same(run_identity(method, described, seed, oracle))
-    reason, probe_matvecs, probe_seconds = None, 0, 0.0
+    reason, probe_spent, probe_seconds = None, {"matvecs": 0.0, "gradients": 0.0}, 0.0
     if method == "auto":
         start = _clock.now()
-        method, probe_matvecs, reason = _auto(oracle, obj)
+        method, probe_spent, reason, dual = _auto(oracle, obj)
         probe_seconds = _clock.now() - start
+        if method == "exact" and dual is not None:
+            options.setdefault("dual", dual)
     cls = ESTIMATORS[method]
     names = [field.name for field in dataclasses.fields(cls)]
     if "threshold" in options and "threshold" not in names:
@@ -355,7 +444,9 @@ def estimate_rank(
         return result
     # what estimate_rank itself spent (auto's calibration, the norm) is the user's cost
     cost = Cost(result.cost)
-    cost["matvecs"] += probe_matvecs + norm_matvecs
+    cost["matvecs"] += int(probe_spent["matvecs"]) + norm_matvecs
+    if probe_spent["gradients"]:  # a dual's rows timed (kept an int otherwise)
+        cost["gradients"] += probe_spent["gradients"]
     cost["seconds"] += probe_seconds
     return dataclasses.replace(
         result,

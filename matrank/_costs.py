@@ -1,7 +1,8 @@
 """The dense path's cost, one calibration for every timed choice.
 
-``auto`` (whether an operator's ``n`` products and one ``eigvalsh`` take seconds) and
-the Lanczos count (whether to switch to that dense path, and whether to read ``H``
+``auto`` (whether an operator's ``n`` products and one ``eigvalsh`` take seconds, and
+whether a Gram curvature's dual -- its rows, ``BBᵀ`` and an ``m × m`` ``eigvalsh`` --
+costs less than that dense path) and the Lanczos count (whether to switch to that dense path, and whether to read ``H``
 again from the identity) predict the same two things: an ``eigvalsh`` and an
 ``n × n`` matrix product of size ``n``. Both scale as ``n³``, but their rate per
 ``n³`` does not: at ``n = 1024`` LAPACK's tridiagonal reduction still runs from cache
@@ -25,7 +26,7 @@ import numpy as np
 
 from . import _clock
 
-__all__ = ["eigvalsh_seconds", "matmul_seconds"]
+__all__ = ["dual_seconds", "eigvalsh_seconds", "gram_seconds", "matmul_seconds"]
 
 _SMALLEST, _LARGEST = 256, 2048
 
@@ -38,6 +39,18 @@ def eigvalsh_seconds(n: int) -> float:
 def matmul_seconds(n: int) -> float:
     """Predicted seconds of one ``n × n`` by ``n × n`` float64 matrix product."""
     return _rates(_calibration_size(n))[1] * float(n) ** 3
+
+
+def gram_seconds(m: int, n: int) -> float:
+    """Predicted seconds of ``BBᵀ`` for an ``m × n`` float64 ``B`` (``m²n`` multiply-adds
+    at the product rate of the size at or below ``n``)."""
+    return _rates(_calibration_size(n))[1] * float(m) ** 2 * float(n)
+
+
+def dual_seconds(m: int, n: int, rows_seconds: float) -> float:
+    """Predicted seconds of a Gram curvature's dual count: the ``m`` rows of ``B``
+    (``rows_seconds``, timed by the adapter), ``BBᵀ`` and one ``m × m`` ``eigvalsh``."""
+    return rows_seconds + gram_seconds(m, n) + eigvalsh_seconds(m)
 
 
 def _calibration_size(n: int) -> int:

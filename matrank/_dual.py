@@ -53,13 +53,19 @@ class DualForm:
 
     ``compute()`` evaluates ``BBᵀ`` (:class:`DualGram`); ``what`` says what ``B`` is,
     for diagnostics; ``precision`` is the dtype ``B`` is computed in (its rounding sets
-    the noise floor of the dual's eigenvalues).
+    the noise floor of the dual's eigenvalues). ``time_rows()``, where the adapter can
+    time a sample of rows, returns ``(seconds, gradients)``: the predicted seconds of
+    all ``size`` rows, from one block of rows computed twice (the first a warm-up), and
+    the full-batch gradient equivalents that timing spent. ``"auto"`` uses it to weigh
+    the dual against the dense path (:mod:`matrank._costs`); without it ``"auto"``
+    falls back to a size rule.
     """
 
     size: int
     what: str
     precision: torch.dtype
     compute: Callable[[], DualGram]
+    time_rows: Callable[[], tuple[float, float]] | None = None
 
 
 @functools.singledispatch

@@ -198,16 +198,26 @@ def test_dual_spectrum_is_the_nonzero_spectrum_of_the_dense_curvature(kind, loss
 def test_auto_takes_the_dual_only_when_it_is_smaller():
     model, X, Y = linear_network_loss(25, [40, 40], 10, n_samples=20)  # n = 3000
     ggn = TorchGGN(model, F.mse_loss, (X, Y))
-    method, reason = matrank.auto_method(ggn)
-    assert method == "exact" and "200 rows < dimension 3000" in reason
     result = matrank.estimate_rank(ggn, seed=0)
+    assert "200 rows < dimension 3000" in result.diagnostics.auto
     assert result.rank == linear_network_ranks(25, [40, 40], 10, data_rank=20).outer
-    assert result.cost["matvecs"] == 0 and result.cost["gradients"] == 10  # 200 rows / 20
+    # 200 rows / 20 samples, and the timing's 2 × 2 samples' rows
+    assert result.cost["gradients"] == 10 + 2
+    # on the suite's clock the rows cost more than a 3000 × 3000 eigvalsh: 2 × 32
+    # products timed for the dense path, which the dual still undercuts
+    assert (
+        result.cost["matvecs"] == 64
+        and "less than the dense path's" in result.diagnostics.auto
+    )
+    method, reason = matrank.auto_method(ggn)  # the timings are kept for the object
+    assert method == "exact" and reason == result.diagnostics.auto
+    assert matrank.estimate_rank(ggn, seed=0).cost["gradients"] == 10
     assert result.diagnostics.dual["zero_eigenvalues"] == 3000 - 200
     # 50 samples × 10 outputs > n = 275: the primal rules, and exact stays primal
     model, X, Y = linear_network_loss(25, [5, 10], 10, n_samples=50)
     ggn = TorchGGN(model, F.mse_loss, (X, Y))
-    assert "rows" not in matrank.auto_method(ggn)[1]
+    method, reason = matrank.auto_method(ggn)
+    assert method == "exact" and "a dual of 500 rows, no fewer than n" in reason
     assert "dual" not in matrank.ExactRank().estimate(ggn).diagnostics
 
 

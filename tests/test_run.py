@@ -490,7 +490,7 @@ def test_auto_reuses_an_operators_calibration_and_keeps_its_route(clock):
     cost[0] = 1.0  # the machine got busy: a fresh calibration would say lanczos
     again = matrank.estimate_rank(operator, seed=0)
     assert again.method == "exact" and again.rank == first.rank == 20
-    assert "calibrated by an earlier call" in again.diagnostics.auto
+    assert "the calibration kept for this operator" in again.diagnostics.auto
     assert again.cost["matvecs"] == 300  # nothing spent timing
     fresh = scipy.sparse.linalg.LinearOperator(
         matrix.shape, matvec=matvec, rmatvec=matvec, dtype=np.float64
