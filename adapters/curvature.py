@@ -125,31 +125,35 @@ class _OutputCurvature(TorchLoss):
     def _factors(self, output: torch.Tensor, targets: Any, size: int) -> Factors:
         raise NotImplementedError
 
-    def _rows_per_sample(self, outputs: int) -> int:
-        raise NotImplementedError
-
     # ------------------------------------------------------------------ the dual
     def dual(self) -> DualForm:
-        """``BBᵀ`` of the curvature ``BᵀB`` (see :func:`matrank.dual_form`)."""
-        inputs, _ = next(iter(self.chunks()))
-        with torch.no_grad():
-            first = self._outputs(inputs)(self._theta0)
-        per_sample = first[0].numel() if first.ndim > 1 else 1
-        size = self._n_samples * self._rows_per_sample(per_sample)
+        """``BBᵀ`` of the curvature ``BᵀB`` (see :func:`matrank.dual_form`).
+
+        Its size is the number of rows kept: each sample's ``Λ_i`` is factored here (a
+        forward pass and ``C`` products in the outputs, no parameter-space work), and
+        its null directions (cross-entropy's softmax direction, and eigenvalues at
+        rounding level of its largest) carry no row. The factors are reused by the
+        count.
+        """
+        factors = list(self._chunk_factors())
+        kept = sum(f.rows for _, f in factors)
+        stated = self._n_samples * factors[0][1].factor.shape[1]  # rows a sample
         return DualForm(
-            size=size,
-            what=f"{self.kind}: rows L_i J_i, {self._rows_per_sample(per_sample)} per sample",
+            size=kept,
+            what=f"{self.kind}: rows L_i J_i, {kept} kept of {stated}",
             precision=self.dtype,
-            compute=self._dual_gram,
-            time_rows=functools.partial(self._time_rows, size),
+            compute=functools.partial(self._dual_gram, factors),
+            time_rows=functools.partial(self._time_rows, factors[0], kept),
         )
 
-    def _time_rows(self, size: int) -> tuple[float, float]:
+    def _time_rows(
+        self, first: tuple[torch.Tensor, Factors], size: int
+    ) -> tuple[float, float]:
         """Predicted seconds of the dual's ``size`` kept rows, and the gradients spent:
         the first block of rows (``sample_rows``' memory-sized ``vmap``) of at most an
         eighth of the samples, computed twice, the second timed. A block smaller than
         the Gram pass's overstates the seconds a row, on the side of the primal."""
-        inputs, factors = next(self._chunk_factors())
+        inputs, factors = first
         # at most an eighth of the samples, so that timing adds at most a quarter
         k = max(1, min(len(factors.factor), self._n_samples // 8))
         inputs, factors = inputs[:k], Factors(factors.factor[:k], factors.keep[:k])
@@ -176,9 +180,8 @@ class _OutputCurvature(TorchLoss):
                 output = self._outputs(inputs)(self._theta0)
             yield inputs, self._factors(output, targets, batch_len((inputs, targets)))
 
-    def _dual_gram(self) -> DualGram:
+    def _dual_gram(self, factors: list[tuple[torch.Tensor, Factors]]) -> DualGram:
         start = time.perf_counter()
-        factors = list(self._chunk_factors())
         total = sum(f.rows for _, f in factors)
         gram, computed, passes, product_seconds, left_out = gram_in_panels(
             lambda: iter(factors),
@@ -255,9 +258,6 @@ class TorchGGN(_OutputCurvature):
         pull_gradient = vjp(grad(self._output_loss(targets)), output)[1]
         weight = size / self._n_samples
         return lambda along: weight * pull_gradient(along)[0]
-
-    def _rows_per_sample(self, outputs: int) -> int:
-        return outputs
 
     def _factors(self, output: torch.Tensor, targets: Any, size: int) -> Factors:
         """``L_i`` with ``L_iᵀL_i = (m_c/N)·Λ_i`` from ``Λ``'s products with "combs"
@@ -377,9 +377,6 @@ class TorchFisher(_OutputCurvature):
             return (q * inner / n).reshape(along.shape)
 
         return block
-
-    def _rows_per_sample(self, outputs: int) -> int:
-        return 1
 
     def _factors(self, output: torch.Tensor, targets: Any, size: int) -> Factors:
         q = self._output_gradients(output, targets, size)

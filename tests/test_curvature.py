@@ -88,6 +88,10 @@ def test_ranks_are_singh_bachmann_hofmanns(
         assert abs(result.rank - expected) <= 3 * (result.stderr or 0.0), route
     if curvature == "ggn":
         assert result.diagnostics.dual["rows"] == n_samples * outputs
+        # the form states the rows kept, not C a sample: what auto weighs
+        form = matrank.dual_form(oracle)
+        assert form.size == n_samples * outputs
+        assert form.what.endswith(f"{form.size} kept of {n_samples * d_out}")
 
 
 def test_ggn_is_psd_where_the_hessian_is_not():
