@@ -132,18 +132,19 @@ class _OutputCurvature(TorchLoss):
         Its size is the number of rows kept: each sample's ``Λ_i`` is factored here (a
         forward pass and ``C`` products in the outputs, no parameter-space work), and
         its null directions (cross-entropy's softmax direction, and eigenvalues at
-        rounding level of its largest) carry no row. The factors are reused by the
-        count.
+        rounding level of its largest) carry no row. Only the counts and the first
+        chunk (for the rows' timing) are held, not the data.
         """
-        factors = list(self._chunk_factors())
-        kept = sum(f.rows for _, f in factors)
-        stated = self._n_samples * factors[0][1].factor.shape[1]  # rows a sample
+        chunks = self._chunk_factors()
+        first = next(chunks)
+        kept = first[1].rows + sum(f.rows for _, f in chunks)
+        stated = self._n_samples * first[1].factor.shape[1]  # rows a sample
         return DualForm(
             size=kept,
             what=f"{self.kind}: rows L_i J_i, {kept} kept of {stated}",
             precision=self.dtype,
-            compute=functools.partial(self._dual_gram, factors),
-            time_rows=functools.partial(self._time_rows, factors[0], kept),
+            compute=self._dual_gram,
+            time_rows=functools.partial(self._time_rows, first, kept),
         )
 
     def _time_rows(
@@ -180,8 +181,9 @@ class _OutputCurvature(TorchLoss):
                 output = self._outputs(inputs)(self._theta0)
             yield inputs, self._factors(output, targets, batch_len((inputs, targets)))
 
-    def _dual_gram(self, factors: list[tuple[torch.Tensor, Factors]]) -> DualGram:
+    def _dual_gram(self) -> DualGram:
         start = time.perf_counter()
+        factors = list(self._chunk_factors())
         total = sum(f.rows for _, f in factors)
         gram, computed, passes, product_seconds, left_out = gram_in_panels(
             lambda: iter(factors),

@@ -115,7 +115,9 @@ def _weigh_dual(
     its ``n`` products timed. A Krylov count of a gapless curvature ends on that dense
     path, so a dual that costs less than it is the cheaper exact answer."""
     n, m = oracle.dim, form.size
-    what = f"a {form.what.split(':')[0]} curvature BᵀB whose B has {m} rows < dimension {n}"
+    kind = form.what.split(":")[0]
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    what = f"{article} {kind} curvature BᵀB whose B has {m} rows < dimension {n}"
     if m > DENSE_MAX:
         return False, f" and a dual of {m} rows, more than the {DENSE_MAX} that fit memory"
     if form.time_rows is None:  # an adapter that cannot time its rows: the size rule
