@@ -92,7 +92,7 @@ def _auto(
     whether a dual form was taken (``None``: none weighed), so that ``"exact"`` runs
     the route that was chosen, not its own size rule."""
     key = oracle if key is None else key
-    spent = {"matvecs": 0.0, "gradients": 0.0}
+    spent: dict[str, float] = {"matvecs": 0, "gradients": 0.0}
     form = dual_form(oracle)
     no_dual, weighed = "", None
     if form is not None and form.size < oracle.dim:
@@ -162,19 +162,29 @@ _ROW_TIMINGS: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary(
 
 def _timed_rows(form: Any, key: Any, spent: dict[str, float]) -> float:
     """Predicted seconds of a dual's rows, timed once per object (``key``)."""
-    try:
-        known = _ROW_TIMINGS.get(key)
-    except TypeError:
-        known = None
+    known = _recall(_ROW_TIMINGS, key)
     if known is not None:
         return known
     seconds, gradients = form.time_rows()
     spent["gradients"] += gradients
-    try:
-        _ROW_TIMINGS[key] = seconds
-    except TypeError:
-        pass
+    _remember(_ROW_TIMINGS, key, seconds)
     return seconds
+
+
+def _recall(table: weakref.WeakKeyDictionary[Any, Any], key: Any) -> Any:
+    """What ``table`` holds for ``key``; ``None`` when nothing, or when ``key`` cannot
+    be weakly referenced (then every call measures afresh)."""
+    try:
+        return table.get(key)
+    except TypeError:
+        return None
+
+
+def _remember(table: weakref.WeakKeyDictionary[Any, Any], key: Any, value: Any) -> None:
+    try:
+        table[key] = value
+    except TypeError:  # not weakly referable
+        pass
 
 
 def _primal(oracle: Oracle, key: Any, no_dual: str) -> tuple[str, int, str]:
@@ -268,10 +278,7 @@ def _calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
     1.9 s against 3 ms for the next block of a 275-parameter GGN), the second timed.
     Recorded for ``key`` (the object the user passed), so that a later call on it
     reuses the numbers and takes the same route."""
-    try:
-        known = _CALIBRATIONS.get(key)
-    except TypeError:  # not weakly referable: calibrated afresh each time
-        known = None
+    known = _recall(_CALIBRATIONS, key)
     if known is not None:
         return known, 0
     n = oracle.dim
@@ -287,10 +294,7 @@ def _calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
         "product_seconds": seconds / columns,
         "eigh_seconds": eigvalsh_seconds(n),
     }
-    try:
-        _CALIBRATIONS[key] = calibration
-    except TypeError:
-        pass
+    _remember(_CALIBRATIONS, key, calibration)
     return calibration, 2 * columns
 
 
@@ -363,8 +367,8 @@ def estimate_rank(
     of a gapless curvature ends on that dense path, so the cheaper of the two exact
     routes wins; a low-rank curvature with a gap may still count cheaper by Krylov
     (``method="lanczos"``). A dual of more than ``DENSE_MAX`` rows does not fit memory;
-    an adapter that cannot time its rows is taken at ``m <= AUTO_DUAL_MAX_DIM``. Products with H
-    available and ``n <= 4096`` -> ``"exact"`` for
+    an adapter that cannot time its rows is taken at ``m <= AUTO_DUAL_MAX_DIM``.
+    Products with H available and ``n <= 4096`` -> ``"exact"`` for
     an explicit matrix, and for an operator whose dense path (``n`` products and an
     ``eigvalsh``) is predicted to take at most ``AUTO_DENSE_SECONDS``. The prediction
     comes from a calibration: the second of two blocks of 32 products timed (the first
@@ -392,7 +396,7 @@ def estimate_rank(
     if group is not None:  # before auto's timing block, the first collective
         described = {name: repr(value) for name, value in sorted(options.items())}
         group.same(run_identity(method, described, seed, oracle))
-    reason, probe_spent, probe_seconds = None, {"matvecs": 0.0, "gradients": 0.0}, 0.0
+    reason, probe_spent, probe_seconds = None, {"matvecs": 0, "gradients": 0.0}, 0.0
     if method == "auto":
         start = _clock.now()
         method, probe_spent, reason, dual = _auto(oracle, obj)
@@ -446,7 +450,7 @@ def estimate_rank(
         return result
     # what estimate_rank itself spent (auto's calibration, the norm) is the user's cost
     cost = Cost(result.cost)
-    cost["matvecs"] += int(probe_spent["matvecs"]) + norm_matvecs
+    cost["matvecs"] += probe_spent["matvecs"] + norm_matvecs
     if probe_spent["gradients"]:  # a dual's rows timed (kept an int otherwise)
         cost["gradients"] += probe_spent["gradients"]
     cost["seconds"] += probe_seconds

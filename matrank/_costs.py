@@ -2,8 +2,8 @@
 
 ``auto`` (whether an operator's ``n`` products and one ``eigvalsh`` take seconds, and
 whether a Gram curvature's dual -- its rows, ``BBᵀ`` and an ``m × m`` ``eigvalsh`` --
-costs less than that dense path) and the Lanczos count (whether to switch to that dense path, and whether to read ``H``
-again from the identity) predict the same two things: an ``eigvalsh`` and an
+costs less than that dense path) and the Lanczos count (whether to switch to that
+dense path, and whether to read ``H`` again from the identity) predict the same two things: an ``eigvalsh`` and an
 ``n × n`` matrix product of size ``n``. Both scale as ``n³``, but their rate per
 ``n³`` does not: at ``n = 1024`` LAPACK's tridiagonal reduction still runs from cache
 and the rate there overstated a 17,610 × 17,610 ``eigvalsh`` 1.6–2.6-fold on the
