@@ -3,11 +3,12 @@
 ``auto`` (whether an operator's ``n`` products and one ``eigvalsh`` take seconds, and
 whether a Gram curvature's dual -- its rows, ``BBᵀ`` and an ``m × m`` ``eigvalsh`` --
 costs less than that dense path) and the Lanczos count (whether to switch to that
-dense path, and whether to read ``H`` again from the identity) predict the same two things: an ``eigvalsh`` and an
-``n × n`` matrix product of size ``n``. Both scale as ``n³``, but their rate per
-``n³`` does not: at ``n = 1024`` LAPACK's tridiagonal reduction still runs from cache
-and the rate there overstated a 17,610 × 17,610 ``eigvalsh`` 1.6–2.6-fold on the
-2-core machines, at 256 more (auto's dense prediction was 3× too high at n = 4096).
+dense path, and whether to read ``H`` again from the identity) predict the same two
+things: an ``eigvalsh`` and an ``n × n`` matrix product of size ``n``. Both scale as
+``n³``, but their rate per ``n³`` does not: at ``n = 1024`` LAPACK's tridiagonal
+reduction still runs from cache and the rate there overstated a 17,610 × 17,610
+``eigvalsh`` 1.6–2.6-fold on the 2-core machines, at 256 more (auto's dense prediction
+was 3× too high at n = 4096).
 So each size is timed at the nearest power of two at or below it, between 256 and
 2048 (0.7 s of ``eigvalsh`` on two cores, once a process). Measured by hand on the
 2-core machine (2026-12-06, seconds per ``n³``): 1.2e-10 at 1024, 8.6e-11 at 2048,
