@@ -181,6 +181,7 @@ def test_landscape_writes_a_json_and_two_figures(tmp_path, capsys):
     record = tmp_path / "out.json"
     argv = ["landscape", "--widths", "4", "--depths", "1", "--samples", "150"]
     argv += ["--orderings", "4", "--sizes", "3", "--max-epochs", "5", "--no-progress"]
+    argv += ["--hessian-orderings", "2"]
     assert main([*argv, "--json", str(record), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
     assert "width 4, depth 5" in out and "width 16, depth 1" in out and "slope" in out
@@ -191,6 +192,8 @@ def test_landscape_writes_a_json_and_two_figures(tmp_path, capsys):
     assert first["training"]["epochs"] <= 5 and first["sweeps"] == ["width"]
     assert len(first["study"]["k"]) == 149 and len(first["study"]["sizes"]) == 3
     assert payload["options"]["samples"] == 150
+    assert payload["options"]["hessian_orderings"] == 2
+    assert first["study"]["hessian_orderings"] == 2
     for sweep in ("widths", "depths"):
         assert (tmp_path / f"out-{sweep}.png").stat().st_size > 10_000
 
@@ -208,6 +211,7 @@ def test_landscape_refuses_bad_options(tmp_path, capsys):
     ("argv", "named"),
     [
         (["--orderings", "0"], "`orderings` must be"),
+        (["--hessian-orderings", "0"], "`hessian_orderings` must be"),
         (["--sizes", "0"], "`n_sizes` must be"),
         (["--relative-threshold", "2"], "`relative_threshold` must be"),
         (["--seed", "-1"], "`seed` must be"),

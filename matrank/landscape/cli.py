@@ -32,6 +32,13 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--orderings", type=int, default=100, help="default 100")
     parser.add_argument(
+        "--hessian-orderings",
+        type=int,
+        default=10,
+        help="the Hessian terms' mean and spread over the first this many orderings "
+        "(default 10; each costs a rank count per size)",
+    )
+    parser.add_argument(
         "--sizes", type=int, default=8, help="log-spaced k of the Hessian terms (default 8)"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             args.widths,
             args.depths,
             orderings=args.orderings,
+            hessian_orderings=args.hessian_orderings,
             n_sizes=args.sizes,
             seed=args.seed,
             relative_threshold=args.relative_threshold,
@@ -132,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 "widths",
                 "depths",
                 "orderings",
+                "hessian_orderings",
                 "sizes",
                 "seed",
                 "relative_threshold",

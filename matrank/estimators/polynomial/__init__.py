@@ -101,18 +101,20 @@ class PolynomialRank:
     when they fit the budget left after the bounds and no filter setting is given
     (``threshold``, ``degree``, ``n_probes``, ``deflate``), it does so at once, without
     a pilot: the spectrum costs less than any filter. Then 32 Lanczos steps on
-    ``(I − YYᵀ)A(I − YYᵀ)`` bound what is left (largest ``|θ| + ‖r‖``,
-    ``diagnostics["complement_top"]``; a block Krylov basis holds only as many copies of
-    a repeated eigenvalue as it had start columns, a fresh run sees the rest). If the
-    basis is invariant and the bound is under the noise floor, the spectrum above the
-    floor is known and the exact methods' plateau rule sets ``τ``: an exact count,
-    stderr 0, no probes (likewise if probes find nothing left). When the bound is under
-    ``τ``, the complement holds nothing to count and the Ritz count is the answer
-    (stderr 0, path ``"deflated (complement below τ)"``, no further probes): the probes
-    would only add the filter's tail over the complement's eigenvalues just under
-    ``τ``, a bias of one sign (+5 on the digits CNN's 185 at the reach); while the
-    bound stays at or above ``τ`` a partial basis doubles, within half the remaining
-    budget and 1 GB (not when ``deflate`` caps it).
+    ``(I − YYᵀ)A(I − YYᵀ)`` bound what is left (``diagnostics["complement_top"]``,
+    :func:`~matrank.numerics.deflation.complement_bound`; a block Krylov basis holds
+    only as many copies of a repeated eigenvalue as it had start columns, a fresh run
+    sees the rest). If the basis is invariant and the bound is under the noise floor,
+    the spectrum above the floor is known and the exact methods' plateau rule sets
+    ``τ``: an exact count, stderr 0, no probes (likewise if probes find nothing left).
+    When the bound and the pairs' residuals certify the Ritz count at ``τ``
+    (:meth:`~.capture.SpectrumCapture.certified`, Li & Li's quadratic bound), it is the
+    answer (stderr 0, path ``"deflated (complement below τ)"``, no further probes): the
+    probes would only add the filter's tail over the complement's eigenvalues just
+    under ``τ``, a bias of one sign (+5 on the digits CNN's 185 at the reach); while it
+    is not certified a partial basis doubles, within half the remaining budget and 1 GB
+    (not when ``deflate`` caps it). A given ``τ`` above the bounds' top is counted 0
+    where 64 fresh Lanczos steps bound ``‖A‖`` under it, and refused otherwise.
     (5) The filter is shifted and scaled so that
     ``p(0) = 0`` exactly: an exact null space, however large, adds nothing (the plain
     step's ``p(0)`` of ``1e-3`` … ``1e-5`` counts ``(n − r)·p(0)`` phantom eigenvalues).

@@ -16,8 +16,9 @@ import torch
 
 from ..._oracle import CostMeter, input_eps
 from ..._run import Run
+from ..._validation import MatrankValueError, message
 from ...numerics.chebyshev import ChebyshevFrame, jackson_damping, kpm_density
-from ...numerics.deflation import complement_bound, converged_basis
+from ...numerics.deflation import complement_bound, converged_basis, separated
 from ...numerics.krylov import BlockKrylov
 from ...numerics.threshold import noise_floor
 
@@ -31,6 +32,9 @@ BASIS_BYTES = 1024**3  # the deflation basis
 # Ritz value plus its residual, from a random start (Kuczyński & Woźniakowski: after m
 # steps the top Ritz value misses λmax by a factor 1 − ε with probability ≲ √n·e^{−2m√ε}).
 COMPLEMENT_STEPS = 32
+# Lanczos steps that bound the whole operator when τ lies above the bounds' top: a
+# margin of 2.5 % of the norm at n = 20,000 (numerics.deflation.lanczos_margin)
+NORM_STEPS = 64
 # Largest n whose whole space is taken: the dense work grows like n³ (benchmarks/README,
 # polynomial catalogue), where a filter's 15,000 cheap products take seconds
 WHOLE_SPACE_MAX = 2048
@@ -78,6 +82,9 @@ class SpectrumCapture:
         self.low, self.high = self.frame.low, self.frame.high
         self.captured = torch.zeros(n, 0, dtype=meter.dtype, device=meter.device)
         self.deflated_values = np.zeros(0)
+        # the deflated pairs' residuals AY − YΘ = U·rows + dropped (BlockKrylov's notes)
+        self.residual_rows = np.zeros((0, 0))
+        self.residual_dropped = 0.0
         self.basis_size = 0
         self.invariant = False
         self.exact_path = False
@@ -151,6 +158,13 @@ class SpectrumCapture:
         keep = (residuals <= 1e-3 * values.abs()) & (values.abs() > self.floor)
         self.captured = converged_basis(krylov, vectors, keep)
         self.deflated_values = values[keep].numpy()
+        last = vectors[krylov.size - krylov.last_size :][:, keep]
+        self.residual_rows = (
+            (krylov.B @ last).numpy()
+            if krylov.B.numel()
+            else np.zeros((0, int(keep.sum())))
+        )
+        self.residual_dropped = krylov.dropped
         self.basis_size = krylov.size
         self.invariant = krylov.next_kept == 0
 
@@ -166,6 +180,56 @@ class SpectrumCapture:
             steps=steps,
             generator=self.generator,
             callback=self.bar.update,
+        )
+
+    def certified(self, threshold: float) -> bool:
+        """Whether the deflated Ritz count at ``threshold`` is exact: nothing above it
+        left in the complement, and the Ritz pairs near it too well converged to cross.
+
+        With ``Y_hi`` the deflated pairs above ``τ`` and ``Y_lo`` the rest, ``A`` in the
+        basis ``[Y_hi, Y_lo, Y⊥]`` couples ``Y_hi`` to the rest only by
+        ``‖AY_hi − Y_hiΘ_hi‖`` (Ritz vectors of one basis are ``A``-orthogonal), and the
+        rest has norm at most ``max(complement_top, max |θ_lo|) + ‖AY_lo − Y_loΘ_lo‖``
+        (Weyl); :func:`~matrank.numerics.deflation.separated` decides.
+        """
+        values = self.deflated_values
+        above = np.abs(values) > threshold
+
+        def coupling(columns: np.ndarray) -> float:
+            if not columns.any():
+                return 0.0
+            rows = self.residual_rows[:, columns]
+            norm = float(np.linalg.norm(rows, 2)) if rows.size else 0.0
+            return norm + self.residual_dropped
+
+        below = np.abs(values[~above])
+        inside = float(below.max()) if below.size else 0.0
+        rest = max(self.complement_top, inside) + coupling(~above)
+        return separated(values[above], coupling(above), rest, threshold)
+
+    def zero_above(self, threshold: float) -> None:
+        """Check that a given ``τ`` above the bounds' top has nothing above it: a fresh
+        Lanczos run of ``NORM_STEPS`` bounds ``‖A‖`` under it; else refuse (no filter
+        reaches past the frame's end)."""
+        self.run.enter("bounds")
+        if self.budget - self.meter.matvecs >= NORM_STEPS:
+            self.complement_top = complement_bound(
+                self.meter.hvp,
+                torch.zeros(self.n, 0, dtype=self.meter.dtype, device=self.meter.device),
+                steps=min(NORM_STEPS, self.n),
+                generator=self.generator,
+                callback=self.bar.update,
+            )
+            if self.certified(threshold):
+                return
+        raise MatrankValueError(
+            message(
+                "threshold",
+                f"below the spectral bound {max(self.high, -self.low):.6g} (or above "
+                f"the bound on ‖A‖, {self.complement_top:.6g}, for a count of 0); "
+                "method='lanczos' or 'exact' count at any τ",
+                repr(threshold),
+            )
         )
 
     # -- read off the probes (DefaultFilter) -------------------------------------------

@@ -192,7 +192,7 @@ class DefaultFilter(SpectrumCapture):
         ``≤ 1e-3·|θ|``), so the filter's transition blurs only the rest.
         """
         captured = int((np.abs(self.deflated_values) > threshold).sum())
-        if threshold > self.complement_top:  # nothing left above τ: the rest only leaks
+        if self.certified(threshold):  # nothing left above τ: the rest only leaks
             return np.full(len(moments), float(captured))
         return moments[:, : len(c)] @ c + captured
 
@@ -237,6 +237,10 @@ class DefaultFilter(SpectrumCapture):
                     f"'floor' at n = {self.n} with {remaining} products left",
                 )
             )
+        given = options.threshold
+        if isinstance(given, float | int) and given >= max(self.high, -self.low):
+            self.zero_above(float(given))  # or refused
+            return self._result(0.0, 0.0, float(given), Status.CONVERGED, {})
         run.enter("pilot")
         target = self._pilot(remaining)
         run.enter("deflate")
@@ -251,15 +255,7 @@ class DefaultFilter(SpectrumCapture):
         pilot_count = min(_PILOT_PROBES, options.n_probes or _PILOT_PROBES)
         if options.threshold is not None:
             assert not isinstance(options.threshold, str)  # 'floor' went to the whole space
-            threshold = float(options.threshold)
-            if threshold >= max(self.high, -self.low):
-                raise MatrankValueError(
-                    message(
-                        "threshold",
-                        f"below the spectral bound {max(self.high, -self.low):.6g}",
-                        repr(threshold),
-                    )
-                )
+            threshold = float(options.threshold)  # below the bounds' top (estimate)
             separation = self.frame.separation(threshold)
             degree = options.degree or _even(
                 min(_DEGREE_CAP, max(16, 2 * _REACH / separation))
@@ -322,7 +318,7 @@ class DefaultFilter(SpectrumCapture):
         else:
             moments = self.moments(len(pilot), steps)
         samples = self.samples(moments, c, threshold)
-        if threshold > self.complement_top and not known:
+        if self.certified(threshold) and not known:
             return target, moments  # the Ritz count; more probes refine only N(t < τ)
         if np.ptp(samples) > 1e-9 * (1 + abs(samples.mean())):
             more = (self.budget - meter.matvecs) // steps
@@ -343,7 +339,7 @@ class DefaultFilter(SpectrumCapture):
         whose tail under τ is one-sided: double the basis while half the remaining
         budget (and 1 GB) allows, until the bound falls under τ."""
         while (
-            self.complement_top >= threshold
+            not self.certified(threshold)
             and not self.invariant
             and self.options.deflate is None
             and self.basis_size < self.n
@@ -400,7 +396,7 @@ class DefaultFilter(SpectrumCapture):
         grid = self.grid(degree)
         table = self.curve(moments, degree, grid)
         edge = 0.0
-        if not self.exact_path and not threshold > self.complement_top:
+        if not self.exact_path and not self.certified(threshold):
             edge = self._edge(moments, c, degree, threshold, grid)
             stderr = math.hypot(stderr, edge)
         level, spread = (
@@ -443,7 +439,7 @@ class DefaultFilter(SpectrumCapture):
     def _path(self, threshold: float) -> str:
         if self.exact_path:
             return "deflated (exact)"
-        if threshold > self.complement_top:
+        if self.certified(threshold):
             return "deflated (complement below τ)"
         return "probes"
 
