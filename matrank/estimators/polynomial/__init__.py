@@ -100,7 +100,7 @@ class PolynomialRank:
     half the remaining budget (``deflate`` not set) the basis takes the whole space;
     when they fit the budget left after the bounds and no filter setting is given
     (``threshold``, ``degree``, ``n_probes``, ``deflate``), it does so at once, without
-    a pilot: the spectrum costs less than any filter. Then 32 Lanczos steps on
+    a pilot: the spectrum costs less than any filter. Then 64 Lanczos steps on
     ``(I − YYᵀ)A(I − YYᵀ)`` bound what is left (``diagnostics["complement_top"]``,
     :func:`~matrank.numerics.deflation.complement_bound`; a block Krylov basis holds
     only as many copies of a repeated eigenvalue as it had start columns, a fresh run

@@ -28,13 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["SpectrumCapture"]
 
 BASIS_BYTES = 1024**3  # the deflation basis
-# Lanczos steps on the deflated operator for the top of what deflation left: the top
-# Ritz value plus its residual, from a random start (Kuczyński & Woźniakowski: after m
-# steps the top Ritz value misses λmax by a factor 1 − ε with probability ≲ √n·e^{−2m√ε}).
-COMPLEMENT_STEPS = 32
-# Lanczos steps that bound the whole operator when τ lies above the bounds' top: a
-# margin of 2.5 % of the norm at n = 20,000 (numerics.deflation.lanczos_margin)
-NORM_STEPS = 64
+# Lanczos steps from a random start that bound the deflated operator (what deflation
+# left), or the whole operator when τ lies above the bounds' top: within a margin of
+# 2.5 % of the norm at n = 20,000 but with probability 1e-6 (Kuczyński & Woźniakowski;
+# numerics.deflation.lanczos_margin). 32 steps would leave 10 %.
+COMPLEMENT_STEPS = 64
 # Largest n whose whole space is taken: the dense work grows like n³ (benchmarks/README,
 # polynomial catalogue), where a filter's 15,000 cheap products take seconds
 WHOLE_SPACE_MAX = 2048
@@ -209,14 +207,14 @@ class SpectrumCapture:
 
     def zero_above(self, threshold: float) -> None:
         """Check that a given ``τ`` above the bounds' top has nothing above it: a fresh
-        Lanczos run of ``NORM_STEPS`` bounds ``‖A‖`` under it; else refuse (no filter
+        Lanczos run of ``COMPLEMENT_STEPS`` bounds ``‖A‖`` under it; else refuse (no filter
         reaches past the frame's end)."""
         self.run.enter("bounds")
-        if self.budget - self.meter.matvecs >= NORM_STEPS:
+        if self.budget - self.meter.matvecs >= COMPLEMENT_STEPS:
             self.complement_top = complement_bound(
                 self.meter.hvp,
                 torch.zeros(self.n, 0, dtype=self.meter.dtype, device=self.meter.device),
-                steps=min(NORM_STEPS, self.n),
+                steps=min(COMPLEMENT_STEPS, self.n),
                 generator=self.generator,
                 callback=self.bar.update,
             )
