@@ -190,8 +190,12 @@ class SpectrumCapture:
         rest has norm at most ``max(complement_top, max |θ_lo|) + ‖AY_lo − Y_loΘ_lo‖``
         (Weyl); :func:`~matrank.numerics.deflation.separated` decides.
         """
+        if self.exact_path:  # the whole space: the values are the spectrum
+            return True
         values = self.deflated_values
         above = np.abs(values) > threshold
+        if self.residual_rows.shape[1] != values.size:  # residuals not recorded
+            return False
 
         def coupling(columns: np.ndarray) -> float:
             if not columns.any():
