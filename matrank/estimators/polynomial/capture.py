@@ -213,7 +213,6 @@ class SpectrumCapture:
         """Check that a given ``τ`` above the bounds' top has nothing above it: a fresh
         Lanczos run of ``COMPLEMENT_STEPS`` bounds ``‖A‖`` under it; else refuse (no filter
         reaches past the frame's end)."""
-        self.run.enter("bounds")
         if self.budget - self.meter.matvecs >= COMPLEMENT_STEPS:
             self.complement_top = complement_bound(
                 self.meter.hvp,

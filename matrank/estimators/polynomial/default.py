@@ -337,7 +337,7 @@ class DefaultFilter(SpectrumCapture):
     def _grow_capture(self, threshold: float) -> None:
         """A partial capture with something left above τ leaves the probes a soft count
         whose tail under τ is one-sided: double the basis while half the remaining
-        budget (and 1 GB) allows, until the bound falls under τ."""
+        budget (and 1 GB) allows, until the count is certified (:meth:`certified`)."""
         while (
             not self.certified(threshold)
             and not self.invariant
