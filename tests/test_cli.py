@@ -196,6 +196,38 @@ def test_landscape_writes_a_json_and_two_figures(tmp_path, capsys):
     assert first["study"]["hessian_orderings"] == 2
     for sweep in ("widths", "depths"):
         assert (tmp_path / f"out-{sweep}.png").stat().st_size > 10_000
+        (tmp_path / f"out-{sweep}.png").unlink()
+    # --replot redraws the same table and figures from the record, training nothing
+    again = tmp_path / "again.json"
+    replot = ["landscape", "--replot", str(record), "--figure", str(figure)]
+    assert main([*replot, "--json", str(again)]) == 0
+    assert capsys.readouterr().out == out
+    assert json.loads(again.read_text())["models"] == payload["models"]
+    assert json.loads(again.read_text())["options"]["widths"] == [4]
+    for sweep in ("widths", "depths"):
+        assert (tmp_path / f"out-{sweep}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--widths", "4"], "`--widths` is an option of a new run"),
+        (["--hessian-orderings", "3"], "`--hessian-orderings` is an option of a new run"),
+        (["--json", "{record}"], "`--json` must not be one of the --replot records"),
+        (["--json", "{tmp}/missing/x.json"], "`--json` must be in a folder that exists"),
+    ],
+)
+def test_landscape_replot_refuses_in_one_line(tmp_path, capsys, argv, named):
+    record = tmp_path / "r.json"
+    record.write_text(json.dumps({"options": {}, "models": []}))
+    argv = [a.format(tmp=tmp_path, record=record) for a in argv]
+    assert main(["landscape", "--replot", str(record), "--figure", "", *argv]) == 2
+    err = capsys.readouterr().err
+    assert named in err and err.count("\n") == 1 and "Traceback" not in err
+    missing = str(tmp_path / "nothing.json")
+    assert main(["landscape", "--replot", str(record), missing, "--figure", ""]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and err.count("\n") == 1
 
 
 def test_landscape_refuses_bad_options(tmp_path, capsys):

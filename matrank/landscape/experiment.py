@@ -87,6 +87,14 @@ class Model:
             "study": self.study.to_dict(),
         }
 
+    @classmethod
+    def from_dict(cls, record: Any) -> Model:
+        """The model :meth:`to_dict` wrote, checked like
+        :meth:`LandscapeStudy.from_dict`."""
+        from .record import model_from_dict
+
+        return model_from_dict(record)
+
 
 def digits(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 8×8 digits: pixels scaled to [0, 1] (``(1797, 64)``) and

@@ -138,6 +138,15 @@ class LandscapeStudy:
         out["constant"] = None if np.isnan(self.constant) else self.constant
         return out
 
+    @classmethod
+    def from_dict(cls, record: Any) -> LandscapeStudy:
+        """The study :meth:`to_dict` wrote, checked first: every field present, numbers
+        where numbers belong, the arrays' shapes consistent, the measurements finite;
+        :class:`~matrank.MatrankValueError` in one line otherwise."""
+        from .record import study_from_dict
+
+        return study_from_dict(record)
+
 
 def canonical_order(inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     """Sample indices sorted by a hash of each sample's bytes (ties by the bytes)."""
