@@ -21,25 +21,10 @@ def _study(
     rng: np.random.Generator, n: int, s: int, r: int, *, nan: bool
 ) -> LandscapeStudy:
     q = 5
-    per_size = {
-        name: rng.random(s)
-        for name in (
-            "hessian_difference",
-            "hessian_difference_spread",
-            "lambda_max",
-            "lambda_max_spread",
-            "trace",
-            "trace_spread",
-            "trace_stderr",
-            "rank",
-            "rank_spread",
-            "rank_stderr",
-        )
-    }
     theorem = rng.random((s, r))
     if nan:
         theorem[:] = np.nan
-    return LandscapeStudy(
+    others = dict(
         losses=rng.random(n),
         k=np.arange(1, n),
         delta_mean=rng.random(n - 1),
@@ -53,12 +38,18 @@ def _study(
         radii=rng.random(r),
         measured=rng.random((s, r)),
         bound=rng.random((s, r)),
-        theorem_bound=theorem,
         violations=rng.random((s, r)) < 0.5,
         constant=float("nan") if nan else float(rng.random()),
         seconds={"rank": float(rng.random())},
-        **per_size,
     )
+    # the rest are the per-size arrays (hessian_difference … rank_stderr), shape (S,)
+    given = {**others, "theorem_bound": theorem}
+    per_size = {
+        field.name: rng.random(s)
+        for field in dataclasses.fields(LandscapeStudy)
+        if field.name not in given
+    }
+    return LandscapeStudy(**given, **per_size)
 
 
 def _model(width: int = 4, depth: int = 5, seed: int = 0) -> Model:
