@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import matrank
 from matrank.adapters import LinearNetHessian
@@ -75,6 +76,45 @@ def test_threshold_override_and_messages():
         match=r"`degree` must be an int in \[2, inf\) or None; got 1",
     ):
         matrank.PolynomialRank(degree=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_faithful_mode_runs_on_every_psd_linear_net(seed):
+    # seed 1's first 30 Lanczos steps bound λmin below by -33 (λmax 687): a loose
+    # residual, not an eigenvalue; it was refused as indefinite
+    problem = LinearNetHessian.random_minimum(8, 8, 5, seed=seed)
+    result = matrank.PolynomialRank(variant="ubaru-saad", n_probes=10).estimate(
+        problem, seed=seed
+    )
+    assert 0 < result.rank < 2 * 64
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(60, 240),
+    null_share=st.floats(0.3, 0.9),
+    decades=st.floats(0.0, 8.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_faithful_mode_refuses_an_operator_exactly_when_it_is_indefinite(
+    n, null_share, decades, seed
+):
+    # a PSD spectrum with a large null space and the rest spread over `decades` is never
+    # refused, whatever the first Lanczos bound says; one eigenvalue at -3 % of the
+    # norm always is, and the message names it to within the tightened 1e-3
+    rng = np.random.default_rng(seed)
+    rank = max(1, int(n * (1 - null_share)))
+    positive = 10 ** -rng.uniform(0, decades, rank)
+    spectrum = np.r_[np.sort(positive)[::-1], np.zeros(n - rank)]
+    rotation = haar_orthogonal(n, rng)
+    estimator = matrank.PolynomialRank(variant="ubaru-saad", n_probes=4)
+    psd = (rotation * spectrum) @ rotation.T
+    assert estimator.estimate(psd, seed=seed).rank > 0
+    spectrum[-1] = -0.03 * spectrum.max()
+    with pytest.raises(matrank.MatrankValueError, match="positive semi-definite") as caught:
+        estimator.estimate((rotation * spectrum) @ rotation.T, seed=seed)
+    named = float(str(caught.value).split("eigenvalue near ")[1].split(" ")[0])
+    assert named == pytest.approx(-0.03 * spectrum.max(), abs=2e-3 * spectrum.max())
 
 
 def test_same_seed_is_bit_identical():
