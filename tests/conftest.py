@@ -1,6 +1,8 @@
-"""Shared test configuration: deterministic hypothesis profile, a deterministic clock."""
+"""Shared test configuration: deterministic hypothesis profile, a deterministic clock,
+Ctrl-C delivered."""
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -46,3 +48,14 @@ def _deterministic_time():
 def clock(_deterministic_time):
     """The suite's clock: ``clock.advance(s)`` lets a test's operator cost ``s`` seconds."""
     return _deterministic_time
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_delivered():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, however pytest was started: a
+    background job (``nohup``, ``&`` without job control) starts with SIGINT ignored,
+    where the Ctrl-C tests' ``raise_signal`` would reach no handler and a test of the
+    handler's restoration would compare with the wrong one."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

@@ -184,6 +184,7 @@ def test_ctrl_c_with_a_checkpoint_writes_the_latest_state_then_stops(
     full = Flaky(matrix)
     reference = matrank.estimate_rank(full, method=method, seed=0, **options)
     path = tmp_path / "run.ckpt"
+    handler = signal.getsignal(signal.SIGINT)
     # checkpoint_every far beyond the run: only the Ctrl-C makes a check write
     stopped = matrank.estimate_rank(
         SignalAt(matrix, at=full.answered // 2),
@@ -194,7 +195,7 @@ def test_ctrl_c_with_a_checkpoint_writes_the_latest_state_then_stops(
         **options,
     )
     assert stopped.status is matrank.Status.INTERRUPTED and path.exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
     resumed = Flaky(matrix)
     result = matrank.estimate_rank(
         resumed, method=method, seed=0, checkpoint=path, **options
@@ -211,13 +212,14 @@ def test_ctrl_c_with_a_checkpoint_writes_the_latest_state_then_stops(
 
 def test_without_a_checkpoint_ctrl_c_stops_at_once_and_the_handler_is_untouched():
     matrix = rotated_spectrum(1500, 300, cond=1e3, seed=0)
+    handler = signal.getsignal(signal.SIGINT)
     result = matrank.estimate_rank(
         SignalAt(matrix, at=5), method="lanczos", seed=0, block_size=4
     )
     assert result.status is matrank.Status.INTERRUPTED
     assert result.diagnostics.interrupted_in == "grow"
     assert result.diagnostics.basis_size < 300
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_an_error_inside_the_run_closes_it_and_keeps_the_checkpoint(tmp_path):
