@@ -75,6 +75,9 @@ class CostMeter:
         return value
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        if V.shape[1] == 0:  # no products: the oracle is not asked (a model's vmap or
+            # loop over no columns fails, and nothing would be learned)
+            return V.new_zeros(self.oracle.dim, 0, dtype=self.dtype)
         start = _clock.now()
         value = self.oracle.hvp(V)
         self.hvp_seconds += _clock.now() - start

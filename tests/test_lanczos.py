@@ -434,3 +434,41 @@ def test_a_gaussian_test_lowers_the_floor_from_the_resolution_to_eta():
     below = matrank.LanczosRank(threshold=1e-13).estimate(operator, seed=0)
     assert below.status is matrank.Status.BELOW_RESOLUTION
     assert not below.status.converged and "threshold=" in below.status.value
+
+
+def test_a_basis_that_spans_the_space_applies_nothing_more():
+    # curvature_ranks.py: the sharpen step's test block joined a basis that had grown to
+    # all 1626 dimensions of a CNN's GGN; the empty block went to the model, whose loop
+    # over no columns raised (torch.stack of nothing)
+    matrix = rotated_spectrum(12, 12, cond=10.0, seed=0)
+    A = torch.from_numpy(matrix)
+    asked = []
+
+    def product(V):
+        asked.append(V.shape[1])
+        if V.shape[1] == 0:
+            raise RuntimeError("stack expects a non-empty TensorList")
+        return A @ V
+
+    krylov = BlockKrylov(
+        product, 12, torch.float64, torch.device("cpu"), torch.Generator().manual_seed(0)
+    )
+    while krylov.size < 12:
+        krylov.extend(4)
+    asked.clear()
+    assert krylov.extend(4, given=torch.randn(12, 3, dtype=torch.float64)) == 0
+    assert krylov.extend(4) == 0 and asked == [] and krylov.size == 12
+
+
+def test_the_meter_answers_an_empty_block_without_asking_the_oracle():
+    from matrank._meter import CostMeter
+
+    class Refuses(matrank.adapters.DenseOracle):
+        def hvp(self, V):
+            assert V.shape[1] > 0, "asked for no products"
+            return super().hvp(V)
+
+    meter = CostMeter(Refuses(torch.eye(5, dtype=torch.float64)))
+    empty = meter.hvp(torch.zeros(5, 0, dtype=torch.float64))
+    assert empty.shape == (5, 0) and empty.dtype == torch.float64 and meter.matvecs == 0
+    assert meter.hvp(torch.ones(5, 1, dtype=torch.float64)).shape == (5, 1)

@@ -213,6 +213,8 @@ class BlockKrylov:
             self.orthogonalization_seconds += time.perf_counter() - clock
             self._append(fresh)
             block = self.Q[:, k - kept.shape[1] :]
+            if block.shape[1] == 0:  # the basis spans the space: nothing to apply A to
+                return 0
             image = self.matmat(block)
             self.matvecs += block.shape[1]
             return self._absorb(block, image)

@@ -67,6 +67,8 @@ def sharpen(run: Run, plan: LanczosPlan, growth: Growth) -> dict[str, Any] | Non
     for tests in range(1, _TESTS + 1):
         if plan.max_matvecs - meter.matvecs < 2 * TEST_COLUMNS:
             return None
+        if krylov.size >= plan.n:  # the basis grew to the space: nothing left to find
+            return None
         omega = torch.randn(
             plan.n, TEST_COLUMNS, generator=run.generator, dtype=torch.float64
         )
