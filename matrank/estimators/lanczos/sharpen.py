@@ -67,8 +67,6 @@ def sharpen(run: Run, plan: LanczosPlan, growth: Growth) -> dict[str, Any] | Non
     for tests in range(1, _TESTS + 1):
         if plan.max_matvecs - meter.matvecs < 2 * TEST_COLUMNS:
             return None
-        if krylov.size >= plan.n:  # the basis grew to the space: nothing left to find
-            return None
         omega = torch.randn(
             plan.n, TEST_COLUMNS, generator=run.generator, dtype=torch.float64
         )
@@ -86,8 +84,8 @@ def sharpen(run: Run, plan: LanczosPlan, growth: Growth) -> dict[str, Any] | Non
                 "eta": eta,
                 "resolution": resolution,
             }
-        if not _few_missed(residual, growth):
-            return None
+        if not _few_missed(residual, growth) or krylov.size >= plan.n:
+            return None  # a band out of reach, or a basis that spans the space already
         before = meter.matvecs
         krylov.extend(plan.block, given=residual)
         run.bar.update(meter.matvecs - before)
