@@ -222,7 +222,6 @@ def count_spectrum(
     status it implies, the counting curve, and the result (shared by the dense path
     of the Lanczos count)."""
     magnitudes = np.abs(eigenvalues)
-    largest = float(magnitudes.max()) if magnitudes.size else 0.0
     status = Status.CONVERGED
     cut, choice = resolve_threshold(magnitudes, floor, threshold)
     if choice is not None:
@@ -234,14 +233,32 @@ def count_spectrum(
         eigenvalues=eigenvalues,
         n_negative=int((counted & (eigenvalues < 0)).sum()),
     )
+    return known_count(run, magnitudes, cut, floor, diagnostics, status)
+
+
+def known_count(
+    run: Run,
+    magnitudes: np.ndarray,
+    cut: float,
+    floor: float,
+    diagnostics: dict[str, Any],
+    status: Status,
+    *,
+    resolution: float = 0.0,
+) -> RankResult:
+    """The result of counting known eigenvalue magnitudes above ``cut``: the count, no
+    stderr, and the counting curve from a decade under ``floor`` to past the largest
+    (``resolution``: how far each magnitude may lie from the eigenvalue it stands for;
+    shared by the range sketch of the Lanczos count)."""
+    largest = float(magnitudes.max()) if magnitudes.size else 0.0
     counts = counting_curve(
         magnitudes, low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
     )
     return run.result(
-        float(counted.sum()),
+        float((magnitudes > cut).sum()),
         stderr=None,
         threshold=cut,
         diagnostics=diagnostics,
-        counts=counts,
+        counts=dataclasses.replace(counts, resolution=resolution),
         status=status,
     )

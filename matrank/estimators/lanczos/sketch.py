@@ -27,7 +27,8 @@ from ..._result import RankResult, Status
 from ..._run import Run
 from ...numerics.krylov import asymmetry
 from ...numerics.sketch import TEST_COLUMNS, RangeSketch, SketchRitz
-from ...numerics.threshold import counting_curve, noise_floor, resolve_threshold
+from ...numerics.threshold import noise_floor, resolve_threshold
+from ..exact import known_count
 from .grow import Growth
 from .plan import BASIS_BYTES, LanczosPlan
 
@@ -187,17 +188,14 @@ def _certified(
     }
     if choice is not None:
         diagnostics["plateau"] = dataclasses.asdict(choice)
-    counts = counting_curve(
-        magnitudes.numpy(), low=max(floor, largest * 1e-16) / 10, high=largest * 1.5
-    )
-    counts = dataclasses.replace(counts, resolution=ritz.eta)  # Weyl: within η
-    return run.result(
-        float(counted.sum()),
-        stderr=None,
-        threshold=threshold,
-        diagnostics=diagnostics,
-        counts=counts,
-        status=Status.of_choice(choice),
+    return known_count(  # Weyl: each Ritz value lies within η of an eigenvalue
+        run,
+        magnitudes.numpy(),
+        threshold,
+        floor,
+        diagnostics,
+        Status.of_choice(choice),
+        resolution=ritz.eta,
     )
 
 
