@@ -19,7 +19,7 @@ from ._diagnostics import (
     LangevinDiagnostics,
     PolynomialDiagnostics,
 )
-from ._dual import DualForm, DualGram, dual_form
+from ._dual import DualForm, DualFormError, DualGram, dual_form
 from ._many import EstimateFailure, estimate_many, item_seed
 from ._oracle import Capability, Oracle, as_oracle, exact_rank, materialize
 from ._result import SCHEMA, CountingCurve, CountInterval, RankResult, Status
@@ -54,6 +54,7 @@ __all__ = [
     "CountingCurve",
     "Diagnostics",
     "DualForm",
+    "DualFormError",
     "DualGram",
     "EffectiveRanks",
     "EstimateFailure",

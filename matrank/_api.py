@@ -12,7 +12,7 @@ import torch
 from . import _clock
 from ._costs import dual_seconds, eigvalsh_seconds, gram_seconds
 from ._diagnostics import diagnostics_for
-from ._dual import dual_form
+from ._dual import DualFormError, dual_form
 from ._meter import Cost
 from ._oracle import Capability, Oracle, agree, as_oracle, collective, materialize
 from ._result import RankResult
@@ -93,8 +93,11 @@ def _auto(
     the route that was chosen, not its own size rule."""
     key = oracle if key is None else key
     spent: dict[str, float] = {"matvecs": 0, "gradients": 0.0}
-    form = dual_form(oracle)
     no_dual, weighed = "", None
+    try:
+        form = dual_form(oracle)
+    except DualFormError as refusal:  # a coupled loss: no dual to weigh, and why
+        form, no_dual = None, f" and a dual that does not hold here ({refusal})"
     if form is not None and form.size < oracle.dim:
         takes, why = _weigh_dual(oracle, form, key, spent)
         if takes:
@@ -402,7 +405,9 @@ def estimate_rank(
         method, probe_spent, reason, dual = _auto(oracle, obj)
         probe_seconds = _clock.now() - start
         if method == "exact" and dual is not None:
-            options.setdefault("dual", dual)
+            # a dual taken runs as dual=None (m < n already holds), so that one whose
+            # rows turn out to be rounding is counted from H instead, saying why
+            options.setdefault("dual", None if dual else False)
     cls = ESTIMATORS[method]
     names = [field.name for field in dataclasses.fields(cls)]
     if "threshold" in options and "threshold" not in names:
@@ -438,6 +443,9 @@ def estimate_rank(
     notes: dict[str, Any] = {}
     if reason is not None:
         switched = result.diagnostics.get("dense_reason")
+        refused = (result.diagnostics.get("dual") or {}).get("refused")
+        if refused is not None and dual:
+            switched = f"the dual refused it ({refused}), so from {oracle.dim} products"
         notes["auto"] = reason if switched is None else f"{reason}; then dense: {switched}"
     if norm is not None:
         assert isinstance(relative, RelativeThreshold)

@@ -135,7 +135,10 @@ class ExactDiagnostics(_Plateau, Diagnostics):
         (``noise_floor`` is at least this).
     dual : dict
         For a curvature counted through its ``m × m`` dual (``GGN = JᵀQJ``): its
-        ``rows`` m and what forming it cost.
+        ``rows`` m and what forming it cost. Where ``dual=None`` found the dual not to
+        hold (:class:`matrank.DualFormError`) and counted ``H`` from its products
+        instead: ``refused``, the reason (and ``size``, the rows, when the dual was
+        formed before it was refused).
     """
 
     eigenvalues: Array | None = None

@@ -22,8 +22,16 @@ from typing import Any
 import torch
 
 from ._oracle import _CheckedOracle
+from ._validation import MatrankValueError
 
-__all__ = ["DualForm", "DualGram", "dual_form"]
+__all__ = ["DualForm", "DualFormError", "DualGram", "dual_form"]
+
+
+class DualFormError(MatrankValueError):
+    """The dual form does not hold for this curvature as computed: a loss that couples
+    the samples, or a ``Λ`` buried in its own rounding (low precision at saturated
+    outputs). ``ExactRank(dual=None)`` then counts ``H`` from ``n`` products instead;
+    ``dual=True`` raises it."""
 
 
 @dataclasses.dataclass(frozen=True)

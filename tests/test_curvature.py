@@ -225,6 +225,24 @@ def test_auto_takes_the_dual_only_when_it_is_smaller():
     assert "dual" not in matrank.ExactRank().estimate(ggn).diagnostics
 
 
+def test_the_dual_takes_cross_entropy_at_saturated_outputs():
+    # Λ = diag(p) − ppᵀ is O(1 − p) here while its products round at O(1): the
+    # per-sample check must measure that rounding, not refuse a mean loss (it did)
+    X, _ = _data(60, 5)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.mul_(1000)
+        p = torch.softmax(model(X), dim=1).max(dim=1).values
+    assert float((1 - p).max()) < 1e-6  # every sample within 1e-6 of one-hot
+    labels = model(X).argmax(dim=1).detach()
+    oracle = TorchGGN(model, F.cross_entropy, (X, labels))
+    dual = matrank.ExactRank(dual=True).estimate(oracle)
+    assert "refused" not in dual.diagnostics.dual
+    eigenvalues = torch.linalg.eigvalsh(_dense(oracle))
+    assert dual.rank == int((eigenvalues.abs() > dual.threshold).sum()) > 0
+
+
 def test_the_dual_refuses_what_it_cannot_count():
     model = _mlp()
     X, Y = _data(12, 5, outputs=3)
@@ -235,7 +253,16 @@ def test_the_dual_refuses_what_it_cannot_count():
     oracle = TorchGGN(model, coupled, (X, Y))
     with pytest.raises(matrank.MatrankValueError, match="per-sample"):
         matrank.ExactRank(dual=True).estimate(oracle)
-    assert matrank.ExactRank(dual=False).estimate(oracle).rank > 0
+    primal = matrank.ExactRank(dual=False).estimate(oracle)
+    assert primal.rank > 0
+    # dual=None (and auto) count H from its products instead, and say why
+    fallback = matrank.ExactRank().estimate(oracle)
+    assert "per-sample" in fallback.diagnostics.dual["refused"]
+    assert fallback.rank == primal.rank and fallback.threshold == primal.threshold
+    assert fallback.cost["matvecs"] == oracle.dim
+    auto = matrank.estimate_rank(oracle, method="auto", seed=0)
+    assert auto.method == "exact" and "dual that does not hold" in auto.diagnostics.auto
+    assert auto.rank == primal.rank
 
     def concave(output, target):  # Λ ⪯ 0: G is not BᵀB
         return -F.mse_loss(output, target)

@@ -42,7 +42,11 @@ def gloo_run(tmp_path_factory):
             f"\n--- {path.relative_to(logs)} ---\n{path.read_text()[-3000:]}"
             for path in sorted(logs.rglob("*.log")) + sorted(out.glob("*.error"))
         )
-        pytest.fail(f"torchrun exited {done.returncode}: {done.stderr[-2000:]}{ranks}")
+        wrote = sorted(path.name for path in out.glob("rank*.json"))
+        pytest.fail(
+            f"torchrun exited {done.returncode} (results written: {wrote}): "
+            f"{done.stderr[-2000:]}{ranks}"
+        )
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

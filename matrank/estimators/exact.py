@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .._dual import DualForm, dual_form
+from .._dual import DualForm, DualFormError, dual_form
 from .._oracle import Capability, as_oracle, input_eps, materialize
 from .._result import RankResult, Status
 from .._run import Run, sized_threads
@@ -112,7 +112,7 @@ class ExactRank:
         """
         oracle = as_oracle(obj)
         n = oracle.dim
-        form = None if self.dual is False else dual_form(oracle)
+        form, refused = _resolve_form(oracle, self.dual)
         if self.dual and form is None:
             raise MatrankValueError(
                 message(
@@ -141,25 +141,58 @@ class ExactRank:
             self, oracle, Capability.HVP, seed=seed, progress=progress, **checkpointing
         )
         run.store = None  # nothing worth saving (see above)
+        diagnostics: dict[str, Any] = {"dual": refused} if refused else {}
         if form is not None:
-            return _dual_count(run, form, run.threshold(self.threshold))
-        meter = run.meter
-        free = materialize.dispatch(type(oracle)) is not materialize.dispatch(object)
-        dense = materialize(oracle) if free else materialize(meter)
-        dense = dense.to(torch.float64)
-        if free and run.factor != 1.0:  # (the metered products are scaled already)
-            dense = dense * run.factor
-        asymmetry = float(torch.linalg.matrix_norm(dense - dense.T)) if not free else 0.0
-        eigenvalues = _eigvalsh(0.5 * (dense + dense.T))
-        del dense
+            try:
+                return _dual_count(run, form, run.threshold(self.threshold))
+            except DualFormError as refusal:
+                if self.dual or n > self.max_dim:
+                    raise
+                # the rows' work stays in the cost: it was spent
+                diagnostics["dual"] = {"refused": str(refusal), "size": form.size}
+        return _primal_count(run, oracle, run.threshold(self.threshold), diagnostics)
 
-        magnitudes = np.abs(eigenvalues)
-        largest = float(magnitudes.max())
-        numpy_rule = noise_floor(largest, n, input_eps(oracle))
-        floor = max(numpy_rule, asymmetry)
-        diagnostics: dict[str, Any] = {"numpy_rule": numpy_rule}
-        threshold = run.threshold(self.threshold)
-        return count_spectrum(run, eigenvalues, floor, threshold, diagnostics)
+
+def _resolve_form(
+    oracle: Any, dual: bool | None
+) -> tuple[DualForm | None, dict[str, Any] | None]:
+    """The oracle's dual form, or ``None``; with ``dual=None`` a dual that refuses this
+    curvature (:class:`DualFormError`) is ``None`` too, with why (``dual=True`` raises)."""
+    if dual is False:
+        return None, None
+    try:
+        return dual_form(oracle), None
+    except DualFormError as refusal:
+        if dual:
+            raise
+        return None, {"refused": str(refusal)}
+
+
+def _primal_count(
+    run: Run,
+    oracle: Any,
+    threshold: float | str | None,
+    diagnostics: dict[str, Any],
+) -> RankResult:
+    """The exact count from ``H`` itself: free for an explicit matrix, else ``n``
+    products; symmetrized, eigendecomposed, counted above numpy's rule raised to the
+    measured asymmetry."""
+    n = oracle.dim
+    meter = run.meter
+    free = materialize.dispatch(type(oracle)) is not materialize.dispatch(object)
+    dense = materialize(oracle) if free else materialize(meter)
+    dense = dense.to(torch.float64)
+    if free and run.factor != 1.0:  # (the metered products are scaled already)
+        dense = dense * run.factor
+    asymmetry = float(torch.linalg.matrix_norm(dense - dense.T)) if not free else 0.0
+    eigenvalues = _eigvalsh(0.5 * (dense + dense.T))
+    del dense
+    magnitudes = np.abs(eigenvalues)
+    largest = float(magnitudes.max())
+    numpy_rule = noise_floor(largest, n, input_eps(oracle))
+    floor = max(numpy_rule, asymmetry)
+    diagnostics["numpy_rule"] = numpy_rule
+    return count_spectrum(run, eigenvalues, floor, threshold, diagnostics)
 
 
 def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> RankResult:
@@ -182,7 +215,7 @@ def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> Rank
     numpy_rule = noise_floor(largest, max(m, 1), float(torch.finfo(form.precision).eps))
     left_out = computed.left_out * run.factor
     if left_out > 1e-2 * largest:
-        raise MatrankValueError(
+        raise DualFormError(
             message(
                 "obj",
                 "a curvature that is BᵀB up to rounding for the dual route (for a "
@@ -190,7 +223,9 @@ def _dual_count(run: Run, form: DualForm, threshold: float | str | None) -> Rank
                 "method='lanczos' or ExactRank(dual=False), which count an indefinite "
                 "matrix by magnitude",
                 f"a part outside BᵀB of norm up to {left_out / max(largest, 1e-300):.3g} "
-                "× the largest eigenvalue (negative curvature in the outputs)",
+                "× the largest eigenvalue (negative curvature in the outputs, or the "
+                "outputs' Hessian under its own rounding: low precision at saturated "
+                "outputs, where float64 resolves it)",
             )
         )
     diagnostics: dict[str, Any] = {
