@@ -367,7 +367,7 @@ def test_a_rank_near_n_switches_to_the_dense_path(monkeypatch, restart):
         assert kept.diagnostics.path == "krylov" and kept.rank == 480
 
 
-def test_a_gapless_spectrum_switches_to_the_dense_path_once_krylov_stalls():
+def test_a_gapless_spectrum_switches_to_the_dense_path_once_krylov_stalls(monkeypatch):
     """λ_i = exp(−i/30): 208 eigenvalues above τ = 1e-3, neighbours 3 % apart at τ,
     so Ritz values crowd τ and certify slowly. Once the basis passes its own count
     by 15 % uncertain, the time besides products (the stepping clock: a function of
@@ -375,6 +375,7 @@ def test_a_gapless_spectrum_switches_to_the_dense_path_once_krylov_stalls():
     count is the dense one. Without the switch Krylov certifies the same count."""
     import scipy.sparse.linalg
 
+    from matrank.estimators.lanczos import pilot
     from matrank.estimators.lanczos.dense import STALLED_SHARE
 
     n = 1500
@@ -383,7 +384,13 @@ def test_a_gapless_spectrum_switches_to_the_dense_path_once_krylov_stalls():
     operator = scipy.sparse.linalg.aslinearoperator((q * spectrum) @ q.T)
     truth = int((spectrum > 1e-3).sum())
     assert truth == 208 and 0 < STALLED_SHARE < 0.25
-    switched = matrank.LanczosRank(threshold=1e-3, pilot_from=1).estimate(operator, seed=0)
+    # the pilot's unresolved rule off: it would send this spectrum to the dense path
+    # before any basis (tested below)
+    with monkeypatch.context() as patch:
+        patch.setattr(pilot, "UNRESOLVED_FRACTION", 1.0)
+        switched = matrank.LanczosRank(threshold=1e-3, pilot_from=1).estimate(
+            operator, seed=0
+        )
     krylov = matrank.LanczosRank(threshold=1e-3, pilot_from=1, dense_max=0).estimate(
         operator, seed=0
     )
@@ -395,6 +402,15 @@ def test_a_gapless_spectrum_switches_to_the_dense_path_once_krylov_stalls():
     at = switched.diagnostics.switched_to_dense_at
     assert truth < at < krylov.diagnostics.basis_size
     assert krylov.diagnostics.path == "krylov"
+    # The pilot's quadrature count still grows with its steps here (a spectrum it
+    # cannot resolve at τ) and is above n/8: straight to the dense path, saying why,
+    # before any basis (the switch's products are no fewer: its basis completes to R^n)
+    piloted = matrank.LanczosRank(threshold=1e-3, pilot_from=1).estimate(operator, seed=0)
+    assert piloted.status is matrank.Status.CONVERGED and piloted.rank == truth
+    assert piloted.diagnostics.path == "dense" and piloted.diagnostics.pilot["growing"]
+    assert "still growing" in piloted.diagnostics.dense_reason
+    assert piloted.cost["matvecs"] <= switched.cost["matvecs"]
+    assert piloted.diagnostics.switched_to_dense_at == 0  # no basis before it
 
 
 def _hidden_operator(n=20000):

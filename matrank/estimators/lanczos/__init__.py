@@ -19,7 +19,7 @@ from ..._validation import check_choice, check_int, check_threshold
 from ...numerics.krylov import BlockKrylov
 from .dense import DENSE_MAX, affordable, dense_count
 from .grow import End, grow_basis, start_basis
-from .pilot import PILOT_MIN_DIM
+from .pilot import DENSE_FRACTION, PILOT_MIN_DIM
 from .plan import LanczosPlan
 from .readout import interim, readout
 from .sharpen import sharpen, wanted
@@ -98,8 +98,10 @@ class LanczosRank:
 
     **Pilot and dense path.** From ``n = pilot_from`` four sphere probes of
     Gauss–Radau quadrature (a node at zero) estimate the count first: at least half of
-    ``n ≤ dense_max`` goes to the dense path at once (``H`` read, or ``n`` products,
-    and the exact rule; ``diagnostics["path"] == "dense"``); a count below ``n/8``
+    ``n ≤ dense_max``, or an eighth of it still growing with the quadrature's steps (a
+    spectrum unresolved at ``τ``, ``diagnostics["pilot"]["growing"]``), goes to the
+    dense path at once (``H`` read, or ``n`` products, and the exact rule;
+    ``diagnostics["path"] == "dense"``); a count below ``n/8``
     goes to one randomized range sketch, the pilot's products included, certified a
     posteriori by Gaussian test columns and Weyl's theorem (``"sketch"``,
     :mod:`matrank.numerics.sketch`), or else handed to the Krylov count as its start;
@@ -219,6 +221,13 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
                 f"of n = {plan.n}: a Krylov basis of r to 2r costs more than n products "
                 "and eigvalsh"
             )
+            if pilot.growing and pilot.count < DENSE_FRACTION * plan.n:
+                growth.dense_reason = (
+                    f"the pilot counted {pilot.count:.0f} ± {pilot.stderr:.2g} of n = "
+                    f"{plan.n}, still growing with its quadrature's steps: a spectrum "
+                    "unresolved at τ, whose Krylov count must resolve every Ritz value "
+                    "near τ and costs more than n products and eigvalsh"
+                )
             return dense_count(
                 run, plan.threshold, krylov, plan.block, growth.diagnostics()
             )
