@@ -97,10 +97,19 @@ def _check_square(shape: tuple[int, ...], name: str) -> int:
     return int(shape[0])
 
 
-def _symmetry_tolerance(dtype: torch.dtype, scale: float) -> float:
-    # sqrt(eps) relative to the largest entry: rounding in a product such as XᵀX gives
-    # asymmetries near eps·sqrt(m)·scale, a non-symmetric matrix gives O(scale).
-    return math.sqrt(torch.finfo(dtype).eps) * scale
+def _check_symmetric(name: str, defect: float, dtype: torch.dtype, scale: float) -> None:
+    """Refuse an asymmetry ``max |A − Aᵀ|`` above sqrt(eps) of the largest entry:
+    rounding in a product such as XᵀX gives asymmetries near eps·sqrt(m)·scale, a
+    non-symmetric matrix gives O(scale)."""
+    tolerance = math.sqrt(torch.finfo(dtype).eps) * scale
+    if defect > tolerance:
+        raise NotSymmetricError(
+            message(
+                name,
+                f"symmetric (max |A − Aᵀ| ≤ {tolerance:.3g})",
+                f"max |A − Aᵀ| = {defect:.3g}",
+            )
+        )
 
 
 class DenseOracle(_QuadraticMixin):
@@ -178,15 +187,7 @@ def _dense_from_tensor(
             message(name, "finite (no NaN or Inf)", f"{bad} non-finite entries")
         )
     defect = _max_asymmetry(tensor)
-    tolerance = _symmetry_tolerance(precision, scale)
-    if defect > tolerance:
-        raise NotSymmetricError(
-            message(
-                name,
-                f"symmetric (max |A − Aᵀ| ≤ {tolerance:.3g})",
-                f"max |A − Aᵀ| = {defect:.3g}",
-            )
-        )
+    _check_symmetric(name, defect, precision, scale)
     return DenseOracle(tensor, precision=precision, magnitude=scale)
 
 
@@ -307,15 +308,7 @@ def _sparse_oracle(obj: Any) -> SparseOracle:
     scale = float(abs(csr).max()) if csr.nnz else 0.0
     difference = csr - csr.T
     defect = float(abs(difference).max()) if difference.nnz else 0.0
-    tolerance = _symmetry_tolerance(precision, scale)
-    if defect > tolerance:
-        raise NotSymmetricError(
-            message(
-                name,
-                f"symmetric (max |A − Aᵀ| ≤ {tolerance:.3g})",
-                f"max |A − Aᵀ| = {defect:.3g}",
-            )
-        )
+    _check_symmetric(name, defect, precision, scale)
     oracle = SparseOracle(csr)
     oracle.precision, oracle.magnitude = precision, scale
     return oracle

@@ -488,3 +488,24 @@ def test_the_meter_answers_an_empty_block_without_asking_the_oracle():
     empty = meter.hvp(torch.zeros(5, 0, dtype=torch.float64))
     assert empty.shape == (5, 0) and empty.dtype == torch.float64 and meter.matvecs == 0
     assert meter.hvp(torch.ones(5, 1, dtype=torch.float64)).shape == (5, 1)
+
+
+def test_a_count_under_the_pilots_estimate_does_not_switch_for_growing():
+    """The dense switch with a pilot: a count still growing block by block but under
+    the pilot's (resolved) estimate prices the basis it needs and stays, however long
+    the run has taken besides products (a d = 32 deep linear net switched at basis 736
+    of its 1024 on a quarter-share rule, 5920 products for 1376); past the estimate by
+    three standard errors and a block the pilot bounds nothing, and the unresolved rule
+    switches."""
+    from types import SimpleNamespace
+
+    from matrank.estimators.lanczos.dense import dense_is_cheaper
+
+    n = 5120
+    meter = SimpleNamespace(timed_matvecs=800, hvp_seconds=800 * 1e-3)
+    # ten times the dense path (n products of 1 ms and an eigvalsh) spent besides them
+    run = SimpleNamespace(meter=meter, seconds=lambda: meter.hvp_seconds + 10 * n * 1e-3)
+    pilot = (959.6, 15.4)
+    assert dense_is_cheaper(run, n, 768, 736, pilot, block=32) is None
+    reason = dense_is_cheaper(run, n, 1120, 1100, pilot, block=32)
+    assert reason is not None and "passed the pilot's 960" in reason

@@ -108,8 +108,8 @@ class LanczosRank:
     otherwise one random block as above (``diagnostics["pilot"]``). While the basis grows
     (``n ≤ dense_max``), the count switches to the dense path when that, timed from the
     run's own products and a calibrated ``eigvalsh``, costs less than the cheapest
-    certified Krylov count still could, or (while the count still grows with the
-    basis) once the work besides products reaches a quarter of it, or (a basis past
+    certified Krylov count still could (a basis of at least the pilot's estimate), or
+    (a basis past
     the expected one, a spectrum without a gap at τ) a share ``STALLED_SHARE``, or (a
     count past the pilot's estimate by three standard errors and a block: a spectrum
     the pilot's quadrature could not resolve) once the run's whole time reaches

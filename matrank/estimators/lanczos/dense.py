@@ -73,7 +73,6 @@ def dense_is_cheaper(
     pilot: tuple[float, float],
     *,
     block: int,
-    harvesting: bool,
 ) -> str | None:
     """Why ``n`` products and one ``eigvalsh`` now cost less than the Krylov count (a
     sentence for ``diagnostics["dense_reason"]``), or ``None`` while they do not.
@@ -108,8 +107,10 @@ def dense_is_cheaper(
             f"{run.seconds():.3g} s spent against a dense path of {dense:.3g} s "
             f"(UNRESOLVED_SHARE = {UNRESOLVED_SHARE:g})"
         )
+    # under the pilot's estimate the count is bounded by it, and the basis it needs is
+    # priced (a count that still grows block by block there is no reason to switch)
     rates = (per_product, eig, product)
-    return _krylov_dearer(n, size, count, floor, rates, elapsed, dense, harvesting)
+    return _krylov_dearer(n, size, count, floor, rates, elapsed, dense)
 
 
 def _krylov_dearer(
@@ -120,7 +121,6 @@ def _krylov_dearer(
     rates: tuple[float, float, float],
     elapsed: float,
     dense: float,
-    harvesting: bool,
 ) -> str | None:
     """Why the Krylov count costs more than the dense path (``dense`` seconds), or
     ``None``; ``rates``: seconds a product, and per ``n³`` of ``eigvalsh`` and of a
@@ -131,10 +131,6 @@ def _krylov_dearer(
       is ``K − k`` more products, the Gram–Schmidt work of growing the basis from
       ``k`` to ``K`` (two passes, ``≈ 4n(K² − k²)`` flops) and one Ritz problem with
       vectors of size ``K`` (about three ``eigvalsh``);
-    - while the count still grows with the basis (``harvesting``) nothing bounds the
-      basis the count will need: once the run's time besides products reaches a
-      quarter of the dense path, the switch caps the whole run at about 1.25 dense
-      paths (the ski-rental rule);
     - a basis already past ``K`` with the count still uncertain is a spectrum without
       a gap at τ (a trained network's curvature), where Ritz values near τ converge
       slowly and nothing bounds the basis either: the switch comes once the time
@@ -142,11 +138,6 @@ def _krylov_dearer(
     """
     per_product, eig, product = rates
     spent = f"{elapsed:.3g} s besides products against a dense path of {dense:.3g} s"
-    if harvesting and elapsed >= 0.25 * dense:
-        return (
-            f"the count ({count}) still grew with the basis ({size}) after {spent}: "
-            "nothing bounds the basis it needs (a quarter of the dense path spent)"
-        )
     needed = max(1.15 * count, floor, count + 1.0)
     if needed <= size:
         if elapsed >= STALLED_SHARE * dense:

@@ -163,7 +163,6 @@ def grow_basis(run: Run, plan: LanczosPlan, growth: Growth) -> End:
         # orthogonalization work (always while verifying).
         if not state.verifying and krylov.size - state.assessed_size < krylov.size // 8:
             continue
-        grown_basis = krylov.size - state.assessed_size
         state.assessed_size = krylov.size
         # While the count still grows nothing can be certified: the eigenvalues alone
         # (a third of the cost of eigenpairs at k = 4500) decide that.
@@ -175,7 +174,7 @@ def grow_basis(run: Run, plan: LanczosPlan, growth: Growth) -> End:
         if state.update(count, certain, _required(plan, growth)):
             return End.CERTIFIED
         _widen(plan, growth, grown, certain)
-        growth.dense_reason = _dense_pays(run, plan, growth, grown >= 0.5 * grown_basis)
+        growth.dense_reason = _dense_pays(run, plan, growth)
         if growth.dense_reason is not None:
             return End.DENSE
         if plan.max_basis < plan.n and count > plan.max_basis // 2 and not certain:
@@ -250,9 +249,7 @@ def _widen(plan: LanczosPlan, growth: Growth, grown: int, certain: bool) -> None
         growth.current = max(block, min(current, growth.krylov.next_kept))
 
 
-def _dense_pays(
-    run: Run, plan: LanczosPlan, growth: Growth, harvesting: bool
-) -> str | None:
+def _dense_pays(run: Run, plan: LanczosPlan, growth: Growth) -> str | None:
     """Why to stop growing for the dense path (see :mod:`.dense`), or ``None``."""
     latest, krylov, pilot = growth.latest, growth.krylov, growth.pilot
     assert latest is not None
@@ -270,7 +267,6 @@ def _dense_pays(
         latest.counted,
         (pilot.count, pilot.stderr),
         block=plan.block,
-        harvesting=harvesting,
     )
 
 
