@@ -509,3 +509,21 @@ def test_a_count_under_the_pilots_estimate_does_not_switch_for_growing():
     assert dense_is_cheaper(run, n, 768, 736, pilot, block=32) is None
     reason = dense_is_cheaper(run, n, 1120, 1100, pilot, block=32)
     assert reason is not None and "passed the pilot's 960" in reason
+
+
+def test_the_pilot_follows_a_growing_count_only_while_it_could_reach_the_dense_rule():
+    """The pilot's stopping rule on the counts its quadrature printed (4 probes): the
+    trained MLP's Hessian (n = 17,610; 12,536 above τ) grows faster after 16 steps and
+    is followed to 128 steps; a gapped rank of 300 over four decades (n = 6000) grows
+    slower and stops at 32, where its growth cannot reach n/8 by the last step."""
+    from matrank.estimators.lanczos.pilot import _enough
+
+    checks = [8, 16, 32, 64]
+    mlp = [70.0, 164.3, 727.8, 2189.0]
+    for k in range(1, len(mlp) + 1):
+        assert not _enough(mlp[:k], 17610, 128, checks)
+    gapped = [179.7, 218.2, 258.6]
+    assert not _enough(gapped[:2], 6000, 93, checks)  # one ratio is too short to judge
+    assert _enough(gapped, 6000, 93, checks)
+    assert _enough([50.0, 51.0], 6000, 93, checks)  # converged
+    assert _enough([3000.0, 9000.0], 17610, 128, checks)  # half of n: dense

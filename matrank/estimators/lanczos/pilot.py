@@ -5,7 +5,9 @@ node at zero, so that exact zeros count as zeros) estimate the count at the thre
 the run will use, to within ``sqrt(2r(1 − r/n)/4)`` plus the quadrature's bias:
 eigenvalues near zero (an indefinite Hessian) share the zero node at first, so where
 the dense path is possible the steps double (to 128, at most ``n/16`` products) while
-the count still grows by a tenth. That is enough to choose where the work goes:
+the count still grows by a tenth -- past 32 steps only while that growth could still
+reach an eighth of ``n`` by the last step (:func:`_enough`). That is enough to choose
+where the work goes:
 
 - **dense**: a rank of at least half of ``n`` (``n ≤ dense_max``) needs a Krylov basis
   of ``r`` to ``2r`` columns, whose orthogonalization costs more than ``n`` products and
@@ -110,12 +112,8 @@ def run_pilot(
         return mean, stderr, cut
 
     def enough(nodes: torch.Tensor, weights: torch.Tensor) -> bool:
-        # the rule of 8 steps only tells whether the count grows by 16 (free: the
-        # first 8 of 16 steps' coefficients); a gapless spectrum's count keeps growing,
-        # twentyfold from 16 to 128 steps (the module notes)
         counts.append(count_of(nodes, weights))
-        grew = len(counts) > 1 and counts[-1][0] > 1.1 * counts[-2][0]
-        return len(counts) > 1 and (counts[-1][0] >= DENSE_FRACTION * n or not grew)
+        return _enough([c[0] for c in counts], n, most, checks)
 
     def product(block: torch.Tensor) -> torch.Tensor:
         image = meter.hvp(block)
@@ -131,11 +129,35 @@ def run_pilot(
     spent = meter.matvecs - before
     run.bar.update(spent)
     count, stderr, cut = count_of(nodes, weights)
-    growing = bool(counts) and count > 1.1 * counts[-1][0]
+    # still growing at the last comparison: the final rule against the last check's,
+    # or (stopped at a check) that check's against the one before
+    means = [c[0] for c in counts] + ([] if counts and count == counts[-1][0] else [count])
+    growing = len(means) > 1 and means[-1] > 1.1 * means[-2]
     path, start = _choose(count, stderr, growing, n, dense_max, block, max_basis)
     if record is not None and path != "range start":
         record.clear()
     return Pilot(count, stderr, cut, spent, path, start, growing)
+
+
+def _enough(counts: list[float], n: int, most: int, checks: list[int]) -> bool:
+    """Whether the pilot's quadrature stops at this check (``counts``: the count at
+    each check so far, the steps of ``checks``).
+
+    The rule of 8 steps only tells whether the count grows by 16 (free: the first 8 of
+    16 steps' coefficients). A count that grows goes on to 32 steps, then while its
+    latest growth could still reach the dense rule's eighth of ``n`` by the last step:
+    a gapless spectrum's count grows faster after 16 steps than before (the trained
+    MLP's Hessian: 164, 728, 2189, 3950 at 16 to 128 steps), a gapped one's slower (a
+    rank of 300 over four decades: 218, 259, 291)."""
+    if len(counts) < 2:
+        return False
+    count, before = counts[-1], counts[-2]
+    if count >= DENSE_FRACTION * n or count <= 1.1 * before:
+        return True
+    if len(counts) < 3:
+        return False
+    doublings = math.log2(most / checks[len(counts) - 1])
+    return bool(count * (count / before) ** doublings < UNRESOLVED_FRACTION * n)
 
 
 def _choose(
