@@ -214,6 +214,27 @@ def _is_small(residual: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -
     return bool(residual <= 1e3 * eps * scale + torch.finfo(dtype).tiny)
 
 
+def _rounding(
+    pull: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    probe: torch.Tensor,
+    direct: torch.Tensor,
+    generator: torch.Generator,
+    shape: torch.Size,
+) -> torch.Tensor:
+    """How far ``Λ``'s product fails to be linear at ``probe`` (``direct``, its image;
+    ``pull``: the product, on tensors of the outputs' ``shape``): a pure rounding
+    measure of the same pullback. Rounding in ``Λ``'s products is relative to the
+    terms they are built from, which can exceed ``Λ`` by orders (cross-entropy at near
+    one-hot outputs: terms O(1), ``Λ`` O(1 − p)), where ``‖Λ‖`` alone would refuse a
+    mean loss as coupled."""
+    other = torch.randn(probe.shape, generator=generator, device=probe.device)
+    other = other.to(probe.dtype)
+    failure = (
+        pull((probe + other).reshape(shape))[0] - pull(other.reshape(shape))[0]
+    ).reshape(probe.shape) - direct
+    return torch.linalg.vector_norm(failure)
+
+
 class TorchGGN(_OutputCurvature):
     """The generalised Gauss–Newton matrix ``JᵀΛJ`` of a model's loss at its weights.
 
@@ -282,20 +303,10 @@ class TorchGGN(_OutputCurvature):
         scale = torch.linalg.matrix_norm(blocks.reshape(m * outputs, outputs)) * (
             torch.linalg.vector_norm(probe)
         )
-        # Rounding in Λ's products is relative to the terms they are built from, which
-        # can exceed Λ by orders (cross-entropy at near one-hot outputs: terms O(1), Λ
-        # O(1 − p)); the failure of linearity, a pure rounding measure of the same
-        # pullback, scales the tolerance where ‖Λ‖ alone would refuse a mean loss.
-        other = torch.randn(m, outputs, generator=generator, device=output.device).to(
-            output.dtype
-        )
-        linearity = (
-            pull_gradient((probe + other).reshape(output.shape))[0]
-            - pull_gradient(other.reshape(output.shape))[0]
-        ).reshape(m, outputs) - direct
         residual = torch.linalg.vector_norm(direct - through)
-        rounding = 100 * torch.linalg.vector_norm(linearity)
-        if residual > rounding and not _is_small(residual, scale, output.dtype):
+        if not _is_small(residual, scale, output.dtype) and residual > 100 * _rounding(
+            pull_gradient, probe, direct, generator, output.shape
+        ):
             raise DualFormError(
                 message(
                     "loss_fn",

@@ -109,8 +109,8 @@ class LanczosRank:
     (``n ≤ dense_max``), the count switches to the dense path when that, timed from the
     run's own products and a calibrated ``eigvalsh``, costs less than the cheapest
     certified Krylov count still could (a basis of at least the pilot's estimate), or
-    (a basis past
-    the expected one, a spectrum without a gap at τ) a share ``STALLED_SHARE``, or (a
+    (a basis past the expected one, a spectrum without a gap at τ) a share
+    ``STALLED_SHARE``, or (a
     count past the pilot's estimate by three standard errors and a block: a spectrum
     the pilot's quadrature could not resolve) once the run's whole time reaches
     ``UNRESOLVED_SHARE`` (10 %) of it; the reason is ``diagnostics["dense_reason"]``. Without a pilot,
@@ -216,18 +216,17 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
     pilot = growth.pilot
     if pilot is not None and pilot.path == "dense" and growth.latest is None:
         if affordable(run, plan.n, plan.max_matvecs):
-            growth.dense_reason = (
-                f"the pilot counted {pilot.count:.0f} ± {pilot.stderr:.2g}, at least half "
-                f"of n = {plan.n}: a Krylov basis of r to 2r costs more than n products "
-                "and eigvalsh"
+            why = (
+                f", at least half of n = {plan.n}: a Krylov basis of r to 2r"
+                if pilot.count >= DENSE_FRACTION * plan.n
+                else f" of n = {plan.n}, still growing with its quadrature's steps: a "
+                "spectrum unresolved at τ, whose Krylov count must resolve every Ritz "
+                "value near τ and"
             )
-            if pilot.growing and pilot.count < DENSE_FRACTION * plan.n:
-                growth.dense_reason = (
-                    f"the pilot counted {pilot.count:.0f} ± {pilot.stderr:.2g} of n = "
-                    f"{plan.n}, still growing with its quadrature's steps: a spectrum "
-                    "unresolved at τ, whose Krylov count must resolve every Ritz value "
-                    "near τ and costs more than n products and eigvalsh"
-                )
+            growth.dense_reason = (
+                f"the pilot counted {pilot.count:.0f} ± {pilot.stderr:.2g}{why} costs "
+                "more than n products and eigvalsh"
+            )
             return dense_count(
                 run, plan.threshold, krylov, plan.block, growth.diagnostics()
             )

@@ -130,8 +130,10 @@ def run_pilot(
     run.bar.update(spent)
     count, stderr, cut = count_of(nodes, weights)
     # still growing at the last comparison: the final rule against the last check's,
-    # or (stopped at a check) that check's against the one before
-    means = [c[0] for c in counts] + ([] if counts and count == counts[-1][0] else [count])
+    # or (stopped at a check: its rule returned) that check's against the one before
+    means = [c[0] for c in counts]
+    if nodes.shape[1] - 1 not in checks:  # the Radau rule of `steps` has steps + 1 nodes
+        means.append(count)
     growing = len(means) > 1 and means[-1] > 1.1 * means[-2]
     path, start = _choose(count, stderr, growing, n, dense_max, block, max_basis)
     if record is not None and path != "range start":
