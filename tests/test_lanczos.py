@@ -11,6 +11,7 @@ from hypothesis import given, settings
 import matrank
 from matrank.numerics.krylov import BlockKrylov, spectral_bounds
 from matrank.numerics.quadrature import lanczos_quadrature
+from matrank.numerics.threshold import plateau_threshold
 from matrank.numerics.trace import mean_and_stderr, probe_block
 from matrank.testing import (
     catalogue,
@@ -450,6 +451,32 @@ def test_a_gaussian_test_lowers_the_floor_from_the_resolution_to_eta():
     below = matrank.LanczosRank(threshold=1e-13).estimate(operator, seed=0)
     assert below.status is matrank.Status.BELOW_RESOLUTION
     assert not below.status.converged and "threshold=" in below.status.value
+
+
+def test_a_lowest_plateau_cut_short_by_the_resolution_is_tested_down_to_rounding():
+    """The smallest eigenvalue, 4e-4, lies 3.4 decades under the rest and 5.9 above the
+    Krylov resolution: the plateau under it competes with the gap above it (within a
+    factor 2), so without the Gaussian tests the count is AMBIGUOUS_PLATEAU. Down to
+    the noise floor (8.9e-12) the plateau spans 7.7 decades, the gap above no longer
+    competes, and the count, 51, is what the dense eigendecomposition says (a deep
+    linear net at d = 32, seed 0, where the lone smallest eigenvalue sits this way)."""
+    import scipy.sparse.linalg
+
+    n = 20000
+    spectrum = np.zeros(n)
+    spectrum[:50] = np.linspace(1.0, 2.0, 50)
+    spectrum[50] = 4e-4
+    operator = scipy.sparse.linalg.aslinearoperator(scipy.sparse.diags(spectrum))
+    # the dense answer: the plateau rule on the eigenvalues above numpy's floor
+    dense = plateau_threshold(spectrum, 2.0 * n * np.finfo(np.float64).eps)
+    assert not dense.ambiguous and (spectrum > dense.threshold).sum() == 51
+    result = matrank.LanczosRank().estimate(operator, seed=0)
+    assert result.status is matrank.Status.CONVERGED, result.status
+    assert result.rank == (spectrum > result.threshold).sum() == 51
+    sharpened = result.diagnostics.sharpened
+    assert sharpened is not None and sharpened["eta"] < 1e-10
+    assert result.diagnostics.plateau["runner_up_count"] is None
+    assert result.cost["matvecs"] <= 64 + 2 * 51 + 200
 
 
 def test_a_basis_that_spans_the_space_applies_nothing_more():

@@ -86,7 +86,10 @@ class LanczosRank:
     about ``53·n·eps·‖A‖`` at 32 columns -- 53 times numpy's floor. Below it a count
     can miss eigenvalues and still look certain (measured: ``benchmarks/README.md``,
     ``curvature_ranks.py``), so the floor is raised to it. A basis of all of ``R^n``
-    has no resolution limit.
+    has no resolution limit. Where the resolution may decide the count (a threshold
+    under it, Ritz values between it and the noise floor, or a lowest plateau cut
+    short by it), ten-column Gaussian tests of the basis lower it to about the
+    rounding of one product (:mod:`.sharpen`).
 
     ``verify_steps=None`` takes the fewest ``s`` with ``g^s ≥ 10·sqrt(n/block_size)``,
     ``g = τ/(largest uncounted |θ|)``: a hidden eigenvalue above ``τ``, amplified

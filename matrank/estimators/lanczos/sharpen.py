@@ -18,8 +18,10 @@ finds it counted; a residual of full rank (a band of more than ten directions th
 basis has not reached) ends the tests, one block spent.
 
 It runs after a certified Krylov count, and only where the resolution could have hidden
-something: a threshold ``'floor'`` or below the resolution, or Ritz values between the
-noise floor and the resolution.
+something: a threshold ``'floor'`` or below the resolution, Ritz values between the
+noise floor and the resolution, or a plateau choice that a lower floor would change
+(the lowest plateau ends at the resolution, and reaching down to the noise floor it
+would win or stop competing).
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..._run import Run
 from ...numerics.counting import Assessment
 from ...numerics.sketch import HMT_FACTOR, TEST_COLUMNS
-from ...numerics.threshold import noise_floor, resolve_threshold
+from ...numerics.threshold import noise_floor, plateau_threshold, resolve_threshold
 from .grow import Growth
 from .plan import LanczosPlan
 
@@ -50,9 +53,28 @@ def wanted(plan: LanczosPlan, latest: Assessment) -> bool:
     option = plan.threshold
     if option == "floor" or (isinstance(option, float | int) and option < latest.floor):
         return True
+    if option is not None:
+        return False
     magnitudes = latest.values.abs()
-    return option is None and bool(
-        ((magnitudes > noise) & (magnitudes <= latest.floor)).any()
+    if bool(((magnitudes > noise) & (magnitudes <= latest.floor)).any()):
+        return True
+    return _floor_decides(magnitudes.numpy(), latest, noise)
+
+
+def _floor_decides(magnitudes: np.ndarray, latest: Assessment, noise: float) -> bool:
+    """Whether the plateau rule's answer hangs on the resolution: its lowest plateau,
+    from the smallest counted magnitude down to the floor, would change the count or
+    its ambiguity were it to reach the noise floor (a count of d² of a deep linear net
+    whose smallest eigenvalue lies 2 decades above the resolution but 4 above
+    rounding, ambiguous against the gap above it until the floor drops)."""
+    choice = latest.choice
+    seen = magnitudes[magnitudes > latest.floor]
+    if choice is None or seen.size == 0:
+        return False
+    lowest = plateau_threshold(seen, noise)
+    return (lowest.ambiguous, int((seen > lowest.threshold).sum())) != (
+        choice.ambiguous,
+        latest.counted,
     )
 
 
