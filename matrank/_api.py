@@ -15,6 +15,7 @@ from ._diagnostics import diagnostics_for
 from ._dual import DualFormError, dual_form
 from ._meter import Cost
 from ._oracle import Capability, Oracle, agree, as_oracle, collective, materialize
+from ._primal import AUTO_DENSE_SECONDS, calibrated, operator_route, recall, remember
 from ._result import RankResult
 from ._run import run_identity
 from ._validation import (
@@ -57,11 +58,6 @@ ESTIMATORS: dict[str, type] = {
 #: takes a few seconds on two cores and is exact.
 AUTO_EXACT_MAX_DIM = 4096
 
-#: An operator's dense path (``n`` products and one ``eigvalsh``) is taken by ``"auto"``
-#: when a timing of one product block says it costs at most this many seconds; beyond,
-#: the certified Krylov count, whose cost grows with the rank instead of ``n``.
-AUTO_DENSE_SECONDS = 2.0
-
 #: A curvature that is a Gram matrix ``BᵀB`` (:func:`matrank.dual_form`) with ``m < n``
 #: rows is counted by ``"auto"`` on its ``m × m`` dual when that is predicted to cost
 #: less than the dense path (rows timed by the adapter, ``BBᵀ`` and ``eigvalsh`` from
@@ -69,8 +65,6 @@ AUTO_DENSE_SECONDS = 2.0
 #: size rule: the dual when ``m`` is at most this (one ``eigvalsh`` of at most a minute
 #: on two cores).
 AUTO_DUAL_MAX_DIM = 8192
-
-_TIMING_COLUMNS = 32
 
 
 def auto_method(oracle: Oracle) -> tuple[str, str]:
@@ -85,7 +79,7 @@ def auto_method(oracle: Oracle) -> tuple[str, str]:
 
 
 def _auto(
-    oracle: Oracle, key: Any = None
+    oracle: Oracle, key: Any = None, threshold: Any = None, seed: int | None = None
 ) -> tuple[str, dict[str, float], str, bool | None]:
     """:func:`auto_method`, what its timings spent (``matvecs``, ``gradients``; ``key``:
     the object whose calibration is recorded, the oracle itself by default), and
@@ -103,7 +97,9 @@ def _auto(
         if takes:
             return "exact", spent, why, True
         no_dual, weighed = why, False
-    method, timed, reason = _primal(oracle, key, no_dual or _no_dual(form, oracle.dim))
+    method, timed, reason = _primal(
+        oracle, key, no_dual or _no_dual(form, oracle.dim), threshold, seed
+    )
     spent["matvecs"] += timed
     return method, spent, reason, weighed
 
@@ -145,7 +141,7 @@ def _weigh_dual(
         )
     if Capability.HVP not in oracle.capabilities:
         return True, f"{dual_route}; no products, so no other exact route"
-    calibration, timed = _calibrated(oracle, key)
+    calibration, timed = calibrated(oracle, key)
     spent["matvecs"] += timed
     dense = float(agree(oracle, n * calibration["product_seconds"] + floor))
     if dual <= dense:
@@ -165,32 +161,18 @@ _ROW_TIMINGS: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary(
 
 def _timed_rows(form: Any, key: Any, spent: dict[str, float]) -> float:
     """Predicted seconds of a dual's rows, timed once per object (``key``)."""
-    known = _recall(_ROW_TIMINGS, key)
+    known = recall(_ROW_TIMINGS, key)
     if known is not None:
         return known
     seconds, gradients = form.time_rows()
     spent["gradients"] += gradients
-    _remember(_ROW_TIMINGS, key, seconds)
+    remember(_ROW_TIMINGS, key, seconds)
     return seconds
 
 
-def _recall(table: weakref.WeakKeyDictionary[Any, Any], key: Any) -> Any:
-    """What ``table`` holds for ``key``; ``None`` when nothing, or when ``key`` cannot
-    be weakly referenced (then every call measures afresh)."""
-    try:
-        return table.get(key)
-    except TypeError:
-        return None
-
-
-def _remember(table: weakref.WeakKeyDictionary[Any, Any], key: Any, value: Any) -> None:
-    try:
-        table[key] = value
-    except TypeError:  # not weakly referable
-        pass
-
-
-def _primal(oracle: Oracle, key: Any, no_dual: str) -> tuple[str, int, str]:
+def _primal(
+    oracle: Oracle, key: Any, no_dual: str, threshold: Any, seed: int | None
+) -> tuple[str, int, str]:
     """The route when the dual is not taken, the products timing it spent, and why."""
     if Capability.HVP in oracle.capabilities:
         n = oracle.dim
@@ -215,34 +197,7 @@ def _primal(oracle: Oracle, key: Any, no_dual: str) -> tuple[str, int, str]:
                     "eigendecomposition is exact and fast"
                 ),
             )
-        calibration, timed = _calibrated(oracle, key)
-        dense = n * calibration["product_seconds"] + calibration["eigh_seconds"]
-        dense = float(agree(oracle, dense))  # every rank of a data-parallel oracle
-        how = (
-            "the calibration kept for this operator"
-            if timed == 0
-            else "timed on the second of two blocks of products, the first a warm-up"
-        )
-        if dense <= AUTO_DENSE_SECONDS:
-            return (
-                "exact",
-                timed,
-                (
-                    f"dimension {n} <= {AUTO_EXACT_MAX_DIM}, an operator whose {n} products "
-                    f"and eigendecomposition take about {dense:.2g} s ({how}; "
-                    f"{calibration['product_seconds']:.3g} s a product){no_dual}: exact"
-                ),
-            )
-        return (
-            "lanczos",
-            timed,
-            (
-                f"dimension {n}, an operator whose dense path would take about {dense:.2g} s "
-                f"(> {AUTO_DENSE_SECONDS:g} s; {how}; "
-                f"{calibration['product_seconds']:.3g} s a product){no_dual}: block Krylov "
-                "counting, whose cost follows the rank"
-            ),
-        )
+        return operator_route(oracle, key, no_dual, threshold, seed)
     if Capability.GRAD in oracle.capabilities:
         return (
             "langevin",
@@ -265,40 +220,6 @@ def _no_dual(form: Any, n: int) -> str:
     if form.size >= n:
         return f" and a dual of {form.size} rows, no fewer than n"
     return f" and a dual of {form.size} rows, above AUTO_DUAL_MAX_DIM = {AUTO_DUAL_MAX_DIM}"
-
-
-# The calibration of an operator's products, kept per operator for the life of the
-# object, so that the same operator gets the same route on every call of a session.
-_CALIBRATIONS: weakref.WeakKeyDictionary[Any, dict[str, float]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
-    """Seconds a product and an ``n × n`` ``eigvalsh`` take (the latter predicted by
-    :mod:`matrank._costs`), and the products spent
-    timing them: two blocks, the first a warm-up (tracing, caches, thread start-up:
-    1.9 s against 3 ms for the next block of a 275-parameter GGN), the second timed.
-    Recorded for ``key`` (the object the user passed), so that a later call on it
-    reuses the numbers and takes the same route."""
-    known = _recall(_CALIBRATIONS, key)
-    if known is not None:
-        return known, 0
-    n = oracle.dim
-    columns = min(_TIMING_COLUMNS, n)
-    block = torch.zeros(n, columns, dtype=oracle.dtype, device=oracle.device)
-    block[:columns] = torch.eye(columns, dtype=oracle.dtype, device=oracle.device)
-    with torch.no_grad():
-        oracle.hvp(block)
-        start = _clock.now()
-        oracle.hvp(block)
-        seconds = _clock.now() - start
-    calibration = {
-        "product_seconds": seconds / columns,
-        "eigh_seconds": eigvalsh_seconds(n),
-    }
-    _remember(_CALIBRATIONS, key, calibration)
-    return calibration, 2 * columns
 
 
 def estimate_rank(
@@ -371,16 +292,21 @@ def estimate_rank(
     routes wins; a low-rank curvature with a gap may still count cheaper by Krylov
     (``method="lanczos"``). A dual of more than ``DENSE_MAX`` rows does not fit memory;
     an adapter that cannot time its rows is taken at ``m <= AUTO_DUAL_MAX_DIM``.
-    Products with H available and ``n <= 4096`` -> ``"exact"`` for
-    an explicit matrix, and for an operator whose dense path (``n`` products and an
-    ``eigvalsh``) is predicted to take at most ``AUTO_DENSE_SECONDS``. The prediction
-    comes from a calibration: the second of two blocks of 32 products timed (the first
-    is a warm-up), and ``eigvalsh`` timed at the power of two at or below ``n`` (256 to
-    2048, :mod:`matrank._costs`) and scaled by ``n³``; its
-    products are counted in ``cost``, and it is recorded for the object passed, so that
-    later calls on the same operator reuse it and take the same route (a new process
-    calibrates afresh: a machine under other load may then route an operator near the
-    boundary differently -- pass ``method=`` to pin it). Both routes count right at the
+    Products with H available and ``n <= 4096`` -> ``"exact"`` for an explicit matrix.
+    For an operator the dense path (``n`` products and an ``eigvalsh``) and the Krylov
+    count are priced in seconds on one model (:mod:`matrank._primal`): a calibration
+    times the second of two blocks of 32 products (the first is a warm-up), and
+    ``eigvalsh`` is timed at the power of two at or below ``n`` (256 to 2048,
+    :mod:`matrank._costs`) and scaled by ``n³``; a dense path of at most
+    ``AUTO_DENSE_SECONDS`` is taken at once, else the Lanczos count's pilot (four
+    probes of quadrature, 64 products at first) estimates the rank ``r`` and the Krylov
+    count is priced at about ``2r + 128`` products with their orthogonalization; the
+    cheaper wins (a count the pilot cannot resolve at ``τ``, or of half of ``n``, goes
+    dense). Their products are counted in ``cost``, and the calibration is recorded
+    for the object passed, so that later calls on the same operator reuse it and take
+    the same route (a new process calibrates afresh: a machine under other load may
+    then route an operator near the boundary differently -- pass ``method=`` to pin
+    it). Both routes count right at the
     threshold they report. Otherwise ``"lanczos"``; gradients only -> ``"langevin"``;
     loss values only -> ``"evolution"``.
 
@@ -402,7 +328,9 @@ def estimate_rank(
     reason, probe_spent, probe_seconds = None, {"matvecs": 0, "gradients": 0.0}, 0.0
     if method == "auto":
         start = _clock.now()
-        method, probe_spent, reason, dual = _auto(oracle, obj)
+        method, probe_spent, reason, dual = _auto(
+            oracle, obj, options.get("threshold"), seed
+        )
         probe_seconds = _clock.now() - start
         if method == "exact" and dual is not None:
             # a dual taken runs as dual=None (m < n already holds), so that one whose

@@ -468,8 +468,45 @@ def test_auto_counts_an_expensive_operator_by_krylov_and_says_why(clock):
     result = matrank.estimate_rank(kronecker_operator(clock), seed=0)
     assert result.method == "lanczos" and result.rank == 77
     reason = result.diagnostics.auto
-    assert "the first a warm-up" in reason and "dense path would take" in reason
-    assert result.cost["matvecs"] < 3600  # the dense path's n products were not spent
+    assert "the first a warm-up" in reason and "the pilot counted 78" in reason
+    assert "a Krylov count of about" in reason and "less: block Krylov" in reason
+    # the dense path's n products were not spent; the calibration's 64 and the pilot's
+    # were, and are counted
+    assert 64 + 64 + 173 <= result.cost["matvecs"] < 3600 / 4
+
+
+def _costly(clock, matrix):
+    import scipy.sparse.linalg
+
+    def matvec(vector):
+        clock.advance(1e-3)
+        return matrix @ vector
+
+    return scipy.sparse.linalg.LinearOperator(
+        matrix.shape, matvec=matvec, rmatvec=matvec, dtype=np.float64
+    )
+
+
+def test_auto_prices_the_krylov_count_against_the_dense_path_on_one_model(clock):
+    """Both routes in the suite clock's seconds: 1 ms a product, so the n products
+    (0.6 s) dominate the dense path. A rank of 250 of 600 needs a Krylov basis of
+    about 2r + 128 ≥ n products: exact. A count the pilot sees still growing with its
+    steps from an eighth of n (a gapless spectrum) goes dense too; rank 20 of 600 is
+    counted by Krylov for about 170 products beside the pilot's."""
+    projector = matrank.testing.projector(600, 250, seed=0)
+    result = matrank.estimate_rank(_costly(clock, projector), seed=0)
+    assert result.method == "exact" and result.rank == 250
+    reason = result.diagnostics.auto
+    assert "the pilot counted 270" in reason and "600 products" in reason
+    assert reason.endswith("no less: exact")
+    gapless = np.diag(np.geomspace(1.0, 1e-9, 600))
+    result = matrank.estimate_rank(_costly(clock, gapless), seed=0)
+    assert result.method == "exact" and "still growing" in result.diagnostics.auto
+    low = rotated_spectrum(600, 20, seed=0)
+    result = matrank.estimate_rank(_costly(clock, low), seed=0)
+    assert result.method == "lanczos" and result.rank == 20
+    assert "less: block Krylov counting" in result.diagnostics.auto
+    assert result.cost["matvecs"] < 600  # calibration, pilot and basis together
 
 
 def test_auto_reuses_an_operators_calibration_and_keeps_its_route(clock):

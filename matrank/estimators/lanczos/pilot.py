@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -38,7 +39,7 @@ from ...numerics.quadrature import lanczos_quadrature
 from ...numerics.threshold import noise_floor, resolve_threshold
 from ...numerics.trace import mean_and_stderr, probe_block
 
-__all__ = ["PILOT_MIN_DIM", "Pilot", "run_pilot"]
+__all__ = ["PILOT_MIN_DIM", "Pilot", "quadrature_count", "run_pilot"]
 
 #: Smallest ``n`` the pilot runs at (``auto``'s dense limit): below it the dense path
 #: takes seconds and the Krylov count its own switch (a third of ``n`` explored, nine
@@ -81,22 +82,57 @@ def run_pilot(
     ``record``: a list the products join as ``(V, HV)`` pairs, kept for a range start
     (emptied when the path is another).
     """
-    meter, generator = run.meter, run.generator
-    n = meter.dim
-    probes = probe_block(
-        n,
-        _PROBES,
-        kind="sphere",
-        generator=generator,
+    meter = run.meter
+
+    def product(block: torch.Tensor) -> torch.Tensor:
+        image = meter.hvp(block)
+        if record is not None:
+            record.append((block.clone(), image))
+        return image
+
+    before = meter.matvecs
+    count, stderr, cut, growing = quadrature_count(
+        product,
+        meter.dim,
+        threshold,
+        eps,
+        generator=run.generator,
         dtype=meter.dtype,
         device=meter.device,
+        grow=meter.dim <= dense_max,
     )
-    dense_possible = n <= dense_max
+    spent = meter.matvecs - before
+    run.bar.update(spent)
+    n = meter.dim
+    path, start = _choose(count, stderr, growing, n, dense_max, block, max_basis)
+    if record is not None and path != "range start":
+        record.clear()
+    return Pilot(count, stderr, cut, spent, path, start, growing)
+
+
+def quadrature_count(
+    product: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    threshold: float | str | None,
+    eps: float,
+    *,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+    grow: bool,
+) -> tuple[float, float, float, bool]:
+    """The pilot's estimate: four sphere probes of Gauss–Radau quadrature (a node at
+    zero), 16 steps, doubled to at most ``n/16`` products while the count still grows
+    (``grow``: where the dense path is possible; :func:`_enough`). Returns the count at
+    the threshold (``threshold``, or the plateau rule on the nodes), its standard error
+    over the probes, that threshold, and whether the count still grew by a tenth at the
+    last doubling (a spectrum unresolved at ``τ``)."""
+    probes = probe_block(
+        n, _PROBES, kind="sphere", generator=generator, dtype=dtype, device=device
+    )
     # Near-zero eigenvalues (an indefinite Hessian) share the zero node's weight at
-    # few steps: the count grows with the steps. Where the dense path is possible the
-    # steps double while the count grows by a tenth (and is not far from the dense
-    # fraction), up to 1/16 of n products.
-    most = max(_STEPS, min(_MOST_STEPS, n // (16 * _PROBES))) if dense_possible else _STEPS
+    # few steps: the count grows with the steps.
+    most = max(_STEPS, min(_MOST_STEPS, n // (16 * _PROBES))) if grow else _STEPS
     counts: list[tuple[float, float, float]] = []
 
     def count_of(nodes: torch.Tensor, weights: torch.Tensor) -> tuple[float, float, float]:
@@ -115,19 +151,10 @@ def run_pilot(
         counts.append(count_of(nodes, weights))
         return _enough([c[0] for c in counts], n, most, checks)
 
-    def product(block: torch.Tensor) -> torch.Tensor:
-        image = meter.hvp(block)
-        if record is not None:
-            record.append((block.clone(), image))
-        return image
-
-    before = meter.matvecs
     checks = [steps for steps in (8, 16, 32, 64) if steps < most]
     nodes, weights = lanczos_quadrature(
         product, probes, most, fixed_node=0.0, enough=enough, checks=checks
     )
-    spent = meter.matvecs - before
-    run.bar.update(spent)
     count, stderr, cut = count_of(nodes, weights)
     # still growing at the last comparison: the final rule against the last check's,
     # or (stopped at a check: its rule returned) that check's against the one before
@@ -135,10 +162,7 @@ def run_pilot(
     if nodes.shape[1] - 1 not in checks:  # the Radau rule of `steps` has steps + 1 nodes
         means.append(count)
     growing = len(means) > 1 and means[-1] > 1.1 * means[-2]
-    path, start = _choose(count, stderr, growing, n, dense_max, block, max_basis)
-    if record is not None and path != "range start":
-        record.clear()
-    return Pilot(count, stderr, cut, spent, path, start, growing)
+    return count, stderr, cut, growing
 
 
 def _enough(counts: list[float], n: int, most: int, checks: list[int]) -> bool:

@@ -1,0 +1,157 @@
+"""``auto``'s route for a matrix known by its products: the dense path or the Krylov count.
+
+Both are priced in seconds on one model. The dense path costs ``n`` products and one
+``eigvalsh`` (a timed block of products, :mod:`matrank._costs`). The Krylov count
+costs what its basis needs: for a rank ``r`` with a gap, about ``2r`` products and
+four blocks more (the catalogue's counts lie at ``0.1–1.0 × (2r + 200)``), and its
+orthogonalization (each new block against the basis, twice: ``2·k²·n``
+multiply-adds at the product rate of :mod:`matrank._costs`) and Ritz problems. ``r`` comes
+from the Lanczos count's own pilot (:func:`~matrank.estimators.lanczos.pilot.quadrature_count`:
+four probes of quadrature, 64 products at first), which also tells a spectrum the
+quadrature cannot resolve at ``τ`` (a count still growing with the steps, from an
+eighth of ``n``): a Krylov count must resolve every Ritz value near ``τ`` there and
+ends on the dense path, so that goes dense at once. Above ``AUTO_EXACT_MAX_DIM`` the
+Lanczos count prices itself (its pilot and switch); below it the choice is made here.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+import torch
+
+from . import _clock
+from ._costs import eigvalsh_seconds, gram_seconds
+from ._oracle import Oracle, agree, input_eps
+from .estimators.lanczos.pilot import DENSE_FRACTION, UNRESOLVED_FRACTION, quadrature_count
+
+__all__ = ["AUTO_DENSE_SECONDS", "calibrated", "operator_route"]
+
+#: An operator's dense path (``n`` products and one ``eigvalsh``) predicted to take at
+#: most this many seconds is taken by ``"auto"`` without pricing a Krylov count: the
+#: pilot's products and the Krylov count's fixed costs (its assessments, Python per
+#: block) would be a share of it.
+AUTO_DENSE_SECONDS = 0.25
+
+_TIMING_COLUMNS = 32
+# The pilot's products at first, and the Krylov count's blocks beyond 2r.
+_PILOT_PRODUCTS, _KRYLOV_EXTRA = 64, 128
+
+
+def operator_route(
+    oracle: Oracle, key: Any, no_dual: str, threshold: Any, seed: int | None
+) -> tuple[str, int, str]:
+    """``"exact"`` or ``"lanczos"`` for an operator of ``n ≤ AUTO_EXACT_MAX_DIM``, the
+    products the choice spent, and why."""
+    n = oracle.dim
+    calibration, timed = calibrated(oracle, key)
+    seconds = calibration["product_seconds"]
+    dense = float(agree(oracle, n * seconds + calibration["eigh_seconds"]))
+    how = (
+        "the calibration kept for this operator"
+        if timed == 0
+        else "timed on the second of two blocks of products, the first a warm-up"
+    )
+    head = (
+        f"dimension {n}, an operator whose {n} products and eigendecomposition take "
+        f"about {dense:.2g} s ({how}; {seconds:.3g} s a product){no_dual}"
+    )
+    if dense <= AUTO_DENSE_SECONDS or n <= _PILOT_PRODUCTS + _KRYLOV_EXTRA:
+        return "exact", timed, f"{head}: exact, too cheap to price a Krylov count"
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    spent = [0]
+
+    def product(block: torch.Tensor) -> torch.Tensor:
+        spent[0] += block.shape[1]
+        return oracle.hvp(block)
+
+    with torch.no_grad():
+        count, stderr, _, growing = quadrature_count(
+            product,
+            n,
+            threshold if isinstance(threshold, float | int | str) else None,
+            input_eps(oracle),
+            generator=generator,
+            dtype=oracle.dtype,
+            device=oracle.device,
+            grow=True,
+        )
+    count, stderr = float(agree(oracle, count)), float(agree(oracle, stderr))
+    timed += spent[0]
+    pilot = f"; the pilot counted {count:.0f} ± {stderr:.2g} ({spent[0]} products)"
+    if bool(agree(oracle, growing)) and count >= UNRESOLVED_FRACTION * n:
+        return (
+            "exact",
+            timed,
+            (
+                f"{head}{pilot}, still growing with its quadrature's steps: a spectrum "
+                "unresolved at τ, whose Krylov count ends on the dense path: exact"
+            ),
+        )
+    if count >= DENSE_FRACTION * n:
+        return "exact", timed, f"{head}{pilot}, at least half of n: exact"
+    products = min(n, math.ceil(2 * (count + 2 * stderr)) + _KRYLOV_EXTRA)
+    krylov = float(
+        agree(
+            oracle,
+            products * seconds
+            + 2 * gram_seconds(products, n)
+            + 2 * eigvalsh_seconds(products),
+        )
+    )
+    priced = f"{pilot}: a Krylov count of about {products} products, {krylov:.2g} s"
+    if krylov < dense:
+        return "lanczos", timed, f"{head}{priced}, less: block Krylov counting"
+    return "exact", timed, f"{head}{priced}, no less: exact"
+
+
+# The calibration of an operator's products, kept per operator for the life of the
+# object, so that the same operator gets the same route on every call of a session.
+_CALIBRATIONS: weakref.WeakKeyDictionary[Any, dict[str, float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
+    """Seconds a product and an ``n × n`` ``eigvalsh`` take (the latter predicted by
+    :mod:`matrank._costs`), and the products spent
+    timing them: two blocks, the first a warm-up (tracing, caches, thread start-up:
+    1.9 s against 3 ms for the next block of a 275-parameter GGN), the second timed.
+    Recorded for ``key`` (the object the user passed), so that a later call on it
+    reuses the numbers and takes the same route."""
+    known = recall(_CALIBRATIONS, key)
+    if known is not None:
+        return known, 0
+    n = oracle.dim
+    columns = min(_TIMING_COLUMNS, n)
+    block = torch.zeros(n, columns, dtype=oracle.dtype, device=oracle.device)
+    block[:columns] = torch.eye(columns, dtype=oracle.dtype, device=oracle.device)
+    with torch.no_grad():
+        oracle.hvp(block)
+        start = _clock.now()
+        oracle.hvp(block)
+        seconds = _clock.now() - start
+    calibration = {
+        "product_seconds": seconds / columns,
+        "eigh_seconds": eigvalsh_seconds(n),
+    }
+    remember(_CALIBRATIONS, key, calibration)
+    return calibration, 2 * columns
+
+
+def recall(table: weakref.WeakKeyDictionary[Any, Any], key: Any) -> Any:
+    """What ``table`` holds for ``key``; ``None`` when nothing, or when ``key`` cannot
+    be weakly referenced (then every call measures afresh)."""
+    try:
+        return table.get(key)
+    except TypeError:
+        return None
+
+
+def remember(table: weakref.WeakKeyDictionary[Any, Any], key: Any, value: Any) -> None:
+    try:
+        table[key] = value
+    except TypeError:  # not weakly referable
+        pass
