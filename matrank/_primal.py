@@ -60,28 +60,12 @@ def operator_route(
     )
     if dense <= AUTO_DENSE_SECONDS or n <= _PILOT_PRODUCTS + _KRYLOV_EXTRA:
         return "exact", timed, f"{head}: exact, too cheap to price a Krylov count"
-    generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    spent = [0]
-
-    def product(block: torch.Tensor) -> torch.Tensor:
-        spent[0] += block.shape[1]
-        return oracle.hvp(block)
-
-    with torch.no_grad():
-        count, stderr, _, growing = quadrature_count(
-            product,
-            n,
-            threshold if isinstance(threshold, float | int | str) else None,
-            input_eps(oracle),
-            generator=generator,
-            dtype=oracle.dtype,
-            device=oracle.device,
-            grow=True,
-        )
-    count, stderr = float(agree(oracle, count)), float(agree(oracle, stderr))
-    timed += spent[0]
-    pilot = f"; the pilot counted {count:.0f} ± {stderr:.2g} ({spent[0]} products)"
-    if bool(agree(oracle, growing)) and count >= UNRESOLVED_FRACTION * n:
+    count, stderr, growing, spent = _pilot(oracle, key, threshold, seed)
+    timed += spent
+    pilot = f"; the pilot counted {count:.0f} ± {stderr:.2g} " + (
+        f"({spent} products)" if spent else "(kept for this operator)"
+    )
+    if growing and count >= UNRESOLVED_FRACTION * n:
         return (
             "exact",
             timed,
@@ -105,6 +89,49 @@ def operator_route(
     if krylov < dense:
         return "lanczos", timed, f"{head}{priced}, less: block Krylov counting"
     return "exact", timed, f"{head}{priced}, no less: exact"
+
+
+# The pilot's estimate, kept per operator like the calibration (with the threshold and
+# seed it was made for), so that a later call takes the same route for free.
+_PILOTS: weakref.WeakKeyDictionary[Any, dict[Any, tuple[float, float, bool]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pilot(
+    oracle: Oracle, key: Any, threshold: Any, seed: int | None
+) -> tuple[float, float, bool, int]:
+    """The pilot's count, its standard error, whether it still grew, and the products
+    spent (0 when kept from an earlier call on ``key``)."""
+    option = threshold if isinstance(threshold, float | int | str) else None
+    kept = recall(_PILOTS, key) or {}
+    if (option, seed) in kept:
+        return (*kept[option, seed], 0)
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    spent = [0]
+
+    def product(block: torch.Tensor) -> torch.Tensor:
+        spent[0] += block.shape[1]
+        return oracle.hvp(block)
+
+    with torch.no_grad():
+        count, stderr, _, growing = quadrature_count(
+            product,
+            oracle.dim,
+            option,
+            input_eps(oracle),
+            generator=generator,
+            dtype=oracle.dtype,
+            device=oracle.device,
+            grow=True,
+        )
+    found = (
+        float(agree(oracle, count)),
+        float(agree(oracle, stderr)),
+        bool(agree(oracle, growing)),
+    )
+    remember(_PILOTS, key, {**kept, (option, seed): found})
+    return (*found, spent[0])
 
 
 # The calibration of an operator's products, kept per operator for the life of the

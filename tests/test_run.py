@@ -507,6 +507,13 @@ def test_auto_prices_the_krylov_count_against_the_dense_path_on_one_model(clock)
     assert result.method == "lanczos" and result.rank == 20
     assert "less: block Krylov counting" in result.diagnostics.auto
     assert result.cost["matvecs"] < 600  # calibration, pilot and basis together
+    # a second call on the same operator reuses both: the same route, nothing spent
+    operator = _costly(clock, low)
+    first = matrank.estimate_rank(operator, seed=0)
+    again = matrank.estimate_rank(operator, seed=0)
+    assert again.method == first.method == "lanczos" and again.rank == 20
+    assert "(kept for this operator)" in again.diagnostics.auto
+    assert again.cost["matvecs"] == first.cost["matvecs"] - 64 - 64
 
 
 def test_auto_reuses_an_operators_calibration_and_keeps_its_route(clock):
