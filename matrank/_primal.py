@@ -58,8 +58,17 @@ def operator_route(
         f"dimension {n}, an operator whose {n} products and eigendecomposition take "
         f"about {dense:.2g} s ({how}; {seconds:.3g} s a product){no_dual}"
     )
-    if dense <= AUTO_DENSE_SECONDS or n <= _PILOT_PRODUCTS + _KRYLOV_EXTRA:
+    if dense <= AUTO_DENSE_SECONDS:
         return "exact", timed, f"{head}: exact, too cheap to price a Krylov count"
+    if n <= _PILOT_PRODUCTS + _KRYLOV_EXTRA:
+        return (
+            "exact",
+            timed,
+            (
+                f"{head}: exact, the pilot's {_PILOT_PRODUCTS} products and a Krylov count's "
+                f"{_KRYLOV_EXTRA} beyond 2r would be n already"
+            ),
+        )
     count, stderr, growing, spent = _pilot(oracle, key, threshold, seed)
     timed += spent
     pilot = f"; the pilot counted {count:.0f} ± {stderr:.2g} " + (

@@ -475,11 +475,11 @@ def test_auto_counts_an_expensive_operator_by_krylov_and_says_why(clock):
     assert 64 + 64 + 173 <= result.cost["matvecs"] < 3600 / 4
 
 
-def _costly(clock, matrix):
+def _costly(clock, matrix, seconds=1e-3):
     import scipy.sparse.linalg
 
     def matvec(vector):
-        clock.advance(1e-3)
+        clock.advance(seconds)
         return matrix @ vector
 
     return scipy.sparse.linalg.LinearOperator(
@@ -507,6 +507,12 @@ def test_auto_prices_the_krylov_count_against_the_dense_path_on_one_model(clock)
     assert result.method == "lanczos" and result.rank == 20
     assert "less: block Krylov counting" in result.diagnostics.auto
     assert result.cost["matvecs"] < 600  # calibration, pilot and basis together
+    # n = 150 at 10 ms a product: 1.5 s dense, but the pilot and a Krylov count's
+    # blocks alone would be n products
+    small = rotated_spectrum(150, 5, seed=0)
+    result = matrank.estimate_rank(_costly(clock, small, 1e-2), seed=0)
+    assert result.method == "exact" and result.rank == 5
+    assert "would be n already" in result.diagnostics.auto
     # a second call on the same operator reuses both: the same route, nothing spent
     operator = _costly(clock, low)
     first = matrank.estimate_rank(operator, seed=0)
