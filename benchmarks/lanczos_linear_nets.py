@@ -72,7 +72,9 @@ def main() -> None:
         print(
             f"{d:4d} {problem.dim:6d} {d * d:5d} {decades:7.1f} {errors:6d} {misses:4d} "
             f"{dense_misses:6d} {converged:4d} {matvecs:7d} {2 * d * d + 200:6d} "
-            f"{seconds / args.trials:7.1f} {floor_misses:9d} {floor_converged:4d} {floor_matvecs:7d} {floor_seconds / args.trials:7.1f} {PAPER_LANGEVIN.get(d, float('nan')):10.1f} "
+            f"{seconds / args.trials:7.1f} {floor_misses:9d} {floor_converged:4d} "
+            f"{floor_matvecs:7d} {floor_seconds / args.trials:7.1f} "
+            f"{PAPER_LANGEVIN.get(d, float('nan')):10.1f} "
             f"{PAPER_UBARU_SAAD.get(d, float('nan')):6.2f}",
             flush=True,
         )

@@ -25,7 +25,12 @@ import torch
 from . import _clock
 from ._costs import eigvalsh_seconds, gram_seconds
 from ._oracle import Oracle, agree, input_eps
-from .estimators.lanczos.pilot import DENSE_FRACTION, UNRESOLVED_FRACTION, quadrature_count
+from .estimators.lanczos.pilot import (
+    DENSE_FRACTION,
+    PILOT_PRODUCTS,
+    UNRESOLVED_FRACTION,
+    quadrature_count,
+)
 
 __all__ = ["AUTO_DENSE_SECONDS", "calibrated", "operator_route"]
 
@@ -36,8 +41,8 @@ __all__ = ["AUTO_DENSE_SECONDS", "calibrated", "operator_route"]
 AUTO_DENSE_SECONDS = 0.25
 
 _TIMING_COLUMNS = 32
-# The pilot's products at first, and the Krylov count's blocks beyond 2r.
-_PILOT_PRODUCTS, _KRYLOV_EXTRA = 64, 128
+# The Krylov count's blocks beyond 2r.
+_KRYLOV_EXTRA = 128
 
 
 def operator_route(
@@ -60,12 +65,12 @@ def operator_route(
     )
     if dense <= AUTO_DENSE_SECONDS:
         return "exact", timed, f"{head}: exact, too cheap to price a Krylov count"
-    if n <= _PILOT_PRODUCTS + _KRYLOV_EXTRA:
+    if n <= PILOT_PRODUCTS + _KRYLOV_EXTRA:
         return (
             "exact",
             timed,
             (
-                f"{head}: exact, the pilot's {_PILOT_PRODUCTS} products and a Krylov count's "
+                f"{head}: exact, the pilot's {PILOT_PRODUCTS} products and a Krylov count's "
                 f"{_KRYLOV_EXTRA} beyond 2r would be n already"
             ),
         )

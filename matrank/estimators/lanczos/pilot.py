@@ -39,13 +39,15 @@ from ...numerics.quadrature import lanczos_quadrature
 from ...numerics.threshold import noise_floor, resolve_threshold
 from ...numerics.trace import mean_and_stderr, probe_block
 
-__all__ = ["PILOT_MIN_DIM", "Pilot", "quadrature_count", "run_pilot"]
+__all__ = ["PILOT_MIN_DIM", "PILOT_PRODUCTS", "Pilot", "quadrature_count", "run_pilot"]
 
 #: Smallest ``n`` the pilot runs at (``auto``'s dense limit): below it the dense path
 #: takes seconds and the Krylov count its own switch (a third of ``n`` explored, nine
 #: tenths counted) decides.
 PILOT_MIN_DIM = 4096
 _PROBES, _STEPS, _MOST_STEPS = 4, 16, 128
+#: Products of the pilot's first rule (four probes of 16 steps); it may double them.
+PILOT_PRODUCTS = _PROBES * _STEPS
 #: Fraction of ``n`` from which the pilot's count sends the run to the dense path.
 DENSE_FRACTION = 0.5
 #: Fraction of ``n`` from which a count still growing with the steps (the quadrature
