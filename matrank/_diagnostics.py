@@ -274,6 +274,9 @@ class PolynomialDiagnostics(_Plateau, Diagnostics):
         The largest eigenvalue of the complement after deflation.
     basis_size : int
         The deflation basis's columns.
+    whole_space : str
+        Why a given threshold was counted from the whole space's ``n`` products: no
+        degree up to the cap reaches it (``None`` otherwise).
     """
 
     variant: str | None = None
@@ -297,6 +300,7 @@ class PolynomialDiagnostics(_Plateau, Diagnostics):
     deflated_values: Array | None = None
     complement_top: float | None = None
     basis_size: int | None = None
+    whole_space: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)

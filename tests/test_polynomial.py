@@ -399,6 +399,34 @@ def test_floor_is_the_exact_count_from_the_whole_space_or_refused():
         matrank.estimate_rank(big, method="polynomial", threshold="floor", seed=0)
 
 
+def test_a_threshold_no_degree_reaches_is_counted_from_the_whole_space(monkeypatch):
+    """At τ = 1e-8·λmax the capped degree (4000) reaches only 1.4e-6: the filter would
+    spend its 15,000 products and end BELOW_RESOLUTION (it did, before). The n = 300
+    products of the whole space count it exactly instead, and say why; a τ under the
+    noise floor stays unresolved; past UNREACHED_WHOLE_MAX the filter runs as before."""
+    from matrank.estimators.polynomial import whole
+
+    spectrum = np.concatenate([np.geomspace(1e-11, 1.0, 150), np.zeros(150)])
+    basis = haar_orthogonal(300, np.random.default_rng(0))
+    matrix = (basis * spectrum) @ basis.T
+    truth = int((np.linalg.eigvalsh(matrix) > 1e-8).sum())
+    result = matrank.estimate_rank(matrix, method="polynomial", threshold=1e-8, seed=0)
+    assert result.rank == truth == 109 and result.stderr == 0
+    assert result.status is matrank.Status.CONVERGED
+    assert result.cost["matvecs"] <= 300 + 30  # the bounds' Lanczos steps and n
+    assert "under the reach" in result.diagnostics.whole_space
+    low = matrank.estimate_rank(matrix, method="polynomial", threshold=1e-15, seed=0)
+    assert low.status is matrank.Status.BELOW_RESOLUTION
+    assert "under the noise floor" in low.diagnostics["remedy"]
+    monkeypatch.setattr(whole, "UNREACHED_WHOLE_MAX", 299)
+    with pytest.warns(matrank.MatrankWarning, match="below the reach"):
+        filtered = matrank.estimate_rank(
+            matrix, method="polynomial", threshold=1e-8, seed=0
+        )
+    assert filtered.status is matrank.Status.BELOW_RESOLUTION
+    assert filtered.diagnostics.whole_space is None and filtered.cost["matvecs"] > 10_000
+
+
 def test_a_threshold_under_the_filters_reach_is_not_reported_converged():
     """Degree 60 reaches 6.2e-3 of λmax; at τ = 1e-6 the eigenvalues between count
     partially (239 ± 15 where 450 lie above τ): the run warns and ends

@@ -50,7 +50,9 @@ class PolynomialRank:
         of states (each variant with its own rule). ``"floor"`` counts everything above
         the noise floor, as ``exact`` does: the default variant answers it from the whole
         space (``n ≤ 2048`` products within the budget, no ``degree``, ``n_probes`` or
-        ``deflate``) and refuses it otherwise, since no filter reaches the floor.
+        ``deflate``) and refuses it otherwise, since no filter reaches the floor. A
+        given ``τ`` that no degree up to the cap reaches is counted from the whole
+        space too where ``n`` fits the budget and ``UNREACHED_WHOLE_MAX`` (8192).
     max_matvecs : int or None, default=None
         Budget of the ``"default"`` variant, 15,000 when ``None`` (the faithful mode's
         cost is fixed by ``degree·n_probes``).

@@ -42,7 +42,7 @@ from .capture import (
     SpectrumCapture,
 )
 from .parallel import PROBE_BLOCK, probe_moments
-from .whole import whole_space
+from .whole import unreached, whole_space
 
 if TYPE_CHECKING:
     from . import PolynomialRank
@@ -99,6 +99,11 @@ class DefaultFilter(SpectrumCapture):
     def reach(self, degree: int) -> float:
         """The smallest threshold a degree resolves: its angle ``3π/degree`` from zero's."""
         return self.frame.reach(_REACH / degree)
+
+    def planned_degree(self, threshold: float) -> int:
+        """The degree a given ``τ`` asks for: its reach at ``τ``, at most the cap."""
+        separation = self.frame.separation(threshold)
+        return _even(min(_DEGREE_CAP, max(16, 2 * _REACH / separation)))
 
     # -- moments and filters -------------------------------------------------------------
 
@@ -241,6 +246,10 @@ class DefaultFilter(SpectrumCapture):
         if isinstance(given, float | int) and given >= max(self.high, -self.low):
             self.zero_above(float(given))  # or refused
             return self._result(0.0, 0.0, float(given), Status.CONVERGED, {})
+        why = unreached(self, given, remaining) if settings == (None,) * 3 else None
+        if why is not None:
+            run.enter("whole space")
+            return whole_space(self, why)
         run.enter("pilot")
         target = self._pilot(remaining)
         run.enter("deflate")
@@ -256,10 +265,7 @@ class DefaultFilter(SpectrumCapture):
         if options.threshold is not None:
             assert not isinstance(options.threshold, str)  # 'floor' went to the whole space
             threshold = float(options.threshold)  # below the bounds' top (estimate)
-            separation = self.frame.separation(threshold)
-            degree = options.degree or _even(
-                min(_DEGREE_CAP, max(16, 2 * _REACH / separation))
-            )
+            degree = options.degree or self.planned_degree(threshold)
             steps = math.ceil(degree / 2)
             pilot_count = min(pilot_count, self._affordable(remaining // steps))
             pilot = self.moments(pilot_count, steps)

@@ -17,13 +17,36 @@ from .capture import PRODUCT_COLUMNS
 if TYPE_CHECKING:
     from .default import DefaultFilter
 
-__all__ = ["WHOLE_SPACE_DENSITY_DEGREE", "whole_space"]
+__all__ = ["UNREACHED_WHOLE_MAX", "WHOLE_SPACE_DENSITY_DEGREE", "unreached", "whole_space"]
 
 # Chebyshev moments of the density of states drawn from the whole space's eigenvalues
 WHOLE_SPACE_DENSITY_DEGREE = 200
 
+#: Largest ``n`` whose whole space the default filter takes for a given ``τ`` that no
+#: degree up to the cap reaches: the filter would spend its whole budget (15,000
+#: products) on a count it cannot vouch for, where ``n`` products and an ``eigvalsh``
+#: (about 30 s and 0.5 GB at this size on two cores) count it exactly.
+UNREACHED_WHOLE_MAX = 8192
 
-def whole_space(self: DefaultFilter) -> RankResult:
+
+def unreached(self: DefaultFilter, threshold: Any, remaining: int) -> str | None:
+    """Why a given ``τ`` is counted from the whole space, or ``None`` (then the filter
+    counts it): the degree ``τ`` asks for, capped, does not reach it, and the ``n``
+    products fit both the budget left and ``UNREACHED_WHOLE_MAX``."""
+    if not isinstance(threshold, float | int):
+        return None
+    degree = self.planned_degree(float(threshold))
+    reach = self.reach(degree)
+    if threshold >= reach * (1 - 1e-12) or self.n > min(remaining, UNREACHED_WHOLE_MAX):
+        return None
+    return (
+        f"threshold {threshold:.3g} lies under the reach {reach:.3g} of degree {degree}, "
+        f"the highest the filter takes: its count there would not be vouched for, and "
+        f"the whole space's {self.n} products cost less than its budget ({remaining})"
+    )
+
+
+def whole_space(self: DefaultFilter, why: str | None = None) -> RankResult:
     """The spectrum from the products of all ``n`` unit vectors, no probes.
 
     When the budget left after the bounds holds ``n ≤ WHOLE_SPACE_MAX`` products,
@@ -32,7 +55,8 @@ def whole_space(self: DefaultFilter) -> RankResult:
     methods' plateau rule reads (a Krylov basis of all of ``R^n`` gives the same
     values after an ``O(n³)`` orthogonalization: 2000 × 2000, 3.4 s against 1 s).
     The asymmetry of the products, ``‖A − Aᵀ‖_F`` as in the exact count, joins the
-    noise floor.
+    noise floor. ``why`` (:func:`unreached`) is a given ``τ``'s reason, kept in the
+    diagnostics; such a ``τ`` under the noise floor ends ``BELOW_RESOLUTION``.
     """
     meter, n = self.meter, self.n
     block = PRODUCT_COLUMNS
@@ -66,9 +90,16 @@ def whole_space(self: DefaultFilter) -> RankResult:
         "samples": np.zeros(0),
         "edge_stderr": 0.0,
         **({"plateau": dataclasses.asdict(choice)} if choice is not None else {}),
+        **({"whole_space": why} if why is not None else {}),
         **self._density(np.zeros((1, degree + 1)), degree),
     }
     counts = counting_curve(np.abs(values), self.floor, self.high)  # all of them
     counts = dataclasses.replace(counts, stderr=np.zeros_like(counts.counts))
+    if why is not None and threshold < self.floor:
+        status = Status.BELOW_RESOLUTION
+        diagnostics["remedy"] = (
+            f"threshold {threshold:.3g} is under the noise floor {self.floor:.3g}: "
+            "eigenvalues below the floor are rounding; count above it"
+        )
     rank = float((magnitudes > threshold).sum())
     return self._result(rank, 0.0, threshold, status, diagnostics, counts)
