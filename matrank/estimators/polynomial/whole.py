@@ -90,7 +90,7 @@ def whole_space(self: DefaultFilter, why: str | None = None) -> RankResult:
         "samples": np.zeros(0),
         "edge_stderr": 0.0,
         **({"plateau": dataclasses.asdict(choice)} if choice is not None else {}),
-        **({"whole_space": why} if why is not None else {}),
+        "whole_space": why,
         **self._density(np.zeros((1, degree + 1)), degree),
     }
     counts = counting_curve(np.abs(values), self.floor, self.high)  # all of them
