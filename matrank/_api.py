@@ -33,6 +33,7 @@ from .estimators import (
     LangevinRank,
     PolynomialRank,
 )
+from .estimators.completion import Kept, offering
 from .estimators.lanczos.dense import DENSE_MAX
 from .numerics.krylov import spectral_bounds
 
@@ -74,17 +75,18 @@ def auto_method(oracle: Oracle) -> tuple[str, str]:
     ``AUTO_EXACT_MAX_DIM`` the choice times one block of products (see
     :func:`estimate_rank`, Notes).
     """
-    method, _, reason, _ = _auto(oracle)
+    method, _, reason, _, _ = _auto(oracle)
     return method, reason
 
 
 def _auto(
     oracle: Oracle, key: Any = None, threshold: Any = None, seed: int | None = None
-) -> tuple[str, dict[str, float], str, bool | None]:
+) -> tuple[str, dict[str, float], str, bool | None, Kept | None]:
     """:func:`auto_method`, what its timings spent (``matvecs``, ``gradients``; ``key``:
-    the object whose calibration is recorded, the oracle itself by default), and
+    the object whose calibration is recorded, the oracle itself by default),
     whether a dual form was taken (``None``: none weighed), so that ``"exact"`` runs
-    the route that was chosen, not its own size rule."""
+    the route that was chosen, not its own size rule, and the span of its products
+    for the dense path to keep (:func:`matrank._primal.kept_products`)."""
     key = oracle if key is None else key
     spent: dict[str, float] = {"matvecs": 0, "gradients": 0.0}
     no_dual, weighed = "", None
@@ -95,13 +97,13 @@ def _auto(
     if form is not None and form.size < oracle.dim:
         takes, why = _weigh_dual(oracle, form, key, spent)
         if takes:
-            return "exact", spent, why, True
+            return "exact", spent, why, True, None
         no_dual, weighed = why, False
-    method, timed, reason = _primal(
+    method, timed, reason, kept = _primal(
         oracle, key, no_dual or _no_dual(form, oracle.dim), threshold, seed
     )
     spent["matvecs"] += timed
-    return method, spent, reason, weighed
+    return method, spent, reason, weighed, kept
 
 
 def _weigh_dual(
@@ -172,8 +174,9 @@ def _timed_rows(form: Any, key: Any, spent: dict[str, float]) -> float:
 
 def _primal(
     oracle: Oracle, key: Any, no_dual: str, threshold: Any, seed: int | None
-) -> tuple[str, int, str]:
-    """The route when the dual is not taken, the products timing it spent, and why."""
+) -> tuple[str, int, str, Kept | None]:
+    """The route when the dual is not taken, the products timing it spent, why, and
+    those products' span for the dense path to keep."""
     if Capability.HVP in oracle.capabilities:
         n = oracle.dim
         if n > AUTO_EXACT_MAX_DIM:
@@ -187,6 +190,7 @@ def _primal(
                     "sketch or a Krylov basis, and switch to the dense path when it "
                     "costs less than the basis still could"
                 ),
+                None,
             )
         if materialize.dispatch(type(oracle)) is not materialize.dispatch(object):
             return (
@@ -196,6 +200,7 @@ def _primal(
                     f"dimension {n} <= {AUTO_EXACT_MAX_DIM}, an explicit matrix: a dense "
                     "eigendecomposition is exact and fast"
                 ),
+                None,
             )
         return operator_route(oracle, key, no_dual, threshold, seed)
     if Capability.GRAD in oracle.capabilities:
@@ -207,10 +212,21 @@ def _primal(
                 "from the largest curvature; it counts the eigenvalues above the reported "
                 "threshold"
             ),
+            None,
         )
     if Capability.LOSS in oracle.capabilities and "evolution" in ESTIMATORS:
-        return "evolution", 0, "loss values only: evolution-strategies covariance route"
-    return "exact", 0, "no estimator for this oracle's capabilities; trying the dense path"
+        return (
+            "evolution",
+            0,
+            "loss values only: evolution-strategies covariance route",
+            None,
+        )
+    return (
+        "exact",
+        0,
+        "no estimator for this oracle's capabilities; trying the dense path",
+        None,
+    )
 
 
 def _no_dual(form: Any, n: int) -> str:
@@ -326,9 +342,10 @@ def estimate_rank(
         described = {name: repr(value) for name, value in sorted(options.items())}
         group.same(run_identity(method, described, seed, oracle))
     reason, probe_spent, probe_seconds = None, {"matvecs": 0, "gradients": 0.0}, 0.0
+    kept: Kept | None = None
     if method == "auto":
         start = _clock.now()
-        method, probe_spent, reason, dual = _auto(
+        method, probe_spent, reason, dual, kept = _auto(
             oracle, obj, options.get("threshold"), seed
         )
         probe_seconds = _clock.now() - start
@@ -360,14 +377,15 @@ def estimate_rank(
     if isinstance(relative, RelativeThreshold):
         norm, norm_matvecs = _spectral_norm(oracle, seed)
         options["threshold"] = relative.fraction * norm
-    result = cls(**options).estimate(
-        oracle,
-        seed=seed,
-        progress=progress,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoint=keep_checkpoint,
-    )
+    with offering(kept):
+        result = cls(**options).estimate(
+            oracle,
+            seed=seed,
+            progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoint=keep_checkpoint,
+        )
     notes: dict[str, Any] = {}
     if reason is not None:
         switched = result.diagnostics.get("dense_reason")

@@ -139,12 +139,19 @@ class ExactDiagnostics(_Plateau, Diagnostics):
         hold (:class:`matrank.DualFormError`) and counted ``H`` from its products
         instead: ``refused``, the reason (and ``size``, the rows, when the dual was
         formed before it was refused).
+    kept_products : dict
+        Where ``"auto"`` chose this dense path after its calibration and pilot, and
+        keeping their products costs less than re-reading them: the ``columns`` of
+        their span kept ``of`` the products taken (``n − columns`` products read
+        here), and the ``defect`` measured where the kept and fresh products meet
+        (:mod:`matrank.estimators.completion`), which raises the noise floor.
     """
 
     eigenvalues: Array | None = None
     n_negative: int | None = None
     numpy_rule: float | None = None
     dual: dict[str, Any] | None = None
+    kept_products: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
@@ -187,6 +194,11 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
         The basis size at which the timed rule sent the count to the dense path.
     dense_restart : str
         Where the dense path read ``H`` from when it restarted (``"identity"``).
+    kept_products : dict
+        Where the pilot sent the count to the dense path and completing its products'
+        span costs less than reading it again: ``columns`` kept ``of`` the products,
+        and the ``defect`` measured where they meet the fresh ones (as
+        :class:`ExactDiagnostics`'s).
     dense_reason : str
         Why the count went to the dense path: the pilot's count, the rank's share of
         the basis, the timed cost model (with its seconds) or a spent basis; ``auto``
@@ -225,6 +237,7 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
     switched_early_at: int | None = None
     switched_to_dense_at: int | None = None
     dense_restart: str | None = None
+    kept_products: dict[str, Any] | None = None
     dense_reason: str | None = None
     deflated: int | None = None
     slq_probes: int | None = None

@@ -24,7 +24,8 @@ import torch
 
 from . import _clock
 from ._costs import eigvalsh_seconds, gram_seconds
-from ._oracle import Oracle, agree, input_eps
+from ._oracle import Oracle, agree, collective, input_eps
+from .estimators.completion import Kept, kept_span, restart_is_cheaper
 from .estimators.lanczos.pilot import (
     DENSE_FRACTION,
     PILOT_PRODUCTS,
@@ -32,7 +33,7 @@ from .estimators.lanczos.pilot import (
     quadrature_count,
 )
 
-__all__ = ["AUTO_DENSE_SECONDS", "calibrated", "operator_route"]
+__all__ = ["AUTO_DENSE_SECONDS", "calibrated", "kept_products", "operator_route"]
 
 #: An operator's dense path (``n`` products and one ``eigvalsh``) predicted to take at
 #: most this many seconds is taken by ``"auto"`` without pricing a Krylov count: the
@@ -47,11 +48,28 @@ _KRYLOV_EXTRA = 128
 
 def operator_route(
     oracle: Oracle, key: Any, no_dual: str, threshold: Any, seed: int | None
-) -> tuple[str, int, str]:
+) -> tuple[str, int, str, Kept | None]:
     """``"exact"`` or ``"lanczos"`` for an operator of ``n ≤ AUTO_EXACT_MAX_DIM``, the
-    products the choice spent, and why."""
+    products the choice spent, why, and for the dense path their span to keep
+    (:func:`kept_products`)."""
+    taken: list[tuple[torch.Tensor, torch.Tensor]] = []
+    route, timed, reason, seconds = _route(oracle, key, no_dual, threshold, seed, taken)
+    kept = kept_products(oracle, taken, seconds) if route == "exact" else None
+    return route, timed, reason, kept
+
+
+def _route(
+    oracle: Oracle,
+    key: Any,
+    no_dual: str,
+    threshold: Any,
+    seed: int | None,
+    taken: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[str, int, str, float]:
+    """:func:`operator_route`'s choice, with the calibrated seconds a product; the
+    products join ``taken``."""
     n = oracle.dim
-    calibration, timed = calibrated(oracle, key)
+    calibration, timed = calibrated(oracle, key, taken)
     seconds = calibration["product_seconds"]
     dense = float(agree(oracle, n * seconds + calibration["eigh_seconds"]))
     how = (
@@ -64,7 +82,7 @@ def operator_route(
         f"about {dense:.2g} s ({how}; {seconds:.3g} s a product){no_dual}"
     )
     if dense <= AUTO_DENSE_SECONDS:
-        return "exact", timed, f"{head}: exact, too cheap to price a Krylov count"
+        return "exact", timed, f"{head}: exact, too cheap to price a Krylov count", seconds
     if n <= PILOT_PRODUCTS + _KRYLOV_EXTRA:
         return (
             "exact",
@@ -73,8 +91,9 @@ def operator_route(
                 f"{head}: exact, the pilot's {PILOT_PRODUCTS} products and a Krylov count's "
                 f"{_KRYLOV_EXTRA} beyond 2r would be n already"
             ),
+            seconds,
         )
-    count, stderr, growing, spent = _pilot(oracle, key, threshold, seed)
+    count, stderr, growing, spent = _pilot(oracle, key, threshold, seed, taken)
     timed += spent
     pilot = f"; the pilot counted {count:.0f} ± {stderr:.2g} " + (
         f"({spent} products)" if spent else "(kept for this operator)"
@@ -87,9 +106,10 @@ def operator_route(
                 f"{head}{pilot}, still growing with its quadrature's steps: a spectrum "
                 "unresolved at τ, whose Krylov count ends on the dense path: exact"
             ),
+            seconds,
         )
     if count >= DENSE_FRACTION * n:
-        return "exact", timed, f"{head}{pilot}, at least half of n: exact"
+        return "exact", timed, f"{head}{pilot}, at least half of n: exact", seconds
     products = min(n, math.ceil(2 * (count + 2 * stderr)) + _KRYLOV_EXTRA)
     krylov = float(
         agree(
@@ -101,8 +121,28 @@ def operator_route(
     )
     priced = f"{pilot}: a Krylov count of about {products} products, {krylov:.2g} s"
     if krylov < dense:
-        return "lanczos", timed, f"{head}{priced}, less: block Krylov counting"
-    return "exact", timed, f"{head}{priced}, no less: exact"
+        return "lanczos", timed, f"{head}{priced}, less: block Krylov counting", seconds
+    return "exact", timed, f"{head}{priced}, no less: exact", seconds
+
+
+def kept_products(
+    oracle: Oracle, taken: list[tuple[torch.Tensor, torch.Tensor]], seconds: float
+) -> Kept | None:
+    """The span of the products ``auto`` took choosing the dense path (its
+    calibration's unit columns, its pilot's Lanczos vectors), for that path to complete
+    rather than read again (:mod:`matrank.estimators.completion`); ``None`` where
+    reading them again costs less at the calibrated rate, or for a data-parallel
+    oracle, whose ranks would each orthonormalize in their own rounding. ``seconds``:
+    the calibrated seconds a product."""
+    if not taken or collective(oracle) is not None:
+        return None
+    images = torch.cat([y for _, y in taken], 1)
+    if not bool(torch.isfinite(images).all()):
+        return None  # the dense path reads H and refuses it, saying why
+    kept = kept_span(torch.cat([v for v, _ in taken], 1), images)
+    if restart_is_cheaper(seconds, oracle.dim, kept.basis.shape[1]):
+        return None
+    return kept
 
 
 # The pilot's estimate, kept per operator like the calibration (with the threshold and
@@ -113,10 +153,14 @@ _PILOTS: weakref.WeakKeyDictionary[Any, dict[Any, tuple[float, float, bool]]] = 
 
 
 def _pilot(
-    oracle: Oracle, key: Any, threshold: Any, seed: int | None
+    oracle: Oracle,
+    key: Any,
+    threshold: Any,
+    seed: int | None,
+    taken: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[float, float, bool, int]:
     """The pilot's count, its standard error, whether it still grew, and the products
-    spent (0 when kept from an earlier call on ``key``)."""
+    spent (0 when kept from an earlier call on ``key``); the products join ``taken``."""
     option = threshold if isinstance(threshold, float | int | str) else None
     kept = recall(_PILOTS, key) or {}
     if (option, seed) in kept:
@@ -126,7 +170,10 @@ def _pilot(
 
     def product(block: torch.Tensor) -> torch.Tensor:
         spent[0] += block.shape[1]
-        return oracle.hvp(block)
+        image = oracle.hvp(block)
+        if taken is not None:
+            taken.append((block.clone(), image))
+        return image
 
     with torch.no_grad():
         count, stderr, _, growing = quadrature_count(
@@ -155,13 +202,15 @@ _CALIBRATIONS: weakref.WeakKeyDictionary[Any, dict[str, float]] = (
 )
 
 
-def calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
+def calibrated(
+    oracle: Oracle, key: Any, taken: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+) -> tuple[dict[str, float], int]:
     """Seconds a product and an ``n × n`` ``eigvalsh`` take (the latter predicted by
     :mod:`matrank._costs`), and the products spent
     timing them: two blocks, the first a warm-up (tracing, caches, thread start-up:
     1.9 s against 3 ms for the next block of a 275-parameter GGN), the second timed.
     Recorded for ``key`` (the object the user passed), so that a later call on it
-    reuses the numbers and takes the same route."""
+    reuses the numbers and takes the same route; the timed block joins ``taken``."""
     known = recall(_CALIBRATIONS, key)
     if known is not None:
         return known, 0
@@ -172,8 +221,10 @@ def calibrated(oracle: Oracle, key: Any) -> tuple[dict[str, float], int]:
     with torch.no_grad():
         oracle.hvp(block)
         start = _clock.now()
-        oracle.hvp(block)
+        image = oracle.hvp(block)
         seconds = _clock.now() - start
+    if taken is not None:
+        taken.append((block, image))
     calibration = {
         "product_seconds": seconds / columns,
         "eigh_seconds": eigvalsh_seconds(n),

@@ -412,6 +412,13 @@ def test_a_gapless_spectrum_switches_to_the_dense_path_once_krylov_stalls(monkey
     assert "still growing" in piloted.diagnostics.dense_reason
     assert piloted.cost["matvecs"] <= switched.cost["matvecs"]
     assert piloted.diagnostics.switched_to_dense_at == 0  # no basis before it
+    # the pilot's products are dear on the suite's clock against a QR and two products
+    # of n = 1500: their span is completed, and only the rest of R^n is read
+    kept = piloted.diagnostics.kept_products
+    spent = piloted.diagnostics.pilot["matvecs"]
+    assert 0 < kept["columns"] <= kept["of"] == spent
+    assert piloted.cost["matvecs"] == spent + n - kept["columns"]
+    assert kept["defect"] < 1e-12  # λmax = 1: the kept image matches H to rounding
 
 
 def _hidden_operator(n=20000):

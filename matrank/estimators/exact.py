@@ -15,6 +15,7 @@ from .._result import RankResult, Status
 from .._run import Run, sized_threads
 from .._validation import MatrankValueError, check_int, check_threshold, message
 from ..numerics.threshold import counting_curve, noise_floor, resolve_threshold
+from .completion import completed, offered
 
 __all__ = ["ExactRank"]
 
@@ -180,13 +181,29 @@ def _primal_count(
     n = oracle.dim
     meter = run.meter
     free = materialize.dispatch(type(oracle)) is not materialize.dispatch(object)
-    dense = materialize(oracle) if free else materialize(meter)
-    dense = dense.to(torch.float64)
-    if free and run.factor != 1.0:  # (the metered products are scaled already)
-        dense = dense * run.factor
-    asymmetry = float(torch.linalg.matrix_norm(dense - dense.T)) if not free else 0.0
-    eigenvalues = _eigvalsh(0.5 * (dense + dense.T))
-    del dense
+    kept = None if free else offered(n, meter.dtype)
+    if kept is not None:  # auto's products, completed to R^n (the metered ones scaled)
+        image = kept.image * run.factor
+        corner = (kept.basis.T @ image).to(torch.float64)
+        symmetric, asymmetry = completed(
+            run, kept.basis, 0.5 * (corner + corner.T), 0, image
+        )
+        asymmetry = max(asymmetry, float(torch.linalg.matrix_norm(corner - corner.T)))
+        diagnostics["kept_products"] = {
+            "columns": kept.basis.shape[1],
+            "of": kept.taken,
+            "defect": asymmetry,
+        }
+    else:
+        dense = materialize(oracle) if free else materialize(meter)
+        dense = dense.to(torch.float64)
+        if free and run.factor != 1.0:  # (the metered products are scaled already)
+            dense = dense * run.factor
+        asymmetry = float(torch.linalg.matrix_norm(dense - dense.T)) if not free else 0.0
+        symmetric = 0.5 * (dense + dense.T)
+        del dense
+    eigenvalues = _eigvalsh(symmetric)
+    del symmetric
     magnitudes = np.abs(eigenvalues)
     largest = float(magnitudes.max())
     numpy_rule = noise_floor(largest, n, input_eps(oracle))

@@ -231,7 +231,12 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
                 "more than n products and eigvalsh"
             )
             return dense_count(
-                run, plan.threshold, krylov, plan.block, growth.diagnostics()
+                run,
+                plan.threshold,
+                krylov,
+                plan.block,
+                growth.diagnostics(),
+                growth.pairs,
             )
     if pilot is not None and pilot.path == "range start" and krylov.size == 0:
         sketched = sketch_start(run, plan, growth)

@@ -4,12 +4,12 @@ A Krylov basis that must hold ``r ≈ n`` columns costs more orthogonalization t
 dense path's one ``eigvalsh``. The basis ``Q`` already built is kept: it is completed
 to an orthonormal basis ``[Q, Q⊥]`` of ``R^n``, only ``H·Q⊥`` is computed (``n − k``
 products, so ``n`` in all, as materializing ``H`` would take), and the eigenvalues of
-``[Q, Q⊥]ᵀH[Q, Q⊥]`` -- ``H``'s own -- are counted by the exact methods' rule.
+``[Q, Q⊥]ᵀH[Q, Q⊥]`` -- ``H``'s own -- are counted by the exact methods' rule
+(:mod:`..completion`, which ``auto``'s dense path shares).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import Any
@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from ..._costs import eigvalsh_seconds, matmul_seconds
-from ..._oracle import agree, input_eps, materialize
+from ..._oracle import agree, collective, input_eps, materialize
 from ..._result import RankResult
 from ..._run import Run
 from ...numerics.krylov import BlockKrylov
 from ...numerics.threshold import noise_floor
+from ..completion import completed, kept_span, restart_is_cheaper
 from ..exact import count_spectrum
 
 __all__ = [
@@ -62,7 +63,6 @@ STALLED_SHARE = 0.15
 #: Share of the dense path's cost (its whole time, products included) after which a
 #: count that outgrew the pilot's estimate switches (see :func:`dense_is_cheaper`).
 UNRESOLVED_SHARE = 0.1
-_DENSE_BLOCK = 256
 
 
 def dense_is_cheaper(
@@ -188,12 +188,15 @@ def dense_count(
     krylov: BlockKrylov,
     block: int,
     diagnostics: dict[str, Any],
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> RankResult:
     """Complete the basis, compute ``H·Q⊥``, and count ``H``'s eigenvalues exactly.
 
     From an empty basis (the pilot's choice) ``Q⊥`` is the identity: an explicit
-    matrix is read as it is, anything else costs ``n`` products. ``diagnostics``: what
-    the phases before found (the pilot), copied into the result's.
+    matrix is read as it is, anything else costs ``n`` products -- less the span of
+    the pilot's products ``pairs`` (``(V, HV)``) where completing it costs less than
+    reading it again (``diagnostics["kept_products"]``). ``diagnostics``: what the
+    phases before found (the pilot), copied into the result's.
     """
     run.enter("dense")
     diagnostics = dict(diagnostics)
@@ -210,58 +213,31 @@ def dense_count(
         dense = materialize(run.oracle).to("cpu", torch.float64) * run.factor
         dense = 0.5 * (dense + dense.T)
         return _count(threshold, run, krylov, dense, 0.0, diagnostics)
-    complement = None if k == 0 else torch.linalg.qr(basis, mode="complete").Q[:, k:]
-    # wide blocks, as materialize takes them: a narrow one re-reads an explicit
-    # operator's memory once per 32 columns (1.4× the whole dense path at n = 5000)
-    block = max(block, _DENSE_BLOCK)
-
-    def columns(first: int) -> torch.Tensor:
-        last = min(n, first + block)
-        if complement is not None:
-            return complement[:, first:last]
-        eye = torch.zeros(n, last - first, dtype=meter.dtype, device=meter.device)
-        eye[torch.arange(first, last), torch.arange(last - first)] = 1
-        return eye
-
-    def product(first: int) -> torch.Tensor:
-        image = meter.hvp(columns(first))
-        run.bar.update(image.shape[1])
-        return image
-
-    image = torch.cat(
-        [
-            run.cached(f"dense {first}", functools.partial(product, first)).to(meter.device)
-            for first in range(0, n - k, block)
-        ],
-        dim=1,
+    kept = (
+        None if k or pairs is None or collective(meter) is not None else kept_span(*pairs)
     )
-    run.enter("eigvalsh")
-    if complement is None:  # Q⊥ = I: the image is H itself
-        dense = image.to("cpu", torch.float64)
-        del image
-        asymmetry = float(torch.linalg.matrix_norm(dense - dense.T))
-        dense = 0.5 * (dense + dense.T)
-        return _count(threshold, run, krylov, dense, asymmetry, diagnostics)
-    coupling = (basis.T @ image).to("cpu", torch.float64)
-    corner = (complement.T @ image).to("cpu", torch.float64)
-    del image
-    projected = torch.empty(n, n, dtype=torch.float64)
-    projected[:k, :k] = krylov.T
-    projected[:k, k:] = coupling
-    projected[k:, :k] = coupling.T
-    projected[k:, k:] = 0.5 * (corner + corner.T)
-    asymmetry = float(torch.linalg.matrix_norm(corner - corner.T))
-    del corner
-    return _count(threshold, run, krylov, projected, asymmetry, diagnostics)
+    if kept is not None and not _restart_is_cheaper(meter, n, kept.basis.shape[1]):
+        corner = (kept.basis.T @ kept.image).to("cpu", torch.float64)
+        symmetric, defect = completed(
+            run, kept.basis, 0.5 * (corner + corner.T), block, kept.image
+        )
+        defect = max(defect, float(torch.linalg.matrix_norm(corner - corner.T)))
+        diagnostics["kept_products"] = {
+            "columns": kept.basis.shape[1],
+            "of": kept.taken,
+            "defect": defect,
+        }
+        return _count(threshold, run, krylov, symmetric, defect, diagnostics)
+    symmetric, defect = completed(run, basis, krylov.T, block)
+    return _count(threshold, run, krylov, symmetric, defect, diagnostics)
 
 
 def _restart_is_cheaper(meter: Any, n: int, k: int) -> bool:
-    """Completing a basis of ``k`` columns costs a QR and two ``n × n × (n − k)``
-    products; starting again from the identity costs ``k`` more products."""
+    """:func:`~matrank.estimators.completion.restart_is_cheaper` at this run's own
+    product rate (no timed products yet: keep the basis)."""
     if not meter.timed_matvecs:
         return False
-    per_product = meter.hvp_seconds / meter.timed_matvecs
-    return k * per_product < matmul_seconds(n) * (2 + 2 * k / n)
+    return restart_is_cheaper(meter.hvp_seconds / meter.timed_matvecs, n, k)
 
 
 def _count(

@@ -82,7 +82,7 @@ def run_pilot(
     """SLQ with four probes, and the path its count chooses (see the module notes).
 
     ``record``: a list the products join as ``(V, HV)`` pairs, kept for a range start
-    (emptied when the path is another).
+    or the dense path (emptied when the path is another).
     """
     meter = run.meter
 
@@ -107,7 +107,7 @@ def run_pilot(
     run.bar.update(spent)
     n = meter.dim
     path, start = _choose(count, stderr, growing, n, dense_max, block, max_basis)
-    if record is not None and path != "range start":
+    if record is not None and path not in ("range start", "dense"):
         record.clear()
     return Pilot(count, stderr, cut, spent, path, start, growing)
 

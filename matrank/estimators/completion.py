@@ -1,0 +1,191 @@
+"""The dense path from products already taken: a basis completed, not ``H`` re-read.
+
+A count that ends on the dense path (``n`` products and one ``eigvalsh``) may have
+spent products on the way: a Krylov basis, or ``auto``'s calibration (a block of
+unit columns) and pilot (four Lanczos probes). An orthonormal ``Q`` (``n × k``) of
+their span is completed to ``[Q, Q⊥]``, an orthonormal basis of ``R^n``; only
+``H·Q⊥`` is computed (``n − k`` products), and the eigenvalues of
+``[Q, Q⊥]ᵀH[Q, Q⊥]`` are ``H``'s own. Completing costs a complete QR and two
+``n × n × (n − k)`` products, so it is done only where that is cheaper than the
+``k`` products it saves (:func:`restart_is_cheaper`).
+
+A pilot's Lanczos vectors are not orthonormal (four probes drawn independently, no
+reorthogonalization: they lose orthogonality as Ritz values converge), so
+:func:`kept_span` takes ``Q`` from a column-pivoted QR of them, keeping the leading
+columns whose triangle ``R`` has condition at most ``KEPT_CONDITION``; then
+``HQ = (HV)R⁻¹`` carries the products' rounding amplified by at most that factor. That
+error is measured, not assumed: :func:`completed` compares ``Q⊥ᵀ(HQ)`` with the
+fresh products' ``(QᵀHQ⊥)ᵀ`` and reports the discrepancy with the asymmetry, which
+raises the noise floor as a materialized ``H``'s asymmetry does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from .._costs import matmul_seconds
+from .._run import Run
+
+__all__ = [
+    "KEPT_CONDITION",
+    "Kept",
+    "completed",
+    "kept_span",
+    "offered",
+    "offering",
+    "restart_is_cheaper",
+]
+
+#: Largest condition number of the triangle of a column-pivoted QR of products'
+#: inputs whose columns are kept (the rest are re-read with ``Q⊥``).
+KEPT_CONDITION = 10.0
+#: Columns a block of the completion's products holds (as ``materialize`` takes them:
+#: a narrow block re-reads an explicit operator's memory once per 32 columns).
+COMPLETION_BLOCK = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """An orthonormal basis of products already taken, and its image under ``H``."""
+
+    basis: torch.Tensor  #: ``Q``, ``(n, k)`` with orthonormal columns
+    image: torch.Tensor  #: ``H·Q``, ``(n, k)``
+    taken: int  #: the products they came from (``k`` of them kept)
+
+
+def kept_span(vectors: torch.Tensor, images: torch.Tensor) -> Kept:
+    """An orthonormal basis of ``vectors``' span (``(n, p)``) and its image, from
+    ``images = H·vectors``: the leading ``k`` columns of a column-pivoted QR whose
+    triangle has condition at most ``KEPT_CONDITION`` (see the module notes)."""
+    dtype, device = vectors.dtype, vectors.device
+    inputs = vectors.detach().to("cpu", torch.float64).numpy()
+    outputs = images.detach().to("cpu", torch.float64).numpy()
+    q, r, order = scipy.linalg.qr(inputs, mode="economic", pivoting=True)
+    k = _well_conditioned(r)
+    # HQ_k = HV_k R_k⁻¹: solve R_kᵀ X = (HV_k)ᵀ for X = (HQ_k)ᵀ
+    image = scipy.linalg.solve_triangular(r[:k, :k], outputs[:, order[:k]].T, trans="T").T
+    as_tensor = functools.partial(torch.as_tensor, dtype=dtype, device=device)
+    return Kept(
+        as_tensor(np.ascontiguousarray(q[:, :k])), as_tensor(image), inputs.shape[1]
+    )
+
+
+def _well_conditioned(r: np.ndarray) -> int:
+    """The most leading columns of a pivoted QR's triangle with condition at most
+    ``KEPT_CONDITION``: the condition of the leading ``k × k`` triangle only grows with
+    ``k`` (its Gram matrix is a leading block of the next one's, so the extreme
+    eigenvalues interlace), so a bisection finds it."""
+
+    def fits(k: int) -> bool:
+        values = np.linalg.svd(r[:k, :k], compute_uv=False)
+        return bool(values[-1] > 0 and values[0] <= KEPT_CONDITION * values[-1])
+
+    low, high = 0, min(r.shape)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+def restart_is_cheaper(per_product: float, n: int, k: int) -> bool:
+    """Whether ``k`` more products (``per_product`` seconds each) cost less than
+    completing a basis of ``k`` columns: a complete QR and two ``n × n × (n − k)``
+    products, priced as about ``2 + 2k/n`` matrix products of size ``n``."""
+    return k * per_product < matmul_seconds(n) * (2 + 2 * k / n)
+
+
+def completed(
+    run: Run,
+    basis: torch.Tensor,
+    corner: torch.Tensor,
+    block: int,
+    image_of_basis: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float]:
+    """``[Q, Q⊥]ᵀH[Q, Q⊥]`` (``n × n``, float64, symmetrized) and its measured defect.
+
+    ``basis``: ``Q`` (``(n, k)``, orthonormal; ``k = 0``: ``Q⊥`` is the identity and the
+    result ``H`` itself); ``corner``: ``QᵀHQ``, as the caller knows it; ``image_of_basis``:
+    ``HQ`` where known, whose agreement with the fresh products' ``QᵀHQ⊥`` joins the
+    defect. The defect is the Frobenius norm of the fresh block's asymmetry, or of that
+    disagreement when larger.
+    """
+    meter = run.meter
+    n, k = basis.shape
+    complement = None if k == 0 else torch.linalg.qr(basis, mode="complete").Q[:, k:]
+    block = max(block, COMPLETION_BLOCK)
+
+    def columns(first: int) -> torch.Tensor:
+        last = min(n, first + block)
+        if complement is not None:
+            return complement[:, first:last]
+        eye = torch.zeros(n, last - first, dtype=meter.dtype, device=meter.device)
+        eye[torch.arange(first, last), torch.arange(last - first)] = 1
+        return eye
+
+    def product(first: int) -> torch.Tensor:
+        image = meter.hvp(columns(first))
+        run.bar.update(image.shape[1])
+        return image
+
+    blocks = [
+        run.cached(f"dense {first}", functools.partial(product, first)).to(meter.device)
+        for first in range(0, n - k, block)
+    ]
+    image = torch.cat(blocks, 1) if blocks else basis.new_zeros(n, 0)
+    run.enter("eigvalsh")
+    if complement is None:  # Q⊥ = I: the image is H itself
+        dense = image.to("cpu", torch.float64)
+        del image
+        asymmetry = float(torch.linalg.matrix_norm(dense - dense.T))
+        return 0.5 * (dense + dense.T), asymmetry
+    coupling = (basis.T @ image).to("cpu", torch.float64)
+    corner_fresh = (complement.T @ image).to("cpu", torch.float64)
+    del image
+    defect = float(torch.linalg.matrix_norm(corner_fresh - corner_fresh.T))
+    if image_of_basis is not None:
+        known = (complement.T @ image_of_basis).to("cpu", torch.float64)
+        defect = max(defect, float(torch.linalg.matrix_norm(known - coupling.T)))
+        del known
+    projected = torch.empty(n, n, dtype=torch.float64)
+    projected[:k, :k] = corner.to("cpu", torch.float64)
+    projected[:k, k:] = coupling
+    projected[k:, :k] = coupling.T
+    projected[k:, k:] = 0.5 * (corner_fresh + corner_fresh.T)
+    return projected, defect
+
+
+# -- products handed from `auto`'s choice to the route it chose ---------------------------
+
+_OFFERED: contextvars.ContextVar[Kept | None] = contextvars.ContextVar(
+    "matrank_kept_products", default=None
+)
+
+
+@contextlib.contextmanager
+def offering(kept: Kept | None) -> Iterator[None]:
+    """Within the block, :func:`offered` hands ``kept`` (the products ``auto`` took while
+    choosing) to the dense path of the estimate it runs -- of that call only, so that a
+    model changed between two calls is never read from stale products."""
+    token = _OFFERED.set(kept)
+    try:
+        yield
+    finally:
+        _OFFERED.reset(token)
+
+
+def offered(n: int, dtype: torch.dtype) -> Kept | None:
+    """The products offered to this dense path, if any fit ``R^n`` in ``dtype``; taken
+    once (a second estimate in the same block reads ``H`` itself)."""
+    kept = _OFFERED.get()
+    _OFFERED.set(None)
+    if kept is None or kept.basis.shape[0] != n or kept.basis.dtype != dtype:
+        return None
+    return kept

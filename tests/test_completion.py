@@ -1,0 +1,150 @@
+"""The dense path from products already taken (matrank.estimators.completion)."""
+
+import re
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import matrank
+from matrank.estimators.completion import KEPT_CONDITION, Kept, kept_span, offering
+from matrank.testing import haar_orthogonal
+
+
+def _operator(matrix, clock=None, seconds=0.0):
+    def matvec(vector):
+        if clock is not None:
+            clock.advance(seconds)
+        return matrix @ vector
+
+    return scipy.sparse.linalg.LinearOperator(
+        matrix.shape, matvec=matvec, rmatvec=matvec, dtype=np.float64
+    )
+
+
+def _rotated(values, seed):
+    basis = haar_orthogonal(len(values), np.random.default_rng(seed))
+    return (basis * values) @ basis.T
+
+
+def _lanczos_vectors(matrix, steps, seed):
+    """Plain Lanczos vectors, no reorthogonalization: they lose orthogonality once a
+    Ritz value converges, as the pilot's do."""
+    rng = np.random.default_rng(seed)
+    vectors = [rng.standard_normal(matrix.shape[0])]
+    vectors[0] /= np.linalg.norm(vectors[0])
+    previous, beta = np.zeros_like(vectors[0]), 0.0
+    for _ in range(steps - 1):
+        w = matrix @ vectors[-1] - beta * previous
+        w -= (w @ vectors[-1]) * vectors[-1]
+        beta = np.linalg.norm(w)
+        previous = vectors[-1]
+        vectors.append(w / beta)
+    return np.stack(vectors, axis=1)
+
+
+def test_the_kept_span_is_orthonormal_well_conditioned_and_mapped_by_h():
+    matrix = _rotated(np.geomspace(1.0, 1e-12, 200), seed=0)
+    krylov = _lanczos_vectors(matrix, 60, seed=1)  # the top Ritz values converge by 60
+    duplicate = krylov[:, :5] + 1e-14 * np.random.default_rng(2).standard_normal((200, 5))
+    vectors = np.concatenate([np.eye(200)[:, :8], krylov, duplicate], axis=1)
+    kept = kept_span(torch.from_numpy(vectors), torch.from_numpy(matrix @ vectors))
+    q, image = kept.basis.numpy(), kept.image.numpy()
+    k = q.shape[1]
+    assert kept.taken == 73 and 8 < k <= 68  # the near-copies are left out
+    np.testing.assert_allclose(q.T @ q, np.eye(k), atol=1e-13)
+    # H·Q from the products alone, within the condition bound of their rounding
+    assert np.abs(image - matrix @ q).max() < 1e3 * KEPT_CONDITION * np.finfo(float).eps
+
+
+@given(
+    rank=st.integers(1, 60),
+    taken=st.integers(1, 80),
+    seed=st.integers(0, 2**16),
+)
+def test_a_count_from_kept_products_is_the_dense_count(rank, taken, seed):
+    rng = np.random.default_rng(seed)
+    values = np.zeros(80)
+    values[:rank] = np.geomspace(1.0, 1e-6, rank) * rng.choice([-1.0, 1.0], rank)
+    matrix = _rotated(values, seed)
+    vectors = np.concatenate(
+        [
+            _lanczos_vectors(matrix, max(1, taken // 2), seed),
+            rng.standard_normal((80, taken)),
+        ],
+        axis=1,
+    )[:, :taken]
+    kept = kept_span(torch.from_numpy(vectors), torch.from_numpy(matrix @ vectors))
+    with offering(kept):
+        result = matrank.ExactRank(threshold=1e-8).estimate(_operator(matrix))
+    columns = result.diagnostics.kept_products["columns"]
+    assert columns == kept.basis.shape[1] >= 1
+    assert result.cost["matvecs"] == 80 - columns
+    assert result.rank == rank
+    np.testing.assert_allclose(
+        np.sort(result.diagnostics.eigenvalues), np.sort(values), atol=1e-12
+    )
+
+
+def test_kept_products_that_do_not_match_h_raise_the_floor():
+    """A kept image off by 1e-6 (a model changed between the products, say) is measured
+    where it meets the fresh products, and no eigenvalue under that is counted."""
+    values = np.zeros(100)
+    values[:30] = np.geomspace(1.0, 1e-9, 30)
+    matrix = _rotated(values, seed=3)
+    vectors = np.random.default_rng(4).standard_normal((100, 20))
+    kept = kept_span(torch.from_numpy(vectors), torch.from_numpy(matrix @ vectors))
+    honest = matrank.ExactRank(threshold="floor")
+    with offering(kept):
+        assert honest.estimate(_operator(matrix)).rank == 30
+    wrong = Kept(kept.basis, kept.image + 1e-6 * torch.randn_like(kept.image), kept.taken)
+    with offering(wrong):
+        result = honest.estimate(_operator(matrix))
+    defect = result.diagnostics.kept_products["defect"]
+    assert 1e-6 < defect < 1e-4
+    assert result.diagnostics.noise_floor >= defect
+    assert result.rank < 30  # the eigenvalues under the defect are not claimed
+
+
+def test_offered_products_serve_one_estimate_of_their_own_dimension():
+    matrix = _rotated(np.r_[np.ones(5), np.zeros(45)], seed=5)
+    vectors = torch.from_numpy(np.random.default_rng(6).standard_normal((50, 10)))
+    kept = kept_span(vectors, torch.from_numpy(matrix) @ vectors)
+    with offering(kept):  # another dimension: read in full, and the offer is spent
+        other = matrank.ExactRank().estimate(_operator(np.eye(40)))
+        spent = matrank.ExactRank().estimate(_operator(matrix))
+    with offering(kept):
+        first = matrank.ExactRank().estimate(_operator(matrix))
+        second = matrank.ExactRank().estimate(_operator(matrix))
+    assert spent.cost["matvecs"] == 50 and spent.diagnostics.kept_products is None
+    assert first.cost["matvecs"] == 40 and first.rank == 5
+    assert second.cost["matvecs"] == 50 and second.diagnostics.kept_products is None
+    assert other.cost["matvecs"] == 40 and other.rank == 40
+    assert matrank.ExactRank().estimate(_operator(matrix)).cost["matvecs"] == 50
+
+
+@pytest.mark.parametrize("seconds", [1e-3, 1e-6])
+def test_auto_keeps_its_pilots_products_where_reading_them_again_costs_more(clock, seconds):
+    """A gapless spectrum sends auto to the dense path after its calibration (32 unit
+    columns, timed twice) and pilot. At 1 ms a product on the suite's clock their span
+    is completed, not read again; at 1 µs reading it again is cheaper."""
+    matrix = _rotated(np.geomspace(1.0, 1e-9, 600), seed=7)
+    result = matrank.estimate_rank(_operator(matrix, clock, seconds), seed=0)
+    reason = result.diagnostics.auto
+    assert result.method == "exact"
+    found = re.search(r"the pilot counted [^(]*\((\d+) products\)", reason)
+    pilot = int(found.group(1)) if found else 0
+    truth = matrank.estimate_rank(matrix, method="exact")
+    assert result.rank == truth.rank and result.threshold == pytest.approx(truth.threshold)
+    kept = result.diagnostics.kept_products
+    if seconds == 1e-6:  # too cheap to pilot; completing would cost more than 32 products
+        assert kept is None and result.cost["matvecs"] == 64 + 600 and pilot == 0
+        return
+    assert pilot > 0 and 32 < kept["columns"] <= 32 + pilot and kept["of"] == 32 + pilot
+    assert result.cost["matvecs"] == 64 + pilot + 600 - kept["columns"]
+    np.testing.assert_allclose(
+        result.diagnostics.eigenvalues, truth.diagnostics.eigenvalues, atol=1e-13
+    )
