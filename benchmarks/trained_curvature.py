@@ -244,6 +244,12 @@ def main() -> None:
                 print(row(route, result, seconds, truth, dense_s), flush=True)
                 if route == "auto":
                     print(f"    auto: {result.diagnostics.get('auto')}")
+                kept = result.diagnostics.get("kept_products")
+                if kept:
+                    print(
+                        f"    kept: {kept['columns']} of the {kept['of']} products that "
+                        f"chose the dense path (defect {kept['defect']:.2g})"
+                    )
             print(f"  {effective(truth, tau)}")
 
 

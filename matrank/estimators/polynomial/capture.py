@@ -33,6 +33,11 @@ BASIS_BYTES = 1024**3  # the deflation basis
 # 2.5 % of the norm at n = 20,000 but with probability 1e-6 (Kuczyński & Woźniakowski;
 # numerics.deflation.lanczos_margin). 32 steps would leave 10 %.
 COMPLEMENT_STEPS = 64
+# A Jackson-damped step is 1 − 2.5e-3 (2.5e-3) at an angular distance 3π/degree above
+# (below) its edge, in β = arccos x: the filter "reaches" a threshold whose angle lies
+# that far from zero's. On smooth densities its soft count then equals N(τ) within the
+# Hutchinson error (benchmarks/polynomial_linear_nets.py).
+REACH = 3 * math.pi
 # Largest n whose whole space is taken: the dense work grows like n³ (benchmarks/README,
 # polynomial catalogue), where a filter's 15,000 cheap products take seconds
 WHOLE_SPACE_MAX = 2048
@@ -88,6 +93,14 @@ class SpectrumCapture:
         self.exact_path = False
         self.complement_top = math.inf
         self.krylov: BlockKrylov | None = None
+
+    def reach(self, degree: int) -> float:
+        """The smallest threshold a degree resolves: its angle ``3π/degree`` from zero's."""
+        return self.frame.reach(REACH / degree)
+
+    def reaches(self, threshold: float, degree: int) -> bool:
+        """Whether ``degree`` resolves ``threshold`` (to rounding of the reach itself)."""
+        return threshold >= self.reach(degree) * (1 - 1e-12)
 
     def _deflate(self, expected: float, *, whole: bool = False) -> None:
         """Capture the top subspace when the basis can hold all of it.

@@ -38,6 +38,7 @@ from ...numerics.trace import mean_and_stderr, probe_block
 from .capture import (
     BASIS_BYTES,
     COMPLEMENT_STEPS,
+    REACH,
     WHOLE_SPACE_MAX,
     SpectrumCapture,
 )
@@ -52,11 +53,6 @@ __all__: list[str] = []
 _DEGREE_CAP = 4000  # moments; 2000 matvecs per probe
 _PILOT_PROBES = 16
 _BLOCK_BYTES = 128 * 1024**2  # probes in flight: four n × chunk blocks (≈ 1 GB peak)
-# A Jackson-damped step is 1 − 2.5e-3 (2.5e-3) at an angular distance 3π/degree above
-# (below) its edge, in β = arccos x: the filter "reaches" a threshold whose angle lies
-# that far from zero's. On smooth densities its soft count then equals N(τ) within the
-# Hutchinson error (benchmarks/polynomial_linear_nets.py).
-_REACH = 3 * math.pi
 # A Gaussian-damped step (width w in β) is Φ(−4.75) = 1e-6 at 4.75·w from its edge, and
 # the series past degree D is below exp(−(D·w)²/2) = 1e-6 for D·w ≥ 5.3.
 _GAUSS_EDGE, _GAUSS_TAIL = 4.75, 5.3
@@ -96,14 +92,10 @@ class DefaultFilter(SpectrumCapture):
 
     # -- the spectrum's frame ------------------------------------------------------------
 
-    def reach(self, degree: int) -> float:
-        """The smallest threshold a degree resolves: its angle ``3π/degree`` from zero's."""
-        return self.frame.reach(_REACH / degree)
-
     def planned_degree(self, threshold: float) -> int:
         """The degree a given ``τ`` asks for: its reach at ``τ``, at most the cap."""
         separation = self.frame.separation(threshold)
-        return _even(min(_DEGREE_CAP, max(16, 2 * _REACH / separation)))
+        return _even(min(_DEGREE_CAP, max(16, 2 * REACH / separation)))
 
     # -- moments and filters -------------------------------------------------------------
 
@@ -386,7 +378,7 @@ class DefaultFilter(SpectrumCapture):
         )
         assert c is not None
         reach = self.reach(degree)
-        unreached = threshold < reach * (1 - 1e-12) and not self.exact_path
+        unreached = not self.reaches(threshold, degree) and not self.exact_path
         remedy = (
             f"threshold {threshold:.3g} is below the reach {reach:.3g} of degree "
             f"{degree}: eigenvalues near it count partially; raise `degree` (cost "

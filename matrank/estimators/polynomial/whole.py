@@ -36,9 +36,11 @@ def unreached(self: DefaultFilter, threshold: Any, remaining: int) -> str | None
     if not isinstance(threshold, float | int):
         return None
     degree = self.planned_degree(float(threshold))
-    reach = self.reach(degree)
-    if threshold >= reach * (1 - 1e-12) or self.n > min(remaining, UNREACHED_WHOLE_MAX):
+    if self.reaches(float(threshold), degree) or self.n > min(
+        remaining, UNREACHED_WHOLE_MAX
+    ):
         return None
+    reach = self.reach(degree)
     return (
         f"threshold {threshold:.3g} lies under the reach {reach:.3g} of degree {degree}, "
         f"the highest the filter takes: its count there would not be vouched for, and "
