@@ -57,7 +57,9 @@ class ExactRank:
 
     Notes
     -----
-    The Hessian is materialized: free for explicit matrices, ``n`` matvecs otherwise.
+    The Hessian is materialized: free for explicit matrices, ``n`` matvecs otherwise
+    (fewer when ``"auto"`` hands over the products that chose this path:
+    ``diagnostics["kept_products"]``).
     Operators are symmetrized as ``(A + Aᵀ)/2`` before the eigendecomposition. The
     noise floor is ``max(λmax·n·eps, ‖A − Aᵀ‖_F)`` with ``eps`` of the input's dtype.
 

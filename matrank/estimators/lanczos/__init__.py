@@ -103,8 +103,9 @@ class LanczosRank:
     Gauss–Radau quadrature (a node at zero) estimate the count first: at least half of
     ``n ≤ dense_max``, or an eighth of it still growing with the quadrature's steps (a
     spectrum unresolved at ``τ``, ``diagnostics["pilot"]["growing"]``), goes to the
-    dense path at once (``H`` read, or ``n`` products, and the exact rule;
-    ``diagnostics["path"] == "dense"``); a count below ``n/8``
+    dense path at once (``H`` read, or ``n`` products less the span of the pilot's own
+    where completing it is cheaper, ``diagnostics["kept_products"]``, and the exact
+    rule; ``diagnostics["path"] == "dense"``); a count below ``n/8``
     goes to one randomized range sketch, the pilot's products included, certified a
     posteriori by Gaussian test columns and Weyl's theorem (``"sketch"``,
     :mod:`matrank.numerics.sketch`), or else handed to the Krylov count as its start;
