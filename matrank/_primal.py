@@ -25,6 +25,7 @@ import torch
 from . import _clock
 from ._costs import eigvalsh_seconds, gram_seconds
 from ._oracle import Oracle, agree, collective, input_eps
+from ._scaling import scale_factor
 from .estimators.completion import Kept, kept_span, restart_is_cheaper
 from .estimators.lanczos.pilot import (
     DENSE_FRACTION,
@@ -167,19 +168,23 @@ def _pilot(
         return (*kept[option, seed], 0)
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
     spent = [0]
+    # in the run's units: a magnitude outside float64's safe window would overflow the
+    # quadrature's recurrence (an operator of 1e250 failed in eigh); kept products
+    # stay in the operator's own, as the route's run scales its own
+    factor = scale_factor(oracle)
 
     def product(block: torch.Tensor) -> torch.Tensor:
         spent[0] += block.shape[1]
         image = oracle.hvp(block)
         if taken is not None:
             taken.append((block.clone(), image))
-        return image
+        return image * factor
 
     with torch.no_grad():
         count, stderr, _, growing = quadrature_count(
             product,
             oracle.dim,
-            option,
+            option * factor if isinstance(option, float | int) else option,
             input_eps(oracle),
             generator=generator,
             dtype=oracle.dtype,

@@ -148,3 +148,18 @@ def test_auto_keeps_its_pilots_products_where_reading_them_again_costs_more(cloc
     np.testing.assert_allclose(
         result.diagnostics.eigenvalues, truth.diagnostics.eigenvalues, atol=1e-13
     )
+
+
+@pytest.mark.parametrize("scale", [1e-250, 1.0, 1e250])
+def test_kept_products_are_read_in_the_runs_units_at_every_scale(clock, scale):
+    """Outside float64's safe window the run scales its products by a power of two; the
+    kept ones, taken by auto from the operator itself, are scaled alike."""
+    values = np.zeros(600)
+    values[:300] = np.geomspace(1.0, 1e-6, 300)
+    matrix = _rotated(values, seed=8)
+    result = matrank.estimate_rank(_operator(scale * matrix, clock, 1e-3), seed=0)
+    assert result.method == "exact" and result.diagnostics.kept_products["columns"] > 32
+    assert result.rank == 300 and result.status is matrank.Status.CONVERGED
+    np.testing.assert_allclose(
+        np.sort(result.diagnostics.eigenvalues) / scale, np.sort(values), atol=1e-12
+    )
