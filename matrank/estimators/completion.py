@@ -26,6 +26,7 @@ import contextvars
 import dataclasses
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -38,6 +39,7 @@ __all__ = [
     "KEPT_CONDITION",
     "Kept",
     "completed",
+    "completed_kept",
     "kept_span",
     "offered",
     "offering",
@@ -160,6 +162,22 @@ def completed(
     projected[k:, :k] = coupling.T
     projected[k:, k:] = 0.5 * (corner_fresh + corner_fresh.T)
     return projected, defect
+
+
+def completed_kept(
+    run: Run, kept: Kept, block: int, factor: float = 1.0
+) -> tuple[torch.Tensor, float, dict[str, Any]]:
+    """:func:`completed` from products already taken: ``[Q, Q⊥]ᵀH[Q, Q⊥]``, its defect
+    (the fresh block's asymmetry, the kept image's disagreement with the fresh
+    products, or the kept corner's asymmetry, whichever is largest) and the record for
+    ``diagnostics["kept_products"]``. ``factor``: the run's scale, where the kept
+    products are in the operator's own units and the run's are scaled."""
+    image = kept.image * factor if factor != 1.0 else kept.image
+    corner = (kept.basis.T @ image).to("cpu", torch.float64)
+    symmetric, defect = completed(run, kept.basis, 0.5 * (corner + corner.T), block, image)
+    defect = max(defect, float(torch.linalg.matrix_norm(corner - corner.T)))
+    record = {"columns": kept.basis.shape[1], "of": kept.taken, "defect": defect}
+    return symmetric, defect, record
 
 
 # -- products handed from `auto`'s choice to the route it chose ---------------------------

@@ -15,7 +15,7 @@ from .._result import RankResult, Status
 from .._run import Run, sized_threads
 from .._validation import MatrankValueError, check_int, check_threshold, message
 from ..numerics.threshold import counting_curve, noise_floor, resolve_threshold
-from .completion import completed, offered
+from .completion import completed_kept, offered
 
 __all__ = ["ExactRank"]
 
@@ -185,17 +185,8 @@ def _primal_count(
     free = materialize.dispatch(type(oracle)) is not materialize.dispatch(object)
     kept = None if free else offered(n, meter.dtype)
     if kept is not None:  # auto's products, completed to R^n (the metered ones scaled)
-        image = kept.image * run.factor
-        corner = (kept.basis.T @ image).to(torch.float64)
-        symmetric, asymmetry = completed(
-            run, kept.basis, 0.5 * (corner + corner.T), 0, image
-        )
-        asymmetry = max(asymmetry, float(torch.linalg.matrix_norm(corner - corner.T)))
-        diagnostics["kept_products"] = {
-            "columns": kept.basis.shape[1],
-            "of": kept.taken,
-            "defect": asymmetry,
-        }
+        symmetric, asymmetry, record = completed_kept(run, kept, 0, run.factor)
+        diagnostics["kept_products"] = record
     else:
         dense = materialize(oracle) if free else materialize(meter)
         dense = dense.to(torch.float64)

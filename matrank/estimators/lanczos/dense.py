@@ -23,7 +23,7 @@ from ..._result import RankResult
 from ..._run import Run
 from ...numerics.krylov import BlockKrylov
 from ...numerics.threshold import noise_floor
-from ..completion import completed, kept_span, restart_is_cheaper
+from ..completion import completed, completed_kept, kept_span, restart_is_cheaper
 from ..exact import count_spectrum
 
 __all__ = [
@@ -217,16 +217,7 @@ def dense_count(
         None if k or pairs is None or collective(meter) is not None else kept_span(*pairs)
     )
     if kept is not None and not _restart_is_cheaper(meter, n, kept.basis.shape[1]):
-        corner = (kept.basis.T @ kept.image).to("cpu", torch.float64)
-        symmetric, defect = completed(
-            run, kept.basis, 0.5 * (corner + corner.T), block, kept.image
-        )
-        defect = max(defect, float(torch.linalg.matrix_norm(corner - corner.T)))
-        diagnostics["kept_products"] = {
-            "columns": kept.basis.shape[1],
-            "of": kept.taken,
-            "defect": defect,
-        }
+        symmetric, defect, diagnostics["kept_products"] = completed_kept(run, kept, block)
         return _count(threshold, run, krylov, symmetric, defect, diagnostics)
     symmetric, defect = completed(run, basis, krylov.T, block)
     return _count(threshold, run, krylov, symmetric, defect, diagnostics)
