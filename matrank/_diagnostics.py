@@ -195,10 +195,11 @@ class LanczosDiagnostics(_Plateau, Diagnostics):
     dense_restart : str
         Where the dense path read ``H`` from when it restarted (``"identity"``).
     kept_products : dict
-        Where the pilot sent the count to the dense path and completing its products'
-        span costs less than reading it again: ``columns`` kept ``of`` the products,
-        and the ``defect`` measured where they meet the fresh ones (as
-        :class:`ExactDiagnostics`'s).
+        Where the count took the dense path with products taken before its basis (its
+        pilot's; ``auto``'s calibration and pilot) not read again: ``columns`` kept
+        ``of`` the products (from an empty basis, their span; from a Krylov basis, the
+        directions they add to it), and the ``defect`` measured where they meet the
+        fresh ones (as :class:`ExactDiagnostics`'s).
     dense_reason : str
         Why the count went to the dense path: the pilot's count, the rank's share of
         the basis, the timed cost model (with its seconds) or a spent basis; ``auto``

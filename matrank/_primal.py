@@ -55,7 +55,9 @@ def operator_route(
     (:func:`kept_products`)."""
     taken: list[tuple[torch.Tensor, torch.Tensor]] = []
     route, timed, reason, seconds = _route(oracle, key, no_dual, threshold, seed, taken)
-    kept = kept_products(oracle, taken, seconds) if route == "exact" else None
+    # the dense path completes the kept span where that is cheaper than reading it
+    # again; a Krylov count extends its basis by it should it switch to that path
+    kept = kept_products(oracle, taken, seconds if route == "exact" else None)
     return route, timed, reason, kept
 
 
@@ -127,21 +129,22 @@ def _route(
 
 
 def kept_products(
-    oracle: Oracle, taken: list[tuple[torch.Tensor, torch.Tensor]], seconds: float
+    oracle: Oracle, taken: list[tuple[torch.Tensor, torch.Tensor]], seconds: float | None
 ) -> Kept | None:
-    """The span of the products ``auto`` took choosing the dense path (its
-    calibration's unit columns, its pilot's Lanczos vectors), for that path to complete
-    rather than read again (:mod:`matrank.estimators.completion`); ``None`` where
-    reading them again costs less at the calibrated rate, or for a data-parallel
-    oracle, whose ranks would each orthonormalize in their own rounding. ``seconds``:
-    the calibrated seconds a product."""
+    """The span of the products ``auto`` took choosing a route (its calibration's unit
+    columns, its pilot's Lanczos vectors), for the dense path to complete rather than
+    read again (:mod:`matrank.estimators.completion`); ``None`` where reading them
+    again costs less at the calibrated rate (``seconds`` a product; ``None``: not
+    priced here, as for a Krylov count, whose switch prices it), or for a
+    data-parallel oracle, whose ranks would each orthonormalize in their own
+    rounding."""
     if not taken or collective(oracle) is not None:
         return None
     images = torch.cat([y for _, y in taken], 1)
     if not bool(torch.isfinite(images).all()):
         return None  # the dense path reads H and refuses it, saying why
     kept = kept_span(torch.cat([v for v, _ in taken], 1), images)
-    if restart_is_cheaper(seconds, oracle.dim, kept.basis.shape[1]):
+    if seconds is not None and restart_is_cheaper(seconds, oracle.dim, kept.basis.shape[1]):
         return None
     return kept
 

@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import matrank
-from matrank.estimators.completion import KEPT_CONDITION, Kept, kept_span, offering
+from matrank.estimators.completion import (
+    KEPT_CONDITION,
+    Kept,
+    extended,
+    kept_span,
+    offering,
+)
 from matrank.testing import haar_orthogonal
 
 
@@ -162,4 +168,69 @@ def test_kept_products_are_read_in_the_runs_units_at_every_scale(clock, scale):
     assert result.rank == 300 and result.status is matrank.Status.CONVERGED
     np.testing.assert_allclose(
         np.sort(result.diagnostics.eigenvalues) / scale, np.sort(values), atol=1e-12
+    )
+
+
+@given(
+    k=st.integers(1, 40),
+    fresh=st.integers(0, 20),
+    near=st.integers(0, 10),
+    seed=st.integers(0, 2**16),
+)
+def test_a_basis_extended_by_a_kept_span_is_orthonormal_and_its_corner_h_projected(
+    k, fresh, near, seed
+):
+    """A Krylov basis ``Q`` (``QᵀHQ`` known) extended by the kept span's directions
+    outside it: ``[Q, P]`` orthonormal, its corner ``[Q, P]ᵀH[Q, P]`` from the kept
+    images alone, and directions within 1e-3 of ``Q`` left out (their images would
+    carry the rounding a thousandfold), Gaussian ones not."""
+    rng = np.random.default_rng(seed)
+    n = 60
+    values = rng.standard_normal(n) * np.geomspace(1.0, 1e-8, n)
+    matrix = _rotated(values, seed)
+    basis = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    vectors = np.concatenate(
+        [
+            rng.standard_normal((n, fresh)),
+            basis @ rng.standard_normal((k, near)) + 1e-4 * rng.standard_normal((n, near)),
+        ],
+        axis=1,
+    )
+    if vectors.shape[1] == 0:
+        return
+    kept = kept_span(torch.from_numpy(vectors), torch.from_numpy(matrix @ vectors))
+    Q = torch.from_numpy(basis)
+    grown, corner, added, asymmetry = extended(Q, Q.T @ torch.from_numpy(matrix) @ Q, kept)
+    assert added <= min(fresh, n - k)
+    assert (added > 0) == (fresh > 0)  # the near directions add nothing by themselves
+    whole = grown.numpy()
+    assert whole.shape == (n, k + added)
+    np.testing.assert_allclose(whole[:, :k], basis)
+    np.testing.assert_allclose(whole.T @ whole, np.eye(k + added), atol=1e-12)
+    np.testing.assert_allclose(corner.numpy(), whole.T @ matrix @ whole, atol=1e-12)
+    assert asymmetry < 1e-12
+
+
+def test_auto_hands_its_products_to_a_krylov_count_that_switches_dense(clock):
+    """An indefinite cluster near zero hides from auto's pilot (19 of 265 above τ), so
+    auto prices a Krylov count; that count finds the rank a third of ``n`` and switches
+    to the dense path, where the calibration's and pilot's products extend its basis
+    instead of being taken again: the count and eigenvalues are the dense ones."""
+    values = np.zeros(600)
+    values[:15] = np.geomspace(1.0, 0.1, 15)
+    values[15:265] = np.geomspace(1e-6, 2e-6, 250) * np.where(np.arange(250) % 2, 1, -1)
+    matrix = _rotated(values, seed=9)
+    result = matrank.estimate_rank(_operator(matrix, clock, 1e-3), threshold=1e-8, seed=0)
+    reason, diagnostics = result.diagnostics.auto, result.diagnostics
+    assert result.method == "lanczos" and diagnostics.path == "dense (switched)", reason
+    pilot = int(re.search(r"the pilot counted [^(]*\((\d+) products\)", reason).group(1))
+    kept = diagnostics.kept_products
+    assert kept["of"] == 32 + pilot and 0 < kept["columns"] <= 32 + pilot
+    assert kept["defect"] < 1e-13
+    # 64 timing products and the pilot's, then n less the kept directions
+    assert result.cost["matvecs"] == 64 + pilot + 600 - kept["columns"]
+    truth = matrank.estimate_rank(matrix, method="exact", threshold=1e-8)
+    assert result.rank == truth.rank == 265
+    np.testing.assert_allclose(
+        diagnostics.ritz_values, truth.diagnostics.eigenvalues, atol=1e-13
     )

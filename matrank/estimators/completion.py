@@ -17,6 +17,10 @@ columns whose triangle ``R`` has condition at most ``KEPT_CONDITION``; then
 error is measured, not assumed: :func:`completed` compares ``Q⊥ᵀ(HQ)`` with the
 fresh products' ``(QᵀHQ⊥)ᵀ`` and reports the discrepancy with the asymmetry, which
 raises the noise floor as a materialized ``H``'s asymmetry does.
+
+A Krylov basis that switches to the dense path is completed the same way; products
+taken before it (``auto``'s, or its pilot's) first extend it by their span's part
+outside it (:func:`extended`), so that they too are not taken again.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ __all__ = [
     "Kept",
     "completed",
     "completed_kept",
+    "extended",
+    "extending_pays",
     "kept_span",
     "offered",
     "offering",
@@ -62,6 +68,12 @@ class Kept:
     image: torch.Tensor  #: ``H·Q``, ``(n, k)``
     taken: int  #: the products they came from (``k`` of them kept)
 
+    def scaled(self, factor: float) -> Kept:
+        """The same span, its image in units ``factor`` times the operator's."""
+        if factor == 1.0:
+            return self
+        return dataclasses.replace(self, image=self.image * factor)
+
 
 def kept_span(vectors: torch.Tensor, images: torch.Tensor) -> Kept:
     """An orthonormal basis of ``vectors``' span (``(n, p)``) and its image, from
@@ -80,21 +92,80 @@ def kept_span(vectors: torch.Tensor, images: torch.Tensor) -> Kept:
     )
 
 
-def _well_conditioned(r: np.ndarray) -> int:
+def _well_conditioned(r: np.ndarray, largest: float | None = None) -> int:
     """The most leading columns of a pivoted QR's triangle with condition at most
-    ``KEPT_CONDITION``: the condition of the leading ``k × k`` triangle only grows with
+    ``KEPT_CONDITION`` (``largest``: relative to that singular value, not the
+    triangle's own): the condition of the leading ``k × k`` triangle only grows with
     ``k`` (its Gram matrix is a leading block of the next one's, so the extreme
     eigenvalues interlace), so a bisection finds it."""
 
     def fits(k: int) -> bool:
         values = np.linalg.svd(r[:k, :k], compute_uv=False)
-        return bool(values[-1] > 0 and values[0] <= KEPT_CONDITION * values[-1])
+        top = values[0] if largest is None else largest
+        return bool(values[-1] > 0 and top <= KEPT_CONDITION * values[-1])
 
     low, high = 0, min(r.shape)
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
     return low
+
+
+def extended(
+    basis: torch.Tensor, corner: torch.Tensor, kept: Kept
+) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """``[Q, P]``, ``[Q, P]ᵀH[Q, P]`` (float64), ``P``'s columns and the asymmetry of
+    ``PᵀHP`` as the kept images give it (a defect, as in :func:`completed_kept`): ``P``, what of
+    the kept span lies outside an orthonormal ``Q`` (``corner``: ``QᵀHQ``, as a Krylov
+    basis knows it), so that a completion of ``[Q, P]`` reads ``P``'s directions from
+    the kept products instead of taking them again.
+
+    ``W = (I − QQᵀ)X`` (``X``: the kept basis, twice projected) has a pivoted QR whose
+    leading ``j`` columns have singular values at least ``1/KEPT_CONDITION`` (``X``'s
+    columns have unit norm: directions nearly in ``Q`` add nothing and would amplify
+    the kept images' rounding); ``P = W_j R⁻¹`` and, ``HQ`` never formed,
+    ``QᵀHP = (QᵀHX_j − T·C_j)R⁻¹`` and ``PᵀHP = (PᵀHX_j − (QᵀHP)ᵀC_j)R⁻¹``
+    with ``C = QᵀX``."""
+    inputs, images = kept.basis.to(basis), kept.image.to(basis)
+    coefficients = basis.T @ inputs
+    outside = inputs - basis @ coefficients
+    again = basis.T @ outside  # the second pass: orthogonal to Q to rounding
+    outside -= basis @ again
+    coefficients += again
+    q, r, order = scipy.linalg.qr(
+        outside.to("cpu", torch.float64).numpy(), mode="economic", pivoting=True
+    )
+    j = _well_conditioned(r, largest=1.0)
+    if j == 0:
+        return basis, corner, 0, 0.0
+    chosen = torch.as_tensor(order[:j])
+    triangle = torch.as_tensor(r[:j, :j])
+    taken = coefficients[:, chosen].to("cpu", torch.float64)
+    image = images[:, chosen]
+    added = torch.as_tensor(np.ascontiguousarray(q[:, :j])).to(basis)
+
+    def right_solve(rows: torch.Tensor) -> torch.Tensor:  # rows·R⁻¹
+        return torch.linalg.solve_triangular(triangle, rows, upper=True, left=False)
+
+    to_cpu = functools.partial(torch.Tensor.to, device="cpu", dtype=torch.float64)
+    corner = corner.to("cpu", torch.float64)
+    coupling = right_solve(to_cpu(basis.T @ image) - corner @ taken)
+    inner = right_solve(to_cpu(added.T @ image) - coupling.T @ taken)
+    k = corner.shape[0]
+    grown = torch.empty(k + j, k + j, dtype=torch.float64)
+    grown[:k, :k] = corner
+    grown[:k, k:] = coupling
+    grown[k:, :k] = coupling.T
+    grown[k:, k:] = 0.5 * (inner + inner.T)
+    asymmetry = float(torch.linalg.matrix_norm(inner - inner.T))
+    return torch.cat([basis, added], 1), grown, j, asymmetry
+
+
+def extending_pays(per_product: float, n: int, k: int, p: int) -> bool:
+    """Whether :func:`extended` (two projections of ``p`` columns on ``k``, a QR of
+    ``n × p`` and the corner's products: about ``(5kp + 3p²)/n²`` matrix products of
+    size ``n``) costs less than the ``p`` products it may save."""
+    return p * per_product > matmul_seconds(n) * (5 * k * p + 3 * p * p) / n**2
 
 
 def restart_is_cheaper(per_product: float, n: int, k: int) -> bool:
@@ -109,15 +180,15 @@ def completed(
     basis: torch.Tensor,
     corner: torch.Tensor,
     block: int,
-    image_of_basis: torch.Tensor | None = None,
+    check: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """``[Q, Q⊥]ᵀH[Q, Q⊥]`` (``n × n``, float64, symmetrized) and its measured defect.
 
     ``basis``: ``Q`` (``(n, k)``, orthonormal; ``k = 0``: ``Q⊥`` is the identity and the
-    result ``H`` itself); ``corner``: ``QᵀHQ``, as the caller knows it; ``image_of_basis``:
-    ``HQ`` where known, whose agreement with the fresh products' ``QᵀHQ⊥`` joins the
-    defect. The defect is the Frobenius norm of the fresh block's asymmetry, or of that
-    disagreement when larger.
+    result ``H`` itself); ``corner``: ``QᵀHQ``, as the caller knows it; ``check``:
+    vectors ``X`` and their images ``HX`` known from earlier products, whose
+    ``Q⊥ᵀ(HX)`` must agree with the fresh products' ``(XᵀHQ⊥)ᵀ``. The defect is the
+    Frobenius norm of the fresh block's asymmetry, or of that disagreement when larger.
     """
     meter = run.meter
     n, k = basis.shape
@@ -150,12 +221,15 @@ def completed(
         return 0.5 * (dense + dense.T), asymmetry
     coupling = (basis.T @ image).to("cpu", torch.float64)
     corner_fresh = (complement.T @ image).to("cpu", torch.float64)
-    del image
     defect = float(torch.linalg.matrix_norm(corner_fresh - corner_fresh.T))
-    if image_of_basis is not None:
-        known = (complement.T @ image_of_basis).to("cpu", torch.float64)
-        defect = max(defect, float(torch.linalg.matrix_norm(known - coupling.T)))
-        del known
+    if check is not None:
+        vectors, images = check
+        fresh = coupling if vectors is basis else vectors.T @ image
+        known = (complement.T @ images).to("cpu", torch.float64)
+        disagreement = known - fresh.T.to("cpu", torch.float64)
+        defect = max(defect, float(torch.linalg.matrix_norm(disagreement)))
+        del known, fresh, disagreement
+    del image
     projected = torch.empty(n, n, dtype=torch.float64)
     projected[:k, :k] = corner.to("cpu", torch.float64)
     projected[:k, k:] = coupling
@@ -174,7 +248,9 @@ def completed_kept(
     products are in the operator's own units and the run's are scaled."""
     image = kept.image * factor if factor != 1.0 else kept.image
     corner = (kept.basis.T @ image).to("cpu", torch.float64)
-    symmetric, defect = completed(run, kept.basis, 0.5 * (corner + corner.T), block, image)
+    symmetric, defect = completed(
+        run, kept.basis, 0.5 * (corner + corner.T), block, (kept.basis, image)
+    )
     defect = max(defect, float(torch.linalg.matrix_norm(corner - corner.T)))
     record = {"columns": kept.basis.shape[1], "of": kept.taken, "defect": defect}
     return symmetric, defect, record

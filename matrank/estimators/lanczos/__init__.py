@@ -17,6 +17,7 @@ from ..._result import RankResult
 from ..._run import Run, sized_threads
 from ..._validation import check_choice, check_int, check_threshold
 from ...numerics.krylov import BlockKrylov
+from ..completion import offered
 from .dense import DENSE_MAX, affordable, dense_count
 from .grow import End, grow_basis, start_basis
 from .pilot import DENSE_FRACTION, PILOT_MIN_DIM
@@ -121,7 +122,10 @@ class LanczosRank:
     when a third of ``R^n`` has been explored and nine tenths of it counted. The basis
     is then completed to ``[Q, Q⊥]`` with only ``H·Q⊥`` computed, or ``H`` read again
     from the identity when that is cheaper (``diagnostics["dense_restart"]``); the
-    eigenvalues are counted by the exact rule (``"dense (switched)"``). The dense path
+    eigenvalues are counted by the exact rule (``"dense (switched)"``). Products taken
+    before the basis (the pilot's; ``auto``'s calibration and pilot where ``auto``
+    chose this count) first extend ``Q`` by their span's part outside it, not read
+    again (``diagnostics["kept_products"]``). The dense path
     never overruns a ``max_matvecs`` the user fixed. The pilot and the timings choose
     the path, never the count.
 
@@ -214,7 +218,10 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
     the basis)."""
     meter = run.meter
     krylov = BlockKrylov(meter.hvp, plan.n, meter.dtype, meter.device, run.generator)
+    offer = offered(plan.n, meter.dtype)  # taken once, whatever the path
     growth = start_basis(run, plan, krylov)
+    if offer is not None and growth.pilot is None:
+        growth.offered = offer.scaled(run.factor)
     # Ctrl-C from here: the last assessment, or the pilot's estimate before one
     run.interim = functools.partial(interim, growth)
     pilot = growth.pilot
@@ -237,7 +244,7 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
                 krylov,
                 plan.block,
                 growth.diagnostics(),
-                growth.pairs,
+                growth.kept(),
             )
     if pilot is not None and pilot.path == "range start" and krylov.size == 0:
         sketched = sketch_start(run, plan, growth)
@@ -245,7 +252,9 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
             return sketched
     end = grow_basis(run, plan, growth)
     if end is End.DENSE:
-        return dense_count(run, plan.threshold, krylov, plan.block, growth.diagnostics())
+        return dense_count(
+            run, plan.threshold, krylov, plan.block, growth.diagnostics(), growth.kept()
+        )
     latest = growth.latest
     if end is End.CERTIFIED and latest is not None and wanted(plan, latest):
         growth.sharpened = sharpen(run, plan, growth)

@@ -23,7 +23,14 @@ from ..._result import RankResult
 from ..._run import Run
 from ...numerics.krylov import BlockKrylov
 from ...numerics.threshold import noise_floor
-from ..completion import completed, completed_kept, kept_span, restart_is_cheaper
+from ..completion import (
+    Kept,
+    completed,
+    completed_kept,
+    extended,
+    extending_pays,
+    restart_is_cheaper,
+)
 from ..exact import count_spectrum
 
 __all__ = [
@@ -188,15 +195,18 @@ def dense_count(
     krylov: BlockKrylov,
     block: int,
     diagnostics: dict[str, Any],
-    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    kept: Kept | None = None,
 ) -> RankResult:
     """Complete the basis, compute ``H·Q⊥``, and count ``H``'s eigenvalues exactly.
 
-    From an empty basis (the pilot's choice) ``Q⊥`` is the identity: an explicit
-    matrix is read as it is, anything else costs ``n`` products -- less the span of
-    the pilot's products ``pairs`` (``(V, HV)``) where completing it costs less than
-    reading it again (``diagnostics["kept_products"]``). ``diagnostics``: what the
-    phases before found (the pilot), copied into the result's.
+    ``kept``: products taken before the basis (the pilot's, or ``auto``'s calibration
+    and pilot), whose span is not read again where that costs less
+    (``diagnostics["kept_products"]``): from an empty basis (the pilot's choice) ``Q⊥``
+    is the identity, and an explicit matrix is read as it is, anything else costs
+    ``n`` products less the kept span; a Krylov basis is first extended by the part of
+    the kept span outside it (:func:`~matrank.estimators.completion.extended`).
+    ``diagnostics``: what the phases before found (the pilot), copied into the
+    result's.
     """
     run.enter("dense")
     diagnostics = dict(diagnostics)
@@ -213,14 +223,30 @@ def dense_count(
         dense = materialize(run.oracle).to("cpu", torch.float64) * run.factor
         dense = 0.5 * (dense + dense.T)
         return _count(threshold, run, krylov, dense, 0.0, diagnostics)
-    kept = (
-        None if k or pairs is None or collective(meter) is not None else kept_span(*pairs)
-    )
-    if kept is not None and not _restart_is_cheaper(meter, n, kept.basis.shape[1]):
-        symmetric, defect, diagnostics["kept_products"] = completed_kept(run, kept, block)
+    if collective(meter) is not None:  # each rank would orthonormalize in its rounding
+        kept = None
+    if k == 0 and kept is not None:
+        if not _restart_is_cheaper(meter, n, kept.basis.shape[1]):
+            symmetric, defect, record = completed_kept(run, kept, block)
+            diagnostics["kept_products"] = record
+            return _count(threshold, run, krylov, symmetric, defect, diagnostics)
+        kept = None
+    if kept is None or not _extending_pays(meter, n, k, kept.basis.shape[1]):
+        symmetric, defect = completed(run, basis, krylov.T, block)
         return _count(threshold, run, krylov, symmetric, defect, diagnostics)
-    symmetric, defect = completed(run, basis, krylov.T, block)
+    basis, corner, added, asymmetry = extended(basis, krylov.T, kept)
+    symmetric, defect = completed(run, basis, corner, block, (kept.basis, kept.image))
+    defect = max(defect, asymmetry)
+    diagnostics["kept_products"] = {"columns": added, "of": kept.taken, "defect": defect}
     return _count(threshold, run, krylov, symmetric, defect, diagnostics)
+
+
+def _extending_pays(meter: Any, n: int, k: int, p: int) -> bool:
+    """:func:`~matrank.estimators.completion.extending_pays` at this run's own product
+    rate (no timed products yet: extend)."""
+    if not meter.timed_matvecs:
+        return True
+    return extending_pays(meter.hvp_seconds / meter.timed_matvecs, n, k, p)
 
 
 def _restart_is_cheaper(meter: Any, n: int, k: int) -> bool:

@@ -17,6 +17,7 @@ from ...numerics.counting import (
     verification_steps,
 )
 from ...numerics.krylov import BlockKrylov
+from ..completion import Kept, kept_span
 from .dense import affordable, dense_is_cheaper, worth_switching
 from .pilot import Pilot, run_pilot
 from .plan import LanczosPlan
@@ -45,12 +46,21 @@ class Growth:
     pilot: Pilot | None = None
     #: the pilot's products ``(V, HV)`` as two ``(n, c)`` blocks, for a range sketch
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: products ``auto`` took choosing this count (in the run's units), where no pilot
+    #: of the count's own runs
+    offered: Kept | None = None
     latest: Assessment | None = None
     switched_early_at: int | None = None
     #: why the count goes to the dense path (a sentence), once it does
     dense_reason: str | None = None
     #: what the Gaussian tests of :mod:`.sharpen` measured, where they lowered the floor
     sharpened: dict[str, Any] | None = None
+
+    def kept(self) -> Kept | None:
+        """The span of the products taken before the basis, for the dense path."""
+        if self.offered is not None:
+            return self.offered
+        return None if self.pairs is None else kept_span(*self.pairs)
 
     @property
     def threshold(self) -> float:
