@@ -318,12 +318,14 @@ def estimate_rank(
     probes of quadrature, 64 products at first) estimates the rank ``r`` and the Krylov
     count is priced at about ``2r + 128`` products with their orthogonalization; the
     cheaper wins (a count the pilot cannot resolve at ``τ``, or of half of ``n``, goes
-    dense). Their products are counted in ``cost``, and the calibration is recorded
+    dense). At a given ``τ`` the polynomial filter is priced too, at its budget's
+    15,000 products, where its capped degree reaches ``τ`` (about ``1.4e-6·λmax``);
+    taken where cheapest, its count carries a standard error. Their products are counted in ``cost``, and the calibration is recorded
     for the object passed, so that later calls on the same operator reuse it and take
     the same route (a new process calibrates afresh: a machine under other load may
     then route an operator near the boundary differently -- pass ``method=`` to pin
-    it). Both routes count right at the
-    threshold they report. Otherwise ``"lanczos"``; gradients only -> ``"langevin"``;
+    it). The exact routes count right at the
+    threshold they report, the filter within its standard error. Otherwise ``"lanczos"``; gradients only -> ``"langevin"``;
     loss values only -> ``"evolution"``.
 
     Examples

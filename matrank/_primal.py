@@ -12,6 +12,12 @@ quadrature cannot resolve at ``τ`` (a count still growing with the steps, from 
 eighth of ``n``): a Krylov count must resolve every Ritz value near ``τ`` there and
 ends on the dense path, so that goes dense at once. Above ``AUTO_EXACT_MAX_DIM`` the
 Lanczos count prices itself (its pilot and switch); below it the choice is made here.
+
+The polynomial filter joins the model where it answers the question asked: at a
+given ``τ`` that its capped degree resolves (:func:`_filter_price`), priced at its
+budget's products; cheapest, it is taken, and its count carries a standard error.
+Without a ``τ`` it would pick its own from the density of states, and under its reach
+it counts from the whole space, the dense path: not priced, and the reason says so.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ from .estimators.lanczos.pilot import (
     UNRESOLVED_FRACTION,
     quadrature_count,
 )
+from .estimators.polynomial.capture import REACH
+from .estimators.polynomial.default import DEFAULT_BUDGET, DEGREE_CAP
+from .numerics.chebyshev import ChebyshevFrame
+from .numerics.threshold import noise_floor
 
 __all__ = ["AUTO_DENSE_SECONDS", "calibrated", "kept_products", "operator_route"]
 
@@ -50,14 +60,16 @@ _KRYLOV_EXTRA = 128
 def operator_route(
     oracle: Oracle, key: Any, no_dual: str, threshold: Any, seed: int | None
 ) -> tuple[str, int, str, Kept | None]:
-    """``"exact"`` or ``"lanczos"`` for an operator of ``n ≤ AUTO_EXACT_MAX_DIM``, the
-    products the choice spent, why, and for the dense path their span to keep
-    (:func:`kept_products`)."""
+    """``"exact"``, ``"lanczos"`` or ``"polynomial"`` for an operator of
+    ``n ≤ AUTO_EXACT_MAX_DIM``, the products the choice spent, why, and for the exact
+    routes their span to keep (:func:`kept_products`)."""
     taken: list[tuple[torch.Tensor, torch.Tensor]] = []
     route, timed, reason, seconds = _route(oracle, key, no_dual, threshold, seed, taken)
     # the dense path completes the kept span where that is cheaper than reading it
     # again; a Krylov count extends its basis by it should it switch to that path
-    kept = kept_products(oracle, taken, seconds if route == "exact" else None)
+    kept = None
+    if route != "polynomial":
+        kept = kept_products(oracle, taken, seconds if route == "exact" else None)
     return route, timed, reason, kept
 
 
@@ -96,36 +108,77 @@ def _route(
             ),
             seconds,
         )
-    count, stderr, growing, spent = _pilot(oracle, key, threshold, seed, taken)
+    count, stderr, growing, extent, spent = _pilot(oracle, key, threshold, seed, taken)
     timed += spent
     pilot = f"; the pilot counted {count:.0f} ± {stderr:.2g} " + (
         f"({spent} products)" if spent else "(kept for this operator)"
     )
+    polynomial, filtered = _filter_price(oracle, seconds, threshold, extent)
+    pilot += filtered
     if growing and count >= UNRESOLVED_FRACTION * n:
-        return (
-            "exact",
-            timed,
-            (
-                f"{head}{pilot}, still growing with its quadrature's steps: a spectrum "
-                "unresolved at τ, whose Krylov count ends on the dense path: exact"
-            ),
-            seconds,
+        priced = (
+            f"{pilot}, still growing with its quadrature's steps: a spectrum unresolved "
+            "at τ, whose Krylov count ends on the dense path"
         )
-    if count >= DENSE_FRACTION * n:
-        return "exact", timed, f"{head}{pilot}, at least half of n: exact", seconds
-    products = min(n, math.ceil(2 * (count + 2 * stderr)) + _KRYLOV_EXTRA)
-    krylov = float(
-        agree(
-            oracle,
-            products * seconds
-            + 2 * gram_seconds(products, n)
-            + 2 * eigvalsh_seconds(products),
+        krylov = math.inf
+    elif count >= DENSE_FRACTION * n:
+        priced, krylov = f"{pilot}, at least half of n", math.inf
+    else:
+        products = min(n, math.ceil(2 * (count + 2 * stderr)) + _KRYLOV_EXTRA)
+        krylov = float(
+            agree(
+                oracle,
+                products * seconds
+                + 2 * gram_seconds(products, n)
+                + 2 * eigvalsh_seconds(products),
+            )
         )
-    )
-    priced = f"{pilot}: a Krylov count of about {products} products, {krylov:.2g} s"
+        priced = f"{pilot}: a Krylov count of about {products} products, {krylov:.2g} s"
+    if polynomial < min(dense, krylov):
+        verdict = "the polynomial filter, its count an estimate with a standard error"
+        return "polynomial", timed, f"{head}{priced}; cheapest: {verdict}", seconds
     if krylov < dense:
         return "lanczos", timed, f"{head}{priced}, less: block Krylov counting", seconds
+    if krylov == math.inf:
+        return "exact", timed, f"{head}{priced}: exact", seconds
     return "exact", timed, f"{head}{priced}, no less: exact", seconds
+
+
+def _filter_price(
+    oracle: Oracle, seconds: float, threshold: Any, extent: tuple[float, float]
+) -> tuple[float, str]:
+    """The polynomial filter's predicted seconds (``inf`` where it cannot answer the
+    question asked) and a clause for the reason.
+
+    The filter answers at a given ``τ`` only: with none (or ``"floor"``) it picks its
+    own from the density of states, or (``n ≤ 2048``) counts the whole space, the dense
+    path. Its capped degree resolves ``τ`` only from ``reach`` above zero (about
+    ``1.4e-6`` of the spectrum's width; ``extent``: the pilot's extreme nodes, in the
+    run's units as ``τ`` is scaled here); under that it counts from the whole space,
+    the dense path again. Where it reaches ``τ`` it spends its budget on probes: that
+    many products (its recurrences' vector work is a few ``n``-vectors a product)."""
+    if not isinstance(threshold, float | int) or isinstance(threshold, bool):
+        return math.inf, ""
+    low, high = extent
+    # a node below the noise floor's negative proves a negative eigenvalue (as the
+    # filter's own bounds read their Ritz values); a rounding-level one does not
+    negative = low < -noise_floor(max(high, -low), oracle.dim, input_eps(oracle))
+    width = high - low if negative else high
+    frame = ChebyshevFrame(
+        low=low - 0.01 * width if negative else 0.0, high=high + 0.01 * width
+    )
+    reach = frame.reach(REACH / DEGREE_CAP)
+    tau = float(threshold) * scale_factor(oracle)
+    if tau < reach:
+        return math.inf, (
+            f", a polynomial filter resolving τ only from {reach / scale_factor(oracle):.2g} "
+            f"(degree {DEGREE_CAP})"
+        )
+    cost = float(agree(oracle, DEFAULT_BUDGET * seconds))
+    return (
+        cost,
+        f", a polynomial filter at τ at most {DEFAULT_BUDGET} products, {cost:.2g} s",
+    )
 
 
 def kept_products(
@@ -162,9 +215,10 @@ def _pilot(
     threshold: Any,
     seed: int | None,
     taken: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> tuple[float, float, bool, int]:
-    """The pilot's count, its standard error, whether it still grew, and the products
-    spent (0 when kept from an earlier call on ``key``); the products join ``taken``."""
+) -> tuple[float, float, bool, tuple[float, float], int]:
+    """The pilot's count, its standard error, whether it still grew, its extreme nodes
+    (in the run's units), and the products spent (0 when kept from an earlier call on
+    ``key``); the products join ``taken``."""
     option = threshold if isinstance(threshold, float | int | str) else None
     kept = recall(_PILOTS, key) or {}
     if (option, seed) in kept:
@@ -184,7 +238,7 @@ def _pilot(
         return image * factor
 
     with torch.no_grad():
-        count, stderr, _, growing = quadrature_count(
+        count, stderr, _, growing, extent = quadrature_count(
             product,
             oracle.dim,
             option * factor if isinstance(option, float | int) else option,
@@ -198,6 +252,7 @@ def _pilot(
         float(agree(oracle, count)),
         float(agree(oracle, stderr)),
         bool(agree(oracle, growing)),
+        (float(agree(oracle, extent[0])), float(agree(oracle, extent[1]))),
     )
     remember(_PILOTS, key, {**kept, (option, seed): found})
     return (*found, spent[0])

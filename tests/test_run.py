@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -520,6 +521,41 @@ def test_auto_prices_the_krylov_count_against_the_dense_path_on_one_model(clock)
     assert again.method == first.method == "lanczos" and again.rank == 20
     assert "(kept for this operator)" in again.diagnostics.auto
     assert again.cost["matvecs"] == first.cost["matvecs"] - 64 - 64
+
+
+def test_auto_prices_the_polynomial_filter_where_it_answers_the_question(
+    clock, monkeypatch
+):
+    """The filter answers only at a given τ its capped degree reaches (about 1.4e-6 of
+    λmax for a PSD spectrum): there it is priced at its budget's products. Made the
+    cheapest (an eigvalsh priced at a microsecond per n³, a second at n = 100, so
+    that the dense path and a Krylov count's Ritz problems cost more than 15,000
+    products of 1 ms), ``auto`` takes it, and its count carries a standard error; at a
+    τ under its reach it is named and passed over, whatever its price."""
+    import matrank._primal as primal
+
+    monkeypatch.setattr(primal, "eigvalsh_seconds", lambda n: 1e-6 * float(n) ** 3)
+    values = np.zeros(600)
+    values[:100] = np.geomspace(1.0, 0.5, 100)
+    values[100:300] = np.geomspace(1e-3, 1e-5, 200)
+    matrix = (lambda q: (q * values) @ q.T)(
+        matrank.testing.haar_orthogonal(600, np.random.default_rng(0))
+    )
+    result = matrank.estimate_rank(_costly(clock, matrix), threshold=0.1, seed=0)
+    reason = result.diagnostics.auto
+    assert result.method == "polynomial", reason
+    assert "a polynomial filter at τ at most 15000 products, 15 s" in reason
+    assert "a Krylov count of about" in reason and "cheapest: the polynomial" in reason
+    assert result.stderr is not None
+    assert abs(result.rank - 100) <= max(3 * result.stderr, 0.5)
+    result = matrank.estimate_rank(_costly(clock, matrix), threshold=1e-9, seed=0)
+    reason = result.diagnostics.auto
+    assert result.method == "exact" and result.rank == 300, reason
+    found = re.search(r"a polynomial filter resolving τ only from ([0-9.e+-]+)", reason)
+    assert found and 1e-6 < float(found.group(1)) < 2e-6  # (1 − cos(3π/4000))/2 ≈ 1.4e-6
+    # no τ given: the filter would pick its own, a different question: not priced
+    result = matrank.estimate_rank(_costly(clock, matrix), seed=0)
+    assert "polynomial" not in result.diagnostics.auto
 
 
 def test_auto_reuses_an_operators_calibration_and_keeps_its_route(clock):

@@ -93,7 +93,7 @@ def run_pilot(
         return image
 
     before = meter.matvecs
-    count, stderr, cut, growing = quadrature_count(
+    count, stderr, cut, growing, _ = quadrature_count(
         product,
         meter.dim,
         threshold,
@@ -122,13 +122,14 @@ def quadrature_count(
     dtype: torch.dtype,
     device: torch.device,
     grow: bool,
-) -> tuple[float, float, float, bool]:
+) -> tuple[float, float, float, bool, tuple[float, float]]:
     """The pilot's estimate: four sphere probes of Gauss–Radau quadrature (a node at
     zero), 16 steps, doubled to at most ``n/16`` products while the count still grows
     (``grow``: where the dense path is possible; :func:`_enough`). Returns the count at
     the threshold (``threshold``, or the plateau rule on the nodes), its standard error
-    over the probes, that threshold, and whether the count still grew by a tenth at the
-    last doubling (a spectrum unresolved at ``τ``)."""
+    over the probes, that threshold, whether the count still grew by a tenth at the
+    last doubling (a spectrum unresolved at ``τ``), and the smallest and largest node
+    (inside the spectrum: ``auto`` prices the polynomial filter's reach from them)."""
     probes = probe_block(
         n, _PROBES, kind="sphere", generator=generator, dtype=dtype, device=device
     )
@@ -164,7 +165,7 @@ def quadrature_count(
     if nodes.shape[1] - 1 not in checks:  # the Radau rule of `steps` has steps + 1 nodes
         means.append(count)
     growing = len(means) > 1 and means[-1] > 1.1 * means[-2]
-    return count, stderr, cut, growing
+    return count, stderr, cut, growing, (float(nodes.min()), float(nodes.max()))
 
 
 def _enough(counts: list[float], n: int, most: int, checks: list[int]) -> bool:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__: list[str] = []
 
-_DEGREE_CAP = 4000  # moments; 2000 matvecs per probe
+DEGREE_CAP = 4000  # moments; 2000 matvecs per probe
 _PILOT_PROBES = 16
 _BLOCK_BYTES = 128 * 1024**2  # probes in flight: four n × chunk blocks (≈ 1 GB peak)
 # A Gaussian-damped step (width w in β) is Φ(−4.75) = 1e-6 at 4.75·w from its edge, and
@@ -95,7 +95,7 @@ class DefaultFilter(SpectrumCapture):
     def planned_degree(self, threshold: float) -> int:
         """The degree a given ``τ`` asks for: its reach at ``τ``, at most the cap."""
         separation = self.frame.separation(threshold)
-        return _even(min(_DEGREE_CAP, max(16, 2 * REACH / separation)))
+        return _even(min(DEGREE_CAP, max(16, 2 * REACH / separation)))
 
     # -- moments and filters -------------------------------------------------------------
 
@@ -265,7 +265,7 @@ class DefaultFilter(SpectrumCapture):
         if options.degree:
             pilot_steps = math.ceil(options.degree / 2)
         else:
-            pilot_steps = int(min(_DEGREE_CAP // 2, max(8, 0.4 * remaining // pilot_count)))
+            pilot_steps = int(min(DEGREE_CAP // 2, max(8, 0.4 * remaining // pilot_count)))
         pilot_degree = 2 * pilot_steps
         pilot_count = min(pilot_count, self._affordable(remaining // pilot_steps))
         pilot = self.moments(pilot_count, pilot_steps)
