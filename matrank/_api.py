@@ -33,7 +33,7 @@ from .estimators import (
     LangevinRank,
     PolynomialRank,
 )
-from .estimators.completion import Kept, offering
+from .estimators.completion import Offer, offering
 from .estimators.lanczos.dense import DENSE_MAX
 from .numerics.krylov import spectral_bounds
 
@@ -81,12 +81,12 @@ def auto_method(oracle: Oracle) -> tuple[str, str]:
 
 def _auto(
     oracle: Oracle, key: Any = None, threshold: Any = None, seed: int | None = None
-) -> tuple[str, dict[str, float], str, bool | None, Kept | None]:
+) -> tuple[str, dict[str, float], str, bool | None, Offer | None]:
     """:func:`auto_method`, what its timings spent (``matvecs``, ``gradients``; ``key``:
     the object whose calibration is recorded, the oracle itself by default),
     whether a dual form was taken (``None``: none weighed), so that ``"exact"`` runs
-    the route that was chosen, not its own size rule, and the span of its products
-    for the dense path to keep (:func:`matrank._primal.kept_products`)."""
+    the route that was chosen, not its own size rule, and what the route chosen may
+    use of its products and pilot (:func:`matrank._primal.operator_route`)."""
     key = oracle if key is None else key
     spent: dict[str, float] = {"matvecs": 0, "gradients": 0.0}
     no_dual, weighed = "", None
@@ -99,11 +99,11 @@ def _auto(
         if takes:
             return "exact", spent, why, True, None
         no_dual, weighed = why, False
-    method, timed, reason, kept = _primal(
+    method, timed, reason, offer = _primal(
         oracle, key, no_dual or _no_dual(form, oracle.dim), threshold, seed
     )
     spent["matvecs"] += timed
-    return method, spent, reason, weighed, kept
+    return method, spent, reason, weighed, offer
 
 
 def _weigh_dual(
@@ -174,9 +174,9 @@ def _timed_rows(form: Any, key: Any, spent: dict[str, float]) -> float:
 
 def _primal(
     oracle: Oracle, key: Any, no_dual: str, threshold: Any, seed: int | None
-) -> tuple[str, int, str, Kept | None]:
+) -> tuple[str, int, str, Offer | None]:
     """The route when the dual is not taken, the products timing it spent, why, and
-    those products' span for the dense path to keep."""
+    what the route may use of them (:func:`matrank._primal.operator_route`)."""
     if Capability.HVP in oracle.capabilities:
         n = oracle.dim
         if n > AUTO_EXACT_MAX_DIM:
@@ -344,10 +344,10 @@ def estimate_rank(
         described = {name: repr(value) for name, value in sorted(options.items())}
         group.same(run_identity(method, described, seed, oracle))
     reason, probe_spent, probe_seconds = None, {"matvecs": 0, "gradients": 0.0}, 0.0
-    kept: Kept | None = None
+    offer: Offer | None = None
     if method == "auto":
         start = _clock.now()
-        method, probe_spent, reason, dual, kept = _auto(
+        method, probe_spent, reason, dual, offer = _auto(
             oracle, obj, options.get("threshold"), seed
         )
         probe_seconds = _clock.now() - start
@@ -379,7 +379,7 @@ def estimate_rank(
     if isinstance(relative, RelativeThreshold):
         norm, norm_matvecs = _spectral_norm(oracle, seed)
         options["threshold"] = relative.fraction * norm
-    with offering(kept):
+    with offering(offer):
         result = cls(**options).estimate(
             oracle,
             seed=seed,

@@ -32,7 +32,7 @@ from . import _clock
 from ._costs import eigvalsh_seconds, gram_seconds
 from ._oracle import Oracle, agree, collective, input_eps
 from ._scaling import scale_factor
-from .estimators.completion import Kept, kept_span, restart_is_cheaper
+from .estimators.completion import Kept, Offer, kept_span, restart_is_cheaper
 from .estimators.lanczos.pilot import (
     DENSE_FRACTION,
     PILOT_PRODUCTS,
@@ -59,18 +59,26 @@ _KRYLOV_EXTRA = 128
 
 def operator_route(
     oracle: Oracle, key: Any, no_dual: str, threshold: Any, seed: int | None
-) -> tuple[str, int, str, Kept | None]:
+) -> tuple[str, int, str, Offer | None]:
     """``"exact"``, ``"lanczos"`` or ``"polynomial"`` for an operator of
     ``n ≤ AUTO_EXACT_MAX_DIM``, the products the choice spent, why, and for the exact
-    routes their span to keep (:func:`kept_products`)."""
+    routes what they may use of it (:class:`~matrank.estimators.completion.Offer`): the
+    span of its products (:func:`kept_products`) and, for a Krylov count, the pilot's
+    estimate that prices its switch to the dense path."""
     taken: list[tuple[torch.Tensor, torch.Tensor]] = []
-    route, timed, reason, seconds = _route(oracle, key, no_dual, threshold, seed, taken)
+    route, timed, reason, seconds, pilot = _route(
+        oracle, key, no_dual, threshold, seed, taken
+    )
+    if route == "polynomial":
+        return route, timed, reason, None
     # the dense path completes the kept span where that is cheaper than reading it
     # again; a Krylov count extends its basis by it should it switch to that path
-    kept = None
-    if route != "polynomial":
-        kept = kept_products(oracle, taken, seconds if route == "exact" else None)
-    return route, timed, reason, kept
+    kept = kept_products(oracle, taken, seconds if route == "exact" else None)
+    if route == "exact":
+        pilot = None
+    if kept is None and pilot is None:
+        return route, timed, reason, None
+    return route, timed, reason, Offer(oracle.dim, kept, pilot)
 
 
 def _route(
@@ -80,9 +88,9 @@ def _route(
     threshold: Any,
     seed: int | None,
     taken: list[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[str, int, str, float]:
-    """:func:`operator_route`'s choice, with the calibrated seconds a product; the
-    products join ``taken``."""
+) -> tuple[str, int, str, float, tuple[float, float, float, bool, int] | None]:
+    """:func:`operator_route`'s choice, with the calibrated seconds a product and the
+    pilot's estimate (``None`` where none ran); the products join ``taken``."""
     n = oracle.dim
     calibration, timed = calibrated(oracle, key, taken)
     seconds = calibration["product_seconds"]
@@ -97,7 +105,13 @@ def _route(
         f"about {dense:.2g} s ({how}; {seconds:.3g} s a product){no_dual}"
     )
     if dense <= AUTO_DENSE_SECONDS:
-        return "exact", timed, f"{head}: exact, too cheap to price a Krylov count", seconds
+        return (
+            "exact",
+            timed,
+            f"{head}: exact, too cheap to price a Krylov count",
+            seconds,
+            None,
+        )
     if n <= PILOT_PRODUCTS + _KRYLOV_EXTRA:
         return (
             "exact",
@@ -107,9 +121,11 @@ def _route(
                 f"{_KRYLOV_EXTRA} beyond 2r would be n already"
             ),
             seconds,
+            None,
         )
-    count, stderr, growing, extent, spent = _pilot(oracle, key, threshold, seed, taken)
+    count, stderr, growing, extent, cut, spent = _pilot(oracle, key, threshold, seed, taken)
     timed += spent
+    estimate = (count, stderr, cut, growing, spent)
     pilot = f"; the pilot counted {count:.0f} ± {stderr:.2g} " + (
         f"({spent} products)" if spent else "(kept for this operator)"
     )
@@ -136,12 +152,14 @@ def _route(
         priced = f"{pilot}: a Krylov count of about {products} products, {krylov:.2g} s"
     if polynomial < min(dense, krylov):
         verdict = "the polynomial filter, its count an estimate with a standard error"
-        return "polynomial", timed, f"{head}{priced}; cheapest: {verdict}", seconds
-    if krylov < dense:
-        return "lanczos", timed, f"{head}{priced}, less: block Krylov counting", seconds
-    if krylov == math.inf:
-        return "exact", timed, f"{head}{priced}: exact", seconds
-    return "exact", timed, f"{head}{priced}, no less: exact", seconds
+        route, reason = "polynomial", f"{head}{priced}; cheapest: {verdict}"
+    elif krylov < dense:
+        route, reason = "lanczos", f"{head}{priced}, less: block Krylov counting"
+    elif krylov == math.inf:
+        route, reason = "exact", f"{head}{priced}: exact"
+    else:
+        route, reason = "exact", f"{head}{priced}, no less: exact"
+    return route, timed, reason, seconds, estimate
 
 
 def _filter_price(
@@ -215,10 +233,10 @@ def _pilot(
     threshold: Any,
     seed: int | None,
     taken: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> tuple[float, float, bool, tuple[float, float], int]:
+) -> tuple[float, float, bool, tuple[float, float], float, int]:
     """The pilot's count, its standard error, whether it still grew, its extreme nodes
-    (in the run's units), and the products spent (0 when kept from an earlier call on
-    ``key``); the products join ``taken``."""
+    and the threshold they gave (in the run's units), and the products spent (0 when
+    kept from an earlier call on ``key``); the products join ``taken``."""
     option = threshold if isinstance(threshold, float | int | str) else None
     kept = recall(_PILOTS, key) or {}
     if (option, seed) in kept:
@@ -238,7 +256,7 @@ def _pilot(
         return image * factor
 
     with torch.no_grad():
-        count, stderr, _, growing, extent = quadrature_count(
+        count, stderr, cut, growing, extent = quadrature_count(
             product,
             oracle.dim,
             option * factor if isinstance(option, float | int) else option,
@@ -253,6 +271,7 @@ def _pilot(
         float(agree(oracle, stderr)),
         bool(agree(oracle, growing)),
         (float(agree(oracle, extent[0])), float(agree(oracle, extent[1]))),
+        float(agree(oracle, cut)),
     )
     remember(_PILOTS, key, {**kept, (option, seed): found})
     return (*found, spent[0])

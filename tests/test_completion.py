@@ -212,10 +212,12 @@ def test_a_basis_extended_by_a_kept_span_is_orthonormal_and_its_corner_h_project
 
 
 def test_auto_hands_its_products_to_a_krylov_count_that_switches_dense(clock):
-    """An indefinite cluster near zero hides from auto's pilot (19 of 265 above τ), so
-    auto prices a Krylov count; that count finds the rank a third of ``n`` and switches
-    to the dense path, where the calibration's and pilot's products extend its basis
-    instead of being taken again: the count and eigenvalues are the dense ones."""
+    """An indefinite cluster near zero hides from auto's pilot (17 of 265 above τ), so
+    auto prices a Krylov count. That count takes auto's pilot as its own: once its count
+    passes the pilot's estimate it switches to the dense path (at a basis of 96, not
+    the third of ``n`` it would explore without one), where the calibration's and
+    pilot's products extend its basis instead of being taken again: the count and
+    eigenvalues are the dense ones."""
     values = np.zeros(600)
     values[:15] = np.geomspace(1.0, 0.1, 15)
     values[15:265] = np.geomspace(1e-6, 2e-6, 250) * np.where(np.arange(250) % 2, 1, -1)
@@ -224,6 +226,9 @@ def test_auto_hands_its_products_to_a_krylov_count_that_switches_dense(clock):
     reason, diagnostics = result.diagnostics.auto, result.diagnostics
     assert result.method == "lanczos" and diagnostics.path == "dense (switched)", reason
     pilot = int(re.search(r"the pilot counted [^(]*\((\d+) products\)", reason).group(1))
+    assert diagnostics.pilot["matvecs"] == pilot and diagnostics.pilot["path"] == "krylov"
+    assert "passed the pilot's 17" in diagnostics.dense_reason
+    assert diagnostics.switched_to_dense_at < 600 // 3
     kept = diagnostics.kept_products
     assert kept["of"] == 32 + pilot and 0 < kept["columns"] <= 32 + pilot
     assert kept["defect"] < 1e-13

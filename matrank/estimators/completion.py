@@ -42,6 +42,7 @@ from .._run import Run
 __all__ = [
     "KEPT_CONDITION",
     "Kept",
+    "Offer",
     "completed",
     "completed_kept",
     "extended",
@@ -256,30 +257,48 @@ def completed_kept(
     return symmetric, defect, record
 
 
-# -- products handed from `auto`'s choice to the route it chose ---------------------------
+# -- what `auto` learned choosing, handed to the route it chose ----------------------------
 
-_OFFERED: contextvars.ContextVar[Kept | None] = contextvars.ContextVar(
-    "matrank_kept_products", default=None
+
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    """What ``auto`` learned choosing a route, for the one estimate it runs."""
+
+    dim: int  #: the operator's dimension
+    kept: Kept | None = None  #: the products it took, their span kept
+    #: its pilot's estimate at the same threshold: count, standard error, the threshold
+    #: its nodes gave (in units of ``scale_factor``), whether it still grew, products
+    pilot: tuple[float, float, float, bool, int] | None = None
+
+
+_OFFERED: contextvars.ContextVar[Offer | None] = contextvars.ContextVar(
+    "matrank_offer", default=None
 )
 
 
 @contextlib.contextmanager
-def offering(kept: Kept | None) -> Iterator[None]:
-    """Within the block, :func:`offered` hands ``kept`` (the products ``auto`` took while
-    choosing) to the dense path of the estimate it runs -- of that call only, so that a
-    model changed between two calls is never read from stale products."""
-    token = _OFFERED.set(kept)
+def offering(offer: Offer | Kept | None) -> Iterator[None]:
+    """Within the block, :func:`offered` hands ``offer`` (what ``auto`` learned choosing:
+    the products it took, its pilot's estimate; products alone stand for an offer of
+    their dimension) to the estimate it runs -- of that call only, so that a model
+    changed between two calls is never read from stale products."""
+    if isinstance(offer, Kept):
+        offer = Offer(offer.basis.shape[0], offer)
+    token = _OFFERED.set(offer)
     try:
         yield
     finally:
         _OFFERED.reset(token)
 
 
-def offered(n: int, dtype: torch.dtype) -> Kept | None:
-    """The products offered to this dense path, if any fit ``R^n`` in ``dtype``; taken
-    once (a second estimate in the same block reads ``H`` itself)."""
-    kept = _OFFERED.get()
+def offered(n: int, dtype: torch.dtype) -> Offer | None:
+    """The offer to this estimate, if it is for ``R^n`` (the products only if in
+    ``dtype``); taken once (a second estimate in the same block reads ``H`` itself)."""
+    offer = _OFFERED.get()
     _OFFERED.set(None)
-    if kept is None or kept.basis.shape[0] != n or kept.basis.dtype != dtype:
+    if offer is None or offer.dim != n:
         return None
-    return kept
+    kept = offer.kept
+    if kept is not None and (kept.basis.shape[0] != n or kept.basis.dtype != dtype):
+        return dataclasses.replace(offer, kept=None)
+    return offer

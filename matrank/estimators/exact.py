@@ -183,7 +183,8 @@ def _primal_count(
     n = oracle.dim
     meter = run.meter
     free = materialize.dispatch(type(oracle)) is not materialize.dispatch(object)
-    kept = None if free else offered(n, meter.dtype)
+    offer = None if free else offered(n, meter.dtype)
+    kept = None if offer is None else offer.kept
     if kept is not None:  # auto's products, completed to R^n (the metered ones scaled)
         symmetric, asymmetry, record = completed_kept(run, kept, 0, run.factor)
         diagnostics["kept_products"] = record

@@ -19,7 +19,7 @@ from ..._validation import check_choice, check_int, check_threshold
 from ...numerics.krylov import BlockKrylov
 from ..completion import offered
 from .dense import DENSE_MAX, affordable, dense_count
-from .grow import End, grow_basis, start_basis
+from .grow import End, adopt_offer, grow_basis, start_basis
 from .pilot import DENSE_FRACTION, PILOT_MIN_DIM
 from .plan import LanczosPlan
 from .readout import interim, readout
@@ -118,8 +118,10 @@ class LanczosRank:
     ``STALLED_SHARE``, or (a
     count past the pilot's estimate by three standard errors and a block: a spectrum
     the pilot's quadrature could not resolve) once the run's whole time reaches
-    ``UNRESOLVED_SHARE`` (10 %) of it; the reason is ``diagnostics["dense_reason"]``. Without a pilot,
-    when a third of ``R^n`` has been explored and nine tenths of it counted. The basis
+    ``UNRESOLVED_SHARE`` (10 %) of it; the reason is ``diagnostics["dense_reason"]``.
+    Below ``pilot_from``, ``auto``'s pilot stands in where ``auto`` chose this count;
+    without a pilot, when a third of ``R^n`` has been explored and nine tenths of it
+    counted. The basis
     is then completed to ``[Q, Q⊥]`` with only ``H·Q⊥`` computed, or ``H`` read again
     from the identity when that is cheaper (``diagnostics["dense_restart"]``); the
     eigenvalues are counted by the exact rule (``"dense (switched)"``). Products taken
@@ -220,8 +222,8 @@ def _count(run: Run, plan: LanczosPlan) -> RankResult:
     krylov = BlockKrylov(meter.hvp, plan.n, meter.dtype, meter.device, run.generator)
     offer = offered(plan.n, meter.dtype)  # taken once, whatever the path
     growth = start_basis(run, plan, krylov)
-    if offer is not None and growth.pilot is None:
-        growth.offered = offer.scaled(run.factor)
+    if offer is not None:  # auto's products and pilot, where the count runs no pilot
+        adopt_offer(growth, offer, run.factor)
     # Ctrl-C from here: the last assessment, or the pilot's estimate before one
     run.interim = functools.partial(interim, growth)
     pilot = growth.pilot

@@ -17,12 +17,12 @@ from ...numerics.counting import (
     verification_steps,
 )
 from ...numerics.krylov import BlockKrylov
-from ..completion import Kept, kept_span
+from ..completion import Kept, Offer, kept_span
 from .dense import affordable, dense_is_cheaper, worth_switching
 from .pilot import Pilot, run_pilot
 from .plan import LanczosPlan
 
-__all__ = ["End", "Growth", "grow_basis", "pilot_interim", "start_basis"]
+__all__ = ["End", "Growth", "adopt_offer", "grow_basis", "pilot_interim", "start_basis"]
 
 # the widest block the harvest doubles to (the fastest in benchmarks/lanczos_speed.py)
 _WIDEST = 128
@@ -101,6 +101,20 @@ def start_basis(run: Run, plan: LanczosPlan, krylov: BlockKrylov) -> Growth:
         growth.pilot = Pilot(*found["pilot"])
         growth.pairs = found["pairs"]
     return growth
+
+
+def adopt_offer(growth: Growth, offer: Offer, factor: float) -> None:
+    """``auto``'s products and pilot (:class:`~..completion.Offer`), where this count
+    has none of its own: the products for the dense path, the pilot's estimate for its
+    timed switch (the path stays a Krylov count from a random block: ``auto`` chose
+    it). A restored basis keeps the pilot its checkpoint recorded."""
+    if growth.pairs is not None:
+        return
+    if offer.kept is not None:
+        growth.offered = offer.kept.scaled(factor)
+    if growth.pilot is None and offer.pilot is not None:
+        count, stderr, threshold, growing, products = offer.pilot
+        growth.pilot = Pilot(count, stderr, threshold, products, "krylov", 0, growing)
 
 
 def _piloted(run: Run, plan: LanczosPlan) -> dict[str, Any]:
