@@ -368,6 +368,36 @@ def test_a_rank_near_n_switches_to_the_dense_path(monkeypatch, restart):
         assert kept.diagnostics.path == "krylov" and kept.rank == 480
 
 
+def test_without_a_pilot_a_count_that_cannot_certify_switches_past_2r_plus_200():
+    """Below ``pilot_from`` the count has no pilot. τ a ten-millionth above an
+    eigenvalue (1e-10 apart: the dense path decides it, no Ritz interval does short of
+    ``R^n``): Krylov alone grows its basis to all of ``R^n``. Past ``2r + 200`` columns
+    uncertain, what a count with a gap at τ certifies within, the time besides products
+    (the stepping clock) reaching STALLED_SHARE of the dense path switches to it; a
+    count with a gap is unaffected (τ = 1e-3 certifies at 768 on both paths)."""
+    import scipy.sparse.linalg
+
+    from matrank.estimators.lanczos.dense import STALLED_EXTRA
+
+    n = 1500
+    spectrum = np.exp(-np.arange(n) / 30.0)
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((n, n)))
+    operator = scipy.sparse.linalg.aslinearoperator((q * spectrum) @ q.T)
+    tau = float(spectrum[207]) * (1 + 1e-7)
+    truth = int((spectrum > tau).sum())
+    switched = matrank.LanczosRank(threshold=tau).estimate(operator, seed=0)
+    krylov = matrank.LanczosRank(threshold=tau, dense_max=0).estimate(operator, seed=0)
+    for result in (switched, krylov):
+        assert result.status is matrank.Status.CONVERGED and result.rank == truth == 207
+    assert krylov.diagnostics.basis_size == n and krylov.cost["matvecs"] == n
+    diagnostics = switched.diagnostics
+    assert diagnostics.pilot is None and diagnostics.path == "dense (switched)"
+    assert "no pilot below pilot_from" in diagnostics.dense_reason
+    assert 2 * truth + STALLED_EXTRA <= diagnostics.switched_to_dense_at < n
+    gapped = matrank.LanczosRank(threshold=1e-3).estimate(operator, seed=0)
+    assert gapped.diagnostics.path == "krylov" and gapped.cost["matvecs"] == 768
+
+
 def test_a_gapless_spectrum_switches_to_the_dense_path_once_krylov_stalls(monkeypatch):
     """λ_i = exp(−i/30): 208 eigenvalues above τ = 1e-3, neighbours 3 % apart at τ,
     so Ritz values crowd τ and certify slowly. Once the basis passes its own count

@@ -119,9 +119,12 @@ class LanczosRank:
     count past the pilot's estimate by three standard errors and a block: a spectrum
     the pilot's quadrature could not resolve) once the run's whole time reaches
     ``UNRESOLVED_SHARE`` (10 %) of it; the reason is ``diagnostics["dense_reason"]``.
-    Below ``pilot_from``, ``auto``'s pilot stands in where ``auto`` chose this count;
-    without a pilot, when a third of ``R^n`` has been explored and nine tenths of it
-    counted. The basis
+    Below ``pilot_from``, ``auto``'s pilot stands in where ``auto`` chose this count.
+    Without a pilot, when a third of ``R^n`` has been explored and nine tenths of it
+    counted, or when the basis is past ``2·count + STALLED_EXTRA`` (200: what a count
+    with a gap at τ certifies within) still uncertain and the time besides products
+    reaches ``STALLED_SHARE`` of the dense path (a τ within a Ritz interval's reach of
+    an eigenvalue would otherwise grow the basis to all of ``R^n``). The basis
     is then completed to ``[Q, Q⊥]`` with only ``H·Q⊥`` computed, or ``H`` read again
     from the identity when that is cheaper (``diagnostics["dense_restart"]``); the
     eigenvalues are counted by the exact rule (``"dense (switched)"``). Products taken

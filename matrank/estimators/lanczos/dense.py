@@ -35,11 +35,13 @@ from ..exact import count_spectrum
 
 __all__ = [
     "DENSE_MAX",
+    "STALLED_EXTRA",
     "STALLED_SHARE",
     "UNRESOLVED_SHARE",
     "affordable",
     "dense_count",
     "dense_is_cheaper",
+    "stalled_without_pilot",
     "worth_switching",
 ]
 
@@ -67,6 +69,9 @@ DENSE_MAX = _dense_limit()
 #: products before it switches (ski rental; the switch keeps its products unless a
 #: restart from the identity is cheaper, when they are spent too).
 STALLED_SHARE = 0.15
+#: Columns beyond ``2·count`` that a count with a gap at τ certifies within (the issue's
+#: target, ``2r + 200``); past them, without a pilot, the count is read as stalled.
+STALLED_EXTRA = 200
 #: Share of the dense path's cost (its whole time, products included) after which a
 #: count that outgrew the pilot's estimate switches (see :func:`dense_is_cheaper`).
 UNRESOLVED_SHARE = 0.1
@@ -166,6 +171,31 @@ def _krylov_dearer(
             f"{krylov:.3g} s more against a dense path of {dense:.3g} s"
         )
     return None
+
+
+def stalled_without_pilot(run: Run, n: int, size: int, count: int) -> str | None:
+    """Why a count with no pilot (``n < pilot_from``, not chosen by ``auto``) switches to
+    the dense path, or ``None``: a basis past ``2·count + STALLED_EXTRA`` (what a
+    certified count costs where the spectrum has a gap at τ: the catalogue's lie at
+    ``0.1–1.0 ×`` it) with the count still uncertain is a spectrum without a gap at
+    τ, where nothing bounds the basis; it switches once the run's time besides
+    products reaches ``STALLED_SHARE`` of the dense path, as with a pilot."""
+    meter = run.meter
+    if meter.timed_matvecs == 0 or size < 2 * count + STALLED_EXTRA:
+        return None
+    eig = agree(meter, eigvalsh_seconds(n))
+    per_product, elapsed = agree(
+        meter, (meter.hvp_seconds / meter.timed_matvecs, run.seconds() - meter.hvp_seconds)
+    )
+    dense = n * per_product + eig
+    if elapsed < STALLED_SHARE * dense:
+        return None
+    return (
+        f"a basis of {size}, past the 2·{count} + {STALLED_EXTRA} a certified count "
+        f"costs with a gap at τ, still uncertain after {elapsed:.3g} s besides "
+        f"products against a dense path of {dense:.3g} s: no gap at τ (STALLED_SHARE "
+        f"= {STALLED_SHARE:g} of the dense path spent; no pilot below pilot_from)"
+    )
 
 
 def affordable(run: Run, n: int, max_matvecs: int) -> bool:
