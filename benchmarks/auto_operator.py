@@ -6,11 +6,13 @@ products, the Krylov count a few hundred. Prints each path's answer, products an
 seconds, and auto's choice with its reason. ``--gapless TAU``: instead, a rotated
 spectrum of ``n/3`` eigenvalues spaced evenly in log from 1 to 1e-6 (``n = --size²``),
 counted at ``TAU``, where the eigenvalues crowd τ (1.4 % apart); ``--on-eigenvalue``
-moves τ a billionth above the nearest eigenvalue, whose Ritz interval then straddles
-τ at any basis short of ``R^n``: no Krylov count certifies, and only a switch to the
-dense path (where rounding is 1e-16) ends it early.
+moves τ to ``1 + --offset`` (default 1e-9) times the nearest eigenvalue, whose Ritz
+interval then straddles τ until the basis is large (``--offset 0``: at any basis short
+of ``R^n``, the count then decided by rounding); only a switch to the dense path (where
+rounding is 1e-16) ends it early.
 
-    python benchmarks/auto_operator.py [--size 60] [--gapless 0.0123 [--on-eigenvalue]]
+    python benchmarks/auto_operator.py [--size 60]
+        [--gapless 0.0123 [--on-eigenvalue [--offset 1e-9]]]
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=60)
     parser.add_argument("--gapless", type=float, default=None, metavar="TAU")
     parser.add_argument("--on-eigenvalue", action="store_true")
+    parser.add_argument("--offset", type=float, default=1e-9)
     args = parser.parse_args()
     options = {}
     if args.gapless is None:
@@ -63,7 +66,7 @@ def main() -> None:
         operator, values = gapless(args.size**2)
         tau = args.gapless
         if args.on_eigenvalue:
-            tau = float(values[np.argmin(np.abs(values - tau))]) * (1 + 1e-9)
+            tau = float(values[np.argmin(np.abs(values - tau))]) * (1 + args.offset)
         options["threshold"] = tau
         n = operator.shape[0]
         print(f"gapless operator n = {n}, {n // 3} eigenvalues 1…1e-6, τ = {tau!r}")

@@ -320,13 +320,14 @@ def estimate_rank(
     cheaper wins (a count the pilot cannot resolve at ``τ``, or of half of ``n``, goes
     dense). At a given ``τ`` the polynomial filter is priced too, at its budget's
     15,000 products, where its capped degree reaches ``τ`` (about ``1.4e-6·λmax``);
-    taken where cheapest, its count carries a standard error. Their products are counted in ``cost``, and the calibration is recorded
-    for the object passed, so that later calls on the same operator reuse it and take
-    the same route (a new process calibrates afresh: a machine under other load may
-    then route an operator near the boundary differently -- pass ``method=`` to pin
-    it). The exact routes count right at the
-    threshold they report, the filter within its standard error. Otherwise ``"lanczos"``; gradients only -> ``"langevin"``;
-    loss values only -> ``"evolution"``.
+    taken where cheapest, its count carries a standard error. Their products are
+    counted in ``cost``, and the calibration is recorded for the object passed, so
+    that later calls on the same operator reuse it and take the same route (a new
+    process calibrates afresh: a machine under other load may then route an operator
+    near the boundary differently -- pass ``method=`` to pin it). The exact routes
+    count right at the threshold they report, the filter within its standard error.
+    Otherwise ``"lanczos"``; gradients only -> ``"langevin"``; loss values only ->
+    ``"evolution"``.
 
     Examples
     --------

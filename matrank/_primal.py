@@ -186,10 +186,10 @@ def _filter_price(
         low=low - 0.01 * width if negative else 0.0, high=high + 0.01 * width
     )
     reach = frame.reach(REACH / DEGREE_CAP)
-    tau = float(threshold) * scale_factor(oracle)
-    if tau < reach:
+    factor = scale_factor(oracle)
+    if float(threshold) * factor < reach:
         return math.inf, (
-            f", a polynomial filter resolving τ only from {reach / scale_factor(oracle):.2g} "
+            f", a polynomial filter resolving τ only from {reach / factor:.2g} "
             f"(degree {DEGREE_CAP})"
         )
     cost = float(agree(oracle, DEFAULT_BUDGET * seconds))

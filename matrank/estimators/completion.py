@@ -247,7 +247,7 @@ def completed_kept(
     products, or the kept corner's asymmetry, whichever is largest) and the record for
     ``diagnostics["kept_products"]``. ``factor``: the run's scale, where the kept
     products are in the operator's own units and the run's are scaled."""
-    image = kept.image * factor if factor != 1.0 else kept.image
+    image = kept.scaled(factor).image
     corner = (kept.basis.T @ image).to("cpu", torch.float64)
     symmetric, defect = completed(
         run, kept.basis, 0.5 * (corner + corner.T), block, (kept.basis, image)

@@ -41,7 +41,6 @@ __all__ = [
     "affordable",
     "dense_count",
     "dense_is_cheaper",
-    "stalled_without_pilot",
     "worth_switching",
 ]
 
@@ -82,7 +81,7 @@ def dense_is_cheaper(
     n: int,
     size: int,
     count: int,
-    pilot: tuple[float, float],
+    pilot: tuple[float, float] | None,
     *,
     block: int,
 ) -> str | None:
@@ -100,6 +99,11 @@ def dense_is_cheaper(
       dense path: a Krylov count that would certify before that loses nothing, any
       other costs at most ``1 + UNRESOLVED_SHARE`` dense paths;
     - the Krylov count's own cost, as :func:`_krylov_dearer` reads it.
+
+    Without a pilot (``n < pilot_from``, a count ``auto`` did not choose) nothing
+    estimates the rank: only a basis past ``2·count + STALLED_EXTRA`` (what a count with
+    a gap at τ certifies within: the catalogue's lie at ``0.1–1.0 ×`` it) still
+    uncertain is read as stalled, by the same rule.
     """
     meter = run.meter
     if meter.timed_matvecs == 0:
@@ -111,6 +115,13 @@ def dense_is_cheaper(
         meter, (meter.hvp_seconds / meter.timed_matvecs, run.seconds() - meter.hvp_seconds)
     )
     dense = n * per_product + eig * n**3
+    if pilot is None:
+        needed = 2 * count + STALLED_EXTRA
+        if needed <= size and elapsed >= STALLED_SHARE * dense:
+            return _stalled(size, needed, count, elapsed, dense) + (
+                "; no pilot below pilot_from"
+            )
+        return None
     floor, spread = pilot
     if count > floor + 3 * spread + block and run.seconds() >= UNRESOLVED_SHARE * dense:
         return (
@@ -149,15 +160,10 @@ def _krylov_dearer(
       besides products reaches ``STALLED_SHARE`` of the dense path.
     """
     per_product, eig, product = rates
-    spent = f"{elapsed:.3g} s besides products against a dense path of {dense:.3g} s"
     needed = max(1.15 * count, floor, count + 1.0)
     if needed <= size:
         if elapsed >= STALLED_SHARE * dense:
-            return (
-                f"a basis of {size}, past the {needed:.0f} its count ({count}) should "
-                f"need, still uncertain after {spent}: no gap at τ "
-                f"(STALLED_SHARE = {STALLED_SHARE:g} of the dense path spent)"
-            )
+            return _stalled(size, needed, count, elapsed, dense)
         return None
     # a matrix product of n × n × n (2n³ flops) takes `product`·n³ seconds
     krylov = (
@@ -173,28 +179,13 @@ def _krylov_dearer(
     return None
 
 
-def stalled_without_pilot(run: Run, n: int, size: int, count: int) -> str | None:
-    """Why a count with no pilot (``n < pilot_from``, not chosen by ``auto``) switches to
-    the dense path, or ``None``: a basis past ``2·count + STALLED_EXTRA`` (what a
-    certified count costs where the spectrum has a gap at τ: the catalogue's lie at
-    ``0.1–1.0 ×`` it) with the count still uncertain is a spectrum without a gap at
-    τ, where nothing bounds the basis; it switches once the run's time besides
-    products reaches ``STALLED_SHARE`` of the dense path, as with a pilot."""
-    meter = run.meter
-    if meter.timed_matvecs == 0 or size < 2 * count + STALLED_EXTRA:
-        return None
-    eig = agree(meter, eigvalsh_seconds(n))
-    per_product, elapsed = agree(
-        meter, (meter.hvp_seconds / meter.timed_matvecs, run.seconds() - meter.hvp_seconds)
-    )
-    dense = n * per_product + eig
-    if elapsed < STALLED_SHARE * dense:
-        return None
+def _stalled(size: int, needed: float, count: int, elapsed: float, dense: float) -> str:
+    """The stalled rule's reason: a basis past what its count should need, uncertain."""
     return (
-        f"a basis of {size}, past the 2·{count} + {STALLED_EXTRA} a certified count "
-        f"costs with a gap at τ, still uncertain after {elapsed:.3g} s besides "
-        f"products against a dense path of {dense:.3g} s: no gap at τ (STALLED_SHARE "
-        f"= {STALLED_SHARE:g} of the dense path spent; no pilot below pilot_from)"
+        f"a basis of {size}, past the {needed:.0f} its count ({count}) should need, "
+        f"still uncertain after {elapsed:.3g} s besides products against a dense path "
+        f"of {dense:.3g} s: no gap at τ (STALLED_SHARE = {STALLED_SHARE:g} of the "
+        "dense path spent)"
     )
 
 

@@ -18,7 +18,7 @@ from ...numerics.counting import (
 )
 from ...numerics.krylov import BlockKrylov
 from ..completion import Kept, Offer, kept_span
-from .dense import affordable, dense_is_cheaper, stalled_without_pilot, worth_switching
+from .dense import affordable, dense_is_cheaper, worth_switching
 from .pilot import Pilot, run_pilot
 from .plan import LanczosPlan
 
@@ -284,14 +284,12 @@ def _dense_pays(run: Run, plan: LanczosPlan, growth: Growth) -> str | None:
     reason = worth_switching(plan.n, krylov.size, latest.counted, plan.dense_max)
     if reason is not None or plan.n > plan.dense_max:
         return reason
-    if pilot is None:
-        return stalled_without_pilot(run, plan.n, krylov.size, latest.counted)
     return dense_is_cheaper(
         run,
         plan.n,
         krylov.size,
         latest.counted,
-        (pilot.count, pilot.stderr),
+        None if pilot is None else (pilot.count, pilot.stderr),
         block=plan.block,
     )
 
